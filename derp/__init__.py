@@ -1,0 +1,1 @@
+"""DERP: Tailscale-compatible relay protocol, client and server."""

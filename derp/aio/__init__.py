@@ -1,0 +1,1 @@
+"""asyncio adapters for DERP: client and server."""

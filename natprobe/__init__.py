@@ -1,0 +1,1 @@
+"""natprobe: STUN, netcheck and the probes that tell what the network allows."""

@@ -1,0 +1,1 @@
+"""asyncio adapters for natprobe: STUN client and server."""

@@ -1,0 +1,1 @@
+"""Shared test helpers: prerequisites, network namespaces, in-memory pairs."""

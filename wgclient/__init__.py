@@ -1,0 +1,1 @@
+"""wgc: userspace WireGuard with DERP relay fallback and NAT traversal."""

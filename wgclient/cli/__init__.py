@@ -1,0 +1,1 @@
+"""The `wgc` command line."""

@@ -1,0 +1,1 @@
+"""Pure WireGuard (Noise_IKpsk2) primitives, messages and handshake state."""
