@@ -1,0 +1,253 @@
+"""The transport-data hot path of the device core: seal packets from the TUN, open datagrams from UDP.
+
+Written for throughput: one call handles a whole batch; messages are sealed and opened in place in the
+`Outputs` buffers with `encrypt_into`/`decrypt_into` (no per-packet bytes objects); timer hooks and
+roaming run once per peer per batch, not once per packet. The rules are those of
+shared/protocol/wireguard.md §7; the handshake side lives in device.py.
+"""
+from __future__ import annotations
+
+import struct
+from typing import TYPE_CHECKING, Iterable
+
+from cryptography.exceptions import InvalidTag
+
+from .constants import MSG_TRANSPORT, REJECT_AFTER_MESSAGES, REJECT_AFTER_TIME, TRANSPORT_MIN_SIZE
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .device import Device
+    from .keypair import Keypair
+    from .peer import Peer
+
+_header = struct.Struct("<IIQ")
+_pack_header = _header.pack_into
+_unpack_header = _header.unpack_from
+_nonce = struct.Struct("<4xQ").pack
+_ZEROS = bytes(16)
+_from = int.from_bytes
+
+
+def _grow(buf: bytearray, need: int) -> None:
+    if need > len(buf):
+        buf.extend(bytes(max(need - len(buf), len(buf))))
+
+
+def seal_one(dev: "Device", peer: "Peer", kp: "Keypair", packet) -> bool:
+    """Seal one plaintext (b"" for a keepalive) for peer into the send buffer. False if it was staged."""
+    counter = kp.send_counter
+    if counter >= REJECT_AFTER_MESSAGES:
+        peer.stage(bytes(packet))
+        return False
+    if peer.endpoint is None:
+        dev.drops["no endpoint"] += 1
+        return True
+    kp.send_counter = counter + 1
+    out = dev.out
+    n = len(packet)
+    padded = (n + 15) & ~15
+    mtu = dev.config.mtu
+    if padded > mtu:
+        padded = mtu if n <= mtu else n
+    start = out.sealed[-1][2] if out.sealed else 0
+    end = start + 32 + padded
+    buf = out.send_buf
+    if end > len(buf):
+        _grow(buf, end)
+    with memoryview(buf) as mv:
+        _pack_header(mv, start, MSG_TRANSPORT, kp.remote_index, counter)
+        body = start + 16
+        mv[body:body + n] = packet
+        if padded > n:
+            mv[body + n:body + padded] = _ZEROS[:padded - n]
+        kp.send.encrypt_into(_nonce(counter), mv[body:body + padded], None, mv[body:end])
+    out.sealed.append((peer.endpoint, start, end))
+    peer.tx_bytes += end - start
+    return True
+
+
+def after_send(dev: "Device", peer: "Peer", now: float, data: bool) -> None:
+    """Timer hooks after a batch of transport messages went to peer (wireguard-go send.go)."""
+    t = peer.timers
+    t.on_any_authenticated_packet_traversal(now)
+    t.on_any_authenticated_packet_sent()
+    if data:
+        t.on_data_sent(now)
+    if peer.should_rekey_after_send(now):
+        dev._send_initiation(peer, now, retry=False)
+
+
+def seal_packets(dev: "Device", packets: Iterable, now: float) -> None:
+    lookup4 = dev.allowed_ips.v4.lookup
+    lookup6 = dev.allowed_ips.v6.lookup
+    drops = dev.drops
+    touched: dict = {}
+    out = dev.out
+    buf = out.send_buf
+    mtu = dev.config.mtu
+    start = out.sealed[-1][2] if out.sealed else 0
+    mv = memoryview(buf)
+    try:
+        for packet in packets:
+            n = len(packet)
+            if n < 20:
+                drops["tun: short packet"] += 1
+                continue
+            version = packet[0] >> 4
+            if version == 4:
+                peer = lookup4(_from(packet[16:20], "big"))
+            elif version == 6 and n >= 40:
+                peer = lookup6(_from(packet[24:40], "big"))
+            else:
+                drops["tun: not IPv4/IPv6"] += 1
+                continue
+            if peer is None:
+                drops["tun: no peer for destination"] += 1
+                continue
+            kp = touched.get(peer)
+            if kp is None:
+                kp = peer.sending_keypair(now)
+                if kp is None or peer.staged:
+                    peer.stage(bytes(packet))
+                    touched[peer] = False
+                    continue
+                touched[peer] = kp
+            elif kp is False:
+                peer.stage(bytes(packet))
+                continue
+            endpoint = peer.endpoint
+            counter = kp.send_counter
+            if counter >= REJECT_AFTER_MESSAGES or endpoint is None:
+                peer.stage(bytes(packet))
+                continue
+            kp.send_counter = counter + 1
+            padded = (n + 15) & ~15
+            if padded > mtu:
+                padded = mtu if n <= mtu else n
+            end = start + 32 + padded
+            if end > len(buf):
+                mv.release()
+                _grow(buf, end)
+                mv = memoryview(buf)
+            _pack_header(mv, start, MSG_TRANSPORT, kp.remote_index, counter)
+            body = start + 16
+            mv[body:body + n] = packet
+            if padded > n:
+                mv[body + n:body + padded] = _ZEROS[:padded - n]
+            kp.send.encrypt_into(_nonce(counter), mv[body:body + padded], None, mv[body:end])
+            out.sealed.append((endpoint, start, end))
+            peer.tx_bytes += end - start
+            start = end
+    finally:
+        mv.release()
+    for peer, kp in touched.items():
+        if kp is False or peer.staged:
+            dev._send_staged(peer, now)
+        else:
+            after_send(dev, peer, now, True)
+
+
+def open_datagrams(dev: "Device", datagrams: Iterable, now: float) -> None:
+    out = dev.out
+    buf = out.recv_buf
+    headroom = dev.config.tun_headroom
+    keypairs = dev.keypair_indices
+    lookup4 = dev.allowed_ips.v4.lookup
+    lookup6 = dev.allowed_ips.v6.lookup
+    drops = dev.drops
+    touched: dict = {}  # peer -> [last source, data received?, keypairs seen]
+    start = out.tun[-1][1] if out.tun else 0
+    mv = memoryview(buf)
+    try:
+        for data, source in datagrams:
+            size = len(data)
+            if size < TRANSPORT_MIN_SIZE or data[0] != MSG_TRANSPORT:
+                dev.receive_control(data, source, now)
+                continue
+            kind, receiver, counter = _unpack_header(data)
+            if kind != MSG_TRANSPORT:
+                dev.receive_control(data, source, now)
+                continue
+            kp = keypairs.get(receiver)
+            if kp is None:
+                drops["transport: unknown receiver index"] += 1
+                continue
+            if now - kp.created >= REJECT_AFTER_TIME:
+                drops["transport: keypair expired"] += 1
+                continue
+            plen = size - 32
+            pkt = start + headroom
+            end = pkt + plen
+            if end > len(buf):
+                mv.release()
+                _grow(buf, end)
+                mv = memoryview(buf)
+            try:
+                kp.recv.decrypt_into(_nonce(counter), data[16:], None, mv[pkt:end])
+            except InvalidTag:
+                drops["transport: authentication failed"] += 1
+                continue
+            if not kp.replay.validate(counter):
+                drops["transport: replayed or too old"] += 1
+                continue
+            peer = kp.peer
+            peer.rx_bytes += size
+            state = touched.get(peer)
+            if state is None:
+                state = touched[peer] = [source, False, {kp}]
+            else:
+                state[0] = source
+                state[2].add(kp)
+            if plen == 0:
+                continue  # keepalive
+            state[1] = True
+            version = buf[pkt] >> 4
+            if version == 4:
+                if plen < 20:
+                    drops["transport: short IPv4 packet"] += 1
+                    continue
+                length = (buf[pkt + 2] << 8) | buf[pkt + 3]
+                if length < 20 or length > plen:
+                    drops["transport: bad IPv4 length"] += 1
+                    continue
+                owner = lookup4(_from(mv[pkt + 12:pkt + 16], "big"))
+            elif version == 6:
+                if plen < 40:
+                    drops["transport: short IPv6 packet"] += 1
+                    continue
+                length = 40 + ((buf[pkt + 4] << 8) | buf[pkt + 5])
+                if length > plen:
+                    drops["transport: bad IPv6 length"] += 1
+                    continue
+                owner = lookup6(_from(mv[pkt + 8:pkt + 24], "big"))
+            else:
+                drops["transport: not IPv4/IPv6"] += 1
+                continue
+            if owner is not peer:
+                drops["transport: source address not allowed for peer"] += 1
+                continue
+            out.tun.append((start, pkt + length))
+            peer.rx_data_packets += 1
+            start = pkt + length
+    finally:
+        mv.release()
+    for peer, (source, data, seen) in touched.items():
+        _after_receive(dev, peer, source, data, seen, now)
+
+
+def _after_receive(dev: "Device", peer: "Peer", source, data: bool, seen: set, now: float) -> None:
+    """Per peer, once a batch: key confirmation, roaming, timers (wireguard-go receive.go)."""
+    for kp in seen:
+        promoted, dropped = peer.keypairs.received_with(kp)
+        if promoted:
+            for old in dropped:
+                dev.keypair_indices.pop(old.local_index, None)
+            dev._handshake_complete(peer, now)
+            dev._send_staged(peer, now)
+    peer.endpoint = source
+    if peer.should_rekey_after_receive(now):
+        dev._send_initiation(peer, now, retry=False)
+    t = peer.timers
+    t.on_any_authenticated_packet_traversal(now)
+    t.on_any_authenticated_packet_received()
+    if data:
+        t.on_data_received(now)

@@ -1,0 +1,400 @@
+"""The WireGuard device core: peers, indices, cryptokey routing, handshakes, timers (sans-I/O).
+
+Inputs are method calls with the time passed in (`now`, monotonic seconds; wall-clock time is
+`now + wall_offset`, set by the adapter): `send_packets` (IP packets read from the TUN),
+`receive_datagrams` (UDP payloads with their source endpoints), `on_timer`. Each returns the device's
+`Outputs` (see outputs.py). The adapter re-arms one timer at `next_deadline()`.
+
+Protocol rules (shared/protocol/wireguard.md §3-§9) and where they live here:
+- handshake initiation is rate limited to one per REKEY_TIMEOUT per peer (`_send_initiation`);
+- the responder confirms keys on the first transport packet under them (`_after_receive`);
+- mac1 is always checked; under load mac2 too, with cookie replies and a per-IP rate limit (`_control`);
+- a peer's endpoint follows the source of its latest authenticated packet (roaming);
+- inbound packets are dropped unless their inner source maps to the sending peer (datapath.py).
+Garbage never raises out of an input: it is dropped and counted in `drops` by reason.
+"""
+from __future__ import annotations
+
+import collections
+import ipaddress
+import logging
+from dataclasses import dataclass
+from typing import Callable, Iterable
+
+from . import datapath
+from .allowedips import AllowedIPs
+from .constants import (DEFAULT_MTU, HANDSHAKE_BURST, HANDSHAKE_INITIATION_RATE, HANDSHAKES_PER_SECOND,
+                        KEEPALIVE_TIMEOUT, KEY_ZERO_AFTER, MAX_PEERS, MAX_TIMER_HANDSHAKES, MSG_COOKIE_REPLY,
+                        MSG_INITIATION, MSG_RESPONSE, REKEY_TIMEOUT, REKEY_TIMEOUT_JITTER_MAX,
+                        UNDER_LOAD_AFTER, UNDER_LOAD_THRESHOLD)
+from .errors import ParseError, UsageError
+from .keypair import Keypair
+from .noise import handshake as noise
+from .noise.cookie import CookieChecker, source_bytes
+from .noise.messages import message_type, parse_cookie_reply, parse_initiation, parse_response
+from .outputs import HandshakeCompleted, Outputs
+from .peer import Endpoint, Peer, short_key
+from .timers import Timer
+
+log = logging.getLogger("wgc.device")
+
+
+@dataclass(frozen=True)
+class DeviceConfig:
+    mtu: int = DEFAULT_MTU
+    # Handshake messages within one second that put the device "under load" (wireguard-go: a handshake
+    # queue 1/8 full). Our handshakes are handled as they arrive, so the backlog is measured as a rate.
+    under_load_threshold: int = UNDER_LOAD_THRESHOLD
+    tun_headroom: int = 0  # free bytes kept before each decrypted packet (virtio-net header room)
+    flood_interval: float = HANDSHAKE_INITIATION_RATE
+
+
+class Device:
+    def __init__(self, private_key: bytes | None, *, random_bytes: Callable[[int], bytes],
+                 config: DeviceConfig = DeviceConfig(), wall_offset: float = 0.0) -> None:
+        self.config = config
+        self.random_bytes = random_bytes
+        self.wall_offset = wall_offset
+        self.identity: noise.Identity | None = None
+        self.cookie_checker: CookieChecker | None = None
+        self.peers: dict[bytes, Peer] = {}
+        self.allowed_ips: AllowedIPs[Peer] = AllowedIPs()
+        self.handshake_indices: dict[int, Peer] = {}
+        self.keypair_indices: dict[int, Keypair] = {}
+        self.drops: collections.Counter[str] = collections.Counter()
+        self.out = Outputs()
+        self._load_second = 0
+        self._load_count = 0
+        self._under_load_until = -1.0
+        self._buckets: dict[bytes, list[float]] = {}
+        if private_key is not None:
+            self.set_private_key(private_key)
+
+    # -- configuration ---------------------------------------------------------------------------------
+    @property
+    def public_key(self) -> bytes | None:
+        return self.identity.public_key if self.identity else None
+
+    def set_private_key(self, private_key: bytes | None) -> None:
+        """Set or remove the device key; peers with our own public key go, sessions are expired."""
+        if private_key is None or private_key == bytes(32):
+            self.identity = None
+            self.cookie_checker = None
+        else:
+            self.identity = noise.Identity(private_key)
+            self.cookie_checker = CookieChecker(self.identity.public_key, self.random_bytes)
+            self.peers.pop(self.identity.public_key, None)
+        for peer in self.peers.values():
+            if self.identity:
+                peer.handshake.precompute(self.identity)
+            self._expire_sessions(peer)
+
+    def add_peer(self, public_key: bytes) -> Peer:
+        if len(public_key) != 32:
+            raise UsageError("a public key is 32 bytes")
+        if public_key in self.peers:
+            return self.peers[public_key]
+        if len(self.peers) >= MAX_PEERS:
+            raise UsageError("too many peers")
+        peer = Peer(public_key, self._jitter)
+        if self.identity:
+            peer.handshake.precompute(self.identity)
+        self.peers[public_key] = peer
+        peer.log.debug("peer added")
+        return peer
+
+    def remove_peer(self, public_key: bytes) -> None:
+        peer = self.peers.pop(public_key, None)
+        if peer is None:
+            return
+        self.allowed_ips.remove_peer(peer)
+        self._expire_sessions(peer)
+        peer.timers.stop()
+        peer.staged.clear()
+        peer.log.debug("peer removed")
+
+    def set_preshared_key(self, peer: Peer, psk: bytes | None) -> None:
+        peer.handshake.preshared_key = psk if psk else bytes(32)
+
+    def set_endpoint(self, peer: Peer, endpoint: Endpoint | None) -> None:
+        peer.endpoint = endpoint
+
+    def set_persistent_keepalive(self, peer: Peer, seconds: int, now: float) -> Outputs:
+        """Set the interval; turning it on sends a keepalive at once (as wireguard-go does)."""
+        was = peer.timers.persistent_keepalive_interval
+        peer.timers.persistent_keepalive_interval = seconds
+        if seconds == 0:
+            peer.timers.persistent_keepalive = None
+        elif was == 0 and self.identity is not None:
+            self._send_keepalive(peer, now)
+        return self.out
+
+    def _expire_sessions(self, peer: Peer) -> None:
+        for kp in peer.keypairs.clear():
+            self.keypair_indices.pop(kp.local_index, None)
+        if peer.handshake.local_index:
+            self.handshake_indices.pop(peer.handshake.local_index, None)
+        peer.handshake.clear()
+
+    # -- inputs ------------------------------------------------------------------------------------------
+    def send_packets(self, packets: Iterable, now: float) -> Outputs:
+        """IP packets read from the TUN: route by destination, seal or stage them."""
+        datapath.seal_packets(self, packets, now)
+        return self.out
+
+    def receive_datagrams(self, datagrams: Iterable[tuple[bytes, Endpoint]], now: float) -> Outputs:
+        """UDP payloads with their sources: open transport messages, handle handshakes."""
+        datapath.open_datagrams(self, datagrams, now)
+        return self.out
+
+    def receive_datagram(self, data: bytes, source: Endpoint, now: float) -> Outputs:
+        return self.receive_datagrams(((data, source),), now)
+
+    def initiate(self, peer: Peer, now: float) -> Outputs:
+        self._send_initiation(peer, now, retry=False)
+        return self.out
+
+    def next_deadline(self) -> float | None:
+        best = None
+        for peer in self.peers.values():
+            t = peer.timers.next_deadline()
+            if t is not None and (best is None or t < best):
+                best = t
+        return best
+
+    def on_timer(self, now: float) -> Outputs:
+        for peer in list(self.peers.values()):
+            for timer in peer.timers.expired(now):
+                self._timer_expired(peer, timer, now)
+        return self.out
+
+    # -- timers ------------------------------------------------------------------------------------------
+    def _jitter(self) -> float:
+        return int.from_bytes(self.random_bytes(2), "little") % int(REKEY_TIMEOUT_JITTER_MAX * 1000) / 1000.0
+
+    def _timer_expired(self, peer: Peer, timer: Timer, now: float) -> None:
+        t = peer.timers
+        if timer is Timer.RETRANSMIT_HANDSHAKE:
+            if t.handshake_attempts > MAX_TIMER_HANDSHAKES:
+                peer.log.info("handshake did not complete after %d attempts, giving up",
+                              MAX_TIMER_HANDSHAKES + 2)
+                t.send_keepalive = None
+                peer.staged.clear()
+                if t.zero_key_material is None:
+                    t.zero_key_material = now + KEY_ZERO_AFTER
+            else:
+                t.handshake_attempts += 1
+                peer.log.debug("handshake did not complete after %.0f seconds, retrying (try %d)",
+                               REKEY_TIMEOUT, t.handshake_attempts + 1)
+                self._send_initiation(peer, now, retry=True)
+        elif timer is Timer.SEND_KEEPALIVE:
+            self._send_keepalive(peer, now)
+            if t.need_another_keepalive:
+                t.need_another_keepalive = False
+                t.send_keepalive = now + KEEPALIVE_TIMEOUT
+        elif timer is Timer.NEW_HANDSHAKE:
+            peer.log.debug("no reply after sending data for %.0f seconds, new handshake",
+                           KEEPALIVE_TIMEOUT + REKEY_TIMEOUT)
+            self._send_initiation(peer, now, retry=False)
+        elif timer is Timer.ZERO_KEY_MATERIAL:
+            peer.log.debug("zeroing keys after %.0f seconds without a new session", KEY_ZERO_AFTER)
+            self._expire_sessions(peer)
+            peer.staged.clear()
+        elif timer is Timer.PERSISTENT_KEEPALIVE and t.persistent_keepalive_interval > 0:
+            self._send_keepalive(peer, now)
+
+    # -- sending -----------------------------------------------------------------------------------------
+    def _new_index(self, owner) -> int:
+        while True:
+            index = int.from_bytes(self.random_bytes(4), "little")
+            if index and index not in self.handshake_indices and index not in self.keypair_indices:
+                self.handshake_indices[index] = owner
+                return index
+
+    def _send_control(self, peer: Peer, message: bytes) -> None:
+        if peer.endpoint is None:
+            self.drops["no endpoint"] += 1
+            return
+        peer.tx_bytes += len(message)
+        self.out.datagrams.append((peer.endpoint, message))
+
+    def _send_initiation(self, peer: Peer, now: float, *, retry: bool) -> None:
+        if self.identity is None:
+            return
+        if not retry:
+            peer.timers.handshake_attempts = 0
+        if peer.last_sent_handshake is not None and now - peer.last_sent_handshake < REKEY_TIMEOUT:
+            return
+        peer.last_sent_handshake = now
+        if peer.handshake.local_index:
+            self.handshake_indices.pop(peer.handshake.local_index, None)
+        try:
+            msg = noise.create_initiation(self.identity, peer.handshake, wall_time=now + self.wall_offset,
+                                          local_index=self._new_index(peer), random_bytes=self.random_bytes)
+        except ParseError:
+            self.drops["bad peer key"] += 1
+            return
+        buf = bytearray(msg.encode())
+        peer.cookie.add_macs(buf, now)
+        peer.timers.on_any_authenticated_packet_traversal(now)
+        peer.timers.on_any_authenticated_packet_sent()
+        peer.log.debug("sending handshake initiation")
+        self._send_control(peer, bytes(buf))
+        peer.timers.on_handshake_initiated(now)
+
+    def _send_response(self, peer: Peer, now: float) -> None:
+        peer.last_sent_handshake = now
+        old_index = peer.handshake.local_index
+        if old_index:
+            self.handshake_indices.pop(old_index, None)
+        index = self._new_index(peer)
+        msg = noise.create_response(self.identity, peer.handshake, local_index=index,
+                                    random_bytes=self.random_bytes)
+        buf = bytearray(msg.encode())
+        peer.cookie.add_macs(buf, now)
+        self._begin_session(peer, now, initiator=False)
+        peer.timers.on_session_derived(now)
+        peer.timers.on_any_authenticated_packet_traversal(now)
+        peer.timers.on_any_authenticated_packet_sent()
+        peer.log.debug("sending handshake response")
+        self._send_control(peer, bytes(buf))
+
+    def _begin_session(self, peer: Peer, now: float, *, initiator: bool) -> None:
+        hs = peer.handshake
+        send_key, recv_key = noise.derive_keys(hs, initiator=initiator)
+        index = hs.local_index
+        self.handshake_indices.pop(index, None)
+        kp = Keypair(send_key, recv_key, local_index=index, remote_index=hs.remote_index, created=now,
+                     is_initiator=initiator, peer=peer)
+        hs.local_index = 0
+        self.keypair_indices[index] = kp
+        for old in peer.keypairs.install(kp):
+            self.keypair_indices.pop(old.local_index, None)
+
+    def _send_keepalive(self, peer: Peer, now: float) -> None:
+        if not peer.staged:
+            peer.staged.append(b"")
+        self._send_staged(peer, now)
+
+    def _send_staged(self, peer: Peer, now: float) -> None:
+        if not peer.staged:
+            return
+        kp = peer.sending_keypair(now)
+        if kp is None:
+            self._send_initiation(peer, now, retry=False)
+            return
+        data = False
+        while peer.staged:
+            packet = peer.staged.popleft()
+            datapath.seal_one(self, peer, kp, packet)
+            data = data or bool(packet)
+        datapath.after_send(self, peer, now, data)
+
+    def _handshake_complete(self, peer: Peer, now: float) -> None:
+        peer.timers.on_handshake_complete()
+        peer.last_handshake_wall = now + self.wall_offset
+        peer.log.info("handshake complete")
+        self.out.events.append(HandshakeCompleted(peer))
+
+    # -- receiving handshake messages -------------------------------------------------------------------
+    def _under_load(self, now: float) -> bool:
+        second = int(now)
+        if second != self._load_second:
+            self._load_second, self._load_count = second, 0
+        self._load_count += 1
+        if self._load_count >= self.config.under_load_threshold:
+            self._under_load_until = now + UNDER_LOAD_AFTER
+        return now < self._under_load_until
+
+    def _rate_limited(self, ip: bytes, now: float) -> bool:
+        """Token bucket per source IP: HANDSHAKES_PER_SECOND, burst HANDSHAKE_BURST."""
+        bucket = self._buckets.get(ip)
+        if bucket is None:
+            if len(self._buckets) > 4096:
+                self._buckets.clear()
+            bucket = self._buckets[ip] = [float(HANDSHAKE_BURST), now]
+        tokens = min(float(HANDSHAKE_BURST), bucket[0] + (now - bucket[1]) * HANDSHAKES_PER_SECOND)
+        bucket[1] = now
+        if tokens < 1.0:
+            bucket[0] = tokens
+            return True
+        bucket[0] = tokens - 1.0
+        return False
+
+    def receive_control(self, data: bytes, source: Endpoint, now: float) -> None:
+        kind = message_type(data)
+        if kind == 0:
+            self.drops["not wireguard"] += 1
+            return
+        if self.identity is None:
+            self.drops["no private key"] += 1
+            return
+        data = bytes(data)
+        try:
+            if kind == MSG_COOKIE_REPLY:
+                self._receive_cookie_reply(data, now)
+                return
+            if not self.cookie_checker.check_mac1(data):
+                self.drops["bad mac1"] += 1
+                return
+            if self._under_load(now):
+                ip = ipaddress.ip_address(source[0].split("%")[0]).packed
+                src = source_bytes(source, ip)
+                if not self.cookie_checker.check_mac2(data, src, now):
+                    sender = int.from_bytes(data[4:8], "little")
+                    reply = self.cookie_checker.create_reply(data, sender, src, now)
+                    self.out.datagrams.append((source, reply.encode()))
+                    self.drops["under load: cookie sent"] += 1
+                    return
+                if self._rate_limited(ip, now):
+                    self.drops["under load: rate limited"] += 1
+                    return
+            if kind == MSG_INITIATION:
+                self._receive_initiation(data, source, now)
+            elif kind == MSG_RESPONSE:
+                self._receive_response(data, source, now)
+        except ParseError as exc:
+            self.drops[f"handshake: {exc}"] += 1
+
+    def _receive_cookie_reply(self, data: bytes, now: float) -> None:
+        reply = parse_cookie_reply(data)
+        owner = self.handshake_indices.get(reply.receiver)
+        if owner is None:
+            kp = self.keypair_indices.get(reply.receiver)
+            owner = kp.peer if kp else None
+        if owner is None or not owner.cookie.consume_reply(reply, now):
+            self.drops["bad cookie reply"] += 1
+
+    def _receive_initiation(self, data: bytes, source: Endpoint, now: float) -> None:
+        msg = parse_initiation(data)
+        decoded = noise.open_initiation(self.identity, msg)
+        peer = self.peers.get(decoded.remote_static)
+        if peer is None:
+            self.drops["initiation from unknown peer"] += 1
+            return
+        noise.consume_initiation(decoded, peer.handshake, msg, now=now, flood_interval=self.config.flood_interval)
+        peer.endpoint = source
+        peer.rx_bytes += len(data)
+        peer.timers.on_any_authenticated_packet_traversal(now)
+        peer.timers.on_any_authenticated_packet_received()
+        peer.log.debug("received handshake initiation")
+        self._send_response(peer, now)
+
+    def _receive_response(self, data: bytes, source: Endpoint, now: float) -> None:
+        msg = parse_response(data)
+        peer = self.handshake_indices.get(msg.receiver)
+        if peer is None:
+            self.drops["response to unknown index"] += 1
+            return
+        noise.consume_response(self.identity, peer.handshake, msg)
+        peer.endpoint = source
+        peer.rx_bytes += len(data)
+        peer.timers.on_any_authenticated_packet_traversal(now)
+        peer.timers.on_any_authenticated_packet_received()
+        self._begin_session(peer, now, initiator=True)
+        peer.timers.on_session_derived(now)
+        self._handshake_complete(peer, now)
+        self._send_keepalive(peer, now)
+
+
+__all__ = ["Device", "DeviceConfig", "Peer", "short_key"]

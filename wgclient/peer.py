@@ -1,0 +1,75 @@
+"""One WireGuard peer's state: handshake, keypairs, staged packets, endpoint, timers and counters.
+
+The device drives it (device.py owns the protocol rules); this module keeps what belongs to one peer and
+the small decisions that need nothing else (is there a usable key to send with, should we rekey).
+"""
+from __future__ import annotations
+
+import base64
+import collections
+import logging
+from typing import Callable
+
+from .constants import (KEEPALIVE_TIMEOUT, MAX_STAGED_PACKETS, REJECT_AFTER_MESSAGES, REJECT_AFTER_TIME,
+                        REKEY_AFTER_MESSAGES, REKEY_AFTER_TIME, REKEY_TIMEOUT)
+from .keypair import Keypair, KeypairSlots
+from .noise.cookie import CookieGenerator
+from .noise.handshake import Handshake
+from .timers import PeerTimers
+
+Endpoint = tuple  # (host, port) or (host, port, flowinfo, scope_id) as the socket module gives them
+
+
+def short_key(public_key: bytes) -> str:
+    return base64.b64encode(public_key).decode()[:8]
+
+
+class Peer:
+    def __init__(self, public_key: bytes, jitter: Callable[[], float]) -> None:
+        self.public_key = public_key
+        self.short = short_key(public_key)
+        self.log = logging.LoggerAdapter(logging.getLogger("wgc.peer"), {"peer": self.short})
+        self.handshake = Handshake(remote_static=public_key)
+        self.cookie = CookieGenerator(public_key)
+        self.keypairs = KeypairSlots()
+        self.timers = PeerTimers(jitter)
+        self.endpoint: Endpoint | None = None
+        self.staged: collections.deque[bytes] = collections.deque(maxlen=MAX_STAGED_PACKETS)
+        self.last_sent_handshake: float | None = None  # monotonic time of our last initiation or response
+        self.last_handshake_wall = 0.0  # wall-clock time of the last completed handshake, for `wg show`
+        self.rx_bytes = 0
+        self.tx_bytes = 0
+        self.rx_data_packets = 0
+        self.tx_data_packets = 0
+
+    def __repr__(self) -> str:
+        return f"Peer({self.short})"
+
+    @property
+    def preshared_key(self) -> bytes:
+        return self.handshake.preshared_key
+
+    def sending_keypair(self, now: float) -> Keypair | None:
+        """The current keypair if it may still be used to send, else None (a handshake is needed)."""
+        kp = self.keypairs.current
+        if kp is None or kp.send_counter >= REJECT_AFTER_MESSAGES or now - kp.created >= REJECT_AFTER_TIME:
+            return None
+        return kp
+
+    def should_rekey_after_send(self, now: float) -> bool:
+        kp = self.keypairs.current
+        return kp is not None and (kp.send_counter > REKEY_AFTER_MESSAGES
+                                   or (kp.is_initiator and now - kp.created > REKEY_AFTER_TIME))
+
+    def should_rekey_after_receive(self, now: float) -> bool:
+        if self.timers.sent_last_minute_handshake:
+            return False
+        kp = self.keypairs.current
+        if kp is not None and kp.is_initiator and \
+                now - kp.created > REJECT_AFTER_TIME - KEEPALIVE_TIMEOUT - REKEY_TIMEOUT:
+            self.timers.sent_last_minute_handshake = True
+            return True
+        return False
+
+    def stage(self, packet: bytes) -> None:
+        self.staged.append(packet)  # the deque drops the oldest when full
