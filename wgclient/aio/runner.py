@@ -1,0 +1,203 @@
+"""The runner: drives the device core from the TUN device, the UDP port and one timer, on asyncio.
+
+Readers are registered with `loop.add_reader` (no task per packet): when the TUN or a socket is readable,
+the runner drains a batch, feeds it to the core in one call, carries out the outputs (GSO sends, TUN
+writes) and re-arms the single timer at the core's next deadline. `serve()` builds the whole interface
+from an InterfaceConfig and tears it down again, whatever happens.
+"""
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import os
+import time
+from typing import Callable
+
+from ..config import InterfaceConfig
+from ..device import Device, DeviceConfig
+from ..errors import UsageError
+from .udp import UdpPort
+from .uapi_target import DeviceTarget
+
+log = logging.getLogger("wgc.runner")
+
+TUN_BATCH = 64
+PACKET_SLOT = 65536
+
+
+class Runner:
+    """Moves packets between a TUN fd, a UdpPort and a Device core."""
+
+    def __init__(self, device: Device, udp: UdpPort, tun_fd: int, *, tun_headroom: int = 0) -> None:
+        self.device = device
+        self.udp = udp
+        self.tun_fd = tun_fd
+        self.tun_headroom = tun_headroom
+        self.loop = asyncio.get_running_loop()
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self._tun_buf = bytearray(PACKET_SLOT * 4)
+        self._tun_view = memoryview(self._tun_buf)
+        self.tun_write_errors = 0
+        self.device.wall_offset = time.time() - time.monotonic()
+
+    # -- lifecycle -----------------------------------------------------------------------------------------
+    def start(self) -> None:
+        self.loop.add_reader(self.tun_fd, self._on_tun)
+        self._watch_udp()
+        self.rearm()
+
+    def _watch_udp(self) -> None:
+        for sock in self.udp.sockets():
+            self.loop.add_reader(sock.fileno(), self._on_udp, sock)
+
+    def _unwatch_udp(self) -> None:
+        for sock in self.udp.sockets():
+            self.loop.remove_reader(sock.fileno())
+
+    def rebind(self, port: int) -> None:
+        self._unwatch_udp()
+        try:
+            self.udp.bind(port)
+        finally:
+            self._watch_udp()
+
+    def stop(self) -> None:
+        self.loop.remove_reader(self.tun_fd)
+        self._unwatch_udp()
+        if self._timer:
+            self._timer.cancel()
+            self._timer = None
+
+    # -- inputs --------------------------------------------------------------------------------------------
+    def _on_tun(self) -> None:
+        fd = self.tun_fd
+        view = self._tun_view
+        headroom = self.tun_headroom
+        packets = []
+        offset = 0
+        limit = len(self._tun_buf) - PACKET_SLOT
+        for _ in range(TUN_BATCH):
+            try:
+                n = os.readv(fd, [view[offset:offset + PACKET_SLOT]])
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as exc:
+                if exc.errno == errno.EBADFD:
+                    self.loop.remove_reader(fd)
+                    return
+                log.debug("tun read failed: %s", exc)
+                break
+            if n <= headroom:
+                continue
+            packets.append(view[offset + headroom:offset + n])
+            offset += n
+            if offset > limit:
+                break
+        if packets:
+            self.device.send_packets(packets, time.monotonic())
+            self.flush()
+
+    def _on_udp(self, sock) -> None:
+        batch = self.udp.read_batch(sock)
+        if batch:
+            self.device.receive_datagrams(batch, time.monotonic())
+            self.flush()
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_at = None
+        self.device.on_timer(time.monotonic())
+        self.flush()
+
+    # -- outputs -------------------------------------------------------------------------------------------
+    def flush(self) -> None:
+        out = self.device.out
+        udp = self.udp
+        for endpoint, data in out.datagrams:
+            udp.send(data, endpoint)
+        if out.sealed:
+            udp.send_sealed(out.send_buf, out.sealed)
+        if out.tun:
+            fd = self.tun_fd
+            with memoryview(out.recv_buf) as mv:
+                for start, end in out.tun:
+                    try:
+                        os.write(fd, mv[start:end])
+                    except OSError:
+                        self.tun_write_errors += 1
+        out.clear()
+        self.rearm()
+
+    def rearm(self) -> None:
+        deadline = self.device.next_deadline()
+        if deadline == self._timer_at:
+            return
+        if self._timer:
+            self._timer.cancel()
+        self._timer_at = deadline
+        if deadline is None:
+            self._timer = None
+        else:
+            # asyncio's loop clock is time.monotonic, the same clock the core is fed.
+            self._timer = self.loop.call_at(deadline, self._on_timer)
+
+
+def _random_bytes(n: int) -> bytes:
+    return os.urandom(n)
+
+
+async def serve(config: InterfaceConfig, *, on_ready: Callable[[], None] = lambda: None,
+                vnet_hdr: bool = False) -> None:
+    """Bring up the interface described by config, run until cancelled, then undo everything."""
+    from . import netconf
+    from .tun import open_tun
+    from .uapi_server import start_uapi_server
+
+    cleanups: list[Callable[[], object]] = []
+    try:
+        device = Device(config.private_key, random_bytes=_random_bytes,
+                        config=DeviceConfig(mtu=config.mtu, tun_headroom=10 if vnet_hdr else 0))
+        now = time.monotonic()
+        for pc in config.peers:
+            peer = device.add_peer(pc.public_key)
+            device.set_preshared_key(peer, pc.preshared_key)
+            if pc.endpoint:
+                device.set_endpoint(peer, pc.endpoint)
+            for net in pc.allowed_ips:
+                device.allowed_ips.insert(net, peer)
+        try:
+            udp = UdpPort(config.listen_port or 0, config.fwmark)
+        except OSError as exc:
+            raise UsageError(f"cannot listen on UDP port {config.listen_port}: {exc.strerror}") from exc
+        cleanups.append(udp.close)
+        try:
+            tun = open_tun(config.name, config.mtu, vnet_hdr=vnet_hdr)
+        except OSError as exc:
+            raise UsageError(f"cannot create TUN device {config.name!r}: {exc.strerror or exc}") from exc
+        cleanups.append(tun.close)
+        runner = Runner(device, udp, tun.fd, tun_headroom=10 if vnet_hdr else 0)
+        target = DeviceTarget(runner)
+        uapi = await start_uapi_server(config.name, target)
+        cleanups.append(uapi.close)
+        applied = netconf.configure(config.name, config.addresses, config.mtu,
+                                    [n for p in config.peers for n in p.allowed_ips], table=config.table)
+        cleanups.append(lambda: netconf.unconfigure(applied))
+        runner.start()
+        cleanups.append(runner.stop)
+        for pc in config.peers:
+            if pc.persistent_keepalive:
+                device.set_persistent_keepalive(device.peers[pc.public_key], pc.persistent_keepalive, now)
+        runner.flush()
+        log.info("interface %s up: UDP port %d, %d peers", config.name, udp.port, len(config.peers))
+        on_ready()
+        await asyncio.Event().wait()
+    finally:
+        for undo in reversed(cleanups):
+            try:
+                result = undo()
+                if asyncio.iscoroutine(result):
+                    await result
+            except Exception:  # teardown must go on; say what failed
+                log.exception("teardown step failed")

@@ -1,0 +1,106 @@
+"""The running device seen through the UAPI: what `wg show` reads and what `wg set` changes.
+
+Implements `wgclient.uapi.UapiTarget` over a Runner: reads the clock for the changes that need it
+(turning on persistent keepalive sends one at once), rebinds the UDP port, and flushes what the core
+asks to send after each change.
+"""
+from __future__ import annotations
+
+import ipaddress
+import time
+from typing import TYPE_CHECKING
+
+from ..errors import UsageError
+from ..uapi import DeviceState, PeerState
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .runner import Runner
+
+
+class DeviceTarget:
+    def __init__(self, runner: "Runner") -> None:
+        self.runner = runner
+        self.device = runner.device
+        self.fwmark = 0
+
+    def _peer(self, public_key: bytes):
+        peer = self.device.peers.get(public_key)
+        if peer is None:
+            raise UsageError("no such peer")
+        return peer
+
+    def uapi_get(self) -> DeviceState:
+        dev = self.device
+        peers = []
+        for peer in dev.peers.values():
+            endpoint = None
+            if peer.endpoint is not None:
+                host = peer.endpoint[0]
+                if host.startswith("::ffff:") and "." in host:
+                    host = host[7:]
+                endpoint = (host, peer.endpoint[1])
+            psk = peer.handshake.preshared_key
+            peers.append(PeerState(
+                public_key=peer.public_key,
+                preshared_key=psk if psk != bytes(32) else None,
+                endpoint=endpoint,
+                last_handshake_ns=int(peer.last_handshake_wall * 1e9),
+                tx_bytes=peer.tx_bytes,
+                rx_bytes=peer.rx_bytes,
+                persistent_keepalive=peer.timers.persistent_keepalive_interval,
+                allowed_ips=dev.allowed_ips.entries(peer),
+            ))
+        return DeviceState(
+            private_key=dev.identity.private_key if dev.identity else None,
+            listen_port=self.runner.udp.port,
+            fwmark=self.fwmark,
+            peers=peers,
+        )
+
+    def uapi_set_private_key(self, key: bytes | None) -> None:
+        self.device.set_private_key(key)
+
+    def uapi_set_listen_port(self, port: int) -> None:
+        if port != self.runner.udp.port or port == 0:
+            self.runner.rebind(port)
+
+    def uapi_set_fwmark(self, mark: int) -> None:
+        self.runner.udp.set_fwmark(mark)
+        self.fwmark = mark
+
+    def uapi_remove_all_peers(self) -> None:
+        for key in list(self.device.peers):
+            self.device.remove_peer(key)
+
+    def uapi_has_peer(self, public_key: bytes) -> bool:
+        return public_key in self.device.peers
+
+    def uapi_add_peer(self, public_key: bytes) -> None:
+        if self.device.public_key != public_key:
+            self.device.add_peer(public_key)
+
+    def uapi_remove_peer(self, public_key: bytes) -> None:
+        self.device.remove_peer(public_key)
+
+    def uapi_set_preshared_key(self, public_key: bytes, psk: bytes | None) -> None:
+        self.device.set_preshared_key(self._peer(public_key), psk)
+
+    def uapi_set_endpoint(self, public_key: bytes, host: str, port: int) -> None:
+        ip = ipaddress.ip_address(host)
+        endpoint = (str(ip), port, 0, 0) if ip.version == 6 else (str(ip), port)
+        self.device.set_endpoint(self._peer(public_key), endpoint)
+
+    def uapi_set_persistent_keepalive(self, public_key: bytes, seconds: int) -> None:
+        self.device.set_persistent_keepalive(self._peer(public_key), seconds, time.monotonic())
+        self.runner.flush()
+
+    def uapi_clear_allowed_ips(self, public_key: bytes) -> None:
+        peer = self._peer(public_key)
+        for net in self.device.allowed_ips.entries(peer):
+            self.device.allowed_ips.remove(net, peer)
+
+    def uapi_add_allowed_ip(self, public_key: bytes, network) -> None:
+        self.device.allowed_ips.insert(network, self._peer(public_key))
+
+    def uapi_remove_allowed_ip(self, public_key: bytes, network) -> None:
+        self.device.allowed_ips.remove(network, self._peer(public_key))
