@@ -209,13 +209,27 @@ class _Peer:
         return parse_dump(self.wg("show", self.name, "dump").stdout)
 
     # -- lifecycle
+    @property
+    def log_path(self) -> str:
+        return os.path.join(self.workdir, f"{self.name}.log")
+
+    def _log(self):
+        """The process's output goes to a file (a pipe nobody reads would fill and stall it)."""
+        return open(self.log_path, "a")
+
+    def log_tail(self, n: int = 2000) -> str:
+        try:
+            with open(self.log_path, errors="replace") as f:
+                return f.read()[-n:]
+        except OSError:
+            return ""
+
     def _wait_for_socket(self, what: str) -> None:
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:
             if self.proc is not None and self.proc.poll() is not None:
-                out, err = self.proc.communicate()
                 raise PeerError(f"{what} for {self.name} exited with {self.proc.returncode}: "
-                                f"{(err or out or '').strip()[-2000:]}")
+                                f"{self.log_tail().strip()}")
             if os.path.exists(self.sock_path) and self.wg("show", self.name, "dump", check=False).returncode == 0:
                 return
             time.sleep(0.02)
@@ -247,8 +261,9 @@ class WgGoPeer(_Peer):
 
     def start(self) -> "WgGoPeer":
         env = dict(os.environ, WG_PROCESS_FOREGROUND="1", LOG_LEVEL=os.environ.get("WG_GO_LOG", "error"))
-        self.proc = self.ns.popen("wireguard-go", "-f", self.name, env=env, stdout=subprocess.DEVNULL,
-                                  stderr=subprocess.PIPE, text=True)
+        with self._log() as log:
+            self.proc = self.ns.popen("wireguard-go", "-f", self.name, env=env, stdout=log,
+                                      stderr=subprocess.STDOUT)
         self._wait_for_socket("wireguard-go")
         self.wg_set("listen-port", str(self.listen_port), "private-key", self.secret_file(self.private_key))
         for cidr in self.address_cidrs:
@@ -276,8 +291,9 @@ class WgcPeer(_Peer):
             f.write(self.config_text())
         root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
-        self.proc = self.ns.popen(sys.executable, "-m", "wgclient.cli", "up", path, "--foreground", env=env,
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        with self._log() as log:
+            self.proc = self.ns.popen(sys.executable, "-m", "wgclient.cli", "up", path, "--foreground",
+                                      env=env, stdout=log, stderr=subprocess.STDOUT)
         self._wait_for_socket("wgc up")
         return self
 
