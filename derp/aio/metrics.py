@@ -1,0 +1,80 @@
+"""Prometheus metrics for the derper (prometheus-client), collected from the relay's counters on scrape
+(nothing is updated per packet), served by a tiny asyncio HTTP listener at `/metrics` on --metrics-addr.
+"""
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+from derp import httpwire
+from derp.errors import ParseError
+
+
+class RelayCollector:
+    def __init__(self, server: Any) -> None:
+        self.server = server
+
+    def collect(self):
+        relay = self.server.relay
+        stats = relay.stats()
+        yield GaugeMetricFamily("derp_active_clients", "Connected DERP clients (not mesh peers)",
+                                value=stats["clients"])
+        yield GaugeMetricFamily("derp_home_clients", "Clients that said this is their home node",
+                                value=stats["home_clients"])
+        yield GaugeMetricFamily("derp_mesh_peers", "Connected mesh peers (inbound)", value=stats["mesh_peers"])
+        up = sum(1 for link in self.server.mesh_links if link.client.connected)
+        yield GaugeMetricFamily("derp_mesh_links_up", "Outbound mesh links that are connected", value=up)
+        yield GaugeMetricFamily("derp_mesh_routes", "Keys reachable through a mesh peer",
+                                value=stats["mesh_routes"])
+        yield CounterMetricFamily("derp_accepts", "DERP connections admitted", value=stats["accepted"])
+        yield CounterMetricFamily("derp_packets_relayed", "Packets relayed to local clients",
+                                  value=stats["packets_relayed"])
+        yield CounterMetricFamily("derp_bytes_relayed", "Packet bytes relayed to local clients",
+                                  value=stats["bytes_relayed"])
+        yield CounterMetricFamily("derp_packets_forwarded_out", "Packets forwarded to mesh peers",
+                                  value=stats["packets_forwarded_out"])
+        yield CounterMetricFamily("derp_packets_forwarded_in", "Packets received from mesh peers",
+                                  value=stats["packets_forwarded_in"])
+        drops = CounterMetricFamily("derp_packets_dropped", "Packets dropped, by reason", labels=["reason"])
+        for reason, count in sorted(stats["drops"].items()):
+            drops.add_metric([reason], count)
+        yield drops
+        http = self.server.http_counters
+        yield CounterMetricFamily("derp_conn_rate_limited", "Connections refused by the per-IP rate limit (429)",
+                                  value=http["rate_limited"])
+        events = CounterMetricFamily("derp_http_events", "HTTP-level events", labels=["event"])
+        for name, count in sorted(http.items()):
+            events.add_metric([name], count)
+        yield events
+
+
+def make_registry(server: Any) -> CollectorRegistry:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(RelayCollector(server))
+    return registry
+
+
+async def serve_metrics(server: Any, host: str, port: int) -> asyncio.base_events.Server:
+    registry = make_registry(server)
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5.0)
+            req = httpwire.parse_request(head)
+            if req.path == "/metrics" and req.method in ("GET", "HEAD"):
+                body = generate_latest(registry)
+                writer.write(httpwire.response(200, {"Content-Type": "text/plain; version=0.0.4"}, body,
+                                               head_only=req.method == "HEAD"))
+            else:
+                writer.write(httpwire.response(404, {}, b"not found\n"))
+            await writer.drain()
+        except (asyncio.TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ParseError,
+                ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    return await asyncio.start_server(handle, host, port)

@@ -1,0 +1,79 @@
+"""DERP protocol constants (derp.md §2-§6, from Tailscale's derp/derp.go and derpserver): one place for all."""
+from __future__ import annotations
+
+import enum
+
+MAGIC = b"DERP\xf0\x9f\x94\x91"          # §2: "DERP" + UTF-8 of U+1F511
+PROTOCOL_VERSION = 2                     # §2: v2 RecvPacket carries the source key
+KEY_LEN = 32                             # §2
+NONCE_LEN = 24                           # §2
+FRAME_HEADER_LEN = 5                     # §2: type(1) || big-endian length(4)
+MAX_PACKET_SIZE = 64 << 10               # §2: max packet bytes in Send/Forward/RecvPacket
+MAX_INFO_LEN = 1 << 20                   # §2: max ServerInfo JSON
+MAX_CLIENT_FRAME = 1 << 20               # §4.2: a client treats bigger frames as a broken connection
+MAX_CLIENT_INFO_FRAME = 256 << 10        # §4.1 step 4
+MAX_SERVER_FRAME = KEY_LEN * 2 + MAX_PACKET_SIZE  # §11: largest ForwardPacket payload (server side bound)
+SERVER_KEY_READ_LIMIT = 1 << 10          # §4.1 step 2: a client reads at most 1 KiB of ServerKey
+MIN_CLIENT_INFO_LEN = KEY_LEN + NONCE_LEN  # §4.1 step 4
+
+KEEPALIVE_INTERVAL = 60.0                # §2: server KeepAlive period ...
+KEEPALIVE_JITTER = 5.0                   # ... plus random [0, 5 s)
+CLIENT_READ_TIMEOUT = 120.0              # §2: no frame for this long => connection dead
+HANDSHAKE_TIMEOUT = 10.0                 # §4.1 step 4 / §7.2
+PING_TIMEOUT = 5.0                       # §5.3: derphttp.Client.Ping waits <= 5 s
+PING_MIN_LEN, PING_MAX_LEN = 8, 1000     # §5.3 server accepts 8..1000, echoes the first 8
+SEND_QUEUE_DEPTH = 32                    # §5.2 per-client queue depth
+MESH_RECONNECT_INTERVAL = 5.0            # §6: mesh watch connection redial period
+NOT_HERE_RATE, NOT_HERE_BURST = 1.0, 3   # §5.1: PeerGone(NotHere) per sending connection
+RECONNECT_MAX_DELAY = 5.0                # §10: min(n^2 * 10 ms, 5 s) * U[0.5, 1.5)
+DISCO_MAGIC = b"TS\xf0\x9f\x92\xac"      # §5.1: disco packets start with this ...
+DISCO_MIN_LEN = 62                       # ... and are at least this long
+
+FAST_START_HEADER = "Derp-Fast-Start"    # §7.3
+IDEAL_NODE_HEADER = "Ideal-Node"         # §7.2
+CHALLENGE_HEADER = "X-Tailscale-Challenge"   # §7.5 /generate_204
+RESPONSE_HEADER = "X-Tailscale-Response"
+
+
+class FrameType(enum.IntEnum):
+    """§3 frame types; note the gap between 0x0A and 0x10."""
+
+    SERVER_KEY = 0x01
+    CLIENT_INFO = 0x02
+    SERVER_INFO = 0x03
+    SEND_PACKET = 0x04
+    RECV_PACKET = 0x05
+    KEEP_ALIVE = 0x06
+    NOTE_PREFERRED = 0x07
+    PEER_GONE = 0x08
+    PEER_PRESENT = 0x09
+    FORWARD_PACKET = 0x0A
+    WATCH_CONNS = 0x10
+    CLOSE_PEER = 0x11
+    PING = 0x12
+    PONG = 0x13
+    HEALTH = 0x14
+    RESTARTING = 0x15
+
+
+class PeerGoneReason(enum.IntEnum):
+    """§5.5."""
+
+    DISCONNECTED = 0x00
+    NOT_HERE = 0x01
+    MESH_CONN_BROKE = 0xF0
+
+
+class PeerPresentFlags(enum.IntFlag):
+    """§6."""
+
+    NONE = 0
+    REGULAR = 0x01
+    MESH_PEER = 0x02
+    PROBER = 0x04
+    NOT_IDEAL = 0x08
+
+
+def is_disco(packet: bytes | memoryview) -> bool:
+    """§5.1: does this payload look like a disco message (magic prefix and minimum length)?"""
+    return len(packet) >= DISCO_MIN_LEN and packet[:6] == DISCO_MAGIC

@@ -1,0 +1,406 @@
+"""The DERP server core: the per-connection handshake and the relay (registry, routing, mesh, watchers).
+
+Pure and single-threaded; the asyncio adapter feeds it and carries out its outputs.
+Handshake (derp.md §4.1): send ServerKey, wait (<= 10 s) for ClientInfo, open the box, check admission
+(mesh key, allowed keys / open relay, max clients), then the relay registers the connection and the
+adapter sends ServerInfo.
+Relay rules (§5, §6):
+  * several connections per key; the most recently connected, then most recently sending, is active;
+  * SendPacket to a local key => RecvPacket to its active connection; to a key a mesh link announced =>
+    ForwardPacket on that link; otherwise dropped, and for disco payloads PeerGone(NotHere) at most
+    1/s (burst 3) per sending connection;
+  * ForwardPacket, WatchConns and ClosePeer need the mesh key; forwarded packets are never re-forwarded;
+  * watchers get PeerPresent for every client on WatchConns and on each new key, PeerGone when a key's last
+    connection leaves; clients a departing key sent packets to get PeerGone(Disconnected);
+  * KeepAlive to each connection every 60 s + per-connection jitter; Ping is answered with Pong;
+  * any frame breaking its type's rules closes only that connection, with a reason.
+"""
+from __future__ import annotations
+
+import hmac
+import heapq
+import itertools
+import logging
+import struct
+from dataclasses import dataclass
+from typing import Any, Callable, Union
+
+from derp import frames as F
+from derp.constants import (HANDSHAKE_TIMEOUT, KEEPALIVE_INTERVAL, KEEPALIVE_JITTER, KEY_LEN,
+                            MAX_CLIENT_INFO_FRAME, MAX_PACKET_SIZE, MIN_CLIENT_INFO_LEN, NOT_HERE_BURST,
+                            NOT_HERE_RATE, PING_MAX_LEN, PING_MIN_LEN, FrameType, PeerGoneReason,
+                            PeerPresentFlags, is_disco)
+from derp.errors import ParseError
+from derp.keys import public_key_of, short
+
+log = logging.getLogger(__name__)
+_HDR = struct.Struct(">BI")
+_RECV = FrameType.RECV_PACKET
+_FWD = FrameType.FORWARD_PACKET
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    keepalive_interval: float = KEEPALIVE_INTERVAL
+    keepalive_jitter: float = KEEPALIVE_JITTER
+    handshake_timeout: float = HANDSHAKE_TIMEOUT
+    max_clients: int = 0            # 0 = unlimited (mesh peers never count)
+    open_relay: bool = False        # admit any key when no allowed-keys set is given
+
+
+class AccessList:
+    """The keys allowed to use the relay (None = open relay). Replaced wholesale on reload."""
+
+    def __init__(self, allowed: frozenset[bytes] | None) -> None:
+        self.allowed = allowed
+
+    def allows(self, key: bytes) -> bool:
+        return self.allowed is None or key in self.allowed
+
+
+def parse_allowed_keys(text: str) -> frozenset[bytes]:
+    """One base64 (or nodekey:/hex) public key per line; `#` starts a comment. ParseError names the line."""
+    from derp.keys import parse_public_key
+    keys = set()
+    for number, line in enumerate(text.splitlines(), 1):
+        body = line.split("#", 1)[0].strip()
+        if not body:
+            continue
+        try:
+            keys.add(parse_public_key(body))
+        except ParseError as exc:
+            raise ParseError(f"line {number}: {exc}") from None
+    return frozenset(keys)
+
+
+# ---- handshake --------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Admission:
+    key: bytes
+    info: F.ClientInfo
+    is_mesh: bool
+    rest: bytes           # bytes received after ClientInfo (already the frame protocol)
+
+
+class Rejected(Exception):
+    """The client completed the handshake but may not use this relay (closed without ServerInfo)."""
+
+    def __init__(self, reason: str, counter: str) -> None:
+        super().__init__(reason)
+        self.counter = counter
+
+
+class ServerHandshake:
+    """Reads ClientInfo from a fresh connection; ParseError for garbage, Rejected for refused keys."""
+
+    def __init__(self, server_private: bytes, now: float, config: ServerConfig) -> None:
+        self._private = server_private
+        self.deadline = now + config.handshake_timeout
+        self._buf = bytearray()
+
+    def greeting(self) -> bytes:
+        return F.ServerKey(public_key_of(self._private)).encode()
+
+    def receive_data(self, data: bytes) -> tuple[bytes, F.ClientInfo, bytes] | None:
+        """(client key, info, rest) once a whole ClientInfo frame arrived, else None."""
+        self._buf += data
+        if len(self._buf) < 5:
+            return None
+        ftype, length = _HDR.unpack_from(self._buf)
+        if ftype != FrameType.CLIENT_INFO:
+            raise ParseError(f"expected ClientInfo, got frame type 0x{ftype:02x}")
+        if not MIN_CLIENT_INFO_LEN <= length <= MAX_CLIENT_INFO_FRAME:
+            raise ParseError(f"ClientInfo of {length} bytes is out of bounds")
+        if len(self._buf) < 5 + length:
+            return None
+        payload = bytes(self._buf[5:5 + length])
+        rest = bytes(self._buf[5 + length:])
+        key = payload[:KEY_LEN]
+        info = F.parse_client_info(F.unseal(self._private, key, payload[KEY_LEN:]))
+        return key, info, rest
+
+
+# ---- relay -------------------------------------------------------------------------------------------------
+
+class Conn:
+    """A registered client connection as the relay sees it; `sink` is the adapter's object for it."""
+
+    __slots__ = ("id", "key", "ip", "port", "is_mesh", "is_prober", "not_ideal", "sink", "preferred",
+                 "watcher", "nh_tokens", "nh_time", "next_keepalive", "closed", "can_ack_pings")
+
+    def __init__(self, key: bytes, ip: str, port: int, is_mesh: bool, sink: Any, is_prober: bool = False,
+                 not_ideal: bool = False, can_ack_pings: bool = False) -> None:
+        self.id = 0
+        self.key, self.ip, self.port, self.sink = key, ip, port, sink
+        self.is_mesh, self.is_prober, self.not_ideal = is_mesh, is_prober, not_ideal
+        self.can_ack_pings = can_ack_pings
+        self.preferred = False
+        self.watcher = False
+        self.nh_tokens = float(NOT_HERE_BURST)
+        self.nh_time = 0.0
+        self.next_keepalive = 0.0
+        self.closed = False
+
+    def __repr__(self) -> str:
+        return f"<Conn #{self.id} {short(self.key)} {self.ip}:{self.port}>"
+
+    def flags(self) -> int:
+        f = PeerPresentFlags.MESH_PEER if self.is_mesh else PeerPresentFlags.REGULAR
+        if self.is_prober:
+            f |= PeerPresentFlags.PROBER
+        if self.not_ideal:
+            f |= PeerPresentFlags.NOT_IDEAL
+        return int(f)
+
+
+@dataclass(frozen=True)
+class Write:
+    """Write a control frame to a connection (never dropped by queue limits)."""
+    conn: Conn
+    data: bytes
+
+
+@dataclass(frozen=True)
+class Deliver:
+    """A RecvPacket frame for a connection's bounded packet queue."""
+    conn: Conn
+    data: bytes
+    disco: bool
+
+
+@dataclass(frozen=True)
+class Forward:
+    """A ForwardPacket frame for a mesh link (the adapter's object, registered with add_route)."""
+    link: Any
+    data: bytes
+
+
+@dataclass(frozen=True)
+class CloseConn:
+    conn: Conn
+    reason: str
+
+
+Out = Union[Write, Deliver, Forward, CloseConn]
+
+
+class Relay:
+    def __init__(self, server_private: bytes, config: ServerConfig, acl: AccessList,
+                 random_float: Callable[[], float], mesh_key: bytes | None = None) -> None:
+        self.private_key = server_private
+        self.public_key = public_key_of(server_private)
+        self.config = config
+        self.acl = acl
+        self.mesh_key = mesh_key
+        self._random = random_float
+        self.clients: dict[bytes, list[Conn]] = {}
+        self.watchers: dict[int, Conn] = {}
+        self.mesh_routes: dict[bytes, Any] = {}
+        self.sent_to: dict[bytes, set[bytes]] = {}
+        self.counters: dict[str, int] = {
+            "accepted": 0, "packets_relayed": 0, "bytes_relayed": 0, "packets_forwarded_out": 0,
+            "packets_forwarded_in": 0, "home_clients": 0}
+        self.drops: dict[str, int] = {}
+        self._ids = itertools.count(1)
+        self._heap: list[tuple[float, int, Conn]] = []
+        self.n_regular = 0
+        self.n_mesh = 0
+
+    # ---- admission & registry ---------------------------------------------------------------------
+    def admit(self, key: bytes, info: F.ClientInfo) -> bool:
+        """True if the client holds the mesh key; raises Rejected when it may not connect."""
+        if info.mesh_key and self.mesh_key is not None:
+            try:
+                given = bytes.fromhex(info.mesh_key.strip())
+            except ValueError:
+                given = b""
+            if hmac.compare_digest(given, self.mesh_key):
+                return True
+            raise Rejected("wrong mesh key", "bad_mesh_key")
+        if not self.acl.allows(key):
+            raise Rejected(f"key {short(key)} is not in the allowed keys", "acl")
+        if self.config.max_clients and self.n_regular >= self.config.max_clients:
+            raise Rejected(f"server is full ({self.config.max_clients} clients)", "max_clients")
+        return False
+
+    def register(self, conn: Conn, now: float) -> list[Out]:
+        conn.id = next(self._ids)
+        conns = self.clients.setdefault(conn.key, [])
+        first = not conns
+        conns.append(conn)
+        if conn.is_mesh:
+            self.n_mesh += 1
+        else:
+            self.n_regular += 1
+        self.counters["accepted"] += 1
+        conn.next_keepalive = now + self.config.keepalive_interval + self._random() * self.config.keepalive_jitter
+        heapq.heappush(self._heap, (conn.next_keepalive, conn.id, conn))
+        log.debug("register %r", conn)
+        out: list[Out] = []
+        if first:
+            frame = F.PeerPresent(conn.key, conn.ip, conn.port, conn.flags()).encode()
+            out.extend(Write(w, frame) for w in self.watchers.values() if w is not conn)
+        return out
+
+    def unregister(self, conn: Conn) -> list[Out]:
+        if conn.closed:
+            return []
+        conn.closed = True
+        if conn.is_mesh:
+            self.n_mesh -= 1
+        else:
+            self.n_regular -= 1
+        if conn.preferred:
+            self.counters["home_clients"] -= 1
+        self.watchers.pop(conn.id, None)
+        conns = self.clients.get(conn.key, [])
+        if conn in conns:
+            conns.remove(conn)
+        out: list[Out] = []
+        if conns:
+            return out
+        self.clients.pop(conn.key, None)
+        gone = F.PeerGone(conn.key, PeerGoneReason.DISCONNECTED).encode()
+        out.extend(Write(w, gone) for w in self.watchers.values())
+        for dst in self.sent_to.pop(conn.key, ()):
+            for peer in self.clients.get(dst, ())[-1:]:
+                out.append(Write(peer, gone))
+        return out
+
+    def active(self, key: bytes) -> Conn | None:
+        conns = self.clients.get(key)
+        return conns[-1] if conns else None
+
+    def add_route(self, key: bytes, link: Any) -> None:
+        """A mesh link announced `key` (PeerPresent); the first link to claim a key wins."""
+        self.mesh_routes.setdefault(key, link)
+
+    def remove_route(self, key: bytes, link: Any) -> None:
+        if self.mesh_routes.get(key) is link:
+            del self.mesh_routes[key]
+
+    def remove_link(self, link: Any) -> None:
+        for key in [k for k, v in self.mesh_routes.items() if v is link]:
+            del self.mesh_routes[key]
+
+    def _drop(self, reason: str) -> None:
+        self.drops[reason] = self.drops.get(reason, 0) + 1
+
+    # ---- hot path ---------------------------------------------------------------------------------------
+    def send_packet(self, conn: Conn, payload: bytes, now: float) -> Out | None:
+        """A SendPacket payload (dst || data) from `conn`: what to do with it (None = dropped)."""
+        n = len(payload)
+        if n < KEY_LEN or n - KEY_LEN > MAX_PACKET_SIZE:
+            raise ParseError(f"SendPacket of {n} bytes is out of bounds")
+        dst = payload[:KEY_LEN]
+        conns = self.clients.get(conn.key)
+        if conns and conns[-1] is not conn and conn in conns:  # last sender becomes active (§5.4)
+            conns.remove(conn)
+            conns.append(conn)
+        targets = self.clients.get(dst)
+        if targets:
+            target = targets[-1]
+            seen = self.sent_to.get(conn.key)
+            if seen is None:
+                self.sent_to[conn.key] = seen = set()
+            if dst not in seen:
+                seen.add(dst)
+            c = self.counters
+            c["packets_relayed"] += 1
+            c["bytes_relayed"] += n - KEY_LEN
+            data = payload[KEY_LEN:]
+            return Deliver(target, _HDR.pack(_RECV, n) + conn.key + data, is_disco(data))
+        link = self.mesh_routes.get(dst)
+        if link is not None:
+            self.counters["packets_forwarded_out"] += 1
+            return Forward(link, _HDR.pack(_FWD, n + KEY_LEN) + conn.key + payload)
+        return self._not_here(conn, dst, payload[KEY_LEN:], now, "unknown_dest")
+
+    def _not_here(self, conn: Conn, dst: bytes, data: bytes, now: float, reason: str) -> Out | None:
+        self._drop(reason)
+        if not is_disco(data):
+            return None
+        conn.nh_tokens = min(float(NOT_HERE_BURST), conn.nh_tokens + (now - conn.nh_time) * NOT_HERE_RATE)
+        conn.nh_time = now
+        if conn.nh_tokens < 1:
+            return None
+        conn.nh_tokens -= 1
+        return Write(conn, F.PeerGone(dst, PeerGoneReason.NOT_HERE).encode())
+
+    # ---- other frames ----------------------------------------------------------------------------------
+    def handle_frame(self, conn: Conn, ftype: int, payload: bytes, now: float) -> list[Out]:
+        """Every frame but SendPacket; ParseError closes only this connection (the adapter's job)."""
+        if ftype == FrameType.FORWARD_PACKET:
+            self._need_mesh(conn, "ForwardPacket")
+            fp = F.parse_frame(ftype, payload)
+            assert isinstance(fp, F.ForwardPacket)
+            target = self.active(fp.dst)
+            if target is None:
+                out = self._not_here(conn, fp.dst, fp.data, now, "unknown_dest_on_fwd")
+                return [out] if out else []
+            self.counters["packets_forwarded_in"] += 1
+            self.sent_to.setdefault(fp.src, set()).add(fp.dst)
+            return [Deliver(target, F.RecvPacket(fp.src, fp.data).encode(), is_disco(fp.data))]
+        if ftype == FrameType.PING:
+            if not PING_MIN_LEN <= len(payload) <= PING_MAX_LEN:
+                raise ParseError(f"Ping of {len(payload)} bytes (want 8..1000)")
+            return [Write(conn, F.Pong(payload[:8]).encode())]
+        if ftype == FrameType.NOTE_PREFERRED:
+            pref = F.parse_frame(ftype, payload)
+            assert isinstance(pref, F.NotePreferred)
+            if pref.preferred != conn.preferred:
+                self.counters["home_clients"] += 1 if pref.preferred else -1
+                conn.preferred = pref.preferred
+            return []
+        if ftype == FrameType.WATCH_CONNS:
+            self._need_mesh(conn, "WatchConns")
+            F.parse_frame(ftype, payload)
+            if conn.key == self.public_key:
+                return []  # our own mesh dialer reached us: ignore (§6)
+            self.watchers[conn.id] = conn
+            conn.watcher = True
+            out: list[Out] = []
+            for key, conns in self.clients.items():
+                c = conns[-1]
+                if c is not conn:
+                    out.append(Write(conn, F.PeerPresent(key, c.ip, c.port, c.flags()).encode()))
+            return out
+        if ftype == FrameType.CLOSE_PEER:
+            self._need_mesh(conn, "ClosePeer")
+            cp = F.parse_frame(ftype, payload)
+            assert isinstance(cp, F.ClosePeer)
+            return [CloseConn(c, "closed by ClosePeer") for c in list(self.clients.get(cp.key, ()))]
+        if ftype in (FrameType.CLIENT_INFO, FrameType.PONG, FrameType.KEEP_ALIVE):
+            return []  # harmless: a late ClientInfo, a Pong to nothing, a client keepalive
+        return []  # unknown types (and server-to-client types) are skipped (§5.8)
+
+    def _need_mesh(self, conn: Conn, what: str) -> None:
+        if not conn.is_mesh:
+            raise ParseError(f"{what} needs the mesh key: insufficient permissions")
+
+    # ---- time ---------------------------------------------------------------------------------------------
+    def next_deadline(self) -> float | None:
+        while self._heap and self._heap[0][2].closed:
+            heapq.heappop(self._heap)
+        return self._heap[0][0] if self._heap else None
+
+    def on_timer(self, now: float) -> list[Out]:
+        """KeepAlive frames for every connection whose keepalive time has come."""
+        out: list[Out] = []
+        keepalive = F.KeepAlive().encode()
+        heap = self._heap
+        while heap and heap[0][0] <= now:
+            _, _, conn = heapq.heappop(heap)
+            if conn.closed:
+                continue
+            out.append(Write(conn, keepalive))
+            conn.next_keepalive = now + self.config.keepalive_interval
+            heapq.heappush(heap, (conn.next_keepalive, conn.id, conn))
+        return out
+
+    # ---- stats ----------------------------------------------------------------------------------------------
+    def stats(self) -> dict[str, Any]:
+        return {"clients": self.n_regular, "mesh_peers": self.n_mesh, "keys": len(self.clients),
+                "watchers": len(self.watchers), "mesh_routes": len(self.mesh_routes), **self.counters,
+                "drops": dict(self.drops)}
