@@ -380,7 +380,7 @@ def host_routes(cidrs) -> list[str]:
 
 
 # ------------------------------------------------------------------------------------------ traffic
-def ping(ns: Namespace, address: str, count: int = 3, deadline: float = 6.0) -> bool:
+def ping(ns: Namespace, address: str, count: int = 3, deadline: float = 10.0) -> bool:
     """True when `count` echo replies arrive before `deadline` seconds (ping keeps retrying until then)."""
     res = ns.run("ping", "-n", "-q", "-c", str(count), "-i", "0.2", "-w", str(int(deadline)), address,
                  check=False, timeout=deadline + 5)
