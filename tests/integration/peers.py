@@ -273,6 +273,10 @@ class WgGoPeer(_Peer):
         return self
 
 
+# `wgc` from this source tree (an installed console script could belong to another checkout).
+_WGC_MAIN = "import sys; from wgclient.cli.main import main; sys.exit(main(sys.argv[1:]))"
+
+
 class WgcPeer(_Peer):
     """`wgc up <workdir>/<name>.conf --foreground` (a wg-quick style file without peers)."""
 
@@ -292,7 +296,7 @@ class WgcPeer(_Peer):
         root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
         with self._log() as log:
-            self.proc = self.ns.popen(sys.executable, "-m", "wgclient.cli", "up", path, "--foreground",
+            self.proc = self.ns.popen(sys.executable, "-c", _WGC_MAIN, "up", path, "--foreground",
                                       env=env, stdout=log, stderr=subprocess.STDOUT)
         self._wait_for_socket("wgc up")
         return self
