@@ -33,8 +33,8 @@ class Namespace:
     procs: list[subprocess.Popen] = field(default_factory=list)
 
     @classmethod
-    def create(cls, stem: str = "ns") -> "Namespace":
-        name = unique_name(stem)
+    def create(cls, stem: str = "ns", *, name: str | None = None) -> "Namespace":
+        name = name or unique_name(stem)
         _run(["ip", "netns", "add", name])
         ns = cls(name)
         ns.run("ip", "link", "set", "lo", "up")
@@ -102,8 +102,8 @@ class Lab:
     def __init__(self) -> None:
         self.namespaces: list[Namespace] = []
 
-    def namespace(self, stem: str = "ns") -> Namespace:
-        ns = Namespace.create(stem)
+    def namespace(self, stem: str = "ns", *, name: str | None = None) -> Namespace:
+        ns = Namespace.create(stem, name=name)
         self.namespaces.append(ns)
         return ns
 

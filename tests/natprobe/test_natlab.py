@@ -1,0 +1,95 @@
+"""The NAT lab itself: delays, reachability per NAT type, teardown after errors, and its command line."""
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+import pytest
+
+from tests.support.prereq import require_binary, require_root
+
+pytestmark = [pytest.mark.netns, pytest.mark.timeout(60)]
+
+
+def _natlab_namespaces() -> set[str]:
+    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True).stdout
+    return {line.split()[0] for line in out.splitlines() if line.startswith("natlab-")}
+
+
+def _rtt_ms(lab, node: str, ip: str) -> float:
+    out = lab.run(node, "ping", "-c3", "-i0.2", "-W2", ip).stdout
+    return float(re.search(r"= [\d.]+/([\d.]+)/", out).group(1))
+
+
+def test_delays_nat_types_and_teardown():
+    require_root()
+    require_binary("nft", "ping")
+    from tools.natlab.lab import ClientSpec, NatLab, RegionSpec
+
+    before = _natlab_namespaces()
+    with NatLab([RegionSpec(10), RegionSpec(40)],
+                [ClientSpec("none"), ClientSpec("udp-blocked"), ClientSpec("cgnat")]) as lab:
+        made = _natlab_namespaces() - before
+        assert len(made) == len(lab.nodes) == 9
+        near, far = _rtt_ms(lab, "client1", lab.region_ip(1)), _rtt_ms(lab, "client1", lab.region_ip(2))
+        assert 10 <= near < 25 and 40 <= far < 55, (near, far)
+        lab.set_delay(1, 50)
+        assert 50 <= _rtt_ms(lab, "client1", lab.region_ip(1)) < 65
+        # udp-blocked: TCP goes out, UDP does not.
+        server = lab.popen("region2", sys.executable, "-c",
+                           "import socket,sys\n"
+                           "t=socket.create_server(('0.0.0.0',8080)); u=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n"
+                           "u.bind(('0.0.0.0',8081)); print('up',flush=True)\n"
+                           "c,a=t.accept(); c.sendall(a[0].encode()); c.close()\n", text=True)
+        assert server.stdout.readline() == "up\n"
+        probe = ("import socket\n"
+                 "print(socket.create_connection(('198.18.2.2',8080),timeout=3).recv(64).decode())\n"
+                 "u=socket.socket(socket.AF_INET,socket.SOCK_DGRAM); u.settimeout(0.5)\n"
+                 "u.sendto(b'x',('198.18.2.2',8081))\n"
+                 "try:\n    u.recv(10); print('udp answered')\nexcept OSError as e: print('udp', type(e).__name__)\n")
+        out = lab.run("client2", sys.executable, "-c", probe).stdout.split()
+        assert out[0] == lab.public_ip(2)            # TCP went out through the router's NAT
+        assert out[1:] == ["udp", "timeout"] or out[1:] == ["udp", "TimeoutError"]
+        # cgnat: the client reaches the internet through two NATs, seen as the carrier's address.
+        assert lab.run("client3", "ping", "-c1", "-W2", lab.region_ip(1)).returncode == 0
+        assert lab.client_ip(3) == "10.3.0.2" and lab.public_ip(3) == "198.19.3.2"
+    assert _natlab_namespaces() == before
+
+
+def test_failed_build_and_errors_inside_the_block_leave_nothing_behind():
+    require_root()
+    from tools.natlab.lab import ClientSpec, LabError, NatLab, RegionSpec
+
+    before = _natlab_namespaces()
+    with pytest.raises(LabError, match="unknown NAT type"):
+        NatLab([RegionSpec(1)], [ClientSpec("full-cone-magic")])
+    with pytest.raises(RuntimeError):
+        with NatLab([RegionSpec(1)], [ClientSpec("cone")]) as lab:
+            assert lab.run("client1", "ping", "-c1", "-W2", lab.region_ip(1)).returncode == 0
+            raise RuntimeError("test failure inside the lab")
+    assert _natlab_namespaces() == before
+
+
+def test_command_line_up_run_down(tmp_path):
+    require_root()
+    env = {"NATLAB_STATE_DIR": str(tmp_path), "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
+    name = f"t{__import__('os').getpid() % 100000}"
+
+    def natlab(*args, check=True):
+        return subprocess.run([sys.executable, "-m", "tools.natlab", *args], capture_output=True, text=True,
+                              env=env, timeout=30, check=check)
+    before = _natlab_namespaces()
+    try:
+        up = natlab("up", "--name", name, "--region", "5", "--client", "symmetric")
+        assert "client1: nat symmetric, address 10.1.0.2, public 198.19.1.2" in up.stdout
+        assert natlab("up", "--name", name, check=False).returncode == 2
+        ran = natlab("run", name, "client1", "--", "ping", "-c1", "-W2", "198.18.1.2")
+        assert "1 received" in ran.stdout
+        bad = natlab("run", name, "nosuchnode", "--", "true", check=False)
+        assert bad.returncode == 2 and "no lab node 'nosuchnode'" in bad.stderr and "Traceback" not in bad.stderr
+    finally:
+        natlab("down", name, check=False)
+    assert _natlab_namespaces() == before
+    gone = natlab("status", name, check=False)
+    assert gone.returncode == 2 and "no lab named" in gone.stderr

@@ -1,0 +1,322 @@
+"""The NAT lab: an "internet" of network namespaces with relay regions (each with its own delay) and
+clients behind routers whose NAT type is chosen per client.
+
+    with NatLab(regions=[RegionSpec(delay_ms=20), RegionSpec(delay_ms=60)],
+                clients=[ClientSpec(nat="cone"), ClientSpec(nat="symmetric")]) as lab:
+        lab.run("client1", "ping", "-c1", lab.region_ip(1))
+
+Topology (all addresses exist only inside the lab's namespaces; nothing is routed to the host):
+- `inet`: the core router. Region i hangs off it on 198.18.i.0/24 + 2001:db8:18:i::/64 (node .2 / ::2).
+  Every packet to or from region i passes through a TUN device served by `tools.natlab.delayer`, which
+  holds it for half the region's `delay_ms`, so `delay_ms` is added to every round trip (netem is not
+  available on this kernel; the delayer works wherever /dev/net/tun does).
+- client k: public link 198.19.k.0/24 (+ 2001:db8:19:k::/64); the public address is 198.19.k.2.
+  nat "none": the client holds it itself. "cone" (endpoint-independent mapping: masquerade, ports kept),
+  "symmetric" (address-and-port-dependent mapping: masquerade with random ports per connection) and
+  "udp-blocked" (only TCP/ICMP forwarded, v4 and v6): a router `natk` holds it and the client sits on
+  10.k.0.2/24 (+ 2001:db8:1:k::2/64, routed, not NATed). "cgnat": client 10.k.0.2 -> home router `natk`
+  (100.64.k.2) -> carrier router `cgnatk` (198.19.k.2), both masquerading; IPv4 only.
+Everything is torn down by `close()` (also on errors while building, and on Ctrl-C in a `with` block).
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import pathlib
+import select
+import signal
+import subprocess
+import sys
+import tempfile
+from dataclasses import asdict, dataclass, field
+
+from tools.natlab.netns import Lab, Namespace, link
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+NAT_TYPES = ("none", "cone", "symmetric", "udp-blocked", "cgnat")
+STATE_DIR = pathlib.Path(os.environ.get("NATLAB_STATE_DIR", "/run/natlab"))
+_lab_counter = itertools.count()
+
+
+class LabError(Exception):
+    """The lab could not be built or used as asked."""
+
+
+@dataclass(frozen=True)
+class RegionSpec:
+    delay_ms: float = 0.0       # added round-trip time
+    region_id: int = 0          # 0: 900 + index
+    code: str = ""
+    name: str = ""
+
+
+@dataclass(frozen=True)
+class ClientSpec:
+    nat: str = "cone"
+
+    def __post_init__(self) -> None:
+        if self.nat not in NAT_TYPES:
+            raise LabError(f"unknown NAT type {self.nat!r}; choose one of {', '.join(NAT_TYPES)}")
+
+
+def _rules_nat(wan: str, random: bool) -> str:
+    return ("table ip natlab {\n  chain postnat {\n    type nat hook postrouting priority srcnat; policy accept;\n"
+            f'    oifname "{wan}" masquerade{" random" if random else ""}\n  }}\n}}\n')
+
+
+RULES_BLOCK_UDP = ("table inet natlab_filter {\n  chain blockudp {\n"
+                   "    type filter hook forward priority filter; policy accept;\n"
+                   "    meta l4proto udp drop\n  }\n}\n")
+
+
+@dataclass
+class _State:
+    name: str
+    namespaces: dict[str, str]
+    regions: list[dict]
+    clients: list[dict]
+    delay_config: str = ""
+    delayer_pid: int = 0
+    tmpdir: str = ""
+    extra: dict = field(default_factory=dict)
+
+
+class NatLab:
+    """Build the lab (in the constructor) and tear it down with `close()` or a `with` block."""
+
+    def __init__(self, regions: list[RegionSpec] = (), clients: list[ClientSpec] = (), *,
+                 name: str | None = None) -> None:
+        self.name = name or f"{os.getpid()}x{next(_lab_counter)}"
+        self.regions = list(regions)
+        self.clients = list(clients)
+        self.nodes: dict[str, Namespace] = {}
+        self._lab = Lab()
+        self._tmp = tempfile.mkdtemp(prefix=f"natlab-{self.name}-")
+        self._delay_config = os.path.join(self._tmp, "delays.json")
+        self._delayer: subprocess.Popen | None = None
+        self._delayer_pid = 0
+        self._attached = False
+        previous = signal.getsignal(signal.SIGTERM)
+        try:
+            if threading_main():
+                signal.signal(signal.SIGTERM, signal.default_int_handler)
+            self._build()
+        except BaseException:
+            self.close()
+            raise
+        finally:
+            if threading_main():
+                signal.signal(signal.SIGTERM, previous)
+
+    # -- addresses --------------------------------------------------------------------------------------
+    def region_id(self, index: int) -> int:
+        spec = self.regions[index - 1]
+        return spec.region_id or 900 + index
+
+    @staticmethod
+    def region_ip(index: int, family: int = 4) -> str:
+        return f"198.18.{index}.2" if family == 4 else f"2001:db8:18:{index}::2"
+
+    @staticmethod
+    def public_ip(client: int) -> str:
+        return f"198.19.{client}.2"
+
+    def client_ip(self, client: int, family: int = 4) -> str:
+        nat = self.clients[client - 1].nat
+        if family == 6:
+            if nat == "cgnat":
+                raise LabError("cgnat clients have no IPv6")
+            return f"2001:db8:19:{client}::2" if nat == "none" else f"2001:db8:1:{client}::2"
+        return self.public_ip(client) if nat == "none" else f"10.{client}.0.2"
+
+    def gateway_ip(self, client: int) -> str:
+        nat = self.clients[client - 1].nat
+        return f"198.19.{client}.1" if nat == "none" else f"10.{client}.0.1"
+
+    # -- running things ---------------------------------------------------------------------------------
+    def ns(self, node: str) -> Namespace:
+        try:
+            return self.nodes[node]
+        except KeyError:
+            raise LabError(f"no lab node {node!r}; nodes are {', '.join(self.nodes)}") from None
+
+    def argv(self, node: str, *cmd: str) -> list[str]:
+        return self.ns(node).argv(*cmd)
+
+    def run(self, node: str, *cmd: str, check: bool = True, timeout: float = 60, **kw
+            ) -> subprocess.CompletedProcess:
+        kw.setdefault("cwd", str(ROOT))
+        return self.ns(node).run(*cmd, check=check, timeout=timeout, **kw)
+
+    def popen(self, node: str, *cmd: str, **kw) -> subprocess.Popen:
+        kw.setdefault("cwd", str(ROOT))
+        return self.ns(node).popen(*cmd, **kw)
+
+    def set_delay(self, index: int, delay_ms: float) -> None:
+        """Change region `index`'s added round-trip time while the lab runs."""
+        with open(self._delay_config) as fh:
+            delays = json.load(fh)
+        delays[f"dly{index}"] = delay_ms / 2
+        tmp = self._delay_config + ".new"
+        with open(tmp, "w") as fh:
+            json.dump(delays, fh)
+        os.replace(tmp, self._delay_config)
+        os.kill(self._delayer_pid, signal.SIGHUP)
+        spec = self.regions[index - 1]
+        self.regions[index - 1] = RegionSpec(delay_ms, spec.region_id, spec.code, spec.name)
+
+    def derpmap(self, *, stun_port: int = 3478, derp_port: int = 443, can_port80: bool = False,
+                ipv6: bool = True) -> dict:
+        """A DERP map (Tailscale JSON) whose region i is lab region i."""
+        regions = {}
+        for i, spec in enumerate(self.regions, 1):
+            rid = self.region_id(i)
+            node = {"Name": f"{rid}a", "RegionID": rid, "HostName": self.region_ip(i),
+                    "IPv4": self.region_ip(i), "IPv6": self.region_ip(i, 6) if ipv6 else "none",
+                    "STUNPort": stun_port, "DERPPort": derp_port, "InsecureForTests": True}
+            if can_port80:
+                node["CanPort80"] = True
+            regions[str(rid)] = {"RegionID": rid, "RegionCode": spec.code or f"r{i}",
+                                 "RegionName": spec.name or f"Lab region {i}", "Nodes": [node]}
+        return {"Regions": regions}
+
+    # -- building ---------------------------------------------------------------------------------------
+    def _node(self, node: str) -> Namespace:
+        ns = self._lab.namespace(node, name=f"natlab-{self.name}-{node}")
+        self.nodes[node] = ns
+        return ns
+
+    @staticmethod
+    def _routes(ns: Namespace, v4: str | None, v6: str | None) -> None:
+        if v4:
+            ns.run("ip", "route", "add", "default", "via", v4)
+        if v6:
+            ns.run("ip", "-6", "route", "add", "default", "via", v6)
+
+    @staticmethod
+    def _forwarding(ns: Namespace) -> None:
+        ns.run("sysctl", "-qw", "net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1",
+               "net.ipv4.conf.all.rp_filter=0", "net.ipv4.conf.default.rp_filter=0")
+
+    def _build(self) -> None:
+        inet = self._node("inet")
+        self._forwarding(inet)
+        region_ifs = []
+        for i, _spec in enumerate(self.regions, 1):
+            reg = self._node(f"region{i}")
+            ifa, _ = link(inet, [f"198.18.{i}.1/24", f"2001:db8:18:{i}::1/64"],
+                          reg, [f"198.18.{i}.2/24", f"2001:db8:18:{i}::2/64"])
+            self._routes(reg, f"198.18.{i}.1", f"2001:db8:18:{i}::1")
+            region_ifs.append(ifa)
+        if self.regions:
+            self._start_delayer(inet, region_ifs)
+        for k, spec in enumerate(self.clients, 1):
+            self._build_client(inet, k, spec.nat)
+
+    def _start_delayer(self, inet: Namespace, region_ifs: list[str]) -> None:
+        with open(self._delay_config, "w") as fh:
+            json.dump({f"dly{i}": spec.delay_ms / 2 for i, spec in enumerate(self.regions, 1)}, fh)
+        self._delayer = inet.popen(sys.executable, "-m", "tools.natlab.delayer", self._delay_config,
+                                   cwd=str(ROOT), text=True)
+        self._delayer_pid = self._delayer.pid
+        ready, _, _ = select.select([self._delayer.stdout], [], [], 10)
+        if not ready or self._delayer.stdout.readline().strip() != "ready":
+            raise LabError(f"the delayer did not start: {self._delayer.stderr.read() if self._delayer.poll() is not None else 'timeout'}")
+        for i, ifa in enumerate(region_ifs, 1):
+            dev, table = f"dly{i}", str(100 + i)
+            inet.run("ip", "link", "set", dev, "up")
+            for fam, prefix in (("-4", f"198.18.{i}.0/24"), ("-6", f"2001:db8:18:{i}::/64")):
+                inet.run("ip", fam, "rule", "add", "pref", "100", "iif", dev, "lookup", "main")
+                inet.run("ip", fam, "rule", "add", "pref", "200", "to", prefix, "lookup", table)
+                inet.run("ip", fam, "rule", "add", "pref", "200", "iif", ifa, "lookup", table)
+                inet.run("ip", fam, "route", "add", "default", "dev", dev, "table", table)
+
+    def _build_client(self, inet: Namespace, k: int, nat: str) -> None:
+        pub4, pub6 = [f"198.19.{k}.1/24", f"2001:db8:19:{k}::1/64"], [f"198.19.{k}.2/24", f"2001:db8:19:{k}::2/64"]
+        if nat == "none":
+            client = self._node(f"client{k}")
+            link(inet, pub4, client, pub6)
+            self._routes(client, f"198.19.{k}.1", f"2001:db8:19:{k}::1")
+            return
+        if nat == "cgnat":
+            carrier = self._node(f"cgnat{k}")
+            home = self._node(f"nat{k}")
+            client = self._node(f"client{k}")
+            link(inet, pub4[:1], carrier, pub6[:1])
+            _, home_wan = link(carrier, [f"100.64.{k}.1/24"], home, [f"100.64.{k}.2/24"])
+            carrier_wan = [n for n in self._ifnames(carrier) if n != self._peer_if(carrier, f"100.64.{k}.1")][0]
+            link(home, [f"10.{k}.0.1/24"], client, [f"10.{k}.0.2/24"])
+            for router, wan, gw in ((carrier, carrier_wan, f"198.19.{k}.1"), (home, home_wan, f"100.64.{k}.1")):
+                self._forwarding(router)
+                self._routes(router, gw, None)
+                router.run("nft", "-f", "-", input=_rules_nat(wan, random=False))
+            self._routes(client, f"10.{k}.0.1", None)
+            return
+        router = self._node(f"nat{k}")
+        client = self._node(f"client{k}")
+        _, wan = link(inet, pub4, router, pub6)
+        inet.run("ip", "-6", "route", "add", f"2001:db8:1:{k}::/64", "via", f"2001:db8:19:{k}::2")
+        link(router, [f"10.{k}.0.1/24", f"2001:db8:1:{k}::1/64"], client, [f"10.{k}.0.2/24", f"2001:db8:1:{k}::2/64"])
+        self._forwarding(router)
+        self._routes(router, f"198.19.{k}.1", f"2001:db8:19:{k}::1")
+        self._routes(client, f"10.{k}.0.1", f"2001:db8:1:{k}::1")
+        rules = _rules_nat(wan, random=(nat == "symmetric"))
+        if nat == "udp-blocked":
+            rules += RULES_BLOCK_UDP
+        router.run("nft", "-f", "-", input=rules)
+
+    @staticmethod
+    def _ifnames(ns: Namespace) -> list[str]:
+        out = ns.run("ip", "-o", "link", "show").stdout
+        return [line.split(":")[1].strip().split("@")[0] for line in out.splitlines()
+                if line.split(":")[1].strip() != "lo"]
+
+    @staticmethod
+    def _peer_if(ns: Namespace, addr: str) -> str:
+        out = ns.run("ip", "-o", "-4", "addr", "show").stdout
+        for line in out.splitlines():
+            if f" {addr}/" in line:
+                return line.split()[1]
+        raise LabError(f"no interface with {addr}")
+
+    # -- state for the CLI ------------------------------------------------------------------------------
+    def state(self) -> dict:
+        return asdict(_State(self.name, {n: ns.name for n, ns in self.nodes.items()},
+                             [asdict(r) for r in self.regions], [asdict(c) for c in self.clients],
+                             self._delay_config, self._delayer_pid, self._tmp))
+
+    @classmethod
+    def attach(cls, state: dict) -> "NatLab":
+        """A handle on a lab built by another process (from `state()`); `close()` tears it down."""
+        lab = cls.__new__(cls)
+        st = _State(**state)
+        lab.name, lab._tmp, lab._delay_config = st.name, st.tmpdir, st.delay_config
+        lab.regions = [RegionSpec(**r) for r in st.regions]
+        lab.clients = [ClientSpec(**c) for c in st.clients]
+        lab.nodes = {n: Namespace(ns) for n, ns in st.namespaces.items()}
+        lab._lab = Lab()
+        lab._lab.namespaces = list(lab.nodes.values())
+        lab._delayer, lab._delayer_pid, lab._attached = None, st.delayer_pid, True
+        return lab
+
+    def close(self) -> None:
+        self._lab.close()
+        self.nodes.clear()
+        try:
+            for entry in pathlib.Path(self._tmp).glob("*"):
+                entry.unlink()
+            os.rmdir(self._tmp)
+        except OSError:
+            pass
+
+    def __enter__(self) -> "NatLab":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def threading_main() -> bool:
+    import threading
+    return threading.current_thread() is threading.main_thread()
