@@ -4,7 +4,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export DEBIAN_FRONTEND=noninteractive
 need=()
-for pkg in wireguard-go wireguard-tools iperf3 stun-server stun-client coturn iproute2 tcpdump procps iputils-ping; do
+for pkg in wireguard-go wireguard-tools iperf3 stun-server stun-client coturn iproute2 tcpdump procps iputils-ping nftables; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then
