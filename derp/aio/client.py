@@ -420,6 +420,9 @@ class DerpClient:
                 except (ConnectError, OSError, asyncio.TimeoutError, ssl.SSLError) as exc:
                     errors.append(f"{target.host}:{target.port}: {exc or type(exc).__name__}")
                     break  # a transport failure: WebSocket on the same target would not help
+                if self._closing:
+                    stream._finish("closed while connecting")
+                    raise ConnectError("client closed")
                 self.target_index = index
                 self.stream = stream
                 self.stats.connects += 1

@@ -32,6 +32,7 @@ class MeshLink:
 
     def stop(self) -> None:
         self.client._closing = True
+        self.client._connected.clear()
         if self.client.stream is not None:
             self.client.stream._finish("mesh link stopped")
         if self.client._task is not None:
