@@ -1,0 +1,41 @@
+"""Benchmark entry point: `python3 -m tools.bench wg|derp [options]`.
+
+Dispatches to tools/bench/wg.py (WireGuard data plane) or tools/bench/derp.py (DERP relay), each
+imported only when asked for so one benchmark's prerequisites never block the other.
+"""
+from __future__ import annotations
+
+import importlib
+import sys
+
+BENCHES = {"wg": "WireGuard data plane: veth, wireguard-go and wgc pairs (iperf3)",
+           "derp": "DERP relay throughput and latency"}
+
+
+def usage() -> str:
+    lines = ["usage: python3 -m tools.bench {wg,derp} [options]   (--help after a name for its options)"]
+    lines += [f"  {name:<5} {text}" for name, text in BENCHES.items()]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage(), file=sys.stdout if argv else sys.stderr)
+        return 0 if argv else 2
+    name, rest = argv[0], argv[1:]
+    if name not in BENCHES:
+        print(f"tools.bench: unknown benchmark {name!r}\n{usage()}", file=sys.stderr)
+        return 2
+    try:
+        module = importlib.import_module(f"tools.bench.{name}")
+    except ModuleNotFoundError as exc:
+        if exc.name != f"tools.bench.{name}":
+            raise
+        print(f"tools.bench: the {name} benchmark is not available yet", file=sys.stderr)
+        return 2
+    return module.main(rest)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
