@@ -92,6 +92,11 @@ class InterfaceConfig:
         return keys.public_key(self.private_key)
 
 
+def valid_interface_name(name: str) -> bool:
+    """wg-quick's rule for interface names: 1-15 characters of A-Z a-z 0-9 _ = + . -"""
+    return bool(_NAME_RE.fullmatch(name))
+
+
 def interface_name_from_path(path: str) -> str:
     """The interface name wg-quick derives from a config path (the file stem), validated."""
     base = os.path.basename(path)

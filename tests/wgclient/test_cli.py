@@ -1,0 +1,121 @@
+"""The `wgc` command line without root: genkey/pubkey against the real `wg`, and clean one-line errors."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.support.prereq import require_binary
+from wgclient import keys
+
+pytestmark = pytest.mark.timeout(60)
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+PRIV = "yAnz5TF+lXXJte14tji3zlMNq+hd2rYUIgJBgB3fBmk="
+
+
+def wgc(*args: str, stdin: bytes = b"", env: dict | None = None, stdout=subprocess.PIPE) -> subprocess.CompletedProcess:
+    e = dict(os.environ, PYTHONPATH=ROOT, **(env or {}))
+    return subprocess.run([sys.executable, "-m", "wgclient.cli", *args], input=stdin, stdout=stdout,
+                          stderr=subprocess.PIPE, env=e, timeout=30)
+
+
+def wg(*args: str, stdin: bytes = b"", stdout=subprocess.PIPE) -> subprocess.CompletedProcess:
+    require_binary("wg")
+    return subprocess.run(["wg", *args], input=stdin, stdout=stdout, stderr=subprocess.PIPE, timeout=10)
+
+
+@pytest.fixture
+def dirs(tmp_path):
+    env = {"WGC_PID_DIR": str(tmp_path / "pid"), "WGC_LOG_DIR": str(tmp_path / "log"),
+           "WGC_RUN_DIR": str(tmp_path / "run")}
+    return tmp_path, env
+
+
+def test_genkey_format_and_pubkey_pipeline():
+    out = wgc("genkey")
+    assert out.returncode == 0 and len(out.stdout) == 45 and out.stdout.endswith(b"\n")
+    key = keys.key_from_base64(out.stdout.strip())
+    assert keys.clamp(key) == key
+    ours = wgc("pubkey", stdin=out.stdout)
+    theirs = wg("pubkey", stdin=out.stdout)
+    assert (ours.returncode, ours.stdout) == (theirs.returncode, theirs.stdout) == (0, ours.stdout)
+
+
+@pytest.mark.parametrize("stdin", [b"", b"abc", PRIV.encode(), PRIV.encode() + b"\n\n \t", PRIV.encode() + b" x",
+                                   b" " + PRIV.encode(), PRIV[:42].encode() + b"A=", PRIV.encode()[:-1] + b"A",
+                                   b"\xff" * 44])
+def test_pubkey_same_as_wg(stdin):
+    ours, theirs = wgc("pubkey", stdin=stdin), wg("pubkey", stdin=stdin)
+    assert (ours.returncode, ours.stdout) == (theirs.returncode, theirs.stdout)
+    assert ours.stderr == theirs.stderr.replace(b"wg:", b"wgc:")
+
+
+@pytest.mark.parametrize("cmd", ["genkey", "pubkey"])
+def test_extra_arguments_like_wg(cmd):
+    ours, theirs = wgc(cmd, "extra"), wg(cmd, "extra")
+    assert ours.returncode == theirs.returncode == 1
+    assert ours.stderr == theirs.stderr.replace(b"Usage: wg", b"Usage: wgc")
+
+
+def test_genkey_warns_about_world_readable_file_like_wg(tmp_path):
+    for prog in ("wg", "wgc"):
+        path = tmp_path / f"{prog}.key"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
+        os.fchmod(fd, 0o644)
+        with os.fdopen(fd, "wb") as f:
+            result = (wg if prog == "wg" else wgc)("genkey", stdout=f)
+        assert result.returncode == 0
+        assert result.stderr == (b"Warning: writing to world accessible file.\n"
+                                 b"Consider setting the umask to 077 and trying again.\n")
+        assert len(path.read_bytes()) == 45
+
+
+def one_line_error(result: subprocess.CompletedProcess) -> str:
+    assert result.returncode == 1
+    err = result.stderr.decode()
+    assert err.count("\n") == 1 and err.startswith("wgc: ") and "Traceback" not in err, err
+    return err
+
+
+def test_bad_config_names_file_line_key_and_creates_nothing(dirs):
+    tmp, env = dirs
+    conf = tmp / "wgbad0.conf"
+    conf.write_text(f"[Interface]\nPrivateKey = {PRIV}\nAddress = 10.0.0.1/24\n\n[Peer]\nPublicKey = nope\n")
+    os.chmod(conf, 0o600)
+    err = one_line_error(wgc("up", str(conf), env=env))
+    assert err == f"wgc: {conf}:6: PublicKey: not a valid base64 key of 32 bytes\n"
+    assert not (tmp / "pid").exists() and not (tmp / "run").exists() and not (tmp / "log").exists()
+
+
+@pytest.mark.parametrize("args,fragment", [
+    (["up", "/nonexistent/wg9.conf"], "cannot read"),
+    (["down", "wgnotup0"], "wgnotup0 is not up"),
+    (["down", "bad/name"], "invalid interface name"),
+    (["frobnicate"], "invalid choice"),
+    (["up"], "the following arguments are required: config"),
+    (["up", "x.conf", "--nope"], "unrecognized arguments"),
+])
+def test_user_mistakes_are_one_line(dirs, args, fragment):
+    _, env = dirs
+    assert fragment in one_line_error(wgc(*args, env=env))
+
+
+def test_unsupported_option_is_clean_error(dirs):
+    import inspect
+    from wgclient.aio.runner import serve
+    if "derpmap" in inspect.signature(serve).parameters:
+        pytest.skip("the runner supports --derpmap now; nothing to refuse")
+    tmp, env = dirs
+    conf = tmp / "wgopt0.conf"
+    conf.write_text(f"[Interface]\nPrivateKey = {PRIV}\n")
+    os.chmod(conf, 0o600)
+    err = one_line_error(wgc("up", str(conf), "--foreground", "--derpmap", "http://127.0.0.1:1/map", env=env))
+    assert "--derpmap" in err
+    assert not (tmp / "pid" / "wgopt0.pid").exists()
+
+
+def test_no_command_prints_help():
+    result = wgc()
+    assert result.returncode == 1 and b"usage: wgc" in result.stderr

@@ -1,0 +1,157 @@
+"""The `wgc` command line: genkey, pubkey, up, down, and the netcheck/derper entry points.
+
+`genkey` and `pubkey` behave byte for byte like `wg genkey`/`wg pubkey` (same output, same acceptance
+of input, same exit codes). `up CONFIG` parses the wg-quick style file before anything is created,
+warns when the file is readable by group or others, then runs the interface in the foreground or as a
+daemon (wgclient.aio.daemon). `down NAME` stops it. A user mistake (UsageError, ConfigError) is one line
+on stderr and exit code 1, never a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import socket
+import stat
+import sys
+from typing import Sequence
+
+from .. import keys
+from ..config import load_config, valid_interface_name
+from ..errors import ParseError, UsageError
+
+PROG = "wgc"
+
+
+def resolve_endpoint(host: str, port: int) -> tuple[str, int]:
+    """Resolve a host name as `wg` does: getaddrinfo for UDP, first answer."""
+    infos = socket.getaddrinfo(host, port, socket.AF_UNSPEC, socket.SOCK_DGRAM, socket.IPPROTO_UDP)
+    if not infos:
+        raise OSError(0, "no address")
+    addr = infos[0][4]
+    return addr[0], addr[1]
+
+
+def cmd_genkey(argv: Sequence[str]) -> int:
+    if argv:
+        print(f"Usage: {PROG} genkey", file=sys.stderr)
+        return 1
+    try:
+        st = os.fstat(sys.stdout.fileno())
+        if stat.S_ISREG(st.st_mode) and st.st_mode & stat.S_IRWXO:
+            sys.stderr.write("Warning: writing to world accessible file.\n"
+                             "Consider setting the umask to 077 and trying again.\n")
+    except (OSError, ValueError):
+        pass
+    print(keys.key_to_base64(keys.genkey(os.urandom)))
+    return 0
+
+
+def cmd_pubkey(argv: Sequence[str]) -> int:
+    if argv:
+        print(f"Usage: {PROG} pubkey", file=sys.stderr)
+        return 1
+    data = sys.stdin.buffer.read(1 << 16)
+    try:
+        pub = keys.pubkey_from_stream(data)
+    except ParseError as e:
+        print(f"{PROG}: {e}", file=sys.stderr)
+        return 1
+    print(keys.key_to_base64(pub))
+    return 0
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one clean line and exit 1, like every other user mistake
+        raise UsageError(f"{message} (see '{self.prog} --help')")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = _Parser(prog=PROG, description="Userspace WireGuard client with DERP relay fallback.")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    sub.add_parser("genkey", help="print a new private key (like `wg genkey`)")
+    sub.add_parser("pubkey", help="read a private key on stdin, print its public key (like `wg pubkey`)")
+    up = sub.add_parser("up", help="bring up the interface described by a wg-quick style file")
+    up.add_argument("config", help="path to NAME.conf; the interface is called NAME")
+    up.add_argument("--foreground", action="store_true", help="stay in the foreground and log to stderr")
+    up.add_argument("--derpmap", metavar="URL", help="DERP map to use for relayed paths")
+    up.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    down = sub.add_parser("down", help="stop the interface NAME started by `wgc up`")
+    down.add_argument("name")
+    sub.add_parser("netcheck", help="report NAT type, STUN-mapped addresses and DERP latencies", add_help=False)
+    sub.add_parser("derper", help="run a DERP relay server", add_help=False)
+    return p
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from ..aio import daemon
+
+    config = load_config(args.config, resolve=resolve_endpoint)
+    try:
+        if os.stat(args.config).st_mode & 0o077:
+            print(f"{PROG}: warning: {args.config} holds a private key and is readable by group or others "
+                  f"(chmod 600 {args.config})", file=sys.stderr)
+    except OSError:
+        pass
+    if config.dns:
+        print(f"{PROG}: warning: DNS = {', '.join(config.dns)} is ignored (wgc does not change the resolver)",
+              file=sys.stderr)
+    serve_kwargs = {}
+    if args.derpmap:
+        serve_kwargs["derpmap"] = args.derpmap
+    if args.foreground:
+        daemon.run_foreground(config, serve_kwargs, verbose=args.verbose)
+        return 0
+    pid = daemon.run_daemon(config, serve_kwargs, verbose=args.verbose)
+    print(f"{PROG}: {config.name} is up (pid {pid}, log {daemon.log_path(config.name)})", file=sys.stderr)
+    return 0
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    from ..aio import daemon
+
+    if not valid_interface_name(args.name):
+        raise UsageError(f"invalid interface name {args.name!r}")
+    daemon.stop(args.name)
+    return 0
+
+
+def dispatch(module: str, argv: Sequence[str], what: str) -> int:
+    try:
+        mod = importlib.import_module(module)
+    except ModuleNotFoundError as e:
+        if e.name is None or not module.startswith(e.name):
+            raise
+        raise UsageError(f"{what} is not available in this build of wgc") from None
+    return mod.main(list(argv)) or 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        if argv and argv[0] == "genkey":
+            return cmd_genkey(argv[1:])
+        if argv and argv[0] == "pubkey":
+            return cmd_pubkey(argv[1:])
+        if argv and argv[0] == "netcheck":
+            return dispatch("wgclient.cli.netcheck", argv[1:], "netcheck")
+        if argv and argv[0] == "derper":
+            return dispatch("derp.aio.derper", argv[1:], "derper")
+        args = parser().parse_args(argv)
+        if args.command == "up":
+            return cmd_up(args)
+        if args.command == "down":
+            return cmd_down(args)
+        parser().print_help(sys.stderr)
+        return 1
+    except UsageError as e:   # includes ConfigError
+        print(f"{PROG}: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
