@@ -17,6 +17,7 @@ import json
 import os
 import re
 import shutil
+import statistics
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -82,6 +83,10 @@ def udp_pps(report: dict) -> float:
     return (received["packets"] - received["lost_packets"]) / seconds
 
 
+def median_of(n: int, run) -> float:
+    return statistics.median(run() for _ in range(n))
+
+
 def rtt(ns: Namespace, address: str) -> float | None:
     res = ns.run("ping", "-n", "-q", "-c", "20", "-i", "0.05", address, check=False, timeout=20)
     m = re.search(r"= [\d.]+/([\d.]+)/", res.stdout)
@@ -96,12 +101,13 @@ def measure(pair: str, opts: argparse.Namespace) -> Result:
             if not ping(ns_a, addr_b, count=2, deadline=10):
                 raise RuntimeError(f"no ping from {addr_a} to {addr_b}")
             result.rtt_ms = rtt(ns_a, addr_b)
-            t = opts.time
-            result.tcp_ab_bps = iperf(ns_a, addr_b, [], t)["end"]["sum_received"]["bits_per_second"]
-            result.tcp_ba_bps = iperf(ns_a, addr_b, ["-R"], t)["end"]["sum_received"]["bits_per_second"]
+            t, n = opts.time, opts.repeat
+            tcp = lambda args: iperf(ns_a, addr_b, args, t)["end"]["sum_received"]["bits_per_second"]
             udp = ["-u", "-l", str(opts.udp_length), "-b", opts.udp_bitrate]
-            result.udp_ab_pps = udp_pps(iperf(ns_a, addr_b, udp, t))
-            result.udp_ba_pps = udp_pps(iperf(ns_a, addr_b, udp + ["-R"], t))
+            result.tcp_ab_bps = median_of(n, lambda: tcp([]))
+            result.tcp_ba_bps = median_of(n, lambda: tcp(["-R"]))
+            result.udp_ab_pps = median_of(n, lambda: udp_pps(iperf(ns_a, addr_b, udp, t)))
+            result.udp_ba_pps = median_of(n, lambda: udp_pps(iperf(ns_a, addr_b, udp + ["-R"], t)))
     except Exception as exc:  # one failing pair (e.g. wgc not starting) must not stop the others
         result.error = brief(exc)
     return result
@@ -159,6 +165,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--pairs", default=",".join(PAIRS),
                     help=f"comma-separated pairs to measure, from {', '.join(PAIRS)} (default: all)")
     ap.add_argument("--time", type=float, default=5, help="seconds per iperf3 run (default 5)")
+    ap.add_argument("--repeat", type=int, default=1, help="runs per figure, the median is shown (default 1)")
     ap.add_argument("--mtu", type=int, default=1420, help="tunnel MTU (default 1420)")
     ap.add_argument("--udp-length", type=int, default=64, help="UDP payload bytes (default 64)")
     ap.add_argument("--udp-bitrate", default="1G", help="iperf3 -b for the UDP runs (default 1G)")
@@ -170,6 +177,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         ap.error(f"unknown pair(s) {', '.join(unknown) or '(none given)'}; choose from {', '.join(PAIRS)}")
     if not 0.5 <= opts.time <= 600:
         ap.error("--time must be between 0.5 and 600 seconds")
+    if not 1 <= opts.repeat <= 20:
+        ap.error("--repeat must be between 1 and 20")
     return opts
 
 
@@ -185,7 +194,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     results = []
     for pair in opts.pair_list:
-        print(f"measuring {PAIRS[pair][0]} ({opts.time:g} s per run)...", file=sys.stderr, flush=True)
+        print(f"measuring {PAIRS[pair][0]} ({opts.repeat} x {opts.time:g} s per figure)...", file=sys.stderr,
+              flush=True)
         results.append(measure(pair, opts))
     print(render(results))
     if opts.json:
