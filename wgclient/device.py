@@ -51,9 +51,12 @@ class DeviceConfig:
 
 class Device:
     def __init__(self, private_key: bytes | None, *, random_bytes: Callable[[int], bytes],
-                 config: DeviceConfig = DeviceConfig(), wall_offset: float = 0.0) -> None:
+                 config: DeviceConfig = DeviceConfig(), wall_offset: float = 0.0,
+                 jitter: Callable[[], float] | None = None) -> None:
         self.config = config
         self.random_bytes = random_bytes
+        # Timer jitter needs no secrecy: an adapter may pass a cheap PRNG (it runs once per batch).
+        self._jitter = jitter or self._jitter_from_random_bytes
         self.wall_offset = wall_offset
         self.identity: noise.Identity | None = None
         self.cookie_checker: CookieChecker | None = None
@@ -169,7 +172,7 @@ class Device:
         return self.out
 
     # -- timers ------------------------------------------------------------------------------------------
-    def _jitter(self) -> float:
+    def _jitter_from_random_bytes(self) -> float:
         return int.from_bytes(self.random_bytes(2), "little") % int(REKEY_TIMEOUT_JITTER_MAX * 1000) / 1000.0
 
     def _timer_expired(self, peer: Peer, timer: Timer, now: float) -> None:

@@ -11,12 +11,15 @@ import asyncio
 import errno
 import logging
 import os
+import random
 import time
 from typing import Callable
 
 from ..config import InterfaceConfig
+from ..constants import REKEY_TIMEOUT_JITTER_MAX
 from ..device import Device, DeviceConfig
 from ..errors import UsageError
+from ..tcpgro import VNET_HDR_LEN, TcpCoalescer
 from .udp import UdpPort
 from .uapi_target import DeviceTarget
 
@@ -40,6 +43,8 @@ class Runner:
         self._tun_buf = bytearray(PACKET_SLOT * 4)
         self._tun_view = memoryview(self._tun_buf)
         self.tun_write_errors = 0
+        # With a virtio-net header on the TUN, received TCP segments are merged before writing.
+        self.coalescer = TcpCoalescer() if tun_headroom == VNET_HDR_LEN else None
         self.device.wall_offset = time.time() - time.monotonic()
 
     # -- lifecycle -----------------------------------------------------------------------------------------
@@ -121,12 +126,19 @@ class Runner:
             udp.send_sealed(out.send_buf, out.sealed)
         if out.tun:
             fd = self.tun_fd
-            with memoryview(out.recv_buf) as mv:
-                for start, end in out.tun:
+            if self.coalescer is not None:
+                for view in self.coalescer.writes(out.recv_buf, out.tun):
                     try:
-                        os.write(fd, mv[start:end])
+                        os.write(fd, view)
                     except OSError:
                         self.tun_write_errors += 1
+            else:
+                with memoryview(out.recv_buf) as mv:
+                    for start, end in out.tun:
+                        try:
+                            os.write(fd, mv[start:end])
+                        except OSError:
+                            self.tun_write_errors += 1
         out.clear()
         self.rearm()
 
@@ -148,8 +160,15 @@ def _random_bytes(n: int) -> bytes:
     return os.urandom(n)
 
 
+_prng = random.Random()
+
+
+def _jitter() -> float:
+    return _prng.uniform(0.0, REKEY_TIMEOUT_JITTER_MAX)
+
+
 async def serve(config: InterfaceConfig, *, on_ready: Callable[[], None] = lambda: None,
-                vnet_hdr: bool = False) -> None:
+                vnet_hdr: bool = True) -> None:
     """Bring up the interface described by config, run until cancelled, then undo everything."""
     from . import netconf
     from .tun import open_tun
@@ -157,8 +176,21 @@ async def serve(config: InterfaceConfig, *, on_ready: Callable[[], None] = lambd
 
     cleanups: list[Callable[[], object]] = []
     try:
-        device = Device(config.private_key, random_bytes=_random_bytes,
-                        config=DeviceConfig(mtu=config.mtu, tun_headroom=10 if vnet_hdr else 0))
+        try:
+            tun = open_tun(config.name, config.mtu, vnet_hdr=vnet_hdr)
+        except OSError as exc:
+            if not vnet_hdr:
+                raise UsageError(f"cannot create TUN device {config.name!r}: {exc.strerror or exc}") from exc
+            log.info("TUN with virtio-net header unavailable (%s); without TCP coalescing", exc)
+            vnet_hdr = False
+            try:
+                tun = open_tun(config.name, config.mtu)
+            except OSError as exc2:
+                raise UsageError(f"cannot create TUN device {config.name!r}: {exc2.strerror or exc2}") from exc2
+        cleanups.append(tun.close)
+        headroom = VNET_HDR_LEN if vnet_hdr else 0
+        device = Device(config.private_key, random_bytes=_random_bytes, jitter=_jitter,
+                        config=DeviceConfig(mtu=config.mtu, tun_headroom=headroom))
         now = time.monotonic()
         for pc in config.peers:
             peer = device.add_peer(pc.public_key)
@@ -172,12 +204,7 @@ async def serve(config: InterfaceConfig, *, on_ready: Callable[[], None] = lambd
         except OSError as exc:
             raise UsageError(f"cannot listen on UDP port {config.listen_port}: {exc.strerror}") from exc
         cleanups.append(udp.close)
-        try:
-            tun = open_tun(config.name, config.mtu, vnet_hdr=vnet_hdr)
-        except OSError as exc:
-            raise UsageError(f"cannot create TUN device {config.name!r}: {exc.strerror or exc}") from exc
-        cleanups.append(tun.close)
-        runner = Runner(device, udp, tun.fd, tun_headroom=10 if vnet_hdr else 0)
+        runner = Runner(device, udp, tun.fd, tun_headroom=headroom)
         target = DeviceTarget(runner)
         uapi = await start_uapi_server(config.name, target)
         cleanups.append(uapi.close)

@@ -3,10 +3,11 @@
 python-pytun creates the device: it is the project's declared dependency for TUN, wraps the
 open("/dev/net/tun") + TUNSETIFF dance with the right struct layout, reports failures as OSError
 subclasses and sets the MTU. What it lacks is done here with fcntl: O_NONBLOCK on the fd (the runner
-reads it with `loop.add_reader`), and for `vnet_hdr=True` the virtio-net header size and
-TUNSETOFFLOAD(TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6), so the kernel may hand over and accept TCP
-segments of up to 64 KiB, each preceded by a 10-byte `virtio_net_hdr` (what wireguard-go does to batch
-the TUN side). The device lives as long as the fd: `close()` makes it disappear with its addresses and
+reads it with `loop.add_reader`), and for `vnet_hdr=True` the virtio-net header size, so every packet
+read or written is preceded by a 10-byte `virtio_net_hdr` and writes may be 64 KiB TCP super-packets
+(wgc's userspace GRO, tcpgro.py). `offloads` (TUNSETOFFLOAD flags, e.g. TUN_F_CSUM | TUN_F_TSO4 |
+TUN_F_TSO6) would also let the kernel hand over unsegmented TCP with partial checksums; the runner keeps
+it 0 because finishing those checksums in Python costs more than the reads it saves (see README). The device lives as long as the fd: `close()` makes it disappear with its addresses and
 routes.
 """
 from __future__ import annotations
@@ -76,7 +77,7 @@ def _explain(e: OSError, name: str) -> OSError:
     return OSError(code, text)
 
 
-def open_tun(name: str, mtu: int, *, vnet_hdr: bool = False) -> TunDevice:
+def open_tun(name: str, mtu: int, *, vnet_hdr: bool = False, offloads: int = 0) -> TunDevice:
     """Create (or attach to an unused persistent) TUN device `name` with IFF_TUN|IFF_NO_PI and set its MTU."""
     if not name or len(name) > MAX_NAME or "/" in name or any(c.isspace() for c in name):
         raise OSError(errno.EINVAL, f"invalid interface name {name!r} (1-{MAX_NAME} characters, no '/' or spaces)")
@@ -89,7 +90,7 @@ def open_tun(name: str, mtu: int, *, vnet_hdr: bool = False) -> TunDevice:
     try:
         if vnet_hdr:
             fcntl.ioctl(tun.fd, TUNSETVNETHDRSZ, struct.pack("i", VNET_HDR_LEN))
-            fcntl.ioctl(tun.fd, TUNSETOFFLOAD, TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6)
+            fcntl.ioctl(tun.fd, TUNSETOFFLOAD, offloads)
         fl = fcntl.fcntl(tun.fd, fcntl.F_GETFL)
         fcntl.fcntl(tun.fd, fcntl.F_SETFL, fl | os.O_NONBLOCK)
         dev.mtu = mtu
