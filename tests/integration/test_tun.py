@@ -221,6 +221,27 @@ def test_failure_undoes_partial_work(ns):
         assert addresses("wgt6") == set() and routes("wgt6") == set()
 
 
+def test_route_failure_undoes_routes_addresses_and_link_state(ns):
+    with open_tun("wgt6", 1000):
+        # no IPv6 on a link with MTU < 1280: the IPv6 route fails in the middle of the batch
+        with pytest.raises(UsageError, match=r"configuring wgt6: adding route fd02::/64 failed: ENODEV"):
+            netconf.configure("wgt6", [iface("10.1.0.1/24")], 1000,
+                              [net("10.2.0.0/16"), net("fd02::/64"), net("10.3.0.0/16")])
+        assert addresses("wgt6") == set() and routes("wgt6") == set()
+        assert "UP" not in ip_json("link", "show", "dev", "wgt6")[0]["flags"]
+
+
+def test_many_routes_in_batches(ns):
+    nets = [net(f"10.{100 + i // 250}.{i % 250}.0/24") for i in range(1500)] + \
+           [net(f"fd99:{i:x}::/64") for i in range(500)]
+    with open_tun("wgt10", 1420):
+        applied = netconf.configure("wgt10", [iface("10.99.0.1/16"), iface("fd98::1/64")], 1420, nets)
+        assert len(applied.routes) == 2000
+        assert len(routes("wgt10")) == 2000 + 2           # plus the two connected routes
+        netconf.unconfigure(applied)
+        assert routes("wgt10") == set()
+
+
 def test_bad_mtu_is_usage_error_and_nothing_stays(ns):
     with open_tun("wgt7", 1420):
         with pytest.raises(UsageError, match="setting the MTU failed"):
