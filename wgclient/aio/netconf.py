@@ -83,6 +83,7 @@ def plan_routes(addresses: Iterable[Interface], allowed_ips: Iterable[Network]) 
     """The routes to add for allowed_ips (most specific first) and the warnings to give. Pure."""
     connected = [a.network for a in addresses]
     routes: list[Network] = []
+    planned: set[Network] = set()
     warnings: list[str] = []
     for net in sorted(set(allowed_ips), key=lambda n: (n.version, -n.prefixlen, n)):
         if net in _DEFAULT_HALVES:
@@ -95,7 +96,8 @@ def plan_routes(addresses: Iterable[Interface], allowed_ips: Iterable[Network]) 
         for c in candidates:
             if any(c.version == n.version and c.subnet_of(n) for n in connected):
                 continue
-            if c not in routes:
+            if c not in planned:
+                planned.add(c)
                 routes.append(c)
     return routes, warnings
 
