@@ -37,7 +37,7 @@ from tools.natlab.netns import Lab, Namespace, link, unique_name
 
 RUN_DIR = os.environ.get("WGC_RUN_DIR", "/var/run/wireguard")
 # The device under test until wgc's data path lands; the lead flips this to "wgc".
-DEFAULT_DUT = "wireguard-go"
+DEFAULT_DUT = "wgc"
 START_TIMEOUT = 10.0
 
 
