@@ -119,3 +119,14 @@ def test_unsupported_option_is_clean_error(dirs):
 def test_no_command_prints_help():
     result = wgc()
     assert result.returncode == 1 and b"usage: wgc" in result.stderr
+
+
+@pytest.mark.parametrize("command,module", [("derper", "derp.aio.derper"), ("netcheck", "wgclient.cli.netcheck")])
+def test_subcommands_dispatch_to_their_modules(command, module):
+    import importlib.util
+    if importlib.util.find_spec(module) is None:
+        err = one_line_error(wgc(command, "--help"))
+        assert "not available" in err
+        return
+    result = wgc(command, "--help")
+    assert result.returncode == 0 and f"usage: wgc {command}".encode() in result.stdout
