@@ -154,3 +154,20 @@ def test_wg_setconf_then_showconf_round_trip(env, tmp_path):
         assert ("fwmark", 0) in target.calls
         assert [p.public_key for p in target.state.peers] == [PEER]   # setconf replaced the peers
     serve(env, target, body)
+
+
+def test_wg_syncconf_changes_only_the_difference(env, tmp_path):
+    conf = (f"[Interface]\nListenPort = 51820\nPrivateKey = {b64(PRIV)}\n\n"
+            f"[Peer]\nPublicKey = {b64(PEER)}\nAllowedIPs = 10.0.0.9/32\nEndpoint = 127.0.0.1:51821\n")
+    path = tmp_path / "y.conf"
+    path.write_text(conf)
+    target = populated()
+
+    async def body(server):
+        rc, _, err = await wg("syncconf", env, str(path))
+        assert rc == 0, err
+        assert [p.public_key for p in target.state.peers] == [PEER]          # PEER2 removed
+        p = target.peer(PEER)
+        assert p.allowed_ips == [net("10.0.0.9/32")] and p.endpoint == ("127.0.0.1", 51821)
+        assert ("remove_peer", PEER2) in target.calls and ("add_peer", PEER) not in target.calls
+    serve(env, target, body)
