@@ -256,8 +256,20 @@ def reload(args: argparse.Namespace, server: DerpServer) -> None:
         log.error("reload failed, keeping the previous settings: %s", exc)
 
 
+def _raise_nofile() -> None:
+    """Idle clients are cheap but each is a file descriptor: lift the soft limit to the hard one."""
+    try:
+        import resource
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft < hard:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (ImportError, ValueError, OSError):
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    _raise_nofile()
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
     if not args.no_uvloop:
