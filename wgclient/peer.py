@@ -5,7 +5,6 @@ the small decisions that need nothing else (is there a usable key to send with, 
 """
 from __future__ import annotations
 
-import base64
 import collections
 import logging
 from typing import Callable
@@ -13,6 +12,7 @@ from typing import Callable
 from .constants import (KEEPALIVE_TIMEOUT, MAX_STAGED_PACKETS, REJECT_AFTER_MESSAGES, REJECT_AFTER_TIME,
                         REKEY_AFTER_MESSAGES, REKEY_AFTER_TIME, REKEY_TIMEOUT)
 from .keypair import Keypair, KeypairSlots
+from .keys import short
 from .noise.cookie import CookieGenerator
 from .noise.handshake import Handshake
 from .timers import PeerTimers
@@ -20,8 +20,7 @@ from .timers import PeerTimers
 Endpoint = tuple  # (host, port) or (host, port, flowinfo, scope_id) as the socket module gives them
 
 
-def short_key(public_key: bytes) -> str:
-    return base64.b64encode(public_key).decode()[:8]
+short_key = short  # logs show a key as its first 8 base64 characters
 
 
 class Peer:

@@ -16,6 +16,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
 from ..errors import ParseError
+from ..keys import clamp, public_key  # noqa: F401  (one definition, re-exported for the noise code)
 
 _ZERO32 = bytes(32)
 _nonce = struct.Struct("<4xQ").pack
@@ -23,17 +24,6 @@ _nonce = struct.Struct("<4xQ").pack
 
 class CryptoError(ParseError):
     """Authentication failed or a DH result was all zeros."""
-
-
-def clamp(private_key: bytes) -> bytes:
-    k = bytearray(private_key)
-    k[0] &= 248
-    k[31] = (k[31] & 127) | 64
-    return bytes(k)
-
-
-def public_key(private_key: bytes) -> bytes:
-    return _nacl.crypto_scalarmult_base(clamp(private_key))
 
 
 def dh(private_key: bytes, peer_public: bytes) -> bytes:
