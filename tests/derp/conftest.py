@@ -25,6 +25,7 @@ class Derper:
     key: str
     tls: bool
     stderr_path: str
+    ready: str = ""
 
     @property
     def url(self) -> str:
@@ -85,7 +86,8 @@ def derper(tmp_path, pki):
             raise AssertionError(f"derper did not start: {line!r} {err.read_text()}")
         fields = dict(p.split("=", 1) for p in line.split()[2:])
         host, _, port = fields["addr"].rpartition(":")
-        return Derper(proc, host, int(port), fields["metrics"], fields["key"], fields["tls"] == "yes", str(err))
+        return Derper(proc, host, int(port), fields["metrics"], fields["key"], fields["tls"] == "yes", str(err),
+                      line.strip())
 
     try:
         yield start

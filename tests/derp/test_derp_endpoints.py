@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import signal
 import time
@@ -179,3 +180,35 @@ def test_selfsigned_server_dialed_from_a_derp_map_with_pinned_cert(derper) -> No
             await c.connect_once()
 
     run(main())
+
+
+def test_stun_key_file_and_trust_proxy(derper, tmp_path) -> None:
+    import socket
+    import struct
+    keyfile = tmp_path / "derper.key"
+    srv = derper("--open-relay", "--stun", "--stun-port", "0", "-c", str(keyfile), "--trust-proxy",
+                 "--conn-rate", "1", "--conn-burst", "2", tls=False)
+    saved = json.loads(keyfile.read_text())
+    assert saved["PrivateKey"].startswith("privkey:") and (keyfile.stat().st_mode & 0o777) == 0o600
+    stun_port = int(re.search(r"stun=(\d+)", srv.ready).group(1))
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(3)
+        txid = os.urandom(12)
+        s.sendto(struct.pack(">HHI", 1, 0, 0x2112A442) + txid, ("127.0.0.1", stun_port))
+        reply, _ = s.recvfrom(2048)
+    assert reply[:2] == b"\x01\x01" and reply[8:20] == txid  # Binding success for our transaction
+
+    async def main():
+        # each forwarded client address has its own bucket: 6 requests from 6 "clients" all pass
+        for i in range(6):
+            st, _, _ = await http_get(srv.port, "/derp/probe", {"X-Forwarded-For": f"198.51.100.{i}, 10.0.0.1"})
+            assert st == 200
+        statuses = [(await http_get(srv.port, "/derp/probe", {"X-Forwarded-For": "198.51.100.77"}))[0]
+                    for _ in range(4)]
+        assert statuses[:2] == [200, 200] and 429 in statuses[2:]
+
+    run(main())
+    srv.proc.send_signal(signal.SIGTERM)
+    srv.proc.wait(10)
+    again = derper("--open-relay", "-c", str(keyfile), tls=False)
+    assert again.key == srv.key  # the same identity after a restart
