@@ -89,6 +89,11 @@ def short(key: bytes) -> str:
     return base64.b64encode(key).decode("ascii")[:8]
 
 
+def is_trailing_ok(data: bytes) -> bool:
+    """True if data may follow a key on `wg pubkey`'s stdin (whitespace and NUL only)."""
+    return _TRAILING_OK.issuperset(data)
+
+
 def pubkey_from_stream(data: bytes) -> bytes:
     """What `wg pubkey` does with its whole stdin: returns the public key or raises ParseError(wg's message)."""
     if len(data) < KEY_LEN_BASE64:

@@ -275,3 +275,6 @@ def test_open_tun_errors(ns):
     with open_tun("wgt9", 1420):
         with pytest.raises(OSError, match="in use by another process"):
             open_tun("wgt9", 1420)
+    with pytest.raises(OSError, match="setting MTU 70000 on wgt11"):
+        open_tun("wgt11", 70000)
+    assert not any(link["ifname"] == "wgt11" for link in ip_json("link"))

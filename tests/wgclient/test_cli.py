@@ -52,6 +52,14 @@ def test_pubkey_same_as_wg(stdin):
     assert ours.stderr == theirs.stderr.replace(b"wg:", b"wgc:")
 
 
+@pytest.mark.parametrize("tail", [b"\0" * 200000 + b"\n", b" " * 200000 + b"x"], ids=["nuls", "spaces-then-x"])
+def test_pubkey_long_trailing_input_same_as_wg(tail):
+    stdin = PRIV.encode() + tail
+    ours, theirs = wgc("pubkey", stdin=stdin), wg("pubkey", stdin=stdin)
+    assert (ours.returncode, ours.stdout) == (theirs.returncode, theirs.stdout)
+    assert ours.stderr == theirs.stderr.replace(b"wg:", b"wgc:")
+
+
 @pytest.mark.parametrize("cmd", ["genkey", "pubkey"])
 def test_extra_arguments_like_wg(cmd):
     ours, theirs = wgc(cmd, "extra"), wg(cmd, "extra")

@@ -7,8 +7,8 @@ reads it with `loop.add_reader`), and for `vnet_hdr=True` the virtio-net header 
 read or written is preceded by a 10-byte `virtio_net_hdr` and writes may be 64 KiB TCP super-packets
 (wgc's userspace GRO, tcpgro.py). `offloads` (TUNSETOFFLOAD flags, e.g. TUN_F_CSUM | TUN_F_TSO4 |
 TUN_F_TSO6) would also let the kernel hand over unsegmented TCP with partial checksums; the runner keeps
-it 0 because finishing those checksums in Python costs more than the reads it saves (see README). The device lives as long as the fd: `close()` makes it disappear with its addresses and
-routes.
+it 0 because finishing those checksums in Python costs more than the reads it saves (see README).
+The device lives as long as the fd: `close()` makes it disappear with its addresses and routes.
 """
 from __future__ import annotations
 
@@ -87,14 +87,17 @@ def open_tun(name: str, mtu: int, *, vnet_hdr: bool = False, offloads: int = 0) 
     except OSError as e:
         raise _explain(e, name) from None
     tun = TunDevice(dev, vnet_hdr)
+    step = "setting up the virtio-net header and offloads"
     try:
         if vnet_hdr:
             fcntl.ioctl(tun.fd, TUNSETVNETHDRSZ, struct.pack("i", VNET_HDR_LEN))
             fcntl.ioctl(tun.fd, TUNSETOFFLOAD, offloads)
+        step = "making the fd non-blocking"
         fl = fcntl.fcntl(tun.fd, fcntl.F_GETFL)
         fcntl.fcntl(tun.fd, fcntl.F_SETFL, fl | os.O_NONBLOCK)
+        step = f"setting MTU {mtu}"
         dev.mtu = mtu
     except OSError as e:
         tun.close()
-        raise _explain(e, name) from None
+        raise OSError(e.errno, f"{step} on {name}: {e.strerror or e}") from None
     return tun

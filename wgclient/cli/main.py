@@ -51,9 +51,20 @@ def cmd_pubkey(argv: Sequence[str]) -> int:
     if argv:
         print(f"Usage: {PROG} pubkey", file=sys.stderr)
         return 1
-    data = sys.stdin.buffer.read(1 << 16)
+    # As wg: the first 44 bytes are the key, then only whitespace until EOF (read in bounded chunks).
+    stdin = sys.stdin.buffer
+    head = b""
+    while len(head) < keys.KEY_LEN_BASE64:
+        chunk = stdin.read(keys.KEY_LEN_BASE64 - len(head))
+        if not chunk:
+            break
+        head += chunk
     try:
-        pub = keys.pubkey_from_stream(data)
+        if len(head) == keys.KEY_LEN_BASE64:
+            while chunk := stdin.read1(1 << 16):
+                if not keys.is_trailing_ok(chunk):
+                    raise ParseError(keys.TRAILING)
+        pub = keys.pubkey_from_stream(head)
     except ParseError as e:
         print(f"{PROG}: {e}", file=sys.stderr)
         return 1
