@@ -6,7 +6,8 @@ clients behind routers whose NAT type is chosen per client.
         lab.run("client1", "ping", "-c1", lab.region_ip(1))
 
 Topology (all addresses exist only inside the lab's namespaces; nothing is routed to the host):
-- `inet`: the core router. Region i hangs off it on 198.18.i.0/24 + 2001:db8:18:i::/64 (node .2 / ::2).
+- `inet`: the core router. Region i hangs off it on 198.18.i.0/24 + 2001:db8:18:i::/64 (node .2 / ::2;
+  .3 is a second address for servers that want two, like RFC 3489 STUN servers).
   Every packet to or from region i passes through a TUN device served by `tools.natlab.delayer`, which
   holds it for half the region's `delay_ms`, so `delay_ms` is added to every round trip (netem is not
   available on this kernel; the delayer works wherever /dev/net/tun does).
@@ -185,6 +186,8 @@ class NatLab:
     def _node(self, node: str) -> Namespace:
         ns = self._lab.namespace(node, name=f"natlab-{self.name}-{node}")
         self.nodes[node] = ns
+        # No duplicate address detection: IPv6 works the moment a link is up (addresses are unique here).
+        ns.run("sysctl", "-qw", "net.ipv6.conf.all.accept_dad=0", "net.ipv6.conf.default.accept_dad=0")
         return ns
 
     @staticmethod
@@ -206,7 +209,7 @@ class NatLab:
         for i, _spec in enumerate(self.regions, 1):
             reg = self._node(f"region{i}")
             ifa, _ = link(inet, [f"198.18.{i}.1/24", f"2001:db8:18:{i}::1/64"],
-                          reg, [f"198.18.{i}.2/24", f"2001:db8:18:{i}::2/64"])
+                          reg, [f"198.18.{i}.2/24", f"198.18.{i}.3/24", f"2001:db8:18:{i}::2/64"])
             self._routes(reg, f"198.18.{i}.1", f"2001:db8:18:{i}::1")
             region_ifs.append(ifa)
         if self.regions:

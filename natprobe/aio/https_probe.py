@@ -1,0 +1,72 @@
+"""HTTPS latency to a region when UDP is blocked (netcheck.md §6): TLS-dial the region's nodes in order
+(1.5 s each), then time one `GET /derp/probe` on that connection, from writing the request to reading the
+response headers (the dial is not counted). Status must be <= 299; the body is read up to 8 KiB.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+
+from natprobe import constants as C
+from natprobe.regions import Node, Region
+
+log = logging.getLogger("natprobe.https_probe")
+PROBE_PATH = "/derp/probe"
+
+
+def ssl_context(node: Node, ca_file: str | None) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(cafile=ca_file)
+    if node.insecure_for_tests:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+async def _node_latency(node: Node, ca_file: str | None, dial_timeout: float) -> tuple[float, int] | None:
+    loop = asyncio.get_running_loop()
+    host = node.ipv4 or node.ipv6 or node.host_name
+    if not host:
+        return None
+    server_name = node.tls_name or node.host_name or host
+    try:
+        reader, writer = await asyncio.wait_for(
+            asyncio.open_connection(host, node.derp_port, ssl=ssl_context(node, ca_file),
+                                    server_hostname=server_name), dial_timeout)
+    except (OSError, asyncio.TimeoutError, ssl.SSLError) as exc:
+        log.debug("HTTPS dial to %s (%s:%d) failed: %s", node.name, host, node.derp_port, exc)
+        return None
+    try:
+        family = 6 if ":" in writer.get_extra_info("peername")[0] else 4
+        host_header = server_name if ":" not in server_name else f"[{server_name}]"
+        request = (f"GET {PROBE_PATH} HTTP/1.1\r\nHost: {host_header}\r\nUser-Agent: wgc-netcheck\r\n"
+                   "Connection: close\r\n\r\n").encode()
+        start = loop.time()
+        writer.write(request)
+        await writer.drain()
+        head = await reader.readuntil(b"\r\n\r\n")
+        latency = loop.time() - start
+        status_line = head.split(b"\r\n", 1)[0].split()
+        if len(status_line) < 2 or not status_line[1].isdigit() or int(status_line[1]) > 299:
+            log.debug("HTTPS probe of %s: rejected status %r", node.name, head[:40])
+            return None
+        try:
+            await asyncio.wait_for(reader.read(C.HTTPS_BODY_LIMIT), 0.2)
+        except asyncio.TimeoutError:
+            pass
+        return latency, family
+    except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ssl.SSLError) as exc:
+        log.debug("HTTPS probe of %s failed: %s", node.name, exc)
+        return None
+    finally:
+        writer.close()
+
+
+async def region_https_latency(region: Region, *, ca_file: str | None = None,
+                               dial_timeout: float = C.HTTPS_NODE_DIAL_TIMEOUT) -> tuple[float, int] | None:
+    """(latency seconds, address family) over HTTPS to the first node of `region` that answers, or None."""
+    for node in region.https_nodes:
+        result = await _node_latency(node, ca_file, dial_timeout)
+        if result is not None:
+            return result
+    return None
