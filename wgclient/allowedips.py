@@ -15,19 +15,35 @@ P = TypeVar("P", bound=Hashable)
 _FROM = int.from_bytes
 
 
+CACHE_LIMIT = 4096
+
+
 class _Family(Generic[P]):
-    __slots__ = ("bits", "tables", "lengths", "masks")
+    __slots__ = ("bits", "tables", "lengths", "masks", "cache")
 
     def __init__(self, bits: int) -> None:
         self.bits = bits
+        # address -> peer for addresses seen recently: the data path probes this dict first and falls
+        # back to `lookup` (then fills it); any change of the table empties it.
+        self.cache: dict[int, P] = {}
         self.tables: dict[int, dict[int, P]] = {}
         self.lengths: list[int] = []  # longest first
         self.masks = [((1 << bits) - 1) ^ ((1 << (bits - n)) - 1) for n in range(bits + 1)]
+
+    def lookup_cached(self, addr: int) -> P | None:
+        peer = self.lookup(addr)
+        if peer is not None:
+            cache = self.cache
+            if len(cache) >= CACHE_LIMIT:
+                cache.clear()
+            cache[addr] = peer
+        return peer
 
     def _relength(self) -> None:
         self.lengths = sorted((n for n, t in self.tables.items() if t), reverse=True)
 
     def insert(self, net: int, plen: int, peer: P) -> P | None:
+        self.cache.clear()
         table = self.tables.setdefault(plen, {})
         previous = table.get(net)
         table[net] = peer
@@ -36,6 +52,7 @@ class _Family(Generic[P]):
         return previous
 
     def remove(self, net: int, plen: int) -> None:
+        self.cache.clear()
         table = self.tables.get(plen)
         if table is not None:
             table.pop(net, None)

@@ -23,8 +23,9 @@ _header = struct.Struct("<IIQ")
 _pack_header = _header.pack_into
 _unpack_header = _header.unpack_from
 _nonce = struct.Struct("<4xQ").pack
-_ZEROS = bytes(16)
+_PADDING = [bytes(n) for n in range(16)]
 _from = int.from_bytes
+_u32 = struct.Struct("!I").unpack_from
 
 
 def _grow(buf: bytearray, need: int) -> None:
@@ -58,7 +59,7 @@ def seal_one(dev: "Device", peer: "Peer", kp: "Keypair", packet) -> bool:
         body = start + 16
         mv[body:body + n] = packet
         if padded > n:
-            mv[body + n:body + padded] = _ZEROS[:padded - n]
+            mv[body + n:body + padded] = _PADDING[padded - n]
         kp.send.encrypt_into(_nonce(counter), mv[body:body + padded], None, mv[body:end])
     out.sealed.append((peer.endpoint, start, end))
     peer.tx_bytes += end - start
@@ -77,8 +78,10 @@ def after_send(dev: "Device", peer: "Peer", now: float, data: bool) -> None:
 
 
 def seal_packets(dev: "Device", packets: Iterable, now: float) -> None:
-    lookup4 = dev.allowed_ips.v4.lookup
-    lookup6 = dev.allowed_ips.v6.lookup
+    cache4 = dev.allowed_ips.v4.cache
+    cache6 = dev.allowed_ips.v6.cache
+    lookup4 = dev.allowed_ips.v4.lookup_cached
+    lookup6 = dev.allowed_ips.v6.lookup_cached
     drops = dev.drops
     touched: dict = {}
     out = dev.out
@@ -94,9 +97,11 @@ def seal_packets(dev: "Device", packets: Iterable, now: float) -> None:
                 continue
             version = packet[0] >> 4
             if version == 4:
-                peer = lookup4(_from(packet[16:20], "big"))
+                addr = _u32(packet, 16)[0]
+                peer = cache4.get(addr) or lookup4(addr)
             elif version == 6 and n >= 40:
-                peer = lookup6(_from(packet[24:40], "big"))
+                addr = _from(packet[24:40], "big")
+                peer = cache6.get(addr) or lookup6(addr)
             else:
                 drops["tun: not IPv4/IPv6"] += 1
                 continue
@@ -132,7 +137,7 @@ def seal_packets(dev: "Device", packets: Iterable, now: float) -> None:
             body = start + 16
             mv[body:body + n] = packet
             if padded > n:
-                mv[body + n:body + padded] = _ZEROS[:padded - n]
+                mv[body + n:body + padded] = _PADDING[padded - n]
             kp.send.encrypt_into(_nonce(counter), mv[body:body + padded], None, mv[body:end])
             out.sealed.append((endpoint, start, end))
             peer.tx_bytes += end - start
@@ -151,8 +156,10 @@ def open_datagrams(dev: "Device", datagrams: Iterable, now: float) -> None:
     buf = out.recv_buf
     headroom = dev.config.tun_headroom
     keypairs = dev.keypair_indices
-    lookup4 = dev.allowed_ips.v4.lookup
-    lookup6 = dev.allowed_ips.v6.lookup
+    cache4 = dev.allowed_ips.v4.cache
+    cache6 = dev.allowed_ips.v6.cache
+    lookup4 = dev.allowed_ips.v4.lookup_cached
+    lookup6 = dev.allowed_ips.v6.lookup_cached
     drops = dev.drops
     touched: dict = {}  # peer -> [last source, data received?, keypairs seen]
     start = out.tun[-1][1] if out.tun else 0
@@ -209,7 +216,8 @@ def open_datagrams(dev: "Device", datagrams: Iterable, now: float) -> None:
                 if length < 20 or length > plen:
                     drops["transport: bad IPv4 length"] += 1
                     continue
-                owner = lookup4(_from(mv[pkt + 12:pkt + 16], "big"))
+                addr = _u32(buf, pkt + 12)[0]
+                owner = cache4.get(addr) or lookup4(addr)
             elif version == 6:
                 if plen < 40:
                     drops["transport: short IPv6 packet"] += 1
@@ -218,7 +226,8 @@ def open_datagrams(dev: "Device", datagrams: Iterable, now: float) -> None:
                 if length > plen:
                     drops["transport: bad IPv6 length"] += 1
                     continue
-                owner = lookup6(_from(mv[pkt + 8:pkt + 24], "big"))
+                addr = _from(mv[pkt + 8:pkt + 24], "big")
+                owner = cache6.get(addr) or lookup6(addr)
             else:
                 drops["transport: not IPv4/IPv6"] += 1
                 continue

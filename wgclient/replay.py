@@ -8,6 +8,7 @@ from __future__ import annotations
 from .constants import REJECT_AFTER_MESSAGES, REPLAY_RING_BLOCKS, REPLAY_WINDOW
 
 _BLOCK_MASK = REPLAY_RING_BLOCKS - 1
+_EMPTY_RING = (0,) * REPLAY_RING_BLOCKS
 
 
 class ReplayFilter:
@@ -25,21 +26,26 @@ class ReplayFilter:
         """Accept counter once (True) or reject it as replayed, too old or past the limit (False)."""
         if counter >= limit:
             return False
-        block = counter >> 6
         last = self.last
         ring = self.ring
+        index = (counter >> 6) & _BLOCK_MASK
+        bit = 1 << (counter & 63)
         if counter > last:
             current = last >> 6
-            diff = block - current
-            if diff > REPLAY_RING_BLOCKS:
-                diff = REPLAY_RING_BLOCKS
-            for i in range(current + 1, current + diff + 1):
-                ring[i & _BLOCK_MASK] = 0
+            diff = (counter >> 6) - current
+            if diff:
+                if diff >= REPLAY_RING_BLOCKS:
+                    ring[:] = _EMPTY_RING
+                else:
+                    for i in range(current + 1, current + diff + 1):
+                        ring[i & _BLOCK_MASK] = 0
+            # A counter above the highest seen lands in a block that holds only lower counters of its
+            # own (or was just cleared): its bit cannot be set yet.
             self.last = counter
-        elif last - counter > REPLAY_WINDOW:
+            ring[index] |= bit
+            return True
+        if last - counter > REPLAY_WINDOW:
             return False
-        index = block & _BLOCK_MASK
-        bit = 1 << (counter & 63)
         old = ring[index]
         if old & bit:
             return False
