@@ -14,6 +14,8 @@ import binascii
 import ipaddress
 import struct
 from dataclasses import dataclass
+from functools import lru_cache
+from typing import NamedTuple
 
 from natprobe import constants as C
 from natprobe.errors import ParseError, UsageError
@@ -24,8 +26,7 @@ _ATTR = struct.Struct("!HH")
 Addr = tuple[str, int]
 
 
-@dataclass(frozen=True)
-class Attribute:
+class Attribute(NamedTuple):
     """One TLV attribute; `value` is unpadded."""
 
     type: int
@@ -105,7 +106,8 @@ def is_binding_response(data: bytes) -> bool:
 
 def parse_message(data: bytes, *, allow_classic: bool = False) -> Message:
     """Parse a STUN message; raise ParseError for anything malformed or a FINGERPRINT that does not verify."""
-    data = bytes(data)
+    if not isinstance(data, bytes):
+        data = bytes(data)
     if len(data) < C.HEADER_LEN:
         raise ParseError(f"STUN message too short ({len(data)} bytes)")
     msg_type, length, cookie, txid = _HDR.unpack_from(data)
@@ -152,19 +154,29 @@ def _xor_key(txid: bytes) -> bytes:
     return C.MAGIC_COOKIE_BYTES + txid
 
 
+@lru_cache(maxsize=4096)
+def _pack_ip(ip: str) -> bytes:
+    try:
+        return ipaddress.ip_address(ip.split("%", 1)[0]).packed
+    except ValueError:
+        raise UsageError(f"not an IP address: {ip!r}") from None
+
+
+def _xor(raw: bytes, txid: bytes) -> bytes:
+    if len(raw) == 4:
+        return (int.from_bytes(raw, "big") ^ C.MAGIC_COOKIE).to_bytes(4, "big")
+    return (int.from_bytes(raw, "big") ^ int.from_bytes(_xor_key(txid), "big")).to_bytes(16, "big")
+
+
 def encode_address(ip: str, port: int, *, xor_txid: bytes | None = None) -> bytes:
     """MAPPED-ADDRESS value, or XOR-MAPPED-ADDRESS value when `xor_txid` is given."""
-    try:
-        addr = ipaddress.ip_address(ip)
-    except ValueError as exc:
-        raise UsageError(f"not an IP address: {ip!r}") from exc
+    raw = _pack_ip(ip)
     if not 0 <= port <= 0xFFFF:
         raise UsageError(f"port out of range: {port}")
-    raw = addr.packed
-    family = C.FAMILY_IPV4 if addr.version == 4 else C.FAMILY_IPV6
+    family = C.FAMILY_IPV4 if len(raw) == 4 else C.FAMILY_IPV6
     if xor_txid is not None:
         port ^= C.MAGIC_COOKIE >> 16
-        raw = bytes(a ^ b for a, b in zip(raw, _xor_key(xor_txid)))
+        raw = _xor(raw, xor_txid)
     return struct.pack("!BBH", 0, family, port) + raw
 
 
@@ -184,7 +196,7 @@ def decode_address(value: bytes, *, xor_txid: bytes | None = None) -> Addr:
         raise ParseError(f"unknown address family {family}")
     if xor_txid is not None:
         port ^= C.MAGIC_COOKIE >> 16
-        raw = bytes(a ^ b for a, b in zip(raw, _xor_key(xor_txid)))
+        raw = _xor(raw, xor_txid)
     ip = ipaddress.IPv4Address(raw) if family == C.FAMILY_IPV4 else ipaddress.IPv6Address(raw)
     return _unmap(ip), port
 
@@ -200,15 +212,17 @@ def binding_request(txid: bytes, *, software: bytes | None = C.TAILSCALE_SOFTWAR
 
 def binding_success(request: Message, addr: Addr, *, software: bytes | None = None) -> bytes:
     """The success response to `request` reporting `addr`: XOR-MAPPED-ADDRESS, or MAPPED-ADDRESS for RFC 3489."""
-    ip, port = addr
-    ip = _unmap(ipaddress.ip_address(ip.split("%", 1)[0]))
+    ip, port = addr[0], addr[1]
+    if ip.startswith("::ffff:") and "." in ip:      # IPv4 client seen on a dual-stack socket
+        ip = ip[7:]
     if request.classic:
-        attrs = [Attribute(C.ATTR_MAPPED_ADDRESS, encode_address(ip, port))]
+        attr = struct.pack("!HH", C.ATTR_MAPPED_ADDRESS, 0) + encode_address(ip, port)
     else:
-        attrs = [Attribute(C.ATTR_XOR_MAPPED_ADDRESS, encode_address(ip, port, xor_txid=request.txid))]
+        attr = struct.pack("!HH", C.ATTR_XOR_MAPPED_ADDRESS, 0) + encode_address(ip, port, xor_txid=request.txid)
+    attr = attr[:2] + struct.pack("!H", len(attr) - 4) + attr[4:]
     if software is not None:
-        attrs.append(Attribute(C.ATTR_SOFTWARE, software))
-    return Message(C.BINDING_SUCCESS, request.txid, tuple(attrs), request.cookie).encode()
+        attr += struct.pack("!HH", C.ATTR_SOFTWARE, len(software)) + software + b"\x00" * (-len(software) % 4)
+    return _HDR.pack(C.BINDING_SUCCESS, len(attr), request.cookie, request.txid) + attr
 
 
 def binding_error(request: Message, code: int, reason: str) -> bytes:
