@@ -3,9 +3,10 @@ the classification of replies.
 
 - NAT-PMP (RFC 6886 §3.2): external-address request `00 00`; a reply is version 0, opcode 128, result 0.
 - PCP (RFC 6887 §7.1, §14.1): ANNOUNCE, 24 bytes: version 2, opcode 0, lifetime 0, client IP (IPv4-mapped)
-  at offset 8; a reply is version 2 with opcode 0x80 (response bit + ANNOUNCE), at least 24 bytes.
-- UPnP IGD (SSDP, UPnP Device Architecture 1.1 §1.3.2): `M-SEARCH *`; a reply is an HTTP 200 mentioning
-  ":InternetGatewayDevice:".
+  at offset 8; a reply is version 2, opcode 0x80 (response bit + ANNOUNCE), result SUCCESS, >= 24 bytes
+  (a PCP server answering NOT_AUTHORIZED or ADDRESS_MISMATCH cannot map ports for us: not counted).
+- UPnP IGD (SSDP, UPnP Device Architecture 1.1 §1.3.2): `M-SEARCH *`; a reply is any datagram (from any
+  port but 5351, as some routers answer from another port) mentioning ":InternetGatewayDevice:".
 Replies that match nothing are ignored (returned as None), never raised.
 """
 from __future__ import annotations
@@ -50,15 +51,12 @@ def ssdp_search(st: str) -> bytes:
 
 def classify_reply(data: bytes, source_port: int) -> Service | None:
     """Which service a datagram received on the probe socket proves present, if any."""
-    if source_port == C.SSDP_PORT or data.startswith(b"HTTP/"):
-        head = data[:2048]
-        if head.startswith(b"HTTP/1.1 200") and b":InternetGatewayDevice:" in head:
-            return Service.UPNP
-        return None
-    if source_port != C.NATPMP_PORT or len(data) < 2:
+    if source_port != C.NATPMP_PORT:
+        return Service.UPNP if b":InternetGatewayDevice:" in data[:4096] else None
+    if len(data) < 4:
         return None
     if data[0] == 2 and data[1] == 0x80 and len(data) >= 24:
-        return Service.PCP
+        return Service.PCP if data[3] == 0 else None
     if data[0] == 0 and data[1] == 128 and len(data) >= 12 and data[2:4] == b"\x00\x00":
         return Service.PMP
     return None

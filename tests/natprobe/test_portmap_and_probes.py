@@ -33,13 +33,15 @@ def test_reply_classification():
     assert classify_reply(pmp_ok, 5351) is Service.PMP
     assert classify_reply(struct.pack("!BBHI4s", 0, 128, 3, 7, bytes(4)), 5351) is None  # result code 3
     assert classify_reply(pmp_ok, 5352) is None                                          # wrong port
+    assert classify_reply(struct.pack("!BBBBII", 2, 0x80, 0, 2, 0, 1) + bytes(12), 5351) is None  # NOT_AUTHORIZED
     pcp = struct.pack("!BBBBII", 2, 0x80, 0, 0, 0, 1) + bytes(12)
     assert classify_reply(pcp, 5351) is Service.PCP
     assert classify_reply(pcp[:20], 5351) is None
     upnp = b"HTTP/1.1 200 OK\r\nST: urn:schemas-upnp-org:device:InternetGatewayDevice:1\r\n\r\n"
     assert classify_reply(upnp, 1900) is Service.UPNP
     assert classify_reply(b"HTTP/1.1 200 OK\r\nST: upnp:rootdevice\r\n\r\n", 1900) is None  # not a gateway
-    assert classify_reply(b"HTTP/1.1 404 Not Found\r\n\r\n:InternetGatewayDevice:", 1900) is None
+    assert classify_reply(upnp, 2869) is Service.UPNP        # some routers answer from another port
+    assert classify_reply(upnp, 5351) is None
 
 
 @given(st.binary(max_size=64), st.sampled_from([1900, 5351, 53, 0]))
