@@ -261,31 +261,40 @@ def parse_frame(ftype: int, payload: bytes) -> Frame:
 class FrameDecoder:
     """Incremental splitter of a DERP byte stream into (type, payload) pairs, bounded by `max_frame`."""
 
-    __slots__ = ("_buf", "max_frame")
+    __slots__ = ("_buf", "_need", "max_frame")
 
     def __init__(self, max_frame: int = MAX_CLIENT_FRAME) -> None:
         self._buf = bytearray()
+        self._need = 0   # bytes the buffered partial frame needs in all (0: unknown, header incomplete)
         self.max_frame = max_frame
 
     def feed(self, data: bytes) -> list[tuple[int, bytes]]:
         buf = self._buf
-        buf += data
+        if buf:
+            buf += data
+            if len(buf) < self._need:  # still inside one large frame: no re-copy
+                return []
+            data = bytes(buf)
+            buf.clear()
+        elif type(data) is not bytes:
+            data = bytes(data)
         out: list[tuple[int, bytes]] = []
         pos = 0
-        end = len(buf)
+        end = len(data)
         unpack = _HDR.unpack_from
+        max_frame = self.max_frame
         while end - pos >= FRAME_HEADER_LEN:
-            ftype, length = unpack(buf, pos)
-            if length > self.max_frame:
-                raise ParseError(f"frame type 0x{ftype:02x} of {length} bytes exceeds the {self.max_frame}-byte "
-                                 "limit")
+            ftype, length = unpack(data, pos)
+            if length > max_frame:
+                raise ParseError(f"frame type 0x{ftype:02x} of {length} bytes exceeds the {max_frame}-byte limit")
             stop = pos + FRAME_HEADER_LEN + length
             if stop > end:
                 break
-            out.append((ftype, bytes(buf[pos + FRAME_HEADER_LEN:stop])))
+            out.append((ftype, data[pos + FRAME_HEADER_LEN:stop]))
             pos = stop
-        if pos:
-            del buf[:pos]
+        if pos < end:
+            buf += data[pos:]
+            self._need = FRAME_HEADER_LEN + unpack(data, pos)[1] if end - pos >= FRAME_HEADER_LEN else 0
         return out
 
     def pending(self) -> int:

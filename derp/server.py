@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Union
 
 from derp import frames as F
-from derp.constants import (HANDSHAKE_TIMEOUT, KEEPALIVE_INTERVAL, KEEPALIVE_JITTER, KEY_LEN,
+from derp.constants import (DISCO_MAGIC, DISCO_MIN_LEN, HANDSHAKE_TIMEOUT, KEEPALIVE_INTERVAL, KEEPALIVE_JITTER, KEY_LEN,
                             MAX_CLIENT_INFO_FRAME, MAX_PACKET_SIZE, MIN_CLIENT_INFO_LEN, NOT_HERE_BURST,
                             NOT_HERE_RATE, PING_MAX_LEN, PING_MIN_LEN, FrameType, PeerGoneReason,
                             PeerPresentFlags, is_disco)
@@ -154,32 +154,50 @@ class Conn:
         return int(f)
 
 
-@dataclass(frozen=True)
-class Write:
+class _Out:
+    """Relay outputs: plain slotted objects (built per packet, so cheaper than frozen dataclasses)."""
+
+    __slots__ = ()
+
+    def __eq__(self, other: object) -> bool:
+        return type(self) is type(other) and all(getattr(self, f) == getattr(other, f) for f in self.__slots__)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({', '.join(repr(getattr(self, f)) for f in self.__slots__)})"
+
+
+class Write(_Out):
     """Write a control frame to a connection (never dropped by queue limits)."""
-    conn: Conn
-    data: bytes
+
+    __slots__ = ("conn", "data")
+
+    def __init__(self, conn: Conn, data: bytes) -> None:
+        self.conn, self.data = conn, data
 
 
-@dataclass(frozen=True)
-class Deliver:
+class Deliver(_Out):
     """A RecvPacket frame for a connection's bounded packet queue."""
-    conn: Conn
-    data: bytes
-    disco: bool
+
+    __slots__ = ("conn", "data", "disco")
+
+    def __init__(self, conn: Conn, data: bytes, disco: bool) -> None:
+        self.conn, self.data, self.disco = conn, data, disco
 
 
-@dataclass(frozen=True)
-class Forward:
+class Forward(_Out):
     """A ForwardPacket frame for a mesh link (the adapter's object, registered with add_route)."""
-    link: Any
-    data: bytes
+
+    __slots__ = ("link", "data")
+
+    def __init__(self, link: Any, data: bytes) -> None:
+        self.link, self.data = link, data
 
 
-@dataclass(frozen=True)
-class CloseConn:
-    conn: Conn
-    reason: str
+class CloseConn(_Out):
+    __slots__ = ("conn", "reason")
+
+    def __init__(self, conn: Conn, reason: str) -> None:
+        self.conn, self.reason = conn, reason
 
 
 Out = Union[Write, Deliver, Forward, CloseConn]
@@ -309,8 +327,8 @@ class Relay:
             c = self.counters
             c["packets_relayed"] += 1
             c["bytes_relayed"] += n - KEY_LEN
-            data = payload[KEY_LEN:]
-            return Deliver(target, _HDR.pack(_RECV, n) + conn.key + data, is_disco(data))
+            disco = n >= KEY_LEN + DISCO_MIN_LEN and payload[KEY_LEN:KEY_LEN + 6] == DISCO_MAGIC
+            return Deliver(target, b"".join((_HDR.pack(_RECV, n), conn.key, memoryview(payload)[KEY_LEN:])), disco)
         link = self.mesh_routes.get(dst)
         if link is not None:
             self.counters["packets_forwarded_out"] += 1

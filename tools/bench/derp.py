@@ -116,21 +116,24 @@ def derp_socket(port: int, tls: bool, ca: str, priv: bytes) -> socket.socket:
 
 # ---- throughput ------------------------------------------------------------------------------------------
 
-def _receiver(conn, port, tls, ca, priv, frame_len, seconds):
-    sock = derp_socket(port, tls, ca, priv) if port else None
-    if sock is None:  # direct reference: accept one connection
+def _receiver(conn, mode, port, tls, ca, priv, seconds):
+    if mode == "direct":  # reference: accept the sender's connection ourselves
         lsock = socket.socket()
         lsock.bind(("127.0.0.1", 0))
         lsock.listen(1)
         conn.send(lsock.getsockname()[1])
         sock, _ = lsock.accept()
+    elif mode == "pipe":
+        sock = socket.create_connection(("127.0.0.1", port))
+        conn.send(port)
     else:
-        conn.send(0)
+        sock = derp_socket(port, tls, ca, priv)
+        conn.send(port)
     buf = bytearray(1 << 20)
     view = memoryview(buf)
     total = 0
     sock.settimeout(2.0)
-    start = None
+    start = last = None
     end = time.monotonic() + seconds + 30
     try:
         while time.monotonic() < end:
@@ -143,12 +146,12 @@ def _receiver(conn, port, tls, ca, priv, frame_len, seconds):
             last = time.monotonic()
     except (socket.timeout, OSError):
         pass
-    conn.send((total, (last - start) if start else 0.0))
+    conn.send((total, (last - start) if start and last else 1.0))
 
 
-def _sender(port, tls, ca, priv, dst, seconds, direct_port):
-    if direct_port:
-        sock = socket.create_connection(("127.0.0.1", direct_port))
+def _sender(mode, port, tls, ca, priv, dst, seconds):
+    if mode in ("direct", "pipe"):
+        sock = socket.create_connection(("127.0.0.1", port))
     else:
         sock = derp_socket(port, tls, ca, priv)
     payload = os.urandom(PKT)
@@ -160,22 +163,50 @@ def _sender(port, tls, ca, priv, dst, seconds, direct_port):
     sock.close()
 
 
-def throughput(port: int, tls: bool, ca: str, seconds: float) -> tuple[float, float, float]:
-    """(Mbit/s of packet payload, packets/s, fraction delivered) from one sender to one receiver."""
+def _pipe_server(ready):
+    """Reference relay without DERP: an asyncio (uvloop) byte pipe from the 2nd connection to the 1st."""
+    import asyncio
+    try:
+        import uvloop
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    except ImportError:
+        pass
+
+    class Pipe(asyncio.Protocol):
+        conns: list = []
+
+        def connection_made(self, transport):
+            self.transport = transport
+            Pipe.conns.append(transport)
+
+        def data_received(self, data):
+            if Pipe.conns and Pipe.conns[0] is not self.transport:
+                Pipe.conns[0].write(data)
+
+    async def main():
+        srv = await asyncio.get_running_loop().create_server(Pipe, "127.0.0.1", 0)
+        ready.send(srv.sockets[0].getsockname()[1])
+        await asyncio.sleep(3600)
+
+    asyncio.run(main())
+
+
+def throughput(mode: str, port: int, tls: bool, ca: str, seconds: float) -> tuple[float, float]:
+    """(Mbit/s of packet payload, packets/s) received from one sender streaming 1,400-byte packets."""
     ka, kb = private_key_from_random(os.urandom(32)), private_key_from_random(os.urandom(32))
     frame_len = 5 + 32 + PKT
     parent, child = mp.Pipe()
-    rx = mp.Process(target=_receiver, args=(child, port, tls, ca, kb, frame_len, seconds))
+    rx = mp.Process(target=_receiver, args=(child, mode, port, tls, ca, kb, seconds))
     rx.start()
-    direct_port = parent.recv()
+    port = parent.recv()
     time.sleep(0.2)
-    tx = mp.Process(target=_sender, args=(port, tls, ca, ka, public_key_of(kb), seconds, direct_port))
+    tx = mp.Process(target=_sender, args=(mode, port, tls, ca, ka, public_key_of(kb), seconds))
     tx.start()
     tx.join(seconds + 30)
     total, elapsed = parent.recv()
     rx.join(10)
     packets = total / frame_len
-    return packets * PKT * 8 / elapsed / 1e6, packets / elapsed, 1.0
+    return packets * PKT * 8 / elapsed / 1e6, packets / elapsed
 
 
 # ---- latency ---------------------------------------------------------------------------------------------
@@ -302,17 +333,23 @@ def main(argv: list[str] | None = None) -> int:
     pki = make_pki(tmp)
     print(f"DERP relay benchmark: {PKT}-byte packets, loopback, {os.cpu_count()} CPUs, Python {sys.version.split()[0]}")
     if "throughput" not in skip:
-        ref_mbps, ref_pps, _ = throughput(0, False, pki["ca"], args.seconds)
-        print(f"reference: direct TCP stream        {ref_mbps:9.0f} Mbit/s {ref_pps:10.0f} packets/s")
+        ref_mbps, ref_pps = throughput("direct", 0, False, pki["ca"], args.seconds)
+        print(f"reference: direct TCP stream             {ref_mbps:7.0f} Mbit/s {ref_pps:9.0f} packets/s")
+        parent, child = mp.Pipe()
+        pipe = mp.Process(target=_pipe_server, args=(child,), daemon=True)
+        pipe.start()
+        pipe_mbps, pipe_pps = throughput("pipe", parent.recv(), False, pki["ca"], args.seconds)
+        pipe.kill()
+        print(f"reference: asyncio byte pipe (no DERP)    {pipe_mbps:7.0f} Mbit/s {pipe_pps:9.0f} packets/s")
         for tls in (False, True):
             srv = Derper(tls, pki)
             try:
-                mbps, pps, _ = throughput(srv.port, tls, pki["ca"], args.seconds)
+                mbps, pps = throughput("derp", srv.port, tls, pki["ca"], args.seconds)
             finally:
                 srv.stop()
             name = "TLS" if tls else "plain HTTP"
-            print(f"relayed over {name:<11}            {mbps:9.0f} Mbit/s {pps:10.0f} packets/s "
-                  f"({mbps / ref_mbps:.2f} of direct)")
+            print(f"relayed over {name:<11}                 {mbps:7.0f} Mbit/s {pps:9.0f} packets/s "
+                  f"({mbps / ref_mbps:.2f} of direct, {mbps / pipe_mbps:.2f} of the byte pipe)")
     if "latency" not in skip:
         direct = pingpong(None, False, pki["ca"], args.pings)
         print(f"reference: direct ping-pong RTT     p50 {pct(direct, 50):7.0f} µs  p99 {pct(direct, 99):7.0f} µs")
