@@ -245,6 +245,7 @@ def open_datagrams(dev: "Device", datagrams: Iterable, now: float) -> None:
 
 def _after_receive(dev: "Device", peer: "Peer", source, data: bool, seen: set, now: float) -> None:
     """Per peer, once a batch: key confirmation, roaming, timers (wireguard-go receive.go)."""
+    peer.endpoint = source  # before flushing staged packets, so they go where the peer now is
     for kp in seen:
         promoted, dropped = peer.keypairs.received_with(kp)
         if promoted:
@@ -252,7 +253,6 @@ def _after_receive(dev: "Device", peer: "Peer", source, data: bool, seen: set, n
                 dev.keypair_indices.pop(old.local_index, None)
             dev._handshake_complete(peer, now)
             dev._send_staged(peer, now)
-    peer.endpoint = source
     if peer.should_rekey_after_receive(now):
         dev._send_initiation(peer, now, retry=False)
     t = peer.timers
