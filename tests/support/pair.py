@@ -2,8 +2,8 @@
 
 Nothing here sleeps or opens a socket: `Pair.now` is the clock, `advance()` steps it to each timer deadline
 of either device in turn, and the 'wire' is a list of datagrams a test may deliver, drop, reorder, replay
-or tamper with. Every datagram either device emits is also logged in `Pair.sent` with its time, so timer
-tests can check when things were sent.
+or tamper with. Every datagram either device emits is also logged in `Pair.sent` with its time and the
+endpoint it was addressed to, so timer and roaming tests can check when and where things were sent.
 """
 from __future__ import annotations
 
@@ -73,7 +73,7 @@ class Pair:
             self.b.set_endpoint(self.pb, EP_A)
         self.source = {"a": EP_A, "b": EP_B}  # the UDP source each device's datagrams carry (roaming)
         self.wire: list[tuple[str, bytes, tuple]] = []  # (to, data, source)
-        self.sent: list[tuple[float, str, bytes]] = []  # (time, from, data): everything ever emitted
+        self.sent: list[tuple[float, str, bytes, tuple]] = []  # (time, from, data, endpoint): all emitted
         self.tun: dict[str, list[bytes]] = {"a": [], "b": []}
         self.events: dict[str, list[object]] = {"a": [], "b": []}
 
@@ -91,7 +91,7 @@ class Pair:
         to = "b" if name == "a" else "a"
         for endpoint, data in out.datagrams + out.sealed_bytes():
             self.wire.append((to, data, src))
-            self.sent.append((self.now, name, data))
+            self.sent.append((self.now, name, data, endpoint))
         self.tun[name].extend(out.tun_packets(dev.config.tun_headroom))
         self.events[name].extend(out.events)
         out.clear()
@@ -150,7 +150,7 @@ class Pair:
 
     def sent_of(self, kind: int, frm: str | None = None, since: float = float("-inf")) -> list[tuple[float, bytes]]:
         """(time, data) of every datagram of a type emitted (by `frm`) at or after `since`."""
-        return [(t, d) for t, f, d in self.sent
+        return [(t, d) for t, f, d, _ in self.sent
                 if message_type(d) == kind and (frm is None or f == frm) and t >= since]
 
     def advance(self, seconds: float, deliver: bool = False) -> None:

@@ -1,0 +1,448 @@
+"""Two device cores talking over an in-memory wire: handshakes, data both ways, and what must be dropped."""
+from __future__ import annotations
+
+import struct
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tests.support.pair import (EP_A, EP_B, INITIATION, RESPONSE, TRANSPORT, Pair, Seeded, ipv4_packet,
+                                ipv6_packet)
+from wgclient.constants import DEFAULT_MTU
+from wgclient.device import Device, DeviceConfig
+from wgclient.noise import crypto
+from wgclient.noise.messages import message_type
+from wgclient.outputs import HandshakeCompleted
+
+EP_A2 = ("198.51.100.7", 40000)
+
+
+def established(initiator: str = "a", **kw) -> Pair:
+    p = Pair(**kw)
+    p.handshake(initiator)
+    assert p.pa.keypairs.current is not None and p.pb.keypairs.current is not None
+    return p
+
+
+def counter_of(message: bytes) -> int:
+    return struct.unpack_from("<Q", message, 8)[0]
+
+
+def receiver_of(message: bytes) -> int:
+    return struct.unpack_from("<I", message, 4)[0]
+
+
+# -- handshakes ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("initiator", ["a", "b"])
+def test_handshake_from_either_side_then_data_both_ways(initiator: str) -> None:
+    p = Pair()
+    p.handshake(initiator)
+    responder = "b" if initiator == "a" else "a"
+    for name in ("a", "b"):
+        assert [type(e) for e in p.events[name]] == [HandshakeCompleted]
+    # The initiator's session is current at once; the responder's was confirmed by the keepalive.
+    assert p.peer(initiator).keypairs.current.is_initiator
+    assert not p.peer(responder).keypairs.current.is_initiator
+    assert p.peer(responder).keypairs.next is None
+    assert [message_type(d) for _, _, d, _ in p.sent] == [INITIATION, RESPONSE, TRANSPORT]
+    pkt_a = p.ping("a", b"hello from a")
+    pkt_b = p.ping("b", b"hello from b")
+    p.deliver()
+    assert p.tun["b"] == [pkt_a] and p.tun["a"] == [pkt_b]
+    assert p.a.drops == {} and p.b.drops == {}
+
+
+def test_sending_data_starts_the_handshake_and_delivers_the_staged_packet() -> None:
+    p = Pair()
+    pkt = p.ping("a", b"first")
+    assert [message_type(d) for _, d, _ in p.wire] == [INITIATION]
+    assert list(p.pa.staged) == [pkt]
+    p.deliver()
+    assert p.tun["b"] == [pkt]
+    assert not p.pa.staged
+
+
+def test_responder_without_endpoint_learns_it_from_the_initiation() -> None:
+    p = Pair(b_endpoint_known=False)
+    assert p.pb.endpoint is None
+    pkt = p.ping("b")  # b cannot even start: no endpoint
+    assert p.b.drops["no endpoint"] == 1 and not p.wire
+    p.handshake("a")
+    assert p.pb.endpoint == EP_A
+    p.deliver()
+    # The staged packet went out once b had a session, and a got it.
+    assert p.tun["a"] == [pkt]
+
+
+def test_ipv6_inner_packets_both_ways() -> None:
+    p = established()
+    a6 = p.ping("a", b"six" * 100, v6=True)
+    b6 = p.ping("b", b"", v6=True)
+    p.deliver()
+    assert p.tun["b"] == [a6] and p.tun["a"] == [b6]
+
+
+def test_preshared_key_on_both_sides_works() -> None:
+    p = established(psk=b"\x42" * 32)
+    pkt = p.ping("a")
+    p.deliver()
+    assert p.tun["b"] == [pkt]
+
+
+@pytest.mark.parametrize("psk_b", [b"\x43" * 32, None])
+def test_mismatched_preshared_key_fails(psk_b) -> None:
+    p = Pair(psk=b"\x42" * 32, psk_b=psk_b)
+    p.ping("a")
+    p.deliver()
+    assert p.pa.keypairs.current is None
+    assert p.pb.keypairs.current is None  # b's parked session is never confirmed
+    assert p.tun["b"] == []
+    assert sum(n for reason, n in p.a.drops.items() if reason.startswith("handshake:")) == 1
+    assert not p.events["a"] and not p.events["b"]
+
+
+def test_batch_of_packets_sealed_with_sequential_counters() -> None:
+    p = established()
+    packets = [ipv4_packet("10.0.0.1", "10.0.0.2", bytes([i]) * i) for i in range(10)]
+    p.send("a", packets)
+    assert [counter_of(d) for _, d, _ in p.wire] == list(range(1, 11))  # 0 went to the keepalive
+    p.deliver()
+    assert p.tun["b"] == packets
+
+
+# -- transport packets that must be dropped or accepted ------------------------------------------------------
+
+def test_replayed_transport_packet_is_dropped_and_counted() -> None:
+    p = established()
+    pkt = p.ping("a")
+    (msg,) = p.take(TRANSPORT, to="b")
+    p.receive("b", msg)
+    p.receive("b", msg)
+    assert p.tun["b"] == [pkt]
+    assert p.b.drops["transport: replayed or too old"] == 1
+
+
+def test_reordered_packets_within_the_window_are_accepted() -> None:
+    p = established()
+    packets = [ipv4_packet("10.0.0.1", "10.0.0.2", bytes([i]) * 8) for i in range(50)]
+    p.send("a", packets)
+    msgs = p.take(TRANSPORT, to="b")
+    order = list(reversed(msgs[:25])) + msgs[40:] + msgs[25:40]
+    for m in order:
+        p.receive("b", m)
+    assert sorted(p.tun["b"]) == sorted(packets) and len(p.tun["b"]) == 50
+    assert p.b.drops == {}
+
+
+def test_packet_older_than_the_window_is_dropped() -> None:
+    p = established()
+    p.ping("a")
+    (old,) = p.take(TRANSPORT, to="b")
+    p.pa.keypairs.current.send_counter = 10_000
+    p.ping("a")
+    p.deliver()
+    p.receive("b", old)  # counter 1, now 9999 behind the highest
+    assert len(p.tun["b"]) == 1
+    assert p.b.drops["transport: replayed or too old"] == 1
+
+
+@pytest.mark.parametrize("where", [4, 8, 16, 40, -1])
+def test_tampered_transport_packet_is_dropped_and_counted(where: int) -> None:
+    p = established()
+    p.ping("a", b"x" * 40)
+    (msg,) = p.take(TRANSPORT, to="b")
+    bad = bytearray(msg)
+    bad[where] ^= 0x01
+    p.receive("b", bytes(bad))
+    assert p.tun["b"] == []
+    dropped = p.b.drops["transport: authentication failed"] + p.b.drops["transport: unknown receiver index"]
+    assert dropped == 1
+    p.receive("b", msg)  # the genuine one still gets through
+    assert len(p.tun["b"]) == 1
+
+
+def test_inner_source_not_in_allowed_ips_is_dropped() -> None:
+    p = established()
+    # b has a second peer owning 10.0.0.3: a may not send from it, nor from an address nobody owns.
+    other = p.b.add_peer(crypto.public_key(b"\x09" * 32))
+    p.b.allowed_ips.insert("10.0.0.3/32", other)
+    p.send("a", [ipv4_packet("10.0.0.3", "10.0.0.2", b"spoof"), ipv4_packet("10.9.9.9", "10.0.0.2", b"spoof"),
+                 ipv6_packet("fd00::99", "fd00::2", b"spoof")])
+    p.deliver()
+    assert p.tun["b"] == []
+    assert p.b.drops["transport: source address not allowed for peer"] == 3
+
+
+def test_malformed_inner_packets_are_dropped() -> None:
+    p = established()
+    good = ipv4_packet("10.0.0.1", "10.0.0.2", b"ok")
+    too_long = bytearray(good)
+    too_long[2:4] = (1000).to_bytes(2, "big")  # IPv4 total length beyond what arrived
+    v6_too_long = bytearray(ipv6_packet("fd00::1", "fd00::2", b"ok"))
+    v6_too_long[4:6] = (500).to_bytes(2, "big")
+    p.send("a", [bytes(too_long), bytes(v6_too_long), good])
+    p.deliver()
+    assert p.tun["b"] == [good]
+    assert p.b.drops["transport: bad IPv4 length"] == 1 and p.b.drops["transport: bad IPv6 length"] == 1
+
+
+def test_padding_is_stripped_on_receive() -> None:
+    p = established()
+    pkt = ipv4_packet("10.0.0.1", "10.0.0.2", b"abc")  # 23 bytes, padded to 32 on the wire
+    p.send("a", [pkt])
+    (msg,) = [d for _, d, _ in p.wire]
+    assert len(msg) == 32 + 32
+    p.deliver()
+    assert p.tun["b"] == [pkt]
+
+
+def test_unknown_receiver_index_is_dropped() -> None:
+    p = established()
+    p.ping("a")
+    (msg,) = p.take(TRANSPORT, to="b")
+    bad = bytearray(msg)
+    bad[4:8] = (receiver_of(msg) ^ 0x5A5A5A5A).to_bytes(4, "little")
+    p.receive("b", bytes(bad))
+    assert p.b.drops["transport: unknown receiver index"] == 1
+
+
+def test_unknown_peers_initiation_is_dropped() -> None:
+    p = Pair()
+    stranger = Device(b"\x07" * 32, random_bytes=Seeded(99), wall_offset=1.7e9)
+    peer = stranger.add_peer(p.b.public_key)
+    stranger.set_endpoint(peer, EP_B)
+    out = stranger.initiate(peer, p.now)
+    ((_, init),) = out.datagrams
+    p.receive("b", init, source=("203.0.113.9", 1))
+    assert p.b.drops["initiation from unknown peer"] == 1
+    assert p.wire == [] and p.pb.endpoint == EP_A
+
+
+def test_handshake_with_bad_mac1_is_dropped() -> None:
+    p = Pair()
+    p.a.initiate(p.pa, p.now)
+    p.collect("a")
+    (init,) = p.take(INITIATION)
+    bad = bytearray(init)
+    bad[120] ^= 1
+    p.receive("b", bytes(bad))
+    assert p.b.drops["bad mac1"] == 1 and p.wire == []
+    p.receive("b", init)
+    assert len(p.take(RESPONSE)) == 1
+
+
+def test_replayed_initiation_is_rejected() -> None:
+    p = Pair()
+    p.a.initiate(p.pa, p.now)
+    p.collect("a")
+    (init,) = p.take(INITIATION)
+    p.receive("b", init)
+    assert len(p.take(RESPONSE)) == 1
+    p.now += 1.0  # well past the flood limit: only the timestamp can refuse it
+    p.receive("b", init, source=("203.0.113.5", 9))
+    assert p.wire == []
+    assert p.b.drops["handshake: replayed initiation (timestamp not newer)"] == 1
+    assert p.pb.endpoint == EP_A  # a replay does not move the endpoint
+
+
+def test_initiation_flood_is_rejected() -> None:
+    p = Pair()
+    inits = []
+    for _ in range(2):  # two genuine initiations from a, 6 s apart on a's clock
+        p.a.initiate(p.pa, p.now)
+        p.collect("a")
+        inits += p.take(INITIATION)
+        p.now += 6.0
+    p.receive("b", inits[0])
+    assert len(p.take(RESPONSE)) == 1
+    p.now += 0.010  # the second one arrives 10 ms after the first: a flood
+    p.receive("b", inits[1])
+    assert p.wire == [] and p.b.drops["handshake: initiation flood"] == 1
+    p.now += 0.015  # 25 ms after the first accepted one: fine
+    p.receive("b", inits[1])
+    assert len(p.take(RESPONSE)) == 1
+    p.receive("a", p.sent[-1][2])  # a completes with the response to its latest initiation
+    assert p.pa.keypairs.current is not None
+
+
+@settings(max_examples=150)
+@given(st.lists(st.one_of(st.binary(max_size=200),
+                          st.tuples(st.sampled_from([1, 2, 3, 4]), st.binary(max_size=160)).map(
+                              lambda t: bytes([t[0], 0, 0, 0]) + t[1]),
+                          st.tuples(st.sampled_from([(1, 148), (2, 92), (3, 64), (4, 32), (4, 48)]),
+                                    st.randoms(use_true_random=False)).map(
+                              lambda t: bytes([t[0][0], 0, 0, 0]) + t[1].randbytes(t[0][1] - 4))),
+                max_size=8))
+def test_garbage_datagrams_are_dropped_and_counted_never_raised(garbage: list[bytes]) -> None:
+    p = established()
+    before = sum(p.b.drops.values())
+    p.b.receive_datagrams([(g, ("203.0.113.1", 4)) for g in garbage], p.now)
+    p.collect("b")
+    assert p.tun["b"] == []
+    assert sum(p.b.drops.values()) - before >= len(garbage) - len(p.wire)  # cookie replies aside
+    assert p.pb.endpoint == EP_A  # nothing unauthenticated moves the endpoint
+    p.wire.clear()
+    pkt = p.ping("a")
+    p.deliver()
+    assert p.tun["b"] == [pkt]  # and the session still works
+
+
+@settings(max_examples=50)
+@given(st.integers(0, 91), st.integers(1, 255))
+def test_mutated_handshake_messages_never_raise(offset: int, flip: int) -> None:
+    p = Pair()
+    p.a.initiate(p.pa, p.now)
+    p.collect("a")
+    (init,) = p.take(INITIATION)
+    p.receive("b", init)
+    (resp,) = p.take(RESPONSE)
+    for msg, to in ((init, "b"), (resp, "a")):
+        bad = bytearray(msg)
+        bad[offset] ^= flip
+        p.now += 1.0
+        p.receive(to, bytes(bad))
+    # Every flipped bit before mac2 is refused; mac2 itself is ignored when the device is not under load.
+    assert (p.pa.keypairs.current is not None) == (offset >= 76)
+    assert p.pb.keypairs.current is None and sum(p.b.drops.values()) == 1
+
+
+# -- key confirmation ------------------------------------------------------------------------------------------
+
+def test_responder_waits_for_key_confirmation_before_sending() -> None:
+    p = Pair()
+    p.a.initiate(p.pa, p.now)
+    p.collect("a")
+    p.deliver(limit=1)  # b consumes the initiation and answers
+    assert p.pb.keypairs.next is not None and p.pb.keypairs.current is None
+    pkt = p.ping("b", b"early")
+    assert p.take(TRANSPORT) == [] and list(p.pb.staged) == [pkt]  # staged, not sent under unconfirmed keys
+    p.deliver(limit=1)  # a gets the response, completes, and sends a keepalive
+    assert p.pa.keypairs.current is not None
+    p.deliver(limit=1)  # b gets the keepalive: confirmed, staged packet flushed
+    assert p.pb.keypairs.current is not None and p.pb.keypairs.next is None
+    assert not p.pb.staged
+    p.deliver()
+    assert p.tun["a"] == [pkt]
+
+
+def test_responder_keeps_old_session_until_new_one_is_confirmed() -> None:
+    p = established()
+    old_remote = p.pb.keypairs.current.remote_index
+    p.now += 10
+    p.a.initiate(p.pa, p.now)  # a rekeys
+    p.collect("a")
+    p.deliver(limit=1)  # b answers; a has not confirmed yet
+    assert p.pb.keypairs.next is not None
+    p.ping("b", b"during rekey")
+    (msg,) = p.take(TRANSPORT, to="a")
+    assert receiver_of(msg) == old_remote  # still under the old keys
+    p.wire.insert(0, ("a", msg, EP_B))
+    p.deliver()  # the response completes a's side; a's keepalive confirms b's
+    new_remote = p.pb.keypairs.current.remote_index
+    assert new_remote != old_remote and p.pb.keypairs.previous is not None
+    assert len(p.tun["a"]) == 1  # the packet under the old keys still decrypted at a (its previous keypair)
+    p.ping("b", b"after")
+    (msg,) = p.take(TRANSPORT, to="a")
+    assert receiver_of(msg) == new_remote
+
+
+# -- roaming ---------------------------------------------------------------------------------------------------
+
+def test_roaming_moves_the_endpoint_to_the_latest_authenticated_source() -> None:
+    p = established()
+    p.source["a"] = EP_A2  # a's NAT mapping changed
+    p.ping("a")
+    p.deliver()
+    assert p.pb.endpoint == EP_A2
+    p.b.send_packets([ipv4_packet("10.0.0.2", "10.0.0.1", b"reply")], p.now)
+    assert [ep for ep, _, _ in p.b.out.sealed] == [EP_A2]
+    p.collect("b")
+
+
+def test_unauthenticated_packet_does_not_move_the_endpoint() -> None:
+    p = established()
+    p.ping("a")
+    (msg,) = p.take(TRANSPORT)
+    bad = bytearray(msg)
+    bad[-1] ^= 1
+    p.receive("b", bytes(bad), source=EP_A2)
+    p.receive("b", msg, source=EP_A)
+    p.receive("b", msg, source=EP_A2)  # a replay from elsewhere
+    assert p.pb.endpoint == EP_A
+
+
+def test_staged_packets_flushed_on_confirmation_go_to_the_new_endpoint() -> None:
+    p = Pair()
+    p.a.initiate(p.pa, p.now)
+    p.collect("a")
+    p.deliver(limit=1)  # b answers
+    pkt = p.ping("b", b"staged")  # staged until a confirms
+    p.source["a"] = EP_A2  # a moves before its response reaches it, so its keepalive comes from EP_A2
+    p.deliver(limit=1)
+    n = len(p.sent)
+    p.deliver(limit=1)  # b: keepalive from EP_A2 confirms the session and flushes the staged packet
+    assert p.pb.endpoint == EP_A2
+    flushed = [(message_type(d), ep) for _, frm, d, ep in p.sent[n:] if frm == "b"]
+    assert flushed == [(TRANSPORT, EP_A2)]
+    p.deliver()
+    assert p.tun["a"] == [pkt]
+
+
+# -- sizes and counters -------------------------------------------------------------------------------------------
+
+@settings(max_examples=60)
+@given(st.integers(0, DEFAULT_MTU - 20))
+def test_sealed_size_is_header_plus_padded_length(payload: int) -> None:
+    p = established()
+    pkt = ipv4_packet("10.0.0.1", "10.0.0.2", bytes(payload))
+    p.a.send_packets([pkt], p.now)
+    ((_, msg),) = p.a.out.sealed_bytes()
+    n = len(pkt)
+    assert len(msg) == 32 + min((n + 15) // 16 * 16, DEFAULT_MTU)
+    assert (len(msg) - 32) % 16 == 0 or len(msg) - 32 == DEFAULT_MTU
+    p.collect("a")
+    p.deliver()
+    assert p.tun["b"] == [pkt]
+
+
+@pytest.mark.parametrize("mtu,n,wire", [(1420, 1419, 1452), (1420, 1420, 1452), (1420, 1409, 1452),
+                                        (1420, 1408, 1440), (1420, 1393, 1440), (1280, 1279, 1312), (1000, 20, 64)])
+def test_padding_capped_at_mtu(mtu: int, n: int, wire: int) -> None:
+    p = established(config=DeviceConfig(mtu=mtu))
+    pkt = ipv4_packet("10.0.0.1", "10.0.0.2", bytes(n - 20))
+    p.send("a", [pkt])
+    (msg,) = [d for _, d, _ in p.wire]
+    assert len(msg) == wire
+    p.deliver()
+    assert p.tun["b"] == [pkt]
+
+
+def test_keepalive_is_32_bytes() -> None:
+    p = Pair()
+    p.handshake("a")
+    keepalive = p.sent[2][2]
+    assert message_type(keepalive) == TRANSPORT and len(keepalive) == 32
+    assert p.tun["b"] == []  # a keepalive writes nothing to the TUN
+
+
+def test_byte_counters() -> None:
+    p = established()
+    assert p.pa.tx_bytes == 148 + 32 and p.pa.rx_bytes == 92
+    assert p.pb.rx_bytes == 148 + 32 and p.pb.tx_bytes == 92
+    p.ping("a", bytes(100))  # 120 bytes -> padded 128 -> 160 on the wire
+    p.deliver()
+    assert p.pa.tx_bytes == 148 + 32 + 160 and p.pb.rx_bytes == 148 + 32 + 160
+    assert p.pb.rx_data_packets == 1
+
+
+def test_headroom_is_left_before_decrypted_packets() -> None:
+    p = established(config=DeviceConfig(tun_headroom=10))
+    pkt = p.ping("a", b"room")
+    p.b.receive_datagrams([(d, s) for _, d, s in p.wire], p.now)
+    ((start, end),) = p.b.out.tun
+    assert end - start == 10 + len(pkt)
+    assert p.b.out.tun_packets(10) == [pkt]
+    p.wire.clear()
+    p.b.out.clear()
