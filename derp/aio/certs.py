@@ -9,13 +9,14 @@ import datetime
 import hashlib
 import ipaddress
 import os
-import ssl
 from dataclasses import dataclass
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+
+from derp.aio.tls import server_context  # noqa: F401  (re-exported for callers of this module)
 
 
 @dataclass(frozen=True)
@@ -87,12 +88,3 @@ def write_pair(pair: CertPair, cert_path: str, key_path: str) -> None:
     fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as fh:
         fh.write(pair.key_pem)
-
-
-def server_context(cert_path: str, key_path: str) -> ssl.SSLContext:
-    """A server TLS context: TLS >= 1.2, ALPN http/1.1 only (the DERP upgrade needs HTTP/1.1)."""
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    ctx.load_cert_chain(cert_path, key_path)
-    ctx.set_alpn_protocols(["http/1.1"])
-    return ctx

@@ -17,7 +17,7 @@ import signal
 import sys
 import tempfile
 
-from derp.aio import certs
+from derp.aio.tls import server_context
 from derp.aio.client import DialTarget
 from derp.aio.server import DerpServer, ServerOptions
 from derp.derpmap import parse_derpmap
@@ -148,14 +148,15 @@ def tls_context(args: argparse.Namespace):
             if not os.path.exists(path):
                 raise UsageError(f"--certmode manual needs {path} (certificate and key named after --hostname)")
         try:
-            return certs.server_context(crt, key)
+            return server_context(crt, key)
         except (OSError, ValueError) as exc:
             raise UsageError(f"cannot load {crt} / {key}: {exc}") from None
+    from derp.aio import certs  # cryptography is only needed to generate the self-signed certificate
     pair = certs.make_cert([args.hostname])
     tmp = tempfile.mkdtemp(prefix="derper-")
     crt, key = os.path.join(tmp, "cert.pem"), os.path.join(tmp, "key.pem")
     certs.write_pair(pair, crt, key)
-    ctx = certs.server_context(crt, key)
+    ctx = server_context(crt, key)
     os.unlink(key)
     os.unlink(crt)
     os.rmdir(tmp)
