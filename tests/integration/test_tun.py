@@ -278,3 +278,33 @@ def test_open_tun_errors(ns):
     with pytest.raises(OSError, match="setting MTU 70000 on wgt11"):
         open_tun("wgt11", 70000)
     assert not any(link["ifname"] == "wgt11" for link in ip_json("link"))
+
+
+# ---- the pure route planning, as a property (no namespace needed) ----
+
+from hypothesis import given, strategies as st  # noqa: E402
+
+_v4 = st.builds(lambda a, n: ipaddress.ip_network(f"{ipaddress.IPv4Address(a)}/{n}", strict=False),
+                st.integers(0, 2**32 - 1), st.integers(0, 32))
+_v6 = st.builds(lambda a, n: ipaddress.ip_network(f"{ipaddress.IPv6Address(a)}/{n}", strict=False),
+                st.integers(0, 2**128 - 1), st.integers(0, 128))
+_ifaces = st.builds(lambda n, host: ipaddress.ip_interface(f"{n.network_address + (host % n.num_addresses)}/{n.prefixlen}"),
+                    st.one_of(_v4, _v6), st.integers(0, 2**64))
+
+
+@given(st.lists(_ifaces, max_size=3), st.lists(st.one_of(_v4, _v6, st.sampled_from([net("0.0.0.0/0"), net("::/0")])),
+                                               max_size=12))
+def test_plan_routes_covers_every_prefix_once(addrs, allowed):
+    planned, warnings = netconf.plan_routes(addrs, allowed)
+    connected = [a.network for a in addrs]
+    assert len(planned) == len(set(planned))
+    for n in allowed:
+        halves = list(n.subnets(1)) if n.prefixlen == 0 else [n]
+        for h in halves:
+            assert h in planned or any(h.version == c.version and h.subnet_of(c) for c in connected)
+    for r in planned:   # nothing planned that was not asked for, nothing already connected
+        assert any(r.version == n.version and r.subnet_of(n) for n in allowed)
+        assert not any(r.version == c.version and r.subnet_of(c) for c in connected)
+    assert len(warnings) == len({n for n in allowed if n.prefixlen == 0})
+    for a, b in zip(planned, planned[1:]):   # most specific first, as wg-quick sorts them
+        assert a.version < b.version or (a.version == b.version and a.prefixlen >= b.prefixlen)
