@@ -74,6 +74,9 @@ def test_lookup_agrees_with_linear_scan(operations, probes) -> None:
     ref: dict = {}
     for op in operations:
         apply(table, ref, op)
+        for net in list(ref)[:3]:  # warm the cache so later changes must invalidate it
+            family = table.v4 if net.version == 4 else table.v6
+            family.lookup_cached(int(net.network_address))
     # Probe every stored network's own address too, and random ones.
     probes = list(probes) + [n.network_address for n in ref] + [n.broadcast_address for n in ref]
     for address in probes:
@@ -84,6 +87,10 @@ def test_lookup_agrees_with_linear_scan(operations, probes) -> None:
             assert table.lookup_v4(int(address)) == expected
         else:
             assert table.lookup_v6(int(address)) == expected
+        # The data path's way: the per-address cache first, then a lookup that fills it (twice: miss, hit).
+        family = table.v4 if address.version == 4 else table.v6
+        for _ in range(2):
+            assert (family.cache.get(int(address)) or family.lookup_cached(int(address))) == expected
     for peer in PEERS:
         assert set(table.entries(peer)) == {n for n, p in ref.items() if p == peer}
 
