@@ -286,6 +286,11 @@ class Relay:
                 out.append(Write(peer, gone))
         return out
 
+    def revoke_disallowed(self) -> list[Out]:
+        """After the access list changed: close the connections of keys it no longer allows (mesh exempt)."""
+        return [CloseConn(c, "key no longer allowed") for conns in self.clients.values() for c in conns
+                if not c.is_mesh and not self.acl.allows(c.key)]
+
     def active(self, key: bytes) -> Conn | None:
         conns = self.clients.get(key)
         return conns[-1] if conns else None

@@ -246,11 +246,15 @@ async def serve(args: argparse.Namespace) -> int:
 
 
 def reload(args: argparse.Namespace, server: DerpServer) -> None:
-    """SIGHUP: re-read the allowed keys and the DERP map; keep the old ones if the new files are bad."""
+    """SIGHUP: re-read the allowed keys (allowed clients stay, removed ones are closed) and the DERP map;
+    keep the old settings if a new file is bad."""
     try:
         if args.allowed_keys_file:
             server.relay.acl.allowed = load_acl(args).allowed
-            log.info("reloaded %d allowed keys", len(server.relay.acl.allowed or ()))
+            revoked = server.relay.revoke_disallowed()
+            server.apply(revoked)
+            log.info("reloaded %d allowed keys; closed %d connections of removed keys",
+                     len(server.relay.acl.allowed or ()), len(revoked))
         if args.derpmap_file:
             server.options.derpmap_json = load_derpmap_bytes(args.derpmap_file)
     except UsageError as exc:

@@ -297,3 +297,12 @@ def test_relay_frames_raise_only_parse_error(ftype, payload) -> None:
                 r.handle_frame(c, ftype, payload, 0)
         except ParseError:
             pass
+
+
+def test_revoke_disallowed_after_acl_change() -> None:
+    r = relay()
+    a, _ = conn(r, key(1))
+    b, _ = conn(r, key(2))
+    m, _ = conn(r, key(50), mesh=True)
+    r.acl.allowed = frozenset({b.key})
+    assert r.revoke_disallowed() == [CloseConn(a, "key no longer allowed")]

@@ -135,6 +135,11 @@ def test_acl_refusal_and_sighup_reload(derper, tmp_path) -> None:
         assert a.connected and a.stream is not None and not a.stream.done.done()  # alice was not dropped
         try:
             await exchange(a, b, pb, b"allowed now")
+            keys.write_text(base64.b64encode(pb).decode() + "\n")  # alice removed
+            first = a.stream
+            srv.proc.send_signal(signal.SIGHUP)
+            assert await asyncio.wait_for(first.done, 5)  # her connection is closed ...
+            assert b.stream is not None and not b.stream.done.done()  # ... bob's is not
         finally:
             await a.close()
             await b.close()
