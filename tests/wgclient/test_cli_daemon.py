@@ -75,6 +75,7 @@ def test_up_daemon_wg_show_down(lab):
     _, peer = keypair()
     conf = write_conf(lab, name, f"[Interface]\nPrivateKey = {priv}\nAddress = 10.61.0.1/24, fd61::1/64\n"
                                  f"ListenPort = 41001\nMTU = 1400\nPostUp = touch {lab.tmp}/post-up-%i\n"
+                                 f"PreDown = ip link show %i > {lab.tmp}/pre-down-%i\n"
                                  f"PostDown = touch {lab.tmp}/post-down-%i\n\n"
                                  f"[Peer]\nPublicKey = {peer}\nAllowedIPs = 10.62.0.0/16\nEndpoint = 127.0.0.1:41002\n")
     started = time.monotonic()
@@ -104,6 +105,7 @@ def test_up_daemon_wg_show_down(lab):
     gone(lab, ns, name)
     assert not running(pid)
     assert (lab.tmp / f"post-down-{name}").exists()
+    assert name in (lab.tmp / f"pre-down-{name}").read_text()    # PreDown ran while the interface existed
     log = (lab.tmp / "log" / f"{name}.log").read_text()
     assert "got SIGTERM" in log and priv not in log
     again = wgc(lab, ns, "down", name)
