@@ -5,6 +5,7 @@ response headers (the dial is not counted). Status must be <= 299; the body is r
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import ssl
 
@@ -15,12 +16,24 @@ log = logging.getLogger("natprobe.https_probe")
 PROBE_PATH = "/derp/probe"
 
 
-def ssl_context(node: Node, ca_file: str | None) -> ssl.SSLContext:
-    ctx = ssl.create_default_context(cafile=ca_file)
-    if node.insecure_for_tests:
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
+@functools.lru_cache(maxsize=8)
+def _verifying_context(ca_file: str | None) -> ssl.SSLContext:
+    return ssl.create_default_context(cafile=ca_file)
+
+
+@functools.lru_cache(maxsize=1)
+def _insecure_context() -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
     return ctx
+
+
+async def ssl_context(node: Node, ca_file: str | None) -> ssl.SSLContext:
+    """The TLS client context for a node, built once and off the event loop (loading CAs takes ~100 ms)."""
+    if node.insecure_for_tests:
+        return _insecure_context()
+    return await asyncio.to_thread(_verifying_context, ca_file)
 
 
 async def _node_latency(node: Node, ca_file: str | None, dial_timeout: float) -> tuple[float, int] | None:
@@ -29,9 +42,10 @@ async def _node_latency(node: Node, ca_file: str | None, dial_timeout: float) ->
     if not host:
         return None
     server_name = node.tls_name or node.host_name or host
+    ctx = await ssl_context(node, ca_file)
     try:
         reader, writer = await asyncio.wait_for(
-            asyncio.open_connection(host, node.derp_port, ssl=ssl_context(node, ca_file),
+            asyncio.open_connection(host, node.derp_port, ssl=ctx,
                                     server_hostname=server_name), dial_timeout)
     except (OSError, asyncio.TimeoutError, ssl.SSLError) as exc:
         log.debug("HTTPS dial to %s (%s:%d) failed: %s", node.name, host, node.derp_port, exc)

@@ -1,9 +1,9 @@
 """asyncio netcheck runner: resolves the nodes, drives the sans-I/O `NetcheckRun` on real UDP sockets and,
 in parallel, the port-mapping probe, the captive-portal check and (when no STUN answer has come) the HTTPS
-latency fallback; then picks the home region from the history.
+and ICMP latency fallback; then picks the home region from the history.
 
 Timing (kept inside the issue's 3 s budget, tighter than Tailscale's 3 s STUN + 5 s overall): STUN phase at
-most `stun_timeout` (2 s); the HTTPS fallback starts as soon as the STUN phase ended without any answer or
+most `stun_timeout` (2 s); the HTTPS/ICMP fallback starts as soon as the STUN phase ended without any answer or
 `https_after` (1 s) passed without one; everything still running at `overall_timeout` (2.8 s) is dropped.
 """
 from __future__ import annotations
@@ -20,6 +20,7 @@ from natprobe import constants as C
 from natprobe.aio import interfaces
 from natprobe.aio.captive import detect_captive_portal
 from natprobe.aio.https_probe import region_https_latency
+from natprobe.aio.icmp_probe import icmp_latency
 from natprobe.aio.portmap import probe_portmap
 from natprobe.home import History, select_home
 from natprobe.netcheck import NetcheckConfig, NetcheckRun, SendStun, State, make_full_plan, make_incremental_plan
@@ -34,6 +35,7 @@ class NetcheckOptions:
     verbose: bool = False
     portmap: bool = True
     captive_portal: bool = True
+    icmp: bool = True
     force_full: bool = True           # the CLI always makes a full report, like `tailscale netcheck`
     bind_v4: str = "0.0.0.0"
     bind_v6: str = "::"
@@ -182,7 +184,7 @@ async def run_netcheck(regions: list[Region], *, history: History | None = None,
             tasks["captive"] = asyncio.create_task(_captive(regions, history.preferred, driver, options))
         await _wait_first(driver, options, start)
         if not run.report.udp:
-            tasks["https"] = asyncio.create_task(_https_fallback(regions, run.report, options))
+            tasks["fallback"] = asyncio.create_task(_fallback(regions, run.report, options))
         await _wait_until(driver.done.wait(), deadline)
         if tasks:
             await asyncio.wait(tasks.values(), timeout=max(0.0, deadline - loop.time()))
@@ -226,11 +228,22 @@ async def _captive(regions: list[Region], home: int, driver: _StunDriver, option
     return await detect_captive_portal(nodes)
 
 
-async def _https_fallback(regions: list[Region], report: Report, options: NetcheckOptions):
-    todo = [r for r in regions if r.measurable and not r.avoid and r.https_nodes
-            and r.region_id not in report.region_latency]
-    results = await asyncio.gather(*(region_https_latency(r, ca_file=options.ca_file) for r in todo))
-    return {r.region_id: res for r, res in zip(todo, results) if res is not None}
+async def _nothing() -> None:
+    return None
+
+
+async def _fallback(regions: list[Region], report: Report, options: NetcheckOptions):
+    """§6: HTTPS and ICMP latency, in parallel, for every region STUN did not measure."""
+    todo = [r for r in regions if r.measurable and not r.avoid and r.region_id not in report.region_latency]
+
+    async def one(region: Region):
+        first = region.nodes[0]
+        icmp_ok = options.icmp and first.ipv4 is not None and first.stun_port is not None
+        return await asyncio.gather(
+            region_https_latency(region, ca_file=options.ca_file) if region.https_nodes else _nothing(),
+            icmp_latency(first.ipv4, first.name.encode()) if icmp_ok else _nothing())
+    results = await asyncio.gather(*(one(r) for r in todo))
+    return {r.region_id: res for r, res in zip(todo, results)}
 
 
 def _merge(report: Report, tasks: dict[str, asyncio.Task], options: NetcheckOptions) -> None:
@@ -245,9 +258,14 @@ def _merge(report: Report, tasks: dict[str, asyncio.Task], options: NetcheckOpti
     if "portmap" in tasks:
         report.upnp, report.pmp, report.pcp = (pm.upnp, pm.pmp, pm.pcp) if pm else (False, False, False)
     report.captive_portal = result("captive")
-    for rid, (latency, family) in (result("https") or {}).items():
-        report.add_latency(rid, latency, None)
-        if family == 4:
-            report.ipv4 = True
-        else:
-            report.ipv6 = True
+    for rid, (https, icmp_lat) in (result("fallback") or {}).items():
+        if https is not None:
+            latency, family = https
+            report.add_latency(rid, latency, None)
+            if family == 4:
+                report.ipv4 = True
+            else:
+                report.ipv6 = True
+        if icmp_lat is not None:
+            report.add_latency(rid, icmp_lat, None)
+            report.icmpv4 = report.ipv4 = True

@@ -107,16 +107,21 @@ def test_port_mapping_services_on_the_gateway(lab, tmp_path):
     assert (skipped["UPnP"], skipped["PMP"], skipped["PCP"]) == (None, None, None)
 
 
-def test_udp_blocked_falls_back_to_https_within_three_seconds(lab, tmp_path):
+def test_udp_blocked_falls_back_to_https_and_icmp_within_three_seconds(lab, tmp_path):
     derpmap = lab.derpmap()
     derpmap["Regions"]["901"]["Nodes"][0]["CanPort80"] = True
-    report, elapsed, took_ms = netcheck(lab, "client4", derpmap, tmp_path)
+    report, elapsed, took_ms = netcheck(lab, "client4", derpmap, tmp_path, "--no-icmp")
     assert report["UDP"] is False and report["GlobalV4"] == "" and report["MappingVariesByDestIP"] is None
     lat = _latencies_ms(report)
     assert list(lat) == [901] and 10 <= lat[901] < 60, lat     # only region 1 serves HTTPS
-    assert report["IPv4"] is True and report["RegionV4Latency"] == {}
+    assert report["IPv4"] is True and report["ICMPv4"] is False and report["RegionV4Latency"] == {}
     assert report["PreferredDERP"] == 901
     assert report["CaptivePortal"] is False
+    assert int(took_ms) < 3000 and elapsed < 6.0, (took_ms, elapsed)
+    # With ICMP (TCP and ICMP pass the router, UDP does not) every region gets a latency.
+    report, elapsed, took_ms = netcheck(lab, "client4", derpmap, tmp_path)
+    assert report["UDP"] is False and report["ICMPv4"] is True
+    _check_latencies(report)
     assert int(took_ms) < 3000 and elapsed < 6.0, (took_ms, elapsed)
 
 
@@ -167,7 +172,8 @@ def test_text_output_and_bad_input(lab, tmp_path):
                   timeout=20).stdout
     assert "\t* UDP: true\n" in out and "\t* MappingVariesByDestIP: false\n" in out
     assert "\t* PortMapping: UPnP, NAT-PMP, PCP\n" in out and "\t* Nearest DERP: Lab region 1\n" in out
-    assert re.search(r"\t\t-  r1: 1\d\.\dms +\(Lab region 1\)\n\t\t-  r2: [34]\d\.\dms +\(Lab region 2\)\n", out), out
+    row = r"\t\t-  r{}: [1-9]\d(\.\d)?ms +\(Lab region {}\)\n"
+    assert re.search("".join(row.format(i, i) for i in (1, 2, 3)), out), out   # sorted by latency
     for bad in ([str(tmp_path / "missing.json")], ["/etc/hostname"]):
         proc = lab.run("client1", sys.executable, "-m", "wgclient.cli.netcheck", "--derpmap", *bad, check=False)
         assert proc.returncode == 2 and proc.stderr.startswith("error: ") and "Traceback" not in proc.stderr

@@ -69,6 +69,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--no-state", action="store_true", help="neither read nor write the history file")
     p.add_argument("--no-portmap", action="store_true", help="do not probe UPnP/NAT-PMP/PCP on the gateway")
     p.add_argument("--no-captive-portal", action="store_true", help="skip the captive portal check")
+    p.add_argument("--no-icmp", action="store_true", help="no ICMP echo in the UDP-blocked latency fallback")
     p.add_argument("--bind-address", default=None, help="local address for the STUN sockets")
     p.add_argument("--bind-port", type=int, default=0, help="local UDP port for the STUN sockets")
     return p
@@ -114,7 +115,8 @@ def main(argv: list[str] | None = None) -> int:
     state = None if args.no_state else pathlib.Path(args.state) if args.state else default_state_file()
     history = _load_history(state)
     options = NetcheckOptions(verbose=args.verbose, portmap=not args.no_portmap,
-                              captive_portal=not args.no_captive_portal, ca_file=args.ca_file,
+                              captive_portal=not args.no_captive_portal, icmp=not args.no_icmp,
+                              ca_file=args.ca_file,
                               bind_port=args.bind_port)
     if args.bind_address:
         if ":" in args.bind_address:
