@@ -138,3 +138,9 @@ def test_subcommands_dispatch_to_their_modules(command, module):
         return
     result = wgc(command, "--help")
     assert result.returncode == 0 and f"usage: wgc {command}".encode() in result.stdout
+
+
+def test_endpoint_names_resolve_like_wg():
+    from wgclient.cli.main import resolve_endpoint
+    host, port = resolve_endpoint("localhost", 51820)     # /etc/hosts: no DNS traffic
+    assert host in ("127.0.0.1", "::1") and port == 51820
