@@ -36,9 +36,11 @@ class History:
 
     entries: list[HistoryEntry] = field(default_factory=list)
     preferred: int = 0
+    last: Report | None = None     # the newest report of this process (plans incremental reports)
 
     def add(self, report: Report, full: bool) -> None:
         self.entries.append(HistoryEntry(report.now, full, dict(report.region_latency)))
+        self.last = report
         self.prune(report.now)
 
     def prune(self, now: float) -> None:

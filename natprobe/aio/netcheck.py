@@ -168,7 +168,7 @@ async def run_netcheck(regions: list[Region], *, history: History | None = None,
     if full:
         plan = make_full_plan(regions, have_v4=have[4], have_v6=have[6], config=config)
     else:
-        last = Report(region_latency=history.entries[-1].latency) if history.entries else Report()
+        last = history.last or (Report(region_latency=history.entries[-1].latency) if history.entries else Report())
         plan = make_incremental_plan(regions, last, have_v4=have[4], have_v6=have[6],
                                      home=history.preferred, config=config)
     families = {p.family for s in plan for p in s}

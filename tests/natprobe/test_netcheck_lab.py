@@ -210,3 +210,27 @@ def test_home_region_hysteresis_across_runs(tmp_path):
         assert kept == 902, lat
     history = json.loads(state.read_text())
     assert history["Preferred"] == 902 and len(history["Reports"]) == 4
+
+
+def test_repeated_reports_are_incremental(tmp_path):
+    require_root()
+    import subprocess
+    from tools.natlab.lab import ClientSpec, NatLab, RegionSpec
+
+    with NatLab([RegionSpec(d) for d in (10, 20, 30, 40, 50)], [ClientSpec("cone")]) as lab:
+        for i in range(1, 6):
+            _ready(lab.popen(f"region{i}", sys.executable, "-m", "natprobe", "stun-server", text=True),
+                   "STUN server", "listening")
+        path = tmp_path / "map.json"
+        path.write_text(json.dumps(lab.derpmap()))
+        proc = lab.popen("client1", sys.executable, "-m", "wgclient.cli.netcheck", "--derpmap", str(path),
+                         "--no-state", "--no-portmap", "--format", "json-line", "--every", "0.1", "--verbose", text=True,
+                         stderr=subprocess.DEVNULL)
+        try:
+            first, second = json.loads(proc.stdout.readline()), json.loads(proc.stdout.readline())
+        finally:
+            proc.kill()
+            proc.wait()
+    assert sorted(first["RegionLatency"]) == ["901", "902", "903", "904", "905"]   # full: every region
+    assert sorted(second["RegionLatency"]) == ["901", "902", "903"]                # the 3 fastest (home first)
+    assert first["PreferredDERP"] == second["PreferredDERP"] == 901

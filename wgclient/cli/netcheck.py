@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import logging
 import os
@@ -70,6 +71,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--no-portmap", action="store_true", help="do not probe UPnP/NAT-PMP/PCP on the gateway")
     p.add_argument("--no-captive-portal", action="store_true", help="skip the captive portal check")
     p.add_argument("--no-icmp", action="store_true", help="no ICMP echo in the UDP-blocked latency fallback")
+    p.add_argument("--every", type=float, default=0.0, metavar="SECONDS",
+                   help="repeat every SECONDS (later reports are incremental) until interrupted")
     p.add_argument("--bind-address", default=None, help="local address for the STUN sockets")
     p.add_argument("--bind-port", type=int, default=0, help="local UDP port for the STUN sockets")
     return p
@@ -119,27 +122,38 @@ def main(argv: list[str] | None = None) -> int:
                               ca_file=args.ca_file,
                               bind_port=args.bind_port)
     if args.bind_address:
-        if ":" in args.bind_address:
-            options = NetcheckOptions(**{**options.__dict__, "bind_v6": args.bind_address})
-        else:
-            options = NetcheckOptions(**{**options.__dict__, "bind_v4": args.bind_address})
+        key = "bind_v6" if ":" in args.bind_address else "bind_v4"
+        options = dataclasses.replace(options, **{key: args.bind_address})
     scores = dict(dm.home_params.region_score or {}) if dm.home_params else None
+    if args.every < 0:
+        print("error: --every must be positive", file=sys.stderr)
+        return 2
     try:
-        report = asyncio.run(run_netcheck(regions, history=history, options=options, scores=scores))
+        return asyncio.run(_loop(args, regions, history, options, scores, state))
     except NatprobeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
-    _save_history(state, history)
-    if args.format == "json":
-        print(json.dumps(report.to_json(), indent="\t"))
-    elif args.format == "json-line":
-        print(json.dumps(report.to_json()))
-    else:
-        print(format_human(report, {r.region_id: r for r in regions}, verbose=args.verbose,
-                           portmap_checked=not args.no_portmap), end="")
-    return 0
+
+
+async def _loop(args, regions: list[Region], history: History, options: NetcheckOptions,
+                scores: dict[int, float] | None, state: pathlib.Path | None) -> int:
+    while True:
+        report = await run_netcheck(regions, history=history, options=options, scores=scores)
+        _save_history(state, history)
+        if args.format == "json":
+            print(json.dumps(report.to_json(), indent="\t"))
+        elif args.format == "json-line":
+            print(json.dumps(report.to_json()))
+        else:
+            print(format_human(report, {r.region_id: r for r in regions}, verbose=args.verbose,
+                               portmap_checked=not args.no_portmap), end="")
+        sys.stdout.flush()
+        if not args.every:
+            return 0
+        options = dataclasses.replace(options, force_full=False)
+        await asyncio.sleep(args.every)
 
 
 if __name__ == "__main__":
