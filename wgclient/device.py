@@ -289,7 +289,11 @@ class Device:
         data = False
         while peer.staged:
             packet = peer.staged.popleft()
-            datapath.seal_one(self, peer, kp, packet)
+            if not datapath.seal_one(self, peer, kp, packet):
+                # The keypair reached REJECT_AFTER_MESSAGES and seal_one re-staged the packet at the back:
+                # put it first again; the rest wait for new keys (after_send starts the handshake).
+                peer.staged.rotate(1)
+                break
             data = data or bool(packet)
         datapath.after_send(self, peer, now, data)
 
