@@ -205,14 +205,14 @@ async def serve(config: InterfaceConfig, *, on_ready: Callable[[], None] = lambd
             raise UsageError(f"cannot listen on UDP port {config.listen_port}: {exc.strerror}") from exc
         cleanups.append(udp.close)
         runner = Runner(device, udp, tun.fd, tun_headroom=headroom)
-        target = DeviceTarget(runner)
-        uapi = await start_uapi_server(config.name, target)
-        cleanups.append(uapi.close)
         applied = netconf.configure(config.name, config.addresses, config.mtu,
                                     [n for p in config.peers for n in p.allowed_ips], table=config.table)
         cleanups.append(lambda: netconf.unconfigure(applied))
         runner.start()
         cleanups.append(runner.stop)
+        # The UAPI socket appears last: whoever waits for it finds addresses and routes in place.
+        uapi = await start_uapi_server(config.name, DeviceTarget(runner))
+        cleanups.append(uapi.close)
         for pc in config.peers:
             if pc.persistent_keepalive:
                 device.set_persistent_keepalive(device.peers[pc.public_key], pc.persistent_keepalive, now)
