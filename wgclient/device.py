@@ -86,7 +86,8 @@ class Device:
         else:
             self.identity = noise.Identity(private_key)
             self.cookie_checker = CookieChecker(self.identity.public_key, self.random_bytes)
-            self.peers.pop(self.identity.public_key, None)
+            if self.identity.public_key in self.peers:
+                self.remove_peer(self.identity.public_key)
         for peer in self.peers.values():
             if self.identity:
                 peer.handshake.precompute(self.identity)
