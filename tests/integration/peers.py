@@ -224,6 +224,13 @@ class _Peer:
         except OSError:
             return ""
 
+    def report(self) -> str:
+        """What to look at after a failure: the device as `wg show` sees it and the end of the log."""
+        shown = self.wg("show", self.name, check=False) if self.proc and self.proc.poll() is None else None
+        state = (shown.stdout or shown.stderr).strip() if shown else "(process not running)"
+        state = "\n".join(line for line in state.splitlines() if "private key" not in line)
+        return f"--- {self!r}: wg show\n{state}\n--- {self!r}: log tail\n{self.log_tail(3000).rstrip()}"
+
     def _wait_for_socket(self, what: str) -> None:
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:
@@ -346,11 +353,12 @@ class Pair:
 
 @contextlib.contextmanager
 def peer_pair(a_cls: type[_Peer], b_cls: type[_Peer], *, outer: int = 4, endpoints: str = "ab",
-              psk: str | None = None, mtu: int = 1420, keepalive: int = 0):
+              psk: str | None = None, mtu: int = 1420, keepalive: int = 0, report: bool = False):
     """Yield a `Pair`; `endpoints` says which sides are told the other's endpoint ("ab", "a", "b", "").
 
     A side not told the endpoint can only answer a handshake, never start one. Everything made here
-    (processes, namespaces, key files) is removed on exit, also after a failure."""
+    (processes, namespaces, key files) is removed on exit, also after a failure. With `report`, the
+    peers' final `wg show` and log tails are printed at exit (pytest shows them for failed tests)."""
     lab = Lab()
     peers: list[_Peer] = []
     try:
@@ -367,6 +375,9 @@ def peer_pair(a_cls: type[_Peer], b_cls: type[_Peer], *, outer: int = 4, endpoin
         b.add_peer(a.public_key, host_routes(INNER_A), (oa, PORT_A) if "b" in endpoints else None, psk, keepalive)
         yield Pair(lab, ns_a, ns_b, veth_a, veth_b, oa, ob, a, b, psk)
     finally:
+        if report:
+            for peer in peers:
+                print(peer.report())
         failures = []
         for peer in reversed(peers):
             try:

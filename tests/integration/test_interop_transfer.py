@@ -26,7 +26,7 @@ def make_pair():
     require_root()
     require_binary("wireguard-go", "wg", "ping")
     with contextlib.ExitStack() as stack:
-        yield lambda **kw: stack.enter_context(peer_pair(dut_class(), WgGoPeer, **kw))
+        yield lambda **kw: stack.enter_context(peer_pair(dut_class(), WgGoPeer, report=True, **kw))
 
 
 @pytest.mark.parametrize("direction", ["dut_to_wggo", "wggo_to_dut"])

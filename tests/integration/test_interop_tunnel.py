@@ -22,7 +22,7 @@ def make_pair():
     require_root()
     require_binary("wireguard-go", "wg", "ping")
     with contextlib.ExitStack() as stack:
-        yield lambda **kw: stack.enter_context(peer_pair(dut_class(), WgGoPeer, **kw))
+        yield lambda **kw: stack.enter_context(peer_pair(dut_class(), WgGoPeer, report=True, **kw))
 
 
 def test_dut_kind_is_known() -> None:

@@ -25,7 +25,7 @@ def make_pair():
     require_root()
     require_binary("wireguard-go", "wg", "ping")
     with contextlib.ExitStack() as stack:
-        yield lambda **kw: stack.enter_context(peer_pair(dut_class(), WgGoPeer, **kw))
+        yield lambda **kw: stack.enter_context(peer_pair(dut_class(), WgGoPeer, report=True, **kw))
 
 
 def test_wg_show_and_showconf(make_pair) -> None:
@@ -131,7 +131,7 @@ def test_wg_set_persistent_keepalive_while_running(make_pair) -> None:
     p.a.wg_set("peer", p.b.public_key, "persistent-keepalive", "1")
     assert p.a.show().peers[p.b.public_key].persistent_keepalive == 1
     before = p.b.show().peers[p.a.public_key].rx_bytes
-    time.sleep(2.5)  # the tunnel is otherwise idle: only keepalives (32 bytes each) flow
+    time.sleep(3.0)  # the tunnel is otherwise idle: only keepalives (32 bytes each) flow
     grown = p.b.show().peers[p.a.public_key].rx_bytes - before
     assert grown >= 2 * 32, f"expected at least two keepalives from the DUT, got {grown} bytes"
     p.a.wg_set("peer", p.b.public_key, "persistent-keepalive", "off")
