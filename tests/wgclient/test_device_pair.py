@@ -446,3 +446,125 @@ def test_headroom_is_left_before_decrypted_packets() -> None:
     assert p.b.out.tun_packets(10) == [pkt]
     p.wire.clear()
     p.b.out.clear()
+
+
+# -- sessions over time, several peers, configuration changes ---------------------------------------------------
+
+def test_simultaneous_initiations_from_both_sides_resolve_on_the_retry() -> None:
+    # Each side answers the other's initiation, which replaces its own: both responses then name an
+    # initiation nobody waits for and are dropped (wireguard-go behaves the same). The first
+    # retransmission, 5 s + jitter later, settles it.
+    p = Pair()
+    start = p.now
+    p.a.initiate(p.pa, p.now)
+    p.collect("a")
+    p.b.initiate(p.pb, p.now)
+    p.collect("b")
+    p.deliver()
+    assert p.a.drops["response to unknown index"] == 1 and p.b.drops["response to unknown index"] == 1
+    pkt_a, pkt_b = p.ping("a", b"x"), p.ping("b", b"y")  # staged on both sides
+    p.advance(5.0 + 0.334, deliver=True)
+    assert p.tun["b"] == [pkt_a] and p.tun["a"] == [pkt_b]
+    assert p.pa.keypairs.current is not None and p.pb.keypairs.current is not None
+    assert len(p.sent_of(INITIATION, since=start + 1)) == 1  # one retry did it
+
+
+def test_repeated_rekeys_keep_at_most_three_keypairs_and_no_stale_indices() -> None:
+    p = established()
+    for i in range(12):
+        p.now += 6.0
+        initiator = "a" if i % 3 else "b"
+        p.handshake(initiator)
+        p.ping("a", bytes([i]))
+        p.ping("b", bytes([i]))
+        p.deliver()
+        for dev, peer in ((p.a, p.pa), (p.b, p.pb)):
+            live = {kp.local_index for kp in peer.keypairs.all()}
+            assert set(dev.keypair_indices) == live and len(live) <= 3
+            assert len(dev.handshake_indices) <= 1
+    assert len(p.tun["a"]) == 12 and len(p.tun["b"]) == 12
+    assert p.a.drops == {} and p.b.drops == {}
+
+
+def test_previous_session_still_decrypts_packets_in_flight_during_rekey() -> None:
+    p = established()
+    p.ping("b", b"old keys")
+    (in_flight,) = p.take(TRANSPORT, to="a")
+    p.now += 6.0
+    p.handshake("a")
+    p.receive("a", in_flight)
+    assert p.tun["a"][-1] == ipv4_packet("10.0.0.2", "10.0.0.1", b"old keys")
+
+
+def test_routing_between_two_peers_by_allowed_ips() -> None:
+    p = Pair()
+    c = Device(b"\x0c" * 32, random_bytes=Seeded(50), wall_offset=1.7e9)
+    pc_a = p.a.add_peer(c.public_key)  # a's view of c
+    p.a.allowed_ips.insert("10.0.0.0/24", pc_a)  # c is a's route for the rest of the /24
+    p.a.set_endpoint(pc_a, ("192.0.2.3", 51822))
+    c_pa = c.add_peer(p.a.public_key)
+    c.allowed_ips.insert("10.0.0.1/32", c_pa)
+    p.a.send_packets([ipv4_packet("10.0.0.1", "10.0.0.2", b"to b"), ipv4_packet("10.0.0.1", "10.0.0.7", b"to c")],
+                     p.now)
+    sent = p.a.out.datagrams
+    assert sorted(ep for ep, _ in sent) == [EP_B, ("192.0.2.3", 51822)]  # one initiation to each
+    init_c = next(d for ep, d in sent if ep != EP_B)
+    p.a.out.clear()
+    out = c.receive_datagram(init_c, EP_A, p.now)
+    ((_, resp),) = out.datagrams
+    out.clear()
+    p.a.receive_datagram(resp, ("192.0.2.3", 51822), p.now)
+    sealed = p.a.out.sealed_bytes()  # the staged packet for c, and a keepalive
+    p.a.out.clear()
+    got = []
+    for ep, data in sealed:
+        assert ep == ("192.0.2.3", 51822)
+        c.receive_datagram(data, EP_A, p.now)
+        got += c.out.tun_packets()
+        c.out.clear()
+    assert got == [ipv4_packet("10.0.0.1", "10.0.0.7", b"to c")]
+    assert list(p.pa.staged) == [ipv4_packet("10.0.0.1", "10.0.0.2", b"to b")]  # b's still waits
+
+
+def test_no_route_is_dropped_and_counted() -> None:
+    p = established()
+    p.send("a", [ipv4_packet("10.0.0.1", "10.9.9.9"), ipv6_packet("fd00::1", "fd00::99"), b"\x45" + bytes(10),
+                 b"\x75" + bytes(40)])
+    assert p.wire == []
+    assert p.a.drops["tun: no peer for destination"] == 2
+    assert p.a.drops["tun: short packet"] == 1 and p.a.drops["tun: not IPv4/IPv6"] == 1
+
+
+def test_removing_the_peer_forgets_its_sessions_routes_and_indices() -> None:
+    p = established()
+    p.ping("a")
+    (msg,) = p.take(TRANSPORT)
+    p.b.remove_peer(p.pb.public_key)
+    assert p.b.keypair_indices == {} and p.b.handshake_indices == {}
+    assert p.b.allowed_ips.lookup_ip("10.0.0.1") is None
+    p.receive("b", msg)
+    assert p.b.drops["transport: unknown receiver index"] == 1
+    p.now += 6
+    p.handshake("a")
+    assert p.b.drops["initiation from unknown peer"] == 1
+
+
+def test_changing_the_private_key_expires_sessions() -> None:
+    p = established()
+    p.b.set_private_key(b"\x0d" * 32)
+    assert p.pb.keypairs.all() == [] and p.b.keypair_indices == {}
+    p.ping("a")
+    p.deliver()
+    assert p.tun["b"] == []  # a's session is with b's old key
+    p.now += 6
+    p.a.initiate(p.pa, p.now)
+    p.collect("a")
+    p.deliver()
+    assert p.b.drops["bad mac1"] == 1  # a still addresses b's old public key
+
+
+def test_device_without_a_private_key_drops_handshakes() -> None:
+    p = Pair()
+    p.b.set_private_key(None)
+    p.handshake("a")
+    assert p.b.drops["no private key"] == 1 and p.pa.keypairs.current is None
