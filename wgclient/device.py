@@ -204,7 +204,8 @@ class Device:
             peer.log.debug("zeroing keys after %.0f seconds without a new session", KEY_ZERO_AFTER)
             self._expire_sessions(peer)
             peer.staged.clear()
-        elif timer is Timer.PERSISTENT_KEEPALIVE and t.persistent_keepalive_interval > 0:
+        elif timer is Timer.PERSISTENT_KEEPALIVE and t.persistent_keepalive_interval > 0 \
+                and t.persistent_keepalive is None:  # not re-armed by a packet sent earlier in this round
             self._send_keepalive(peer, now)
 
     # -- sending -----------------------------------------------------------------------------------------
