@@ -361,6 +361,13 @@ def test_roaming_moves_the_endpoint_to_the_latest_authenticated_source() -> None
     p.collect("b")
 
 
+def test_handshake_from_a_new_address_moves_the_endpoint() -> None:
+    p = Pair()
+    p.source["a"] = EP_A2
+    p.handshake("a")
+    assert p.pb.endpoint == EP_A2
+    assert [ep for _, f, _, ep in p.sent if f == "b"] == [EP_A2]
+
 def test_unauthenticated_packet_does_not_move_the_endpoint() -> None:
     p = established()
     p.ping("a")

@@ -321,3 +321,19 @@ def test_peer_timers_expired_clears_and_orders() -> None:
     assert t.new_handshake is None
     t.stop()
     assert t.next_deadline() is None
+
+
+def test_passive_and_persistent_keepalive_due_together_send_one() -> None:
+    # b receives data with a 10 s persistent interval: both keepalive timers come due at the same instant.
+    # The first keepalive sent re-arms the persistent one, so it must not send a second.
+    p, _ = established()
+    p.b.set_persistent_keepalive(p.pb, 10, p.now)
+    p.collect("b")
+    p.deliver()
+    p.ping("a")
+    p.deliver()
+    received = p.now
+    p.advance(10.0)
+    assert [(t - received, len(d)) for t, f, d, _ in p.sent if f == "b" and t > received] == [(10.0, 32)]
+    assert p.pb.timers.persistent_keepalive == received + 20.0
+
