@@ -74,8 +74,9 @@ def test_mutated_request_is_either_answered_or_counted(txid, index, byte):
         assert responder.dropped == 1
     else:
         assert stun.parse_binding_response(answer).mapped == ("192.0.2.1", 1)
-    # Corrupting the transaction id, SOFTWARE or the CRC itself is always caught by the FINGERPRINT.
-    if bytes(data) != stun.binding_request(txid) and (8 <= index < 32 or index >= 36):
+    # Corrupting the transaction id, SOFTWARE's type or value, or the CRC itself is always caught by the
+    # FINGERPRINT. (A corrupted SOFTWARE length can swallow the FINGERPRINT: then there is none to check.)
+    if bytes(data) != stun.binding_request(txid) and (8 <= index < 32 or index >= 36) and index not in (22, 23):
         assert answer is None
 
 
