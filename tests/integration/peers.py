@@ -306,7 +306,23 @@ class WgcPeer(_Peer):
             self.proc = self.ns.popen(sys.executable, "-c", _WGC_MAIN, "up", path, "--foreground",
                                       env=env, stdout=log, stderr=subprocess.STDOUT)
         self._wait_for_socket("wgc up")
+        self._wait_for_addresses()
         return self
+
+    def _wait_for_addresses(self) -> None:
+        """The UAPI socket may come up before the addresses are set; wait for those too."""
+        want = set(self.addresses)
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:
+            out = self.ns.run("ip", "-o", "address", "show", "dev", self.name, check=False).stdout
+            have = {ipaddress.ip_interface(f.split()[3]).ip.compressed for f in out.splitlines()
+                    if len(f.split()) > 3 and f.split()[2] in ("inet", "inet6")}
+            if want <= have:
+                return
+            if time.monotonic() > deadline or (self.proc is not None and self.proc.poll() is not None):
+                raise PeerError(f"wgc up for {self.name}: addresses {sorted(want - have)} never appeared: "
+                                f"{self.log_tail().strip()}")
+            time.sleep(0.02)
 
 
 def dut_kind() -> str:
