@@ -60,7 +60,7 @@ def topology(pair: str, mtu: int):
             yield p.ns_a, p.ns_b, p.a.address(4), p.b.address(4)
 
 
-def iperf(ns: Namespace, server: str, args: list[str], seconds: float) -> dict:
+def iperf(ns: Namespace, server: str, args: list[str], seconds: int) -> dict:
     """Run an iperf3 client against `server` and return its parsed JSON report."""
     argv = ["iperf3", "-c", server, "-p", str(IPERF_PORT), "-J", "-t", str(seconds), *args]
     for attempt in range(3):
@@ -164,7 +164,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="python3 -m tools.bench wg", description=__doc__.split("\n\n")[0])
     ap.add_argument("--pairs", default=",".join(PAIRS),
                     help=f"comma-separated pairs to measure, from {', '.join(PAIRS)} (default: all)")
-    ap.add_argument("--time", type=float, default=5, help="seconds per iperf3 run (default 5)")
+    ap.add_argument("--time", type=int, default=5, help="whole seconds per iperf3 run (default 5)")
     ap.add_argument("--repeat", type=int, default=1, help="runs per figure, the median is shown (default 1)")
     ap.add_argument("--mtu", type=int, default=1420, help="tunnel MTU (default 1420)")
     ap.add_argument("--udp-length", type=int, default=64, help="UDP payload bytes (default 64)")
@@ -175,8 +175,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     unknown = [p for p in opts.pair_list if p not in PAIRS]
     if unknown or not opts.pair_list:
         ap.error(f"unknown pair(s) {', '.join(unknown) or '(none given)'}; choose from {', '.join(PAIRS)}")
-    if not 0.5 <= opts.time <= 600:
-        ap.error("--time must be between 0.5 and 600 seconds")
+    if not 1 <= opts.time <= 600:  # iperf3 takes whole seconds; -t 0 would mean "forever"
+        ap.error("--time must be between 1 and 600 seconds")
     if not 1 <= opts.repeat <= 20:
         ap.error("--repeat must be between 1 and 20")
     return opts
