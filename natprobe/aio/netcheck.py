@@ -22,6 +22,7 @@ from natprobe.aio.captive import detect_captive_portal
 from natprobe.aio.https_probe import region_https_latency
 from natprobe.aio.icmp_probe import icmp_latency
 from natprobe.aio.portmap import probe_portmap
+from natprobe.errors import UsageError
 from natprobe.home import History, select_home
 from natprobe.netcheck import NetcheckConfig, NetcheckRun, SendStun, State, make_full_plan, make_incremental_plan
 from natprobe.regions import Node, Region
@@ -131,8 +132,10 @@ class _StunDriver:
 
 
 def _open_socket(family: int, options: NetcheckOptions) -> socket.socket | None:
+    """The probe socket of a family; None if the system cannot (no IPv6), UsageError for a bad explicit bind."""
     af = socket.AF_INET if family == 4 else socket.AF_INET6
     host = options.bind_v4 if family == 4 else options.bind_v6
+    explicit = options.bind_port != 0 or host not in ("0.0.0.0", "::")
     sock = socket.socket(af, socket.SOCK_DGRAM)
     try:
         if af == socket.AF_INET6:
@@ -141,8 +144,11 @@ def _open_socket(family: int, options: NetcheckOptions) -> socket.socket | None:
         sock.bind((host, options.bind_port))
         return sock
     except OSError as exc:
-        log.debug("cannot bind the IPv%d probe socket: %s", family, exc)
         sock.close()
+        if explicit:
+            raise UsageError(f"cannot bind the IPv{family} probe socket to {host} port {options.bind_port}: "
+                             f"{exc.strerror or exc}") from exc
+        log.debug("cannot bind the IPv%d probe socket: %s", family, exc)
         return None
 
 
