@@ -80,6 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shutdown-timeout", type=float, default=30.0)
     p.add_argument("--keepalive-interval", type=float, default=60.0)
     p.add_argument("--no-uvloop", action="store_true", help="use the default asyncio event loop")
+    p.add_argument("--tls-engine", default="lean", choices=["lean", "asyncio"],
+                   help="lean: non-blocking SSL sockets (less memory per client); asyncio: the loop's SSL")
     p.add_argument("-v", "--verbose", action="store_true")
     return p
 
@@ -204,7 +206,7 @@ async def serve(args: argparse.Namespace) -> int:
     options = ServerOptions(read_header_timeout=args.read_header_timeout, write_timeout=args.tcp_write_timeout,
                             conn_rate=args.conn_rate, conn_burst=args.conn_burst, trust_proxy=args.trust_proxy,
                             metrics_token=args.metrics_token, derpmap_json=load_derpmap_bytes(args.derpmap_file),
-                            send_queue_depth=args.send_queue_depth)
+                            send_queue_depth=args.send_queue_depth, tls_engine=args.tls_engine)
     server = DerpServer(relay, options, ssl_ctx)
     bound = await server.listen(host, port)
     extras = []

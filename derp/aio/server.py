@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import socket
 import time
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -50,6 +51,7 @@ class ServerOptions:
     send_queue_depth: int = SEND_QUEUE_DEPTH
     restart_reconnect_ms: int = 500
     restart_try_for_ms: int = 5000
+    tls_engine: str = "lean"      # "lean": derp.aio.tlstransport; "asyncio": the event loop's SSL protocol
 
 
 class DerpServer:
@@ -76,8 +78,22 @@ class DerpServer:
     # ---- lifecycle ----------------------------------------------------------------------------------
     async def listen(self, host: str | None, port: int) -> int:
         loop = asyncio.get_running_loop()
+        if self.ssl is not None and self.options.tls_engine == "lean":
+            from derp.aio.tlstransport import TlsListener
+            if host is None and socket.has_dualstack_ipv6():
+                lsock = socket.create_server(("", port), family=socket.AF_INET6, backlog=4096,
+                                             dualstack_ipv6=True)
+            else:
+                infos = socket.getaddrinfo(host or "0.0.0.0", port, type=socket.SOCK_STREAM)
+                lsock = socket.create_server(infos[0][4][:2], family=infos[0][0], backlog=4096)
+            listener = TlsListener(loop, lsock, self.ssl, lambda: HttpConn(self),
+                                   handshake_timeout=max(1.0, self.options.read_header_timeout))
+            self.servers.append(listener)
+            if self._tick is None:
+                self._tick = asyncio.create_task(self._housekeeping())
+            return lsock.getsockname()[1]
         server = await loop.create_server(lambda: HttpConn(self), host, port, ssl=self.ssl, backlog=4096,
-                                          ssl_handshake_timeout=10.0 if self.ssl else None,
+                                          ssl_handshake_timeout=max(1.0, self.options.read_header_timeout) if self.ssl else None,
                                           reuse_address=True)
         self.servers.append(server)
         if self._tick is None:
@@ -140,12 +156,16 @@ class DerpServer:
 class HttpConn(asyncio.Protocol):
     """One accepted connection: HTTP head, then an endpoint answer or a DERP session (raw or WebSocket)."""
 
+    __slots__ = ("server", "relay", "transport", "ip", "port", "buf", "mode", "timer", "handshake", "decoder",
+                 "conn", "ws", "out", "is_mesh", "paused_since", "queued", "closed", "not_ideal")
+
     def __init__(self, server: DerpServer) -> None:
         self.server = server
         self.relay = server.relay
         self.transport: Any = None
         self.ip, self.port = "", 0
-        self.buf = bytearray()
+        self.not_ideal = False
+        self.buf: bytearray | None = bytearray()
         self.mode = "head"
         self.timer: asyncio.TimerHandle | None = None
         self.handshake: ServerHandshake | None = None
@@ -184,7 +204,7 @@ class HttpConn(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self.paused_since = None
-        self.queued = [0, 0]
+        self.queued[0] = self.queued[1] = 0
 
     def data_received(self, data: bytes) -> None:
         try:
@@ -219,7 +239,7 @@ class HttpConn(asyncio.Protocol):
             self._reply(400, b"bad request\n")
             return
         head, rest = bytes(self.buf[:end]), bytes(self.buf[end:])
-        self.buf = bytearray()
+        self.buf = None
         if self.timer:
             self.timer.cancel()
             self.timer = None
@@ -355,6 +375,7 @@ class HttpConn(asyncio.Protocol):
             self.timer = None
         self.conn = Conn(key, self.ip, self.port, self.is_mesh, self, is_prober=info.is_prober,
                          not_ideal=self.not_ideal, can_ack_pings=info.can_ack_pings)
+        self.handshake = None
         self.decoder = F.FrameDecoder(MAX_CLIENT_FRAME)
         self.server.apply(self.relay.register(self.conn, self.server.clock()))
         self._write(F.server_info_frame(self.relay.private_key, key, os.urandom(24), F.ServerInfo()))

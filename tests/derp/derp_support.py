@@ -63,8 +63,9 @@ class RawDerp:
         self.reader, self.writer, self.core = reader, writer, core
 
     @classmethod
-    async def connect(cls, port: int, priv: bytes, timeout: float = 5.0) -> "RawDerp":
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    async def connect(cls, port: int, priv: bytes, timeout: float = 5.0, ca: str | None = None) -> "RawDerp":
+        ctx = ssl.create_default_context(cafile=ca) if ca else None
+        reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=ctx)
         writer.write(b"GET /derp HTTP/1.1\r\nHost: x\r\nUpgrade: DERP\r\nConnection: Upgrade\r\n\r\n")
         head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout)
         assert head.startswith(b"HTTP/1.1 101"), head

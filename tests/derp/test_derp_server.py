@@ -6,6 +6,7 @@ import base64
 import json
 import os
 import signal
+import ssl
 import subprocess
 import sys
 
@@ -33,9 +34,10 @@ async def next_event(c: DerpClient, kind: type, timeout: float = 5.0):
             return ev
 
 
-@pytest.mark.parametrize("transport", ["upgrade", "websocket"])
-def test_two_clients_over_tls(derper, pki, transport) -> None:
-    srv = derper("--open-relay")
+@pytest.mark.parametrize("transport, engine", [("upgrade", "lean"), ("websocket", "lean"), ("upgrade", "asyncio"),
+                                               ("websocket", "asyncio")])
+def test_two_clients_over_tls(derper, pki, transport, engine) -> None:
+    srv = derper("--open-relay", "--tls-engine", engine)
 
     async def main():
         (ka, pa), (kb, pb) = new_key(), new_key()
@@ -233,13 +235,16 @@ def test_malformed_frame_closes_only_that_client(derper, garbage) -> None:
     run(main())
 
 
-def test_slowloris_is_cut_and_others_unaffected(derper) -> None:
-    srv = derper("--open-relay", "--read-header-timeout", "1", tls=False)
+@pytest.mark.parametrize("tls", [False, True])
+def test_slowloris_is_cut_and_others_unaffected(derper, pki, tls) -> None:
+    srv = derper("--open-relay", "--read-header-timeout", "1", tls=tls)
+    ca = pki["ca"] if tls else None
 
     async def main():
-        reader, writer = await asyncio.open_connection("127.0.0.1", srv.port)
+        ctx = ssl.create_default_context(cafile=ca) if tls else None
+        reader, writer = await asyncio.open_connection("127.0.0.1", srv.port, ssl=ctx)
         (ka, pa), (kb, pb) = new_key(), new_key()
-        a, b = client(srv.url, ka), client(srv.url, kb)
+        a, b = client(srv.url, ka, ca), client(srv.url, kb, ca)
         try:
             loop = asyncio.get_running_loop()
             start = loop.time()
@@ -273,15 +278,17 @@ async def metric(srv, name: str) -> float:
     return 0.0
 
 
-def test_slow_reader_is_bounded_and_does_not_stall_others(derper) -> None:
-    srv = derper("--open-relay", "--tcp-write-timeout", "2", tls=False)
+@pytest.mark.parametrize("tls", [False, True])
+def test_slow_reader_is_bounded_and_does_not_stall_others(derper, pki, tls) -> None:
+    srv = derper("--open-relay", "--tcp-write-timeout", "2", tls=tls)
+    ca = pki["ca"] if tls else None
 
     async def main():
         (ka, pa), (kb, pb), (ks, ps) = new_key(), new_key(), new_key()
-        a, b = client(srv.url, ka), client(srv.url, kb)
+        a, b = client(srv.url, ka, ca), client(srv.url, kb, ca)
         await a.start()
         await b.start()
-        slow = await RawDerp.connect(srv.port, ks)  # never reads again
+        slow = await RawDerp.connect(srv.port, ks, ca=ca)  # never reads again
         try:
             payload = os.urandom(60000)
             full = 'derp_packets_dropped_total{reason="queue_full"}'
@@ -329,6 +336,35 @@ def test_meshed_servers_relay_between_their_clients(derper, pki, tmp_path) -> No
             assert await metric(s2, "derp_packets_forwarded_in_total") >= 1
             assert await metric(s1, "derp_mesh_links_up") == 1  # the link to itself was dropped
             assert await metric(s1, "derp_mesh_peers") == 1
+        finally:
+            await a.close()
+            await b.close()
+
+    run(main())
+
+
+@pytest.mark.parametrize("engine", ["lean", "asyncio"])
+def test_tls_handshake_stall_and_garbage_are_cut(derper, pki, engine) -> None:
+    srv = derper("--open-relay", "--read-header-timeout", "1", "--tls-engine", engine)
+
+    async def main():
+        (ka, pa), (kb, pb) = new_key(), new_key()
+        a, b = client(srv.url, ka, pki["ca"]), client(srv.url, kb, pki["ca"])
+        await a.start()
+        await b.start()
+        try:
+            silent = await asyncio.open_connection("127.0.0.1", srv.port)  # TCP only, never a ClientHello
+            garbage = await asyncio.open_connection("127.0.0.1", srv.port)
+            garbage[1].write(b"GET / HTTP/1.1\r\n\r\n" + os.urandom(500))  # not TLS at all
+            t0 = asyncio.get_running_loop().time()
+            for reader, writer in (garbage, silent):
+                try:
+                    await asyncio.wait_for(reader.read(), 4)  # EOF (or an alert, then EOF) in time
+                except ConnectionError:
+                    pass
+                writer.close()
+            assert asyncio.get_running_loop().time() - t0 < 4
+            await exchange(a, b, pb, b"unaffected by broken TLS peers")
         finally:
             await a.close()
             await b.close()
