@@ -198,6 +198,7 @@ async def run_netcheck(regions: list[Region], *, history: History | None = None,
         driver.close()
         for task in tasks.values():
             task.cancel()
+        await asyncio.gather(*tasks.values(), return_exceptions=True)
     report = run.report
     report.os_has_ipv6 = has6
     _merge(report, tasks, options)

@@ -93,3 +93,37 @@ def test_command_line_up_run_down(tmp_path):
     assert _natlab_namespaces() == before
     gone = natlab("status", name, check=False)
     assert gone.returncode == 2 and "no lab named" in gone.stderr
+
+
+def test_interrupted_build_and_killed_owner_leave_nothing_behind():
+    require_root()
+    import os
+    import signal
+    import time
+
+    before = _natlab_namespaces()
+    code = ("from tools.natlab.lab import NatLab, RegionSpec, ClientSpec\n"
+            "import time\n"
+            "lab = NatLab([RegionSpec(5)] * 3, [ClientSpec('cone')] * 6)\n"
+            "print('built', flush=True); time.sleep(60)\n")
+    # Ctrl-C in the middle of building: the partial lab is removed.
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 20
+    while not (_natlab_namespaces() - before) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=30)
+    assert "built" not in out and "KeyboardInterrupt" in err
+    assert _natlab_namespaces() == before
+    # A lab whose owner was SIGKILLed is found and removed by `clean`.
+    proc = subprocess.Popen([sys.executable, "-c", code.replace("* 6", "* 1")], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline() == "built\n"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    left = _natlab_namespaces() - before
+    assert any(name.startswith(f"natlab-{proc.pid}x") for name in left)
+    out = subprocess.run([sys.executable, "-m", "tools.natlab", "clean"], capture_output=True, text=True,
+                         timeout=30, check=True).stdout
+    assert all(f"removed stale namespace {name}" in out for name in left)
+    assert _natlab_namespaces() == before

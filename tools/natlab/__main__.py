@@ -4,6 +4,7 @@
     python3 -m tools.natlab run demo client1 -- ping -c1 198.18.1.2
     python3 -m tools.natlab delay demo 1 80
     python3 -m tools.natlab down demo          # or: down --all
+    python3 -m tools.natlab clean              # namespaces of lab processes that were killed
 A lab built by `up` outlives the command; its description is kept in /run/natlab/<name>.json.
 """
 from __future__ import annotations
@@ -14,7 +15,7 @@ import os
 import subprocess
 import sys
 
-from tools.natlab.lab import NAT_TYPES, STATE_DIR, ClientSpec, LabError, NatLab, RegionSpec
+from tools.natlab.lab import NAT_TYPES, STATE_DIR, ClientSpec, LabError, NatLab, RegionSpec, clean_stale
 
 
 def _state_path(name: str):
@@ -67,6 +68,7 @@ def _parser() -> argparse.ArgumentParser:
     down = sub.add_parser("down", help="tear a lab down")
     down.add_argument("name", nargs="?")
     down.add_argument("--all", action="store_true")
+    sub.add_parser("clean", help="remove namespaces left by lab-building processes that died (e.g. SIGKILL)")
     return p
 
 
@@ -101,6 +103,10 @@ def _dispatch(args) -> int:
             lab.close()
             raise
         print(_describe(lab))
+        return 0
+    if args.cmd == "clean":
+        for name in clean_stale():
+            print(f"removed stale namespace {name}")
         return 0
     if args.cmd == "down":
         names = [p.stem for p in STATE_DIR.glob("*.json")] if args.all else [args.name] if args.name else []

@@ -323,3 +323,18 @@ class NatLab:
 def threading_main() -> bool:
     import threading
     return threading.current_thread() is threading.main_thread()
+
+
+def clean_stale() -> list[str]:
+    """Delete the namespaces of labs whose building process is gone (names `natlab-<pid>x<n>-<node>`)."""
+    import re
+    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=False).stdout
+    removed = []
+    for line in out.splitlines():
+        name = line.split()[0] if line.split() else ""
+        match = re.fullmatch(r"natlab-(\d+)x\d+-.+", name)
+        if not match or os.path.exists(f"/proc/{match.group(1)}"):
+            continue
+        Namespace(name).delete()
+        removed.append(name)
+    return removed
