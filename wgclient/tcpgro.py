@@ -22,9 +22,6 @@ MAX_SUPER_PACKET = 65535 - 100  # stays under the 64 KiB IP limit with headers
 MAX_SEGMENTS = 64
 
 _vnet = struct.Struct("<BBHHHH")
-_ip4 = struct.Struct("!BBHHHBBH4s4s")
-_ip6 = struct.Struct("!IHBB16s16s")
-_tcp = struct.Struct("!HHIIBBH")
 _ZERO_VNET = bytes(VNET_HDR_LEN)
 _from = int.from_bytes
 # TCP flags: merge only plain ACK segments, optionally with PSH (which then ends the group).
@@ -37,39 +34,54 @@ def _fold(total: int) -> int:
     return total
 
 
+def _mask(iph: int, tcph: int) -> int:
+    """All-ones over the IP+TCP headers but for the fields merged segments may differ in: IP total
+    length, ID and checksum (IPv6: payload length), TCP sequence number, PSH flag and checksum."""
+    hdr = bytearray(b"\xff" * (iph + tcph))
+    variable = [(2, 6), (10, 12)] if iph == 20 else [(4, 6)]
+    variable += [(iph + 4, iph + 8), (iph + 16, iph + 18)]
+    for a, b in variable:
+        hdr[a:b] = bytes(b - a)
+    hdr[iph + 13] &= ~_PSH & 0xFF
+    return int.from_bytes(hdr, "big")
+
+
+_MASKS: dict[tuple[int, int], int] = {}
+
+
 def _flow(buf, p: int, end: int):
     """(key, ip header length, tcp header length, payload length, seq, flags) or None if not mergeable.
 
-    The key holds everything that must match between merged segments: addresses, ports, ack, window,
-    TCP options, and the IPv4 TOS/TTL/DF (IPv6 traffic class, flow label, hop limit).
+    The key is the IP+TCP header as an integer with the per-segment fields masked out, so everything
+    else (addresses, ports, ack, window, options, TOS/TTL/DF or traffic class/flow label/hop limit, header
+    lengths) must match for two segments to merge. One slice and one int conversion per packet.
     """
     b0 = buf[p]
     if b0 == 0x45:
-        _, tos, _, _, frag, ttl, proto, _, src, dst = _ip4.unpack_from(buf, p)
-        if proto != 6 or frag & 0x3FFF:
+        if buf[p + 9] != 6 or buf[p + 6] & 0x3F or buf[p + 7]:
             return None  # not TCP, or a fragment
         iph = 20
-        head = (tos, frag, ttl, src, dst)
     elif b0 >> 4 == 6:
-        vtcfl, _, nh, hop, src, dst = _ip6.unpack_from(buf, p)
-        if nh != 6:
+        if buf[p + 6] != 6:
             return None
         iph = 40
-        head = (vtcfl, hop, src, dst)
     else:
         return None  # IPv4 with options, or not IP
     t = p + iph
     if end - t < 20:
         return None
-    sport, dport, seq, ack, doff, flags, win = _tcp.unpack_from(buf, t)
-    tcph = (doff >> 4) * 4
-    if tcph < 20 or flags & ~(_ACK | _PSH) or not flags & _ACK:
+    tcph = (buf[t + 12] >> 4) * 4
+    flags = buf[t + 13]
+    hdr = iph + tcph
+    payload = end - p - hdr
+    if tcph < 20 or payload <= 0 or flags & ~(_ACK | _PSH) or not flags & _ACK:
         return None
-    payload = end - t - tcph
-    if payload <= 0:
-        return None
-    options = bytes(buf[t + 20:t + tcph]) if tcph > 20 else b""
-    return (head, sport, dport, ack, doff, win, options), iph, tcph, payload, seq, flags
+    mask = _MASKS.get((iph, tcph))
+    if mask is None:
+        mask = _MASKS[(iph, tcph)] = _mask(iph, tcph)
+    h = _from(buf[p:p + hdr], "big")
+    seq = (h >> ((tcph - 8) * 8)) & 0xFFFFFFFF
+    return h & mask, iph, tcph, payload, seq, flags
 
 
 class TcpCoalescer:
