@@ -369,6 +369,41 @@ def test_handshake_from_a_new_address_moves_the_endpoint() -> None:
     assert p.pb.endpoint == EP_A2
     assert [ep for _, f, _, ep in p.sent if f == "b"] == [EP_A2]
 
+def test_in_a_batch_the_last_authenticated_source_wins() -> None:
+    p = established()
+    p.send("a", [ipv4_packet("10.0.0.1", "10.0.0.2", bytes([i])) for i in range(3)])
+    m0, m1, m2 = p.take(TRANSPORT)
+    forged = bytearray(m2)
+    forged[-1] ^= 1
+    batch = [(m0, ("198.51.100.1", 1)), (m1, ("198.51.100.2", 2)), (m2, ("198.51.100.3", 3)),
+             (bytes(forged), ("198.51.100.4", 4)), (m0, ("198.51.100.5", 5))]  # a forgery, then a replay
+    p.b.receive_datagrams(batch, p.now)
+    p.collect("b")
+    assert len(p.tun["b"]) == 3
+    assert p.pb.endpoint == ("198.51.100.3", 3)
+    assert p.b.drops["transport: authentication failed"] == 1 and p.b.drops["transport: replayed or too old"] == 1
+
+
+def test_a_batch_confirming_new_keys_and_carrying_old_ones_delivers_all() -> None:
+    p = established()
+    p.ping("a", b"old")
+    (old,) = p.take(TRANSPORT)
+    p.now += 6
+    p.b.initiate(p.pb, p.now)  # b rekeys as initiator; a answers as responder and waits for confirmation
+    p.collect("b")
+    p.deliver(limit=1)
+    (resp,) = p.take(RESPONSE)
+    p.receive("b", resp)  # b completes; its keepalive would confirm a's new session
+    (keepalive,) = p.take(TRANSPORT)
+    new_pkt = p.ping("b", b"new")
+    (new,) = p.take(TRANSPORT)
+    p.a.receive_datagrams([(keepalive, EP_B), (new, EP_B)], p.now)
+    p.collect("a")
+    p.b.receive_datagrams([(old, EP_A)], p.now)  # a's packet under the previous keys, late
+    p.collect("b")
+    assert p.tun["a"] == [new_pkt] and len(p.tun["b"]) == 1
+    assert p.pa.keypairs.next is None and not p.pa.keypairs.current.is_initiator
+
 def test_unauthenticated_packet_does_not_move_the_endpoint() -> None:
     p = established()
     p.ping("a")
