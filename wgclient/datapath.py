@@ -161,11 +161,12 @@ def open_datagrams(dev: "Device", datagrams: Iterable, now: float) -> None:
     lookup4 = dev.allowed_ips.v4.lookup_cached
     lookup6 = dev.allowed_ips.v6.lookup_cached
     drops = dev.drops
-    touched: dict = {}  # peer -> [last source, data received?, keypairs seen]
+    touched: dict = {}  # keypair -> [last source, data received?, position of that packet in the batch]
+    last_kp = state = None
     start = out.tun[-1][1] if out.tun else 0
     mv = memoryview(buf)
     try:
-        for data, source in datagrams:
+        for position, (data, source) in enumerate(datagrams):
             size = len(data)
             if size < TRANSPORT_MIN_SIZE or data[0] != MSG_TRANSPORT:
                 dev.receive_control(data, source, now)
@@ -198,12 +199,13 @@ def open_datagrams(dev: "Device", datagrams: Iterable, now: float) -> None:
                 continue
             peer = kp.peer
             peer.rx_bytes += size
-            state = touched.get(peer)
-            if state is None:
-                state = touched[peer] = [source, False, {kp}]
-            else:
-                state[0] = source
-                state[2].add(kp)
+            if kp is not last_kp:
+                last_kp = kp
+                state = touched.get(kp)
+                if state is None:
+                    state = touched[kp] = [source, False, position]
+            state[0] = source
+            state[2] = position
             if plen == 0:
                 continue  # keepalive
             state[1] = True
@@ -239,14 +241,25 @@ def open_datagrams(dev: "Device", datagrams: Iterable, now: float) -> None:
             start = pkt + length
     finally:
         mv.release()
-    for peer, (source, data, seen) in touched.items():
-        _after_receive(dev, peer, source, data, seen, now)
+    by_peer: dict = {}  # peer -> [source of its last packet, its position, data received?, keypairs seen]
+    for kp, (source, data, position) in touched.items():
+        seen = by_peer.get(kp.peer)
+        if seen is None:
+            by_peer[kp.peer] = [source, position, data, [kp]]
+        else:
+            if position > seen[1]:
+                seen[0], seen[1] = source, position
+            seen[2] = seen[2] or data
+            seen[3].append(kp)
+    for peer, (source, _, data, kps) in by_peer.items():
+        _after_receive(dev, peer, source, data, kps, now)
 
 
-def _after_receive(dev: "Device", peer: "Peer", source, data: bool, seen: set, now: float) -> None:
-    """Per peer, once a batch: key confirmation, roaming, timers (wireguard-go receive.go)."""
+def _after_receive(dev: "Device", peer: "Peer", source, data: bool, kps: list, now: float) -> None:
+    """Per peer, once a batch: key confirmation, roaming (the last authenticated packet's source wins),
+    timers (wireguard-go receive.go)."""
     peer.endpoint = source  # before flushing staged packets, so they go where the peer now is
-    for kp in seen:
+    for kp in kps:
         promoted, dropped = peer.keypairs.received_with(kp)
         if promoted:
             for old in dropped:
