@@ -10,13 +10,15 @@ never by parsing (ARCHITECTURE rule 4, disco.md §4.1):
 """
 from __future__ import annotations
 
+import struct
+
 from . import constants as C
 
 OTHER, WIREGUARD, STUN, DISCO = 0, 1, 2, 3
 NAMES = {OTHER: "other", WIREGUARD: "wireguard", STUN: "stun", DISCO: "disco"}
 
 _COOKIE = b"\x21\x12\xa4\x42"
-_WG_ZEROS = b"\x00\x00\x00"
+_u32le = struct.Struct("<I").unpack_from
 
 
 def classify(data) -> int:
@@ -24,11 +26,11 @@ def classify(data) -> int:
     n = len(data)
     if n < 4:
         return OTHER
+    if 1 <= _u32le(data)[0] <= 4:  # type 1-4 then three zero bytes, in one little-endian word
+        return WIREGUARD
     b0 = data[0]
     if b0 == 0x54:  # 'T': the disco magic's first byte
         return DISCO if n >= C.HEADER_LEN and data[:C.MAGIC_LEN] == C.MAGIC else OTHER
-    if 1 <= b0 <= 4 and data[1:4] == _WG_ZEROS:
-        return WIREGUARD
     if (n >= 20 and b0 & 0xC0 == 0 and data[4:8] == _COOKIE
             and (data[2] << 8 | data[3]) == n - 20):
         return STUN

@@ -45,6 +45,7 @@ from .peerstate import (FROM_CMM, FROM_CONFIG, FROM_PING, FROM_WG, Addr, Candida
 from .why import explain
 
 log = logging.getLogger("wgclient.path")
+_NO_ROUTE = Route()
 
 
 @dataclass(frozen=True)
@@ -185,9 +186,16 @@ class PathManager:
         if p is None:
             return []
         if addr is not None:
+            cand = p.candidates.get(addr)
+            if cand is not None and FROM_WG in cand.sources:
+                cand.seen = now  # the per-packet case: a known source
+                return []
             self._candidate(p, disco.canonical_addr(addr), FROM_WG, now)
         elif region is not None:
+            known = region in p.derp_heard
             self._heard_via(p, region, now)
+            if known and region == p.relay:
+                return []
         return self._finish(now)
 
     # --- disco ---------------------------------------------------------------------------------------
@@ -245,10 +253,10 @@ class PathManager:
     def route(self, key: bytes, now: float) -> Route:
         p = self.peers.get(key)
         if p is None:
-            return Route()
-        if p.trusted(now):
-            return Route(p.best, None)
-        return Route(p.best, p.relay or None)
+            return _NO_ROUTE
+        if p.best is not None and now < p.trust_until:
+            return p.route_trusted
+        return p.route_untrusted
 
     def why(self, key: bytes, now: float) -> str:
         return explain(self, self._peer(key), now)
@@ -467,6 +475,7 @@ class PathManager:
         return usable[0] if usable else 0
 
     def _refresh(self, p: PeerPath, now: float, reason: str) -> None:
+        """Recompute state, relay region and the cached routes from the peer's facts."""
         if p.trusted(now):
             state = PathState.DIRECT
         elif p.best is not None:
@@ -474,6 +483,10 @@ class PathManager:
         else:
             state = PathState.RELAY
         relay = self._pick_region(p, now)
+        if p.route_trusted.direct != p.best:
+            p.route_trusted = Route(p.best, None)
+        if p.route_untrusted != (p.best, relay or None):
+            p.route_untrusted = Route(p.best, relay or None)
         if state is not p.state or relay != p.relay:
             self._set_state(p, state, relay, now, reason)
 

@@ -9,6 +9,7 @@ import collections
 import enum
 import ipaddress
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from .discokeys import PairKeys
 
@@ -21,8 +22,7 @@ class PathState(enum.Enum):
     LAPSING = "lapsing"      # a direct address whose trust expired: UDP and DERP both, discovery restarted
 
 
-@dataclass(frozen=True, slots=True)
-class Route:
+class Route(NamedTuple):
     """Where a WireGuard packet to a peer goes: `direct` (UDP addr), `relay` (DERP region id), or both."""
 
     direct: Addr | None = None
@@ -112,6 +112,8 @@ class PeerPath:
     best_latency: float = 0.0
     trust_until: float = float("-inf")
     relay: int = 0                        # the DERP region packets to this peer go to (0: none known)
+    route_trusted: Route = Route()        # cached answers of route(): while trusted, and otherwise
+    route_untrusted: Route = Route()
     candidates: dict = field(default_factory=dict)          # Addr -> Candidate
     pings: dict = field(default_factory=dict)               # tx_id -> SentPing
     seen_txids: collections.OrderedDict = field(default_factory=collections.OrderedDict)

@@ -214,3 +214,27 @@ def test_set_home_emitted_once_per_change():
     sim.netcheck(a)
     sim.netcheck(a)
     assert [r for _, r in a.homes] == [1]
+
+
+def test_peer_roaming_behind_a_new_nat_mapping():
+    sim, a, b = pair("port-restricted", "port-restricted")
+    sim.run_until(20.0)
+    old = b.manager.route(a.key, sim.now).direct
+    assert old is not None
+    a.nat.mappings.clear()  # a's NAT reboots: new public port for everything
+    a.nat.reverse.clear()
+    a.nat.allowed.clear()
+    roam = sim.now
+    sim.at(roam + 1.0, lambda: sim.netcheck(a))  # a re-STUNs and learns its new mapping
+
+    def check(now):
+        route = b.manager.route(a.key, now)
+        assert route.direct is not None or route.relay is not None
+    sim.step_until(roam + 15.0, 0.05, check)
+    new = b.manager.route(a.key, sim.now)
+    assert new.direct is not None and new.direct != old and new.relay is None
+    assert a.manager.route(b.key, sim.now).relay is None
+    regained = next(t for t, c in b.changes if t > roam and c.state is PathState.DIRECT)
+    assert regained <= roam + 10.0
+    lapse = roam + 6.5
+    assert sim.delivered("a", "b", lapse + 0.1, roam + 14.0) == sim.sent("a", "b", lapse + 0.1, roam + 14.0)
