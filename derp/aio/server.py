@@ -270,10 +270,11 @@ class HttpConn(asyncio.Protocol):
             self._reply(503, b"server is shutting down\n")
             return
         if upgrade not in ("derp", "websocket"):
-            self._reply(426, b"DERP requires connection upgrade", {"Upgrade": "DERP", "Connection": "Upgrade"})
+            self._reply(426, b"DERP requires connection upgrade\n", {"X-Content-Type-Options": "nosniff"})
             return
-        protocols = [p.strip() for p in req.header("sec-websocket-protocol").split(",")]
-        if upgrade == "websocket" and "derp" in protocols:
+        # like derper: only an explicit "derp" subprotocol means WebSocket framing (very old clients sent
+        # "Upgrade: WebSocket" but spoke raw DERP)
+        if upgrade == "websocket" and "derp" in req.header("sec-websocket-protocol"):
             self._start_ws(head, rest)
             return
         if req.header("derp-fast-start") != "1":
@@ -305,6 +306,9 @@ class HttpConn(asyncio.Protocol):
         ws.send_response(response)
         self.transport.writelines(ws.data_to_send())
         if response.status_code != 101 or ws.subprotocol != "derp":
+            if response.status_code == 101:
+                ws.send_close(1008, "client must speak the derp subprotocol")
+                self.transport.writelines(ws.data_to_send())
             self.transport.close()
             self.mode = "done"
             return

@@ -63,7 +63,7 @@ def test_http_endpoints(derper, pki, tmp_path) -> None:
             st, _, body = await http_get(srv.port, "/derpmap/default", tls_ca=ca)
             assert st == 200 and parse_derpmap(body).regions[900].nodes[0].name == "900a"
             st, hdrs, body = await http_get(srv.port, "/derp", tls_ca=ca)
-            assert st == 426 and body == b"DERP requires connection upgrade"
+            assert st == 426 and body == b"DERP requires connection upgrade\n"
             assert (await http_get(srv.port, "/nope", tls_ca=ca))[0] == 404
             assert (await http_get(srv.port, "/robots.txt", tls_ca=ca))[2].startswith(b"User-agent: *")
             mport = int(srv.metrics.rsplit(":", 1)[1])
@@ -212,3 +212,38 @@ def test_stun_key_file_and_trust_proxy(derper, tmp_path) -> None:
     srv.proc.wait(10)
     again = derper("--open-relay", "-c", str(keyfile), tls=False)
     assert again.key == srv.key  # the same identity after a restart
+
+
+def test_old_websocket_upgrade_header_speaks_raw_derp_and_note_preferred(derper) -> None:
+    srv = derper("--open-relay", tls=False)
+
+    async def main():
+        reader, writer = await asyncio.open_connection("127.0.0.1", srv.port)
+        writer.write(b"GET /derp HTTP/1.1\r\nHost: x\r\nUpgrade: WebSocket\r\nConnection: Upgrade\r\n\r\n")
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 3)
+        assert head.startswith(b"HTTP/1.1 101") and b"Upgrade: DERP" in head
+        assert f"Derp-Public-Key: {srv.key[len('nodekey:'):]}".encode() in head
+        frame = await asyncio.wait_for(reader.readexactly(45), 3)
+        assert frame[:5] == b"\x01\x00\x00\x00\x28" and frame[5:13] == bytes.fromhex("44455250f09f9491")
+        writer.close()
+        c = DerpClient(new_key()[0], targets_for_url(srv.url), preferred=True)
+        await c.start()
+        mport = int(srv.metrics.rsplit(":", 1)[1])
+        try:
+            for _ in range(30):
+                body = (await http_get(mport, "/metrics"))[2].decode()
+                if "derp_home_clients 1.0" in body:
+                    break
+                await asyncio.sleep(0.1)
+            assert "derp_home_clients 1.0" in body
+            c.note_preferred(False)
+            for _ in range(30):
+                body = (await http_get(mport, "/metrics"))[2].decode()
+                if "derp_home_clients 0.0" in body:
+                    break
+                await asyncio.sleep(0.1)
+            assert "derp_home_clients 0.0" in body
+        finally:
+            await c.close()
+
+    run(main())
