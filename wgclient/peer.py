@@ -23,11 +23,19 @@ Endpoint = tuple  # (host, port) or (host, port, flowinfo, scope_id) as the sock
 short_key = short  # logs show a key as its first 8 base64 characters
 
 
+class _PeerLog(logging.LoggerAdapter):
+    """Prefixes every message with `[peer:abcd1234]` (ARCHITECTURE.md rule 6)."""
+
+    def process(self, msg, kwargs):
+        msg, kwargs = super().process(msg, kwargs)  # keeps `peer` as a record attribute too
+        return f"[peer:{self.extra['peer']}] {msg}", kwargs
+
+
 class Peer:
     def __init__(self, public_key: bytes, jitter: Callable[[], float]) -> None:
         self.public_key = public_key
         self.short = short_key(public_key)
-        self.log = logging.LoggerAdapter(logging.getLogger("wgc.peer"), {"peer": self.short})
+        self.log = _PeerLog(logging.getLogger("wgc.peer"), {"peer": self.short})
         self.handshake = Handshake(remote_static=public_key)
         self.cookie = CookieGenerator(public_key)
         self.keypairs = KeypairSlots()
