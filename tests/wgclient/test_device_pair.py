@@ -681,3 +681,29 @@ def test_any_schedule_keeps_invariants_and_recovers(ops) -> None:
         p.deliver()
         _check_invariants(p, sent)
     assert heal["a"] & set(p.tun["b"]) and heal["b"] & set(p.tun["a"])
+
+
+# -- logs -----------------------------------------------------------------------------------------------------------
+
+def test_logs_name_the_peer_and_never_show_secrets(caplog) -> None:
+    import base64
+    import logging
+    caplog.set_level(logging.DEBUG, logger="wgc")
+    psk = b"\x5a" * 32
+    p = Pair(psk=psk)
+    p.ping("a")
+    p.deliver()
+    p.advance(200, deliver=True)  # timers fire and log too
+    p.b.remove_peer(p.pb.public_key)
+    records = [r for r in caplog.records if r.name.startswith("wgc")]
+    assert any("handshake complete" in r.getMessage() for r in records)
+    secrets = [p.key_a, p.key_b, crypto.clamp(p.key_a), crypto.clamp(p.key_b), psk]
+    forms = [f(s) for s in secrets for f in (bytes.hex, lambda b: base64.b64encode(b).decode(), repr)]
+    for r in records:
+        text = r.getMessage()
+        assert not any(form in text for form in forms), text
+        if r.name == "wgc.peer":
+            assert text.startswith("[peer:") and ("[peer:" + p.pa.short + "]" in text
+                                                  or "[peer:" + p.pb.short + "]" in text), text
+    for obj in (p.a, p.pa, p.pa.handshake, p.pa.keypairs.current, p.a.identity):
+        assert not any(form in repr(obj) for form in forms)
