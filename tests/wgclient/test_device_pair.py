@@ -11,6 +11,7 @@ from tests.support.pair import (EP_A, EP_B, INITIATION, RESPONSE, TRANSPORT, Pai
                                 ipv6_packet)
 from wgclient.constants import DEFAULT_MTU
 from wgclient.device import Device, DeviceConfig
+from wgclient.keypair import Keypair, KeypairSlots
 from wgclient.noise import crypto
 from wgclient.noise.messages import message_type
 from wgclient.outputs import HandshakeCompleted
@@ -707,3 +708,34 @@ def test_logs_name_the_peer_and_never_show_secrets(caplog) -> None:
                                                   or "[peer:" + p.pb.short + "]" in text), text
     for obj in (p.a, p.pa, p.pa.handshake, p.pa.keypairs.current, p.a.identity):
         assert not any(form in repr(obj) for form in forms)
+
+
+# -- keypair slots (wireguard-go BeginSymmetricSession / ReceivedWithKeypair) --------------------------------------
+
+def test_keypair_slot_transitions() -> None:
+    def kp(initiator: bool) -> Keypair:
+        return Keypair(bytes(32), bytes(32), local_index=0, remote_index=0, created=0.0, is_initiator=initiator,
+                       peer=None)
+
+    s = KeypairSlots()
+    c1 = kp(True)
+    assert s.install(c1) == [] and (s.previous, s.current, s.next) == (None, c1, None)
+    c2 = kp(True)
+    assert s.install(c2) == [] and (s.previous, s.current, s.next) == (c1, c2, None)
+    c3 = kp(True)
+    assert s.install(c3) == [c1] and (s.previous, s.current, s.next) == (c2, c3, None)
+    # As responder: parked as next, previous dropped, current kept for sending.
+    n1 = kp(False)
+    assert s.install(n1) == [c2] and (s.previous, s.current, s.next) == (None, c3, n1)
+    assert s.received_with(c3) == (False, [])
+    # Initiating while a responder session is unconfirmed: next becomes previous, current goes.
+    c4 = kp(True)
+    assert s.install(c4) == [c3] and (s.previous, s.current, s.next) == (n1, c4, None)
+    n2 = kp(False)
+    assert s.install(n2) == [n1] and (s.previous, s.current, s.next) == (None, c4, n2)
+    # Confirmation: next becomes current, current becomes previous.
+    assert s.received_with(n2) == (True, []) and (s.previous, s.current, s.next) == (c4, n2, None)
+    n3 = kp(False)
+    s.install(n3)
+    assert s.received_with(n3) == (True, []) and (s.previous, s.current, s.next) == (n2, n3, None)
+    assert s.clear() == [n2, n3] and s.all() == []
