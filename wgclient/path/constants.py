@@ -27,6 +27,9 @@ PING_MIN_BODY = TXID_LEN              # very old clients omit the node key
 PING_KEY_BODY = TXID_LEN + KEY_LEN    # 44
 PONG_BODY = TXID_LEN + ADDR_PORT_LEN  # 30
 
+# wgc bound: a CallMeMaybe's endpoints beyond this many are ignored (Tailscale sends a handful).
+MAX_CALL_ME_MAYBE_ENDPOINTS = 32
+
 # DERP "magic IP": disco over DERP is handled as coming from 127.3.3.40:<region> (disco.md §4.2).
 DERP_MAGIC_IP = "127.3.3.40"
 

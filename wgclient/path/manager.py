@@ -28,6 +28,7 @@ Every state change goes through `_set_state`, which logs it and emits `PathChang
 """
 from __future__ import annotations
 
+import ipaddress
 import logging
 from dataclasses import dataclass
 from typing import Callable, Iterable, Mapping
@@ -85,6 +86,12 @@ class NetInfo:
                 eps.append((host.strip("[]"), int(port)))
         return cls(report.preferred_derp, dict(report.region_latency), bool(report.udp),
                    report.mapping_varies_by_dest_ip, tuple(eps))
+
+
+def _pingable(addr: Addr) -> bool:
+    ip = ipaddress.ip_address(addr[0])
+    return bool(addr[1]) and not (ip.is_unspecified or ip.is_multicast
+                                  or (ip.version == 6 and ip.is_link_local))
 
 
 class PathManager:
@@ -344,10 +351,10 @@ class PathManager:
     def _on_call_me_maybe(self, p: PeerPath, m: disco.CallMeMaybe, now: float) -> None:
         p.cmm_received += 1
         listed = set()
-        for a in m.endpoints:
+        for a in m.endpoints[:C.MAX_CALL_ME_MAYBE_ENDPOINTS]:
             a = disco.canonical_addr(a)
-            if a[0].lower().startswith("fe80:"):
-                continue  # IPv6 link-local addresses in CallMeMaybe are ignored (§5)
+            if not _pingable(a):
+                continue  # IPv6 link-local (ignored, §5), unspecified, multicast, port 0
             listed.add(a)
             self._candidate(p, a, FROM_CMM, now)
         for addr, cand in list(p.candidates.items()):

@@ -167,12 +167,13 @@ def better_addr(a: Addr | None, a_latency: float, b: Addr | None, b_latency: flo
         return True
     if a == b:
         return False
-    a_points = b_points = 0.0
-    if a_latency > 0 and b_latency > 0:
-        if a_latency < b_latency:
-            a_points = 100 - 100 * a_latency / b_latency
-        elif b_latency < a_latency:
-            b_points = 100 - 100 * b_latency / a_latency
+    # Go's integer arithmetic on nanosecond durations: the faster gets 100 - 100*fast/slow points.
+    a_ns, b_ns = int(round(a_latency * 1e9)), int(round(b_latency * 1e9))
+    a_points = b_points = 0
+    if a_ns > b_ns and a_ns > 0:
+        b_points = 100 - (b_ns * 100) // a_ns
+    elif b_ns > 0:
+        a_points = 100 - (a_ns * 100) // b_ns
     a_points += _bonus(a)
     b_points += _bonus(b)
     if a_points <= 1 and b_points == 0:

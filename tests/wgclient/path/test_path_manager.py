@@ -118,13 +118,17 @@ def test_ping_over_derp_gets_pong_over_derp_with_magic_source():
 
 def test_call_me_maybe_pings_every_candidate_at_once():
     m = manager()
-    eps = (B_ADDR, ("10.0.2.2", 41641), ("fe80::1", 41641))
+    eps = (B_ADDR, ("10.0.2.2", 41641), ("fe80::1", 41641), ("0.0.0.0", 1), ("224.0.0.1", 1), ("10.0.2.3", 0))
     out = m.on_disco(from_b(disco.CallMeMaybe(eps)), 1.0, region=1, derp_src=B)
     pinged = {s.addr for s in sends(out) if isinstance(opened(s), disco.Ping)}
-    assert pinged == {B_ADDR, ("10.0.2.2", 41641)}  # IPv6 link-local ignored
+    assert pinged == {B_ADDR, ("10.0.2.2", 41641)}  # IPv6 link-local, unspecified, multicast, port 0 ignored
     # The next CallMeMaybe replaces the list; candidates only it had are gone.
     m.on_disco(from_b(disco.CallMeMaybe((B_ADDR,)), b"2" * 24), 2.0, region=1, derp_src=B)
     assert set(m.peers[B].candidates) == {B_ADDR}
+    # A flood of endpoints from the (authenticated) peer is bounded.
+    many = tuple(("192.0.2.1", port) for port in range(1, 200))
+    out = m.on_disco(from_b(disco.CallMeMaybe(many), b"3" * 24), 3.0, region=1, derp_src=B)
+    assert len(m.peers[B].candidates) == 32 and len(sends(out)) == 32
 
 
 def test_pong_makes_direct_then_trust_lapses_then_timeout_clears():
