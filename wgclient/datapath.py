@@ -33,6 +33,25 @@ def _grow(buf: bytearray, need: int) -> None:
         buf.extend(bytes(max(need - len(buf), len(buf))))
 
 
+def sealed_size(n: int, mtu: int) -> int:
+    """Size of the transport message for an n-byte plaintext: padded to 16, but not past the MTU."""
+    padded = (n + 15) & ~15
+    if padded > mtu:
+        padded = mtu if n <= mtu else n
+    return 32 + padded
+
+
+def _seal_at(mv: memoryview, start: int, end: int, kp: "Keypair", counter: int, packet, n: int) -> None:
+    """Write the transport message for packet with counter into mv[start:end] (wireguard.md §7)."""
+    _pack_header(mv, start, MSG_TRANSPORT, kp.remote_index, counter)
+    body = start + 16
+    mv[body:body + n] = packet
+    tail = end - 16
+    if tail > body + n:
+        mv[body + n:tail] = _PADDING[tail - body - n]
+    kp.send.encrypt_into(_nonce(counter), mv[body:tail], None, mv[body:end])
+
+
 def seal_one(dev: "Device", peer: "Peer", kp: "Keypair", packet) -> bool:
     """Seal one plaintext (b"" for a keepalive) for peer into the send buffer. False if it was staged."""
     counter = kp.send_counter
@@ -45,22 +64,13 @@ def seal_one(dev: "Device", peer: "Peer", kp: "Keypair", packet) -> bool:
     kp.send_counter = counter + 1
     out = dev.out
     n = len(packet)
-    padded = (n + 15) & ~15
-    mtu = dev.config.mtu
-    if padded > mtu:
-        padded = mtu if n <= mtu else n
     start = out.sealed[-1][2] if out.sealed else 0
-    end = start + 32 + padded
+    end = start + sealed_size(n, dev.config.mtu)
     buf = out.send_buf
     if end > len(buf):
         _grow(buf, end)
     with memoryview(buf) as mv:
-        _pack_header(mv, start, MSG_TRANSPORT, kp.remote_index, counter)
-        body = start + 16
-        mv[body:body + n] = packet
-        if padded > n:
-            mv[body + n:body + padded] = _PADDING[padded - n]
-        kp.send.encrypt_into(_nonce(counter), mv[body:body + padded], None, mv[body:end])
+        _seal_at(mv, start, end, kp, counter, packet, n)
     out.sealed.append((peer.endpoint, start, end))
     peer.tx_bytes += end - start
     return True
@@ -125,20 +135,12 @@ def seal_packets(dev: "Device", packets: Iterable, now: float) -> None:
                 peer.stage(bytes(packet))
                 continue
             kp.send_counter = counter + 1
-            padded = (n + 15) & ~15
-            if padded > mtu:
-                padded = mtu if n <= mtu else n
-            end = start + 32 + padded
+            end = start + sealed_size(n, mtu)
             if end > len(buf):
                 mv.release()
                 _grow(buf, end)
                 mv = memoryview(buf)
-            _pack_header(mv, start, MSG_TRANSPORT, kp.remote_index, counter)
-            body = start + 16
-            mv[body:body + n] = packet
-            if padded > n:
-                mv[body + n:body + padded] = _PADDING[padded - n]
-            kp.send.encrypt_into(_nonce(counter), mv[body:body + padded], None, mv[body:end])
+            _seal_at(mv, start, end, kp, counter, packet, n)
             out.sealed.append((endpoint, start, end))
             peer.tx_bytes += end - start
             start = end
