@@ -10,8 +10,8 @@ Relay rules (§5, §6):
     ForwardPacket on that link; otherwise dropped, and for disco payloads PeerGone(NotHere) at most
     1/s (burst 3) per sending connection;
   * ForwardPacket, WatchConns and ClosePeer need the mesh key; forwarded packets are never re-forwarded;
-  * watchers get PeerPresent for every client on WatchConns and on each new key, PeerGone when a key's last
-    connection leaves; clients a departing key sent packets to get PeerGone(Disconnected);
+  * watchers get PeerPresent for every client on WatchConns and on each new connection, PeerGone when a
+    key's last connection leaves (or a mesh route to it goes away); clients a departing key sent packets to get PeerGone(Disconnected);
   * KeepAlive to each connection every 60 s + per-connection jitter; Ping is answered with Pong;
   * any frame breaking its type's rules closes only that connection, with a reason.
 """
@@ -254,12 +254,9 @@ class Relay:
         self.counters["accepted"] += 1
         conn.next_keepalive = now + self.config.keepalive_interval + self._random() * self.config.keepalive_jitter
         heapq.heappush(self._heap, (conn.next_keepalive, conn.id, conn))
-        log.debug("register %r", conn)
-        out: list[Out] = []
-        if first:
-            frame = F.PeerPresent(conn.key, conn.ip, conn.port, conn.flags()).encode()
-            out.extend(Write(w, frame) for w in self.watchers.values() if w is not conn)
-        return out
+        log.debug("register %r%s", conn, "" if first else " (another connection for this key)")
+        frame = F.PeerPresent(conn.key, conn.ip, conn.port, conn.flags()).encode()
+        return [Write(w, frame) for w in self.watchers.values() if w is not conn]
 
     def unregister(self, conn: Conn) -> list[Out]:
         if conn.closed:
@@ -299,13 +296,23 @@ class Relay:
         """A mesh link announced `key` (PeerPresent); the first link to claim a key wins."""
         self.mesh_routes.setdefault(key, link)
 
-    def remove_route(self, key: bytes, link: Any) -> None:
-        if self.mesh_routes.get(key) is link:
-            del self.mesh_routes[key]
+    def remove_route(self, key: bytes, link: Any) -> list[Out]:
+        """The mesh link says `key` left its node: if it is not here either, the local clients it sent
+        packets to hear PeerGone(Disconnected), as from a local departure (derp.md §5.5)."""
+        if self.mesh_routes.get(key) is not link:
+            return []
+        del self.mesh_routes[key]
+        if key in self.clients:
+            return []
+        gone = F.PeerGone(key, PeerGoneReason.DISCONNECTED).encode()
+        return [Write(peer, gone) for dst in self.sent_to.pop(key, ()) for peer in self.clients.get(dst, ())[-1:]]
 
-    def remove_link(self, link: Any) -> None:
+    def remove_link(self, link: Any) -> list[Out]:
+        """A mesh link broke: forget every route it taught (and tell the clients those keys talked to)."""
+        out: list[Out] = []
         for key in [k for k, v in self.mesh_routes.items() if v is link]:
-            del self.mesh_routes[key]
+            out.extend(self.remove_route(key, link))
+        return out
 
     def _drop(self, reason: str) -> None:
         self.drops[reason] = self.drops.get(reason, 0) + 1

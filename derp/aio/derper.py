@@ -228,7 +228,8 @@ async def serve(args: argparse.Namespace) -> int:
         sock = msrv.sockets[0].getsockname()
         metrics_desc = f"{sock[0]}:{sock[1]}"
     for target in mesh_targets(args.mesh_with, ssl_ctx is not None):
-        link = MeshLink(relay, target, mesh_key.hex(), args.mesh_ca_file)
+        link = MeshLink(relay, target, mesh_key.hex(), args.mesh_ca_file,
+                        apply=lambda outs: (server.apply(outs), server.flush()))
         server.mesh_links.append(link)
         await link.start()
     loop = asyncio.get_running_loop()

@@ -6,7 +6,7 @@ it taught and is redialled (every <= 5 s); a link that reaches our own key stops
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, Callable
 
 from derp import protocol as P
 from derp.aio.client import DerpClient, Disconnected, DialTarget
@@ -17,8 +17,10 @@ log = logging.getLogger(__name__)
 
 
 class MeshLink:
-    def __init__(self, relay: Relay, target: DialTarget, mesh_key_hex: str, ca_file: str | None) -> None:
+    def __init__(self, relay: Relay, target: DialTarget, mesh_key_hex: str, ca_file: str | None,
+                 apply: Callable[[list], None] = lambda outs: None) -> None:
         self.relay = relay
+        self.apply = apply
         self.target = target
         self.forwarded = 0
         self.dropped = 0
@@ -44,7 +46,7 @@ class MeshLink:
             if ev.key != self.relay.public_key:
                 self.relay.add_route(ev.key, self)
         elif kind is P.PeerGoneReceived:
-            self.relay.remove_route(ev.key, self)
+            self.apply(self.relay.remove_route(ev.key, self))
         elif kind is P.Connected:
             if ev.server_key == self.relay.public_key:
                 log.info("mesh peer %s is ourselves; not using it", self.target.host_header)
@@ -53,7 +55,7 @@ class MeshLink:
             else:
                 log.info("mesh link to %s (%s) up", self.target.host_header, short(ev.server_key))
         elif kind is Disconnected:
-            self.relay.remove_link(self)
+            self.apply(self.relay.remove_link(self))
         # drain the queue: the mesh link consumes events through this callback only
         while not self.client.events.empty():
             self.client.events.get_nowait()

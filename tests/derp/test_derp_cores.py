@@ -242,11 +242,14 @@ def test_watchers_forwarding_and_close_peer() -> None:
     r.add_route(src, object())  # first claim wins
     out = r.send_packet(a, src + b"to-remote", 0)
     assert out == Forward(link, F.ForwardPacket(a.key, src, b"to-remote").encode())
-    r.remove_link(link)
+    # the remote key sent to b (forwarded above); when its route goes, b hears PeerGone
+    assert r.remove_link(link) == [Write(b, F.PeerGone(src, 0).encode())]
     assert r.send_packet(a, src + b"x", 0) is None
+    assert r.remove_route(src, link) == []
     # b leaves: the watcher hears PeerGone; ClosePeer closes every connection of a key
     assert Write(m, F.PeerGone(b.key, 0).encode()) in r.unregister(b)
-    a2, _ = conn(r, key(1))
+    a2, outs = conn(r, key(1))
+    assert outs == [Write(m, F.PeerPresent(a2.key, a2.ip, a2.port, 1).encode())]  # every connection announced
     assert r.handle_frame(m, FrameType.CLOSE_PEER, a.key, 0) == [CloseConn(a, "closed by ClosePeer"),
                                                                    CloseConn(a2, "closed by ClosePeer")]
 
