@@ -168,8 +168,14 @@ def _jitter() -> float:
 
 
 async def serve(config: InterfaceConfig, *, on_ready: Callable[[], None] = lambda: None,
-                vnet_hdr: bool = True) -> None:
-    """Bring up the interface described by config, run until cancelled, then undo everything."""
+                vnet_hdr: bool | None = None) -> None:
+    """Bring up the interface described by config, run until cancelled, then undo everything.
+
+    vnet_hdr (default: on unless WGC_TUN_VNET_HDR=0) opens the TUN with a virtio-net header so received
+    TCP segments can be merged (tcpgro.py); without it every packet is written on its own.
+    """
+    if vnet_hdr is None:
+        vnet_hdr = os.environ.get("WGC_TUN_VNET_HDR", "1") != "0"
     from . import netconf
     from .tun import open_tun
     from .uapi_server import start_uapi_server
@@ -217,7 +223,9 @@ async def serve(config: InterfaceConfig, *, on_ready: Callable[[], None] = lambd
             if pc.persistent_keepalive:
                 device.set_persistent_keepalive(device.peers[pc.public_key], pc.persistent_keepalive, now)
         runner.flush()
-        log.info("interface %s up: UDP port %d, %d peers", config.name, udp.port, len(config.peers))
+        log.info("interface %s up: UDP port %d, %d peers, TUN %s, %s loop", config.name, udp.port,
+                 len(config.peers), "with virtio-net header (TCP merging)" if vnet_hdr else "plain",
+                 type(asyncio.get_running_loop()).__module__.split(".")[0])
         on_ready()
         await asyncio.Event().wait()
     finally:
