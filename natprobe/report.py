@@ -58,8 +58,10 @@ class Report:
         def ns(table: dict[int, float]) -> dict[str, int]:
             return {str(k): int(round(v * 1e9)) for k, v in sorted(table.items())}
         when = _dt.datetime.fromtimestamp(self.now, _dt.timezone.utc)
+        stamp = when.strftime("%Y-%m-%dT%H:%M:%S")
+        frac = f"{when.microsecond:06d}".rstrip("0")      # RFC 3339 with Go's trailing-zero trimming
         return {
-            "Now": when.isoformat().replace("+00:00", "Z"),
+            "Now": stamp + (f".{frac}" if frac else "") + "Z",
             "UDP": self.udp, "IPv4": self.ipv4, "IPv6": self.ipv6,
             "IPv4CanSend": self.ipv4_can_send, "IPv6CanSend": self.ipv6_can_send,
             "OSHasIPv6": self.os_has_ipv6, "ICMPv4": self.icmpv4,

@@ -86,3 +86,30 @@ def test_user_mistakes_are_clear_errors(tmp_path, stun_port, args, message):
     proc = wgc_netcheck(*base, *args)
     assert proc.returncode == 2, (proc.stdout, proc.stderr)
     assert message in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_coturn_as_the_stun_node(tmp_path):
+    from tests.support.prereq import require_binary
+    import socket
+    import time
+    require_binary("turnserver")
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen(["turnserver", "-n", "--stun-only", "-L", "127.0.0.1", "-p", str(port), "--no-cli",
+                               "--no-tls", "--no-dtls", "--log-file", "stdout", "--simple-log",
+                               "--pidfile", str(tmp_path / "turn.pid")],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(100):                    # until it listens
+            if f":{port} " in subprocess.run(["ss", "-Hlun", f"sport = :{port}"], capture_output=True,
+                                              text=True).stdout:
+                break
+            time.sleep(0.05)
+        proc = wgc_netcheck("--derpmap", _map(tmp_path, port), "--no-state", "--json")
+        report = json.loads(proc.stdout)
+        assert report["UDP"] is True and report["GlobalV4"].startswith("127.0.0.1:"), proc.stderr
+        assert report["PreferredDERP"] == 900
+    finally:
+        server.terminate()
+        server.wait(10)

@@ -83,5 +83,10 @@ def test_go_duration(seconds, text):
     assert go_duration(seconds) == text
 
 
+def test_json_time_trims_trailing_zeros_like_go():
+    assert Report(now=1.5).to_json()["Now"] == "1970-01-01T00:00:01.5Z"
+    assert Report(now=0.0).to_json()["Now"] == "1970-01-01T00:00:00Z"
+
+
 def test_go_time_utc_has_z_and_trims_fraction():
     assert go_time(1.5, dt.timezone.utc) == "1970-01-01 00:00:01.5Z"
