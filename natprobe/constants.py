@@ -48,6 +48,11 @@ PROBES_PER_SET_FULL = 3            # delays 0, 100, 200 ms
 HISTORY_WINDOW = 305.0             # reports kept for home selection: 5 min 5 s (§8)
 HOME_SWITCH_MIN_GAIN = 0.010       # §8: switch only if >= 10 ms better ...
 HOME_SWITCH_FACTOR = 2.0 / 3.0     # ... and more than one third faster
+HOME_RECENT_DERP_FRAME = 8.0       # §8 step 3: old home still reachable if a DERP frame came this recently
+HOME_KEEP_IF_HEARD_WITHIN = 120.0  # §8 step 5: 2 x DERP keepalive
+INCREMENTAL_SPACING_FACTOR = 1.2   # §3.2: retry spacing = 1.2 x last latency of the region
+INCREMENTAL_EXTRA_SPACING = 0.050  # §3.2: + i x 50 ms for tries i > 1
+INCREMENTAL_REGIONS = 3            # §3.2: the fastest 3 regions (plus home)
 DEFAULT_STUN_PORT = 3478           # derpmap.md §5
 DEFAULT_DERP_PORT = 443
 HTTPS_NODE_DIAL_TIMEOUT = 1.5      # §6: per node

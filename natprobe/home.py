@@ -19,8 +19,8 @@ from natprobe import constants as C
 from natprobe.errors import ParseError
 from natprobe.report import Report
 
-RECENT_DERP_FRAME = 8.0
-KEEP_OLD_IF_HEARD_WITHIN = 120.0
+RECENT_DERP_FRAME = C.HOME_RECENT_DERP_FRAME
+KEEP_OLD_IF_HEARD_WITHIN = C.HOME_KEEP_IF_HEARD_WITHIN
 
 
 @dataclass

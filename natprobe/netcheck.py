@@ -91,8 +91,8 @@ def make_incremental_plan(regions: Iterable[Region], last: Report, *, have_v4: b
     candidates = [r for r in regions if r.measurable and (not r.avoid or r.region_id == home)]
     lat = last.region_latency
     candidates.sort(key=lambda r: (r.region_id not in lat, lat.get(r.region_id, 0.0), r.region_id))
-    chosen = candidates[:3]
-    chosen += [r for r in candidates[3:] if r.region_id == home]
+    chosen = candidates[:C.INCREMENTAL_REGIONS]
+    chosen += [r for r in candidates[C.INCREMENTAL_REGIONS:] if r.region_id == home]
     had4, had6 = bool(last.region_v4_latency), bool(last.region_v6_latency)
     had_both = have_v6 and had4 and had6
     plan: list[list[Probe]] = []
@@ -106,10 +106,11 @@ def make_incremental_plan(regions: Iterable[Region], last: Report, *, have_v4: b
             do6 = False
         if region.region_id == home:
             tries = 4
-        spacing = 1.2 * lat[region.region_id] if lat.get(region.region_id) else config.default_spacing
+        last_lat = lat.get(region.region_id)
+        spacing = C.INCREMENTAL_SPACING_FACTOR * last_lat if last_lat else config.default_spacing
         sets: dict[int, list[Probe]] = {4: [], 6: []}
         for attempt in range(tries):
-            delay = attempt * spacing + (attempt * 0.050 if attempt > 1 else 0.0)
+            delay = attempt * spacing + (attempt * C.INCREMENTAL_EXTRA_SPACING if attempt > 1 else 0.0)
             for family, wanted in ((4, do4), (6, do6 and (attempt == 0 or had6))):
                 probe = _probe(region, attempt, family, delay) if wanted else None
                 if probe is not None:
