@@ -59,6 +59,7 @@ def test_delays_nat_types_and_teardown():
 
 def test_failed_build_and_errors_inside_the_block_leave_nothing_behind():
     require_root()
+    require_binary("nft", "ping")
     from tools.natlab.lab import ClientSpec, LabError, NatLab, RegionSpec
 
     before = _natlab_namespaces()
@@ -73,6 +74,7 @@ def test_failed_build_and_errors_inside_the_block_leave_nothing_behind():
 
 def test_command_line_up_run_down(tmp_path):
     require_root()
+    require_binary("nft", "ping")
     env = {"NATLAB_STATE_DIR": str(tmp_path), "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
     name = f"t{__import__('os').getpid() % 100000}"
 
@@ -97,6 +99,7 @@ def test_command_line_up_run_down(tmp_path):
 
 def test_interrupted_build_and_killed_owner_leave_nothing_behind():
     require_root()
+    require_binary("nft")
     import os
     import signal
     import time

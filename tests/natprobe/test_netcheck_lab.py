@@ -214,6 +214,7 @@ def test_home_region_hysteresis_across_runs(tmp_path):
 
 def test_repeated_reports_are_incremental(tmp_path):
     require_root()
+    require_binary("nft")
     import subprocess
     from tools.natlab.lab import ClientSpec, NatLab, RegionSpec
 

@@ -134,3 +134,12 @@ def test_cli_dual_stack_server_in_a_namespace_answers_both_families():
 def _root():
     import pathlib
     return pathlib.Path(__file__).resolve().parents[2]
+
+
+def test_cli_reports_a_busy_port_clearly():
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as busy:
+        busy.bind(("127.0.0.1", 0))
+        proc = subprocess.run([sys.executable, "-m", "natprobe", "stun-server", "--listen", "127.0.0.1", "--port",
+                               str(busy.getsockname()[1])], capture_output=True, text=True, timeout=10)
+    assert proc.returncode == 2 and proc.stderr.startswith("error: cannot listen for STUN on [127.0.0.1]:")
+    assert "Traceback" not in proc.stderr
