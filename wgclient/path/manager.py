@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-from dataclasses import dataclass
 from typing import Callable, Iterable, Mapping
 
 from wgclient.errors import ParseError, UsageError
@@ -40,6 +39,7 @@ from . import constants as C
 from . import disco
 from .discokeys import derive_pair
 from .home import HomeTracker
+from .inputs import NetInfo, PathConfig
 from .peerstate import (FROM_CMM, FROM_CONFIG, FROM_PING, FROM_WG, Addr, Candidate, CloseRegion,
                         ConnectRegion, PathChanged, PathState, PeerPath, PingResult, Route, SendDisco,
                         SentPing, SetHome, better_addr)
@@ -47,45 +47,6 @@ from .why import explain
 
 log = logging.getLogger("wgclient.path")
 _NO_ROUTE = Route()
-
-
-@dataclass(frozen=True)
-class PathConfig:
-    heartbeat_interval: float = C.HEARTBEAT_INTERVAL
-    trust_duration: float = C.TRUST_UDP_ADDR_DURATION
-    session_active_timeout: float = C.SESSION_ACTIVE_TIMEOUT
-    disco_ping_interval: float = C.DISCO_PING_INTERVAL
-    ping_timeout: float = C.PING_TIMEOUT
-    good_enough_latency: float = C.GOOD_ENOUGH_LATENCY
-    upgrade_interval: float = C.UPGRADE_UDP_DIRECT_INTERVAL
-    candidate_expiry: float = C.SESSION_ACTIVE_TIMEOUT
-    reply_ping_interval: float = 1.0
-    region_idle_timeout: float = C.REGION_IDLE_TIMEOUT
-    home_failover_delay: float = C.HOME_FAILOVER_DELAY
-    derp_heard_window: float = C.SESSION_ACTIVE_TIMEOUT
-    region_skip: float = 30.0
-
-
-@dataclass(frozen=True)
-class NetInfo:
-    """What the manager needs from a netcheck report."""
-
-    preferred: int = 0
-    latency: Mapping[int, float] = None  # type: ignore[assignment]
-    udp: bool = True
-    mapping_varies: bool | None = None
-    endpoints: tuple = ()                # STUN-mapped addresses (ip, port)
-
-    @classmethod
-    def from_report(cls, report) -> "NetInfo":
-        """From a natprobe `Report` (read by attribute, so this package does not import natprobe)."""
-        eps = []
-        for text in (report.global_v4, report.global_v6):
-            if text:
-                host, _, port = text.rpartition(":")
-                eps.append((host.strip("[]"), int(port)))
-        return cls(report.preferred_derp, dict(report.region_latency), bool(report.udp),
-                   report.mapping_varies_by_dest_ip, tuple(eps))
 
 
 def _pingable(addr: Addr) -> bool:
@@ -102,7 +63,7 @@ class PathManager:
         self.node_key = public_key(private_key)
         self._random = random_bytes
         self.home = HomeTracker(config.home_failover_delay)
-        self.netinfo = NetInfo(latency={})
+        self.netinfo = NetInfo()
         self.local_endpoints: tuple = ()
         self.peers: dict[bytes, PeerPath] = {}
         self._by_disco: dict[bytes, PeerPath] = {}

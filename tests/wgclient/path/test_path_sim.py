@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from wgclient.path.peerstate import PathState, Route, SendDisco, SetHome
+from wgclient.path.peerstate import PathState, Route, SendDisco
 
 from tests.wgclient.path.pathsim import Sim
 
