@@ -12,9 +12,10 @@ from tests.support.prereq import require_binary, require_root
 pytestmark = [pytest.mark.netns, pytest.mark.timeout(60)]
 
 
-def _natlab_namespaces() -> set[str]:
+def _natlab_namespaces(prefix: str = "natlab-") -> set[str]:
+    """Lab namespaces whose names start with `prefix` (labs of other processes are left out of the checks)."""
     out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True).stdout
-    return {line.split()[0] for line in out.splitlines() if line.startswith("natlab-")}
+    return {line.split()[0] for line in out.splitlines() if line.startswith(prefix)}
 
 
 def _rtt_ms(lab, node: str, ip: str) -> float:
@@ -27,11 +28,10 @@ def test_delays_nat_types_and_teardown():
     require_binary("nft", "ping")
     from tools.natlab.lab import ClientSpec, NatLab, RegionSpec
 
-    before = _natlab_namespaces()
     with NatLab([RegionSpec(10), RegionSpec(40)],
                 [ClientSpec("none"), ClientSpec("udp-blocked"), ClientSpec("cgnat")]) as lab:
-        made = _natlab_namespaces() - before
-        assert len(made) == len(lab.nodes) == 9
+        mine = f"natlab-{lab.name}-"
+        assert len(_natlab_namespaces(mine)) == len(lab.nodes) == 9
         near, far = _rtt_ms(lab, "client1", lab.region_ip(1)), _rtt_ms(lab, "client1", lab.region_ip(2))
         assert 10 <= near < 25 and 40 <= far < 55, (near, far)
         lab.set_delay(1, 50)
@@ -54,7 +54,7 @@ def test_delays_nat_types_and_teardown():
         # cgnat: the client reaches the internet through two NATs, seen as the carrier's address.
         assert lab.run("client3", "ping", "-c1", "-W2", lab.region_ip(1)).returncode == 0
         assert lab.client_ip(3) == "10.3.0.2" and lab.public_ip(3) == "198.19.3.2"
-    assert _natlab_namespaces() == before
+    assert _natlab_namespaces(mine) == set()
 
 
 def test_failed_build_and_errors_inside_the_block_leave_nothing_behind():
@@ -62,14 +62,16 @@ def test_failed_build_and_errors_inside_the_block_leave_nothing_behind():
     require_binary("nft", "ping")
     from tools.natlab.lab import ClientSpec, LabError, NatLab, RegionSpec
 
-    before = _natlab_namespaces()
+    import os
+    mine = f"natlab-{os.getpid()}x"
+    before = _natlab_namespaces(mine)
     with pytest.raises(LabError, match="unknown NAT type"):
         NatLab([RegionSpec(1)], [ClientSpec("full-cone-magic")])
     with pytest.raises(RuntimeError):
         with NatLab([RegionSpec(1)], [ClientSpec("cone")]) as lab:
             assert lab.run("client1", "ping", "-c1", "-W2", lab.region_ip(1)).returncode == 0
             raise RuntimeError("test failure inside the lab")
-    assert _natlab_namespaces() == before
+    assert _natlab_namespaces(mine) == before
 
 
 def test_command_line_up_run_down(tmp_path):
@@ -81,7 +83,7 @@ def test_command_line_up_run_down(tmp_path):
     def natlab(*args, check=True):
         return subprocess.run([sys.executable, "-m", "tools.natlab", *args], capture_output=True, text=True,
                               env=env, timeout=30, check=check)
-    before = _natlab_namespaces()
+    mine = f"natlab-{name}-"
     try:
         up = natlab("up", "--name", name, "--region", "5", "--client", "symmetric")
         assert "client1: nat symmetric, address 10.1.0.2, public 198.19.1.2" in up.stdout
@@ -90,9 +92,10 @@ def test_command_line_up_run_down(tmp_path):
         assert "1 received" in ran.stdout
         bad = natlab("run", name, "nosuchnode", "--", "true", check=False)
         assert bad.returncode == 2 and "no lab node 'nosuchnode'" in bad.stderr and "Traceback" not in bad.stderr
+        assert len(_natlab_namespaces(mine)) == 4
     finally:
         natlab("down", name, check=False)
-    assert _natlab_namespaces() == before
+    assert _natlab_namespaces(mine) == set()
     gone = natlab("status", name, check=False)
     assert gone.returncode == 2 and "no lab named" in gone.stderr
 
@@ -104,29 +107,29 @@ def test_interrupted_build_and_killed_owner_leave_nothing_behind():
     import signal
     import time
 
-    before = _natlab_namespaces()
     code = ("from tools.natlab.lab import NatLab, RegionSpec, ClientSpec\n"
             "import time\n"
             "lab = NatLab([RegionSpec(5)] * 3, [ClientSpec('cone')] * 6)\n"
             "print('built', flush=True); time.sleep(60)\n")
     # Ctrl-C in the middle of building: the partial lab is removed.
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    mine = f"natlab-{proc.pid}x"
     deadline = time.monotonic() + 20
-    while not (_natlab_namespaces() - before) and time.monotonic() < deadline:
+    while not _natlab_namespaces(mine) and time.monotonic() < deadline:
         time.sleep(0.02)
     time.sleep(0.3)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=30)
     assert "built" not in out and "KeyboardInterrupt" in err
-    assert _natlab_namespaces() == before
+    assert _natlab_namespaces(mine) == set()
     # A lab whose owner was SIGKILLed is found and removed by `clean`.
     proc = subprocess.Popen([sys.executable, "-c", code.replace("* 6", "* 1")], stdout=subprocess.PIPE, text=True)
     assert proc.stdout.readline() == "built\n"
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    left = _natlab_namespaces() - before
-    assert any(name.startswith(f"natlab-{proc.pid}x") for name in left)
+    left = _natlab_namespaces(f"natlab-{proc.pid}x")
+    assert len(left) == 6
     out = subprocess.run([sys.executable, "-m", "tools.natlab", "clean"], capture_output=True, text=True,
                          timeout=30, check=True).stdout
     assert all(f"removed stale namespace {name}" in out for name in left)
-    assert _natlab_namespaces() == before
+    assert _natlab_namespaces(f"natlab-{proc.pid}x") == set()
