@@ -475,13 +475,13 @@ class PathManager:
         wanted = {self.home.home} | {p.relay for p in self.peers.values()}
         wanted.discard(0)
         self._wanted = wanted
-        for r in sorted(wanted):
-            if r not in self._regions_open:
-                self._out.append(ConnectRegion(r))
+        connects = [ConnectRegion(r) for r in sorted(wanted) if r not in self._regions_open]
+        for r in wanted:
             self._regions_open[r] = now
         for r, t in list(self._regions_open.items()):
             if r not in wanted and now - t >= self.config.region_idle_timeout:
                 del self._regions_open[r]
                 self._out.append(CloseRegion(r))
-        out, self._out = self._out, []
+        out = connects + self._out if connects else self._out  # a region is opened before it is used
+        self._out = []
         return out

@@ -11,7 +11,7 @@ from wgclient import keys
 from wgclient.path import disco
 from wgclient.path.discokeys import derive_pair
 from wgclient.path.manager import NetInfo, PathManager
-from wgclient.path.peerstate import PathState, Route
+from wgclient.path.peerstate import CloseRegion, ConnectRegion, PathState, Route, SendDisco
 
 KA = keys.clamp(bytes(range(32)))
 KB = keys.clamp(bytes(range(7, 39)))
@@ -22,7 +22,7 @@ SEAL_B = derive_pair(KB, A).box
 actions = st.lists(st.one_of(
     st.tuples(st.just("advance"), st.floats(0.0, 8.0)),
     st.tuples(st.just("data"), st.none()),
-    st.tuples(st.just("ping"), st.tuples(st.sampled_from(ADDRS + [None]), st.binary(min_size=12, max_size=12))),
+    st.tuples(st.just("ping"), st.tuples(st.sampled_from(ADDRS + [1, 2, 3]), st.binary(min_size=12, max_size=12))),
     st.tuples(st.just("pong"), st.tuples(st.sampled_from(ADDRS), st.integers(0, 5))),
     st.tuples(st.just("cmm"), st.lists(st.sampled_from(ADDRS), max_size=4)),
     st.tuples(st.just("nodeinfo"), st.tuples(st.integers(0, 3), st.integers(0, 255))),
@@ -46,8 +46,23 @@ def run_script(script) -> set:
     m = PathManager(KA, random_bytes=random.Random(3).randbytes)
     m.add_peer(B)
     now = 0.0
-    m.set_regions({1: "fra", 2: "ams", 3: "lhr"}, now)
     nonce = iter(range(10**6))
+
+    opened = set()
+
+    def check_outputs(outputs):
+        # A DERP send only ever goes to a region the manager has asked to connect (and not closed).
+        for o in outputs:
+            if isinstance(o, ConnectRegion):
+                opened.add(o.region)
+            elif isinstance(o, CloseRegion):
+                opened.discard(o.region)
+            elif isinstance(o, SendDisco) and o.region is not None:
+                assert o.region in opened
+            elif isinstance(o, SendDisco):
+                assert o.addr is not None
+
+    check_outputs(m.set_regions({1: "fra", 2: "ams", 3: "lhr"}, now))
 
     def seal(message):
         return SEAL_B.seal(message.encode(), next(nonce).to_bytes(24, "big"))
@@ -56,40 +71,41 @@ def run_script(script) -> set:
             now += arg
             deadline = m.next_deadline()
             while deadline is not None and deadline <= now:
-                m.on_timer(deadline)
+                check_outputs(m.on_timer(deadline))
                 following = m.next_deadline()
                 assert following is None or following > deadline  # time makes progress
                 deadline = following
-            m.on_timer(now)
+            out = m.on_timer(now)
         elif kind == "data":
-            m.on_data_sent(B, now)
+            out = m.on_data_sent(B, now)
         elif kind == "ping":
             addr, tx = arg
-            kw = {"addr": addr} if addr else {"region": 1, "derp_src": B}
-            m.on_disco(seal(disco.Ping(tx, B)), now, **kw)
+            kw = {"addr": addr} if isinstance(addr, tuple) else {"region": addr, "derp_src": B}
+            out = m.on_disco(seal(disco.Ping(tx, B)), now, **kw)
         elif kind == "pong":
             addr, pick = arg
             txids = list(m.peers[B].pings) or [bytes(12)]
-            m.on_disco(seal(disco.Pong(txids[pick % len(txids)], ("198.51.100.1", 1))), now, addr=addr)
+            out = m.on_disco(seal(disco.Pong(txids[pick % len(txids)], ("198.51.100.1", 1))), now, addr=addr)
         elif kind == "cmm":
-            m.on_disco(seal(disco.CallMeMaybe(tuple(arg))), now, region=2, derp_src=B)
+            out = m.on_disco(seal(disco.CallMeMaybe(tuple(arg))), now, region=2, derp_src=B)
         elif kind == "nodeinfo":
-            m.on_disco(seal(disco.NodeInfo(*arg)), now, region=1, derp_src=B)
+            out = m.on_disco(seal(disco.NodeInfo(*arg)), now, region=1, derp_src=B)
         elif kind == "region":
             region, up = arg
-            (m.on_region_up if up else m.on_region_down)(region, now)
+            out = (m.on_region_up if up else m.on_region_down)(region, now)
         elif kind == "gone":
-            m.on_peer_gone(B, arg, now)
+            out = m.on_peer_gone(B, arg, now)
         elif kind == "wg":
             if isinstance(arg, tuple):
-                m.on_wireguard_from(B, now, addr=arg)
+                out = m.on_wireguard_from(B, now, addr=arg)
             else:
-                m.on_wireguard_from(B, now, region=arg)
+                out = m.on_wireguard_from(B, now, region=arg)
         elif kind == "netcheck":
             pref, udp, hard = arg
-            m.on_netcheck(NetInfo(pref, {1: 0.02, 2: 0.01}, udp, hard, (("198.51.100.1", 40000),)), now)
+            out = m.on_netcheck(NetInfo(pref, {1: 0.02, 2: 0.01}, udp, hard, (("198.51.100.1", 40000),)), now)
         elif kind == "garbage":
-            m.on_disco(arg, now, addr=ADDRS[0])
+            out = m.on_disco(arg, now, addr=ADDRS[0])
+        check_outputs(out)
         p = m.peers[B]
         route = m.route(B, now)
         if any(m.home.usable(r) for r in (1, 2, 3)):
