@@ -156,6 +156,8 @@ class NatLab:
 
     def set_delay(self, index: int, delay_ms: float) -> None:
         """Change region `index`'s added round-trip time while the lab runs."""
+        if not 1 <= index <= len(self.regions):
+            raise LabError(f"no region {index}; this lab has regions 1..{len(self.regions)}")
         with open(self._delay_config) as fh:
             delays = json.load(fh)
         delays[f"dly{index}"] = delay_ms / 2
@@ -236,19 +238,19 @@ class NatLab:
                 inet.run("ip", fam, "route", "add", "default", "dev", dev, "table", table)
 
     def _build_client(self, inet: Namespace, k: int, nat: str) -> None:
-        pub4, pub6 = [f"198.19.{k}.1/24", f"2001:db8:19:{k}::1/64"], [f"198.19.{k}.2/24", f"2001:db8:19:{k}::2/64"]
+        inet_side = [f"198.19.{k}.1/24", f"2001:db8:19:{k}::1/64"]
+        public = [f"198.19.{k}.2/24", f"2001:db8:19:{k}::2/64"]
         if nat == "none":
             client = self._node(f"client{k}")
-            link(inet, pub4, client, pub6)
+            link(inet, inet_side, client, public)
             self._routes(client, f"198.19.{k}.1", f"2001:db8:19:{k}::1")
             return
         if nat == "cgnat":
             carrier = self._node(f"cgnat{k}")
             home = self._node(f"nat{k}")
             client = self._node(f"client{k}")
-            link(inet, pub4[:1], carrier, pub6[:1])
+            _, carrier_wan = link(inet, inet_side[:1], carrier, public[:1])
             _, home_wan = link(carrier, [f"100.64.{k}.1/24"], home, [f"100.64.{k}.2/24"])
-            carrier_wan = [n for n in self._ifnames(carrier) if n != self._peer_if(carrier, f"100.64.{k}.1")][0]
             link(home, [f"10.{k}.0.1/24"], client, [f"10.{k}.0.2/24"])
             for router, wan, gw in ((carrier, carrier_wan, f"198.19.{k}.1"), (home, home_wan, f"100.64.{k}.1")):
                 self._forwarding(router)
@@ -258,7 +260,7 @@ class NatLab:
             return
         router = self._node(f"nat{k}")
         client = self._node(f"client{k}")
-        _, wan = link(inet, pub4, router, pub6)
+        _, wan = link(inet, inet_side, router, public)
         inet.run("ip", "-6", "route", "add", f"2001:db8:1:{k}::/64", "via", f"2001:db8:19:{k}::2")
         link(router, [f"10.{k}.0.1/24", f"2001:db8:1:{k}::1/64"], client, [f"10.{k}.0.2/24", f"2001:db8:1:{k}::2/64"])
         self._forwarding(router)
@@ -268,20 +270,6 @@ class NatLab:
         if nat == "udp-blocked":
             rules += RULES_BLOCK_UDP
         router.run("nft", "-f", "-", input=rules)
-
-    @staticmethod
-    def _ifnames(ns: Namespace) -> list[str]:
-        out = ns.run("ip", "-o", "link", "show").stdout
-        return [line.split(":")[1].strip().split("@")[0] for line in out.splitlines()
-                if line.split(":")[1].strip() != "lo"]
-
-    @staticmethod
-    def _peer_if(ns: Namespace, addr: str) -> str:
-        out = ns.run("ip", "-o", "-4", "addr", "show").stdout
-        for line in out.splitlines():
-            if f" {addr}/" in line:
-                return line.split()[1]
-        raise LabError(f"no interface with {addr}")
 
     # -- state for the CLI ------------------------------------------------------------------------------
     def state(self) -> dict:
