@@ -311,3 +311,20 @@ def test_no_disco_input_makes_the_manager_raise(data, sealed, region):
 
 def from_b_raw(payload: bytes) -> bytes:
     return derive_pair(KB, A).box.seal(payload, b"r" * 24)
+
+
+def test_home_is_sticky_with_netchecks_hysteresis():
+    # The runner feeds reports whose PreferredDERP natprobe.home chose with its history (netcheck.md §8).
+    from natprobe.home import History, select_home
+    m = manager()
+    history = History()
+    homes = []
+    for at, lat in ((0, {1: 0.030, 2: 0.040}), (30, {1: 0.030, 2: 0.025}), (60, {1: 0.030, 2: 0.022}),
+                    (90, {1: 0.030, 2: 0.012})):
+        report = Report(now=1_700_000_000.0 + at, udp=True, region_latency=lat)
+        history.add(report, full=True)
+        history.preferred = report.preferred_derp = select_home(history, report)
+        out = m.on_netcheck(NetInfo.from_report(report), float(at))
+        homes.append((m.home.home, [o.region for o in out if isinstance(o, SetHome)]))
+    # 5 and 8 ms faster are not enough to leave a working home; 18 ms (60 % faster) is.
+    assert homes == [(1, []), (1, []), (1, []), (2, [2])]
