@@ -43,7 +43,7 @@ from .inputs import NetInfo, PathConfig
 from .peerstate import (FROM_CMM, FROM_CONFIG, FROM_PING, FROM_WG, Addr, Candidate, CloseRegion,
                         ConnectRegion, PathChanged, PathState, PeerPath, PingResult, Route, SendDisco,
                         SentPing, SetHome, better_addr)
-from .why import explain
+from .why import describe, explain
 
 log = logging.getLogger("wgclient.path")
 _NO_ROUTE = Route()
@@ -228,6 +228,9 @@ class PathManager:
 
     def why(self, key: bytes, now: float) -> str:
         return explain(self, self._peer(key), now)
+
+    def status(self, key: bytes, now: float) -> dict:
+        return describe(self, self._peer(key), now)
 
     # --- timers --------------------------------------------------------------------------------------
 

@@ -1,4 +1,5 @@
-"""`wgc status --why PEER`: a peer's path explained in words a user can act on.
+"""`wgc status --why PEER`: a peer's path explained in words a user can act on; also the status column
+(`direct ip:port` / `relay "code"`) and a JSON-ready per-peer summary for `wgc status --json`.
 
 Pure: reads the manager's facts (our netcheck, the peer's announced NodeInfo or what its pings revealed,
 ping/pong counters) and returns one paragraph. The first matching reason wins, most fundamental first.
@@ -67,3 +68,26 @@ def explain(m: "PathManager", p: PeerPath, now: float) -> str:
         return (f"{head} and {_fmt(p.best)} at once: the direct path stopped answering pings "
                 "(trust expired); re-checking it")
     return f"{head}: {_reason(m, p, now)}. Direct-path attempts continue every few seconds."
+
+
+def path_text(m: "PathManager", p: PeerPath, now: float) -> str:
+    """The path column of `wgc status`: `direct 198.51.100.7:41641` or `relay "fra"` (disco.md §11)."""
+    if p.trusted(now):
+        return f"direct {_fmt(p.best)}"
+    if p.relay:
+        return f'relay "{m.home.code(p.relay)}"'
+    return "no path"
+
+
+def describe(m: "PathManager", p: PeerPath, now: float) -> dict:
+    """A JSON-ready summary of one peer's path for `wgc status --json` (times are seconds ago)."""
+    return {
+        "Path": path_text(m, p, now),
+        "State": p.state.value,
+        "CurAddr": _fmt(p.best) if p.trusted(now) else "",
+        "Relay": m.home.code(p.relay) if p.relay else "",
+        "LatencySeconds": p.best_latency if p.best is not None else None,
+        "Active": p.active(now, m.config.session_active_timeout),
+        "Addrs": sorted(_fmt(a) for a in p.candidates),
+        "Why": explain(m, p, now),
+    }

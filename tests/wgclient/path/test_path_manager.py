@@ -328,3 +328,20 @@ def test_home_is_sticky_with_netchecks_hysteresis():
         homes.append((m.home.home, [o.region for o in out if isinstance(o, SetHome)]))
     # 5 and 8 ms faster are not enough to leave a working home; 18 ms (60 % faster) is.
     assert homes == [(1, []), (1, []), (1, []), (2, [2])]
+
+
+def test_status_summary_and_logs(caplog):
+    caplog.set_level("INFO", logger="wgclient.path")
+    m = manager()
+    assert m.status(B, 0.5)["Path"] == 'relay "fra"'
+    direct(m, 1.0)
+    status = m.status(B, 2.0)
+    assert status["Path"] == "direct 198.51.100.2:40000" and status["CurAddr"] == "198.51.100.2:40000"
+    assert status["State"] == "direct" and status["LatencySeconds"] == pytest.approx(0.02)
+    assert status["Addrs"] == ["198.51.100.2:40000"] and status["Why"].startswith("direct")
+    assert m.status(B, 9.0)["Path"] == 'relay "fra"' and m.status(B, 9.0)["CurAddr"] == ""
+    text = caplog.text
+    assert f"[peer:{keys.short(B)}] path relay -> direct" in text
+    import base64
+    for secret in (KA, KB):
+        assert base64.b64encode(secret).decode()[:8] not in text and secret.hex()[:16] not in text
