@@ -203,9 +203,9 @@ def test_stun_key_file_and_trust_proxy(derper, tmp_path) -> None:
         for i in range(6):
             st, _, _ = await http_get(srv.port, "/derp/probe", {"X-Forwarded-For": f"198.51.100.{i}, 10.0.0.1"})
             assert st == 200
-        statuses = [(await http_get(srv.port, "/derp/probe", {"X-Forwarded-For": "198.51.100.77"}))[0]
-                    for _ in range(4)]
-        assert statuses[:2] == [200, 200] and 429 in statuses[2:]
+        statuses = [r[0] for r in await asyncio.gather(
+            *(http_get(srv.port, "/derp/probe", {"X-Forwarded-For": "198.51.100.77"}) for _ in range(6)))]
+        assert 2 <= statuses.count(200) <= 3 and statuses.count(429) >= 3  # burst 2 (+ refill at 1/s)
 
     run(main())
     srv.proc.send_signal(signal.SIGTERM)
