@@ -59,6 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                      os.path.expanduser("~/.cache"), "wgc", "derper-certs"))
     p.add_argument("-c", "--config", default="", help="server key file (JSON, created if missing); "
                                                       "default: a fresh key each start")
+    p.add_argument("--http-port", type=int, default=80,
+                   help="plain-HTTP port beside a TLS relay (/generate_204, redirects to https); -1 disables")
     p.add_argument("--stun", action=argparse.BooleanOptionalAction, default=True, help="run the STUN server")
     p.add_argument("--stun-port", type=int, default=3478)
     p.add_argument("--mesh-with", default="", help="comma list of mesh peers: host[:port] or host/dialhost")
@@ -210,6 +212,12 @@ async def serve(args: argparse.Namespace) -> int:
     server = DerpServer(relay, options, ssl_ctx)
     bound = await server.listen(host, port)
     extras = []
+    if ssl_ctx is not None and args.http_port >= 0:
+        try:
+            extras.append(f"http={await server.listen_port80(host, args.http_port)}")
+        except OSError as exc:
+            raise UsageError(f"cannot listen on HTTP port {args.http_port}: {exc.strerror} "
+                             "(--http-port -1 disables it)") from None
     stun = None
     if args.stun:
         try:

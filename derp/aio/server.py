@@ -92,12 +92,21 @@ class DerpServer:
             if self._tick is None:
                 self._tick = asyncio.create_task(self._housekeeping())
             return lsock.getsockname()[1]
+        timeout = max(1.0, self.options.read_header_timeout)
         server = await loop.create_server(lambda: HttpConn(self), host, port, ssl=self.ssl, backlog=4096,
-                                          ssl_handshake_timeout=max(1.0, self.options.read_header_timeout) if self.ssl else None,
-                                          reuse_address=True)
+                                          ssl_handshake_timeout=timeout if self.ssl else None, reuse_address=True)
         self.servers.append(server)
         if self._tick is None:
             self._tick = asyncio.create_task(self._housekeeping())
+        return server.sockets[0].getsockname()[1]
+
+    async def listen_port80(self, host: str | None, port: int) -> int:
+        """The plain-HTTP companion of a TLS relay (derper's -http-port): /generate_204 for captive-portal
+        checks; other GET/HEAD requests are redirected to https, other methods refused."""
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(lambda: HttpConn(self, port80=True), host, port, backlog=1024,
+                                          reuse_address=True)
+        self.servers.append(server)
         return server.sockets[0].getsockname()[1]
 
     async def _housekeeping(self) -> None:
@@ -157,10 +166,11 @@ class HttpConn(asyncio.Protocol):
     """One accepted connection: HTTP head, then an endpoint answer or a DERP session (raw or WebSocket)."""
 
     __slots__ = ("server", "relay", "transport", "ip", "port", "buf", "mode", "timer", "handshake", "decoder",
-                 "conn", "ws", "out", "is_mesh", "paused_since", "queued", "closed", "not_ideal")
+                 "conn", "ws", "out", "is_mesh", "paused_since", "queued", "closed", "not_ideal", "port80")
 
-    def __init__(self, server: DerpServer) -> None:
+    def __init__(self, server: DerpServer, port80: bool = False) -> None:
         self.server = server
+        self.port80 = port80
         self.relay = server.relay
         self.transport: Any = None
         self.ip, self.port = "", 0
@@ -249,6 +259,14 @@ class HttpConn(asyncio.Protocol):
         if not self.server.limiter.allow(self.ip, self.server.clock()):
             self.server.http_counters["rate_limited"] += 1
             self._reply(429, b"too many connections from your address; slow down\n", {"Retry-After": "1"})
+            return
+        if self.port80 and req.path != "/generate_204":
+            if req.method not in ("GET", "HEAD"):
+                self._reply(400, b"Use HTTPS\n")
+            else:
+                host = req.header("host") or "localhost"
+                self._reply(302, b"", {"Location": f"https://{host.split(':')[0]}{req.first[1]}"},
+                            head_only=req.method == "HEAD")
             return
         if req.path == "/derp":
             self._derp_request(req, head, rest)

@@ -70,7 +70,7 @@ def derper(tmp_path, pki):
 
     def start(*args: str, tls: bool = True, port: int = 0) -> Derper:
         argv = [sys.executable, "-m", "derp", "-a", f"127.0.0.1:{port}", "--no-stun", "--metrics-addr",
-                "127.0.0.1:0"]
+                "127.0.0.1:0", "--http-port", "0"]
         if tls:
             argv += ["--certmode", "manual", "--hostname", "127.0.0.1", "--certdir", pki["certdir"]]
         else:

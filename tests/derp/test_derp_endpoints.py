@@ -247,3 +247,17 @@ def test_old_websocket_upgrade_header_speaks_raw_derp_and_note_preferred(derper)
             await c.close()
 
     run(main())
+
+
+def test_port80_companion_of_a_tls_relay(derper) -> None:
+    srv = derper("--open-relay")
+    http_port = int(re.search(r"http=(\d+)", srv.ready).group(1))
+
+    async def main():
+        st, hdrs, _ = await http_get(http_port, "/generate_204", {"X-Tailscale-Challenge": "ts_x"})
+        assert st == 204 and hdrs["x-tailscale-response"] == "response ts_x"
+        st, hdrs, _ = await http_get(http_port, "/derp?x=1")
+        assert st == 302 and hdrs["location"] == "https://127.0.0.1/derp?x=1"
+        assert (await http_get(http_port, "/derp", method="POST"))[0] == 400
+
+    run(main())
