@@ -240,6 +240,9 @@ class NetcheckRun:
 
     def on_datagram(self, data: bytes, source: Addr, now: float) -> bool:
         """Feed a datagram from a probe socket; True if it answered an outstanding probe."""
+        if self.state is State.PROBING and (now >= self.start + self.config.stun_timeout or
+                                            self._enough_at is not None and now >= self._enough_at):
+            self._finish("stun timeout" if now >= self.start + self.config.stun_timeout else "enough regions")
         if self.state is State.DONE:
             self.late_answers += 1
             return False

@@ -237,3 +237,50 @@ def test_history_json_round_trip_and_garbage():
     assert again.preferred == 1 and again.entries[0].latency == pytest.approx({1: 0.0123})
     with pytest.raises(ParseError):
         History.from_json({"Reports": [{"At": "x"}]})
+
+
+# --- properties ----------------------------------------------------------------------------------------
+
+from hypothesis import given, strategies as st  # noqa: E402
+
+
+@given(st.lists(st.tuples(st.sampled_from(["timer", "datagram", "answer", "sent-fail"]),
+                          st.floats(0, 0.5), st.binary(max_size=48)), max_size=40))
+def test_run_never_raises_and_always_ends_by_the_timeout(events):
+    regions = [region(1, 2), region(2, 1)]
+    run = NetcheckRun(make_full_plan(regions, have_v4=True, have_v6=True), 0.0, 0.0, rand_counter(), full=True,
+                      config=NetcheckConfig(stun_timeout=2.0))
+    now, outstanding = 0.0, []
+    for kind, step, data in events:
+        now += step
+        if kind == "timer":
+            outstanding += run.on_timer(now)
+        elif kind == "datagram":
+            run.on_datagram(data, ("198.18.1.10", 3478), now)
+        elif kind == "answer" and outstanding:
+            send = outstanding.pop(0)
+            run.on_datagram(stun.binding_success(stun.parse_message(send.data), ("203.0.113.9", int(step * 1000))),
+                            send.probe.dest, now)
+        elif kind == "sent-fail" and outstanding:
+            run.on_sent(outstanding.pop().txid, False)
+        deadline = run.next_deadline()
+        assert run.state is State.DONE or deadline is not None and deadline <= 2.0
+    run.on_timer(max(now, 2.0))
+    assert run.state is State.DONE and run.next_deadline() is None
+    assert all(0 <= lat <= 2.0 for lat in run.report.region_latency.values())
+    assert set(run.report.region_latency) <= {1, 2}
+
+
+reports = st.builds(
+    Report, now=st.floats(0, 4e9).map(lambda t: round(t, 6)), udp=st.booleans(), ipv4=st.booleans(),
+    mapping_varies_by_dest_ip=st.none() | st.booleans(), upnp=st.none() | st.booleans(),
+    preferred_derp=st.integers(0, 2**31),
+    region_latency=st.dictionaries(st.integers(1, 2**31), st.integers(1, 10**10).map(lambda ns: ns / 1e9)),
+    global_v4=st.sampled_from(["", "203.0.113.7:41641"]),
+    global_v4_counters=st.dictionaries(st.sampled_from(["1.2.3.4:5", "[2001:db8::1]:7"]), st.integers(1, 99)))
+
+
+@given(reports)
+def test_report_json_round_trip(report):
+    data = report.to_json()
+    assert Report.from_json(data).to_json() == data
