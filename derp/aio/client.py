@@ -15,6 +15,7 @@ import hashlib
 import logging
 import os
 import random
+import socket
 import ssl
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -281,6 +282,7 @@ class DerpClient:
         self._connected = asyncio.Event()
         self._closing = False
         self.websocket_fallbacks = 0
+        self._ssl_contexts: dict[tuple, ssl.SSLContext] = {}
 
     def __repr__(self) -> str:
         return f"<DerpClient {short(P.public_key_of(self.private_key))}>"
@@ -374,14 +376,25 @@ class DerpClient:
 
     async def _dial(self, target: DialTarget, websocket: bool) -> _Stream:
         loop = asyncio.get_running_loop()
-        ctx = make_ssl_context(target, self.ca_file) if target.tls else None
+        ctx = None
+        if target.tls:  # loading the system CA store costs ~20 ms: one context per kind of target
+            ident = (target.insecure or target.pin is not None, self.ca_file)
+            ctx = self._ssl_contexts.get(ident)
+            if ctx is None:
+                ctx = self._ssl_contexts[ident] = make_ssl_context(target, self.ca_file)
         stream = _Stream(self, target, websocket)
         sni = target.server_name if ctx is not None and not target.pin else None
         if ctx is not None and sni is None:
             sni = target.server_name or target.host
         try:
-            await loop.create_connection(lambda: stream, target.host, target.port, ssl=ctx,
-                                         server_hostname=sni if ctx is not None else None)
+            transport, _ = await loop.create_connection(lambda: stream, target.host, target.port, ssl=ctx,
+                                                        server_hostname=sni if ctx is not None else None)
+            sock = transport.get_extra_info("socket")
+            if sock is not None:  # the server's KeepAlive frames reset the read timer; TCP keepalive as well
+                try:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+                except OSError:
+                    pass
             stream.verify_pin()
             await stream.upgraded
         except BaseException:
