@@ -12,8 +12,10 @@ Topology (all addresses exist only inside the lab's namespaces; nothing is route
   holds it for half the region's `delay_ms`, so `delay_ms` is added to every round trip (netem is not
   available on this kernel; the delayer works wherever /dev/net/tun does).
 - client k: public link 198.19.k.0/24 (+ 2001:db8:19:k::/64); the public address is 198.19.k.2.
-  nat "none": the client holds it itself. "cone" (endpoint-independent mapping: masquerade, ports kept),
-  "symmetric" (address-and-port-dependent mapping: masquerade with random ports per connection) and
+  nat "none": the client holds it itself. "cone" (endpoint-independent mapping: masquerade, ports kept;
+  filtering is Linux conntrack's address-and-port-dependent one, i.e. a port-restricted cone, so hole
+  punching needs packets from both sides), "symmetric" (address-and-port-dependent mapping: masquerade with
+  random ports per connection) and
   "udp-blocked" (only TCP/ICMP forwarded, v4 and v6): a router `natk` holds it and the client sits on
   10.k.0.2/24 (+ 2001:db8:1:k::2/64, routed, not NATed). "cgnat": client 10.k.0.2 -> home router `natk`
   (100.64.k.2) -> carrier router `cgnatk` (198.19.k.2), both masquerading; IPv4 only.
