@@ -256,7 +256,8 @@ class DerpClient:
                  transport: str = "auto", config: P.ClientConfig = P.ClientConfig(),
                  on_packet: Callable[[bytes, bytes], None] | None = None,
                  on_event: Callable[[Any], None] | None = None, reconnect: bool = True,
-                 connect_timeout: float = 10.0, preferred: bool = False, watch_conns: bool = False,
+                 connect_timeout: float = 10.0, node_timeout: float = 1.5, preferred: bool = False,
+                 watch_conns: bool = False,
                  rng: random.Random | None = None, queue_size: int = 4096) -> None:
         if not targets:
             raise UsageError("no DERP node to connect to (all nodes STUN-only or disabled?)")
@@ -270,7 +271,8 @@ class DerpClient:
         self.on_packet = on_packet
         self.on_event = on_event
         self.reconnect = reconnect
-        self.connect_timeout = connect_timeout
+        self.connect_timeout = connect_timeout   # TCP + TLS + upgrade + DERP handshake (derp.md §7.1)
+        self.node_timeout = node_timeout         # TCP connect to one address before trying the next
         self.preferred = preferred
         self.watch_conns = watch_conns
         self.rng = rng or random.Random()
@@ -387,7 +389,8 @@ class DerpClient:
         if ctx is not None and sni is None:
             sni = target.server_name or target.host
         try:
-            transport, _ = await loop.create_connection(lambda: stream, target.host, target.port, ssl=ctx,
+            sock = await asyncio.wait_for(self._tcp_connect(target), self.node_timeout)
+            transport, _ = await loop.create_connection(lambda: stream, sock=sock, ssl=ctx,
                                                         server_hostname=sni if ctx is not None else None)
             sock = transport.get_extra_info("socket")
             if sock is not None:  # the server's KeepAlive frames reset the read timer; TCP keepalive as well
@@ -401,6 +404,24 @@ class DerpClient:
             stream._finish("dial failed")
             raise
         return stream
+
+    async def _tcp_connect(self, target: DialTarget) -> socket.socket:
+        loop = asyncio.get_running_loop()
+        infos = await loop.getaddrinfo(target.host, target.port, type=socket.SOCK_STREAM)
+        last: Exception = ConnectError(f"no address for {target.host}")
+        for family, kind, proto, _, addr in infos:
+            sock = socket.socket(family, kind, proto)
+            sock.setblocking(False)
+            try:
+                await loop.sock_connect(sock, addr)
+                return sock
+            except OSError as exc:
+                sock.close()
+                last = exc
+            except BaseException:
+                sock.close()
+                raise
+        raise last
 
     # ---- sending ------------------------------------------------------------------------------------------
     def send_packet(self, dst: bytes, data: bytes) -> bool:
