@@ -27,8 +27,8 @@ from websockets.uri import parse_uri
 from derp import httpwire
 from derp import protocol as P
 from derp.constants import MAX_CLIENT_FRAME
-from derp.aio.targets import (DialTarget, backoff_delay, make_ssl_context, targets_for_node,  # noqa: F401
-                               targets_for_region, targets_for_url)
+from derp.aio.targets import (DialTarget, backoff_delay, cert_matches, make_ssl_context,  # noqa: F401
+                               targets_for_node, targets_for_region, targets_for_url)
 from derp.errors import Error, ParseError, UsageError
 from derp.keys import short
 
@@ -229,6 +229,10 @@ class _Stream(asyncio.Protocol):
         return True
 
     def verify_pin(self) -> None:
+        if self.target.cert_name and self.target.pin is None and not self.target.insecure:
+            sslobj = self.transport.get_extra_info("ssl_object")
+            if sslobj is None or not cert_matches(sslobj.getpeercert() or {}, self.target.cert_name):
+                raise ConnectError(f"server certificate is not valid for CertName {self.target.cert_name!r}")
         if self.target.pin is None:
             return
         sslobj = self.transport.get_extra_info("ssl_object")
@@ -380,14 +384,12 @@ class DerpClient:
         loop = asyncio.get_running_loop()
         ctx = None
         if target.tls:  # loading the system CA store costs ~20 ms: one context per kind of target
-            ident = (target.insecure or target.pin is not None, self.ca_file)
+            ident = (target.insecure or target.pin is not None, bool(target.cert_name), self.ca_file)
             ctx = self._ssl_contexts.get(ident)
             if ctx is None:
                 ctx = self._ssl_contexts[ident] = make_ssl_context(target, self.ca_file)
         stream = _Stream(self, target, websocket)
-        sni = target.server_name if ctx is not None and not target.pin else None
-        if ctx is not None and sni is None:
-            sni = target.server_name or target.host
+        sni = target.server_name or target.host
         try:
             sock = await asyncio.wait_for(self._tcp_connect(target), self.node_timeout)
             transport, _ = await loop.create_connection(lambda: stream, sock=sock, ssl=ctx,

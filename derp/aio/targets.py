@@ -6,6 +6,7 @@ replace DNS, "none" disables a family, DERPPort 0 means 443, CertName `sha256-ra
 """
 from __future__ import annotations
 
+import ipaddress
 import random
 import ssl
 import urllib.parse
@@ -21,11 +22,12 @@ class DialTarget:
     host: str                  # address or name to dial
     port: int
     tls: bool = True
-    server_name: str = ""      # SNI and the name the certificate must carry
+    server_name: str = ""      # SNI (and the name the certificate must carry unless cert_name is set)
     insecure: bool = False
     pin: bytes | None = None   # SHA-256 of the leaf certificate (CertName sha256-raw:)
     ideal_node: str = ""       # sent as Ideal-Node when this is not the region's first node
     host_header: str = ""
+    cert_name: str = ""        # DERP map CertName when it differs from HostName: checked after the handshake
 
     def url(self, ws: bool = False) -> str:
         scheme = ("wss" if self.tls else "ws") if ws else ("https" if self.tls else "http")
@@ -49,8 +51,9 @@ def targets_for_node(node: DerpNode, plain_http: bool = False, ideal: str = "") 
     addrs = [a for a in (node.pinned_ipv4(), node.pinned_ipv6()) if a]
     if not addrs:
         addrs = [host] if (node.ipv4_enabled() or node.ipv6_enabled()) else []
-    return [DialTarget(a, port, not plain_http, node.tls_name(), node.insecure_for_tests, node.cert_pin(),
-                       ideal if ideal and ideal != node.name else "", netloc) for a in addrs]
+    cert_name = node.tls_name() if node.tls_name() != host else ""
+    return [DialTarget(a, port, not plain_http, host, node.insecure_for_tests, node.cert_pin(),
+                       ideal if ideal and ideal != node.name else "", netloc, cert_name) for a in addrs]
 
 
 def targets_for_region(region: DerpRegion, plain_http: bool = False) -> list[DialTarget]:
@@ -70,9 +73,35 @@ def make_ssl_context(target: DialTarget, ca_file: str | None) -> ssl.SSLContext:
     if target.insecure or target.pin is not None:
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE
-    elif ca_file:
+    elif target.cert_name:
+        ctx.check_hostname = False  # the chain is still verified; the name is checked against CertName after
+    if ca_file and ctx.verify_mode != ssl.CERT_NONE:
         try:
             ctx.load_verify_locations(cafile=ca_file)
         except (OSError, ssl.SSLError) as exc:
             raise UsageError(f"cannot load CA file {ca_file!r}: {exc}") from None
     return ctx
+
+
+def cert_matches(cert: dict, name: str) -> bool:
+    """Does a verified peer certificate (ssl getpeercert() form) carry `name` (DNS with one-label
+    wildcards, or an IP address) in its subjectAltName?"""
+    try:
+        want_ip = ipaddress.ip_address(name)
+    except ValueError:
+        want_ip = None
+    name = name.lower().rstrip(".")
+    for kind, value in cert.get("subjectAltName", ()):
+        if kind == "IP Address" and want_ip is not None:
+            try:
+                if ipaddress.ip_address(value.strip()) == want_ip:
+                    return True
+            except ValueError:
+                continue
+        elif kind == "DNS" and want_ip is None:
+            pattern = value.lower().rstrip(".")
+            if pattern == name:
+                return True
+            if pattern.startswith("*.") and "." in name and name.split(".", 1)[1] == pattern[2:]:
+                return True
+    return False

@@ -261,3 +261,23 @@ def test_port80_companion_of_a_tls_relay(derper) -> None:
         assert (await http_get(http_port, "/derp", method="POST"))[0] == 400
 
     run(main())
+
+
+def test_certname_is_checked_apart_from_the_sni_hostname(derper, pki) -> None:
+    srv = derper("--open-relay")
+
+    def region(cert_name: str):
+        node = {"Name": "900a", "RegionID": 900, "HostName": "localhost", "IPv4": "127.0.0.1", "IPv6": "none",
+                "DERPPort": srv.port, "CertName": cert_name}
+        return parse_derpmap(json.dumps({"Regions": {"900": {"RegionID": 900, "Nodes": [node]}}})).regions[900]
+
+    async def main():
+        c = DerpClient(new_key()[0], targets_for_region(region("127.0.0.1")), ca_file=pki["ca"], reconnect=False)
+        await c.start()  # SNI "localhost", certificate valid for CertName 127.0.0.1
+        await c.close()
+        c = DerpClient(new_key()[0], targets_for_region(region("derp.example")), ca_file=pki["ca"],
+                       reconnect=False)
+        with pytest.raises(ConnectError, match="CertName"):
+            await c.connect_once()
+
+    run(main())

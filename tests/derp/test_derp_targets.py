@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from derp.aio.targets import backoff_delay, targets_for_region, targets_for_url
+from derp.aio.targets import backoff_delay, cert_matches, targets_for_region, targets_for_url
 from derp.derpmap import parse_derpmap
 from derp.errors import UsageError
 
@@ -24,10 +24,11 @@ def test_region_targets_follow_the_map() -> None:
     assert [(t.host, t.port, t.server_name, t.host_header, t.ideal_node) for t in ts] == [
         ("192.0.2.1", 443, "a.example", "a.example", ""),          # first DERP node: no Ideal-Node header
         ("2001:db8::1", 443, "a.example", "a.example", ""),
-        ("b.example", 8443, "derp.example", "b.example:8443", "900a"),  # DNS (IPv6 only), CertName checked
+        ("b.example", 8443, "b.example", "b.example:8443", "900a"),  # DNS (IPv6 only); SNI is the HostName
         ("2001:db8::9", 443, "2001:db8::9", "[2001:db8::9]", "900a"),  # c: both families disabled, skipped
     ]
     assert all(t.tls for t in ts) and ts[-1].insecure and not ts[0].insecure
+    assert ts[2].cert_name == "derp.example" and ts[0].cert_name == ""  # CertName checked after the handshake
     plain = targets_for_region(REGION, plain_http=True)
     assert not plain[0].tls and plain[0].port == 80 and plain[2].port == 8443
     assert plain[0].url() == "http://a.example/derp" and ts[2].url(ws=True) == "wss://b.example:8443/derp"
@@ -49,3 +50,13 @@ def test_backoff_is_quadratic_capped_and_jittered() -> None:
         delays = [backoff_delay(n, rng) for _ in range(200)]
         assert all(0.5 * base <= d < 1.5 * base for d in delays)
         assert max(delays) - min(delays) > 0.5 * base  # jitter spreads clients out
+
+
+def test_cert_matches() -> None:
+    cert = {"subjectAltName": (("DNS", "derp.example"), ("DNS", "*.relay.example"), ("IP Address", "192.0.2.1"),
+                               ("IP Address", "2001:DB8:0:0:0:0:0:1\n"))}
+    assert cert_matches(cert, "derp.example") and cert_matches(cert, "DERP.example.")
+    assert cert_matches(cert, "a.relay.example") and not cert_matches(cert, "a.b.relay.example")
+    assert cert_matches(cert, "192.0.2.1") and cert_matches(cert, "2001:db8::1")
+    assert not cert_matches(cert, "192.0.2.2") and not cert_matches(cert, "other.example")
+    assert not cert_matches({}, "derp.example")
