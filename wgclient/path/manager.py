@@ -69,6 +69,7 @@ class PathManager:
         self._by_disco: dict[bytes, PeerPath] = {}
         self._regions_open: dict[int, float] = {}   # region -> last time it was wanted
         self._wanted: set[int] = set()
+        self._written: set[int] = set()              # regions sent to during the current input
         self.drops: dict[str, int] = {}
         self._out: list = []
 
@@ -372,10 +373,10 @@ class PathManager:
 
     def _expire_pings(self, p: PeerPath, now: float) -> None:
         for tx_id, sent in list(p.pings.items()):
-            if now - sent.sent < self.config.ping_timeout:
+            if now < sent.sent + self.config.ping_timeout:  # the same sum next_deadline() reports
                 continue
             del p.pings[tx_id]
-            if sent.region is not None and now - p.derp_heard.get(sent.region, float("-inf")) > now - sent.sent:
+            if sent.region is not None and p.derp_heard.get(sent.region, float("-inf")) < sent.sent:
                 p.skip_region[sent.region] = now + self.config.region_skip
             if sent.addr is not None and sent.addr == p.best and not p.trusted(now):
                 p.best, p.best_latency = None, 0.0
@@ -404,6 +405,7 @@ class PathManager:
         cand.seen = now
 
     def _heard_via(self, p: PeerPath, region: int, now: float) -> None:
+        p.derp_heard.pop(region, None)  # re-insert: arrival order breaks ties between equal times
         p.derp_heard[region] = now
         p.skip_region.pop(region, None)
 
@@ -421,6 +423,8 @@ class PathManager:
     def _send(self, p: PeerPath, message, *, addr: Addr | None = None, region: int | None = None) -> None:
         packet = p.pair.box.seal(message.encode(), self._random(C.NONCE_LEN))
         self._out.append(SendDisco(p.key, packet, addr, region))
+        if region is not None:
+            self._written.add(region)  # a write keeps (or makes) the region's connection wanted
 
     def _drop(self, reason: str) -> list:
         self.drops[reason] = self.drops.get(reason, 0) + 1
@@ -435,8 +439,9 @@ class PathManager:
 
     def _pick_region(self, p: PeerPath, now: float) -> int:
         h = self.home
-        heard = sorted((t, r) for r, t in p.derp_heard.items() if now - t <= self.config.derp_heard_window)
-        recent = [r for _, r in reversed(heard)]
+        heard = sorted((r for r, t in p.derp_heard.items() if now - t <= self.config.derp_heard_window),
+                       key=p.derp_heard.__getitem__)
+        recent = heard[::-1]
         order = recent + [p.announced_home, p.region_hint] + h.order()
         usable = [r for r in order if h.usable(r)]
         for r in usable:
@@ -475,14 +480,15 @@ class PathManager:
                 self._refresh(p, now, "trust expired")
             else:
                 self._refresh(p, now, "region choice")
-        wanted = {self.home.home} | {p.relay for p in self.peers.values()}
+        wanted = {self.home.home} | {p.relay for p in self.peers.values()} | self._written
         wanted.discard(0)
+        self._written = set()
         self._wanted = wanted
         connects = [ConnectRegion(r) for r in sorted(wanted) if r not in self._regions_open]
         for r in wanted:
             self._regions_open[r] = now
         for r, t in list(self._regions_open.items()):
-            if r not in wanted and now - t >= self.config.region_idle_timeout:
+            if r not in wanted and now >= t + self.config.region_idle_timeout:
                 del self._regions_open[r]
                 self._out.append(CloseRegion(r))
         out = connects + self._out if connects else self._out  # a region is opened before it is used
