@@ -225,7 +225,7 @@ async def serve(args: argparse.Namespace) -> int:
         except ImportError:
             raise UsageError("the STUN server (natprobe) is not available; run with --no-stun") from None
         try:
-            stun = await start_stun_server(host or "0.0.0.0", args.stun_port)
+            stun = await start_stun_server(host or "::", args.stun_port)  # "::" answers IPv4 and IPv6
         except OSError as exc:
             raise UsageError(f"cannot start STUN on UDP port {args.stun_port}: {exc.strerror}") from None
         extras.append(f"stun={stun.port}")
