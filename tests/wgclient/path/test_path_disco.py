@@ -6,6 +6,7 @@ import struct
 
 import pytest
 from hypothesis import given, strategies as st
+from nacl import bindings
 from nacl.public import Box, PrivateKey, PublicKey
 
 from wgclient import keys
@@ -101,6 +102,9 @@ def test_sealed_sizes_and_independent_open():
     assert bytes(PrivateKey(b_disco).public_key) == kb.my_public == ka.peer_public
     plain = Box(PrivateKey(b_disco), PublicKey(ping[6:38])).decrypt(ping[38:])
     assert disco.parse_message(plain) == disco.Ping(TXID, A)
+    # And literally as disco.md §2 says: crypto_box_beforenm(their_pub, my_priv), then open_afternm.
+    shared_key = bindings.crypto_box_beforenm(ping[6:38], b_disco)
+    assert bindings.crypto_box_open_afternm(ping[62:], ping[38:62], shared_key) == plain
     assert disco.parse_message(kb.box.open(ping)) == disco.Ping(TXID, A)
 
 
