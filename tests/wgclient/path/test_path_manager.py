@@ -345,3 +345,16 @@ def test_status_summary_and_logs(caplog):
     import base64
     for secret in (KA, KB):
         assert base64.b64encode(secret).decode()[:8] not in text and secret.hex()[:16] not in text
+
+
+def test_ipv6_candidate_becomes_direct_and_wins_ties():
+    m = manager()
+    v6 = ("2001:db8::2", 41641)
+    out = m.on_disco(from_b(disco.CallMeMaybe((B_ADDR, v6))), 1.0, region=1, derp_src=B)
+    pings = {s.addr: opened(s).tx_id for s in sends(out) if isinstance(opened(s), disco.Ping)}
+    assert set(pings) == {B_ADDR, v6}
+    m.on_disco(from_b(disco.Pong(pings[B_ADDR], A_ADDR)), 1.020, addr=B_ADDR)
+    m.on_disco(from_b(disco.Pong(pings[v6], ("2001:db8::1", 41641)), b"6" * 24), 1.020, addr=v6)
+    # Same 20 ms latency: IPv6 gets +10 points (disco.md §7.7), so it replaces the IPv4 path.
+    assert m.route(B, 1.1) == Route(v6, None)
+    assert m.status(B, 1.1)["Path"] == "direct [2001:db8::2]:41641"
