@@ -49,6 +49,7 @@ chmod 700 "$TMP"
 cleanup() {
     local rc=$?
     set +e
+    trap '' PIPE INT TERM   # finish cleaning up even if our output pipe is gone or Ctrl-C is pressed again
     step "cleanup"
     for pair in "$NS_A:$IF_A" "$NS_B:$IF_B"; do
         ns=${pair%%:*} ifname=${pair##*:}
