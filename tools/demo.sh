@@ -70,8 +70,12 @@ cleanup() {
     done
     rm -f "/var/run/wireguard/$IF_A.sock" "/var/run/wireguard/$IF_B.sock"
     rm -rf "$TMP"
-    [ $rc = 0 ] && echo "demo finished: namespaces, interfaces and temp files removed" \
-                || echo "demo FAILED (exit $rc); everything it made was removed" >&2
+    if [ $rc = 0 ]; then
+        rm -f "/var/log/wgc/$IF_A.log" "/var/log/wgc/$IF_B.log"
+        echo "demo finished: namespaces, interfaces and temp files removed"
+    else
+        echo "demo FAILED (exit $rc); everything it made was removed (wgc logs: /var/log/wgc/$IF_A.log, $IF_B.log)" >&2
+    fi
     exit $rc
 }
 trap cleanup EXIT
