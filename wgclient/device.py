@@ -65,6 +65,7 @@ class Device:
         self.handshake_indices: dict[int, Peer] = {}
         self.keypair_indices: dict[int, Keypair] = {}
         self.drops: collections.Counter[str] = collections.Counter()
+        self._armed: set[Peer] = set()  # peers that armed a timer since the last deadline query
         self.out = Outputs()
         self._load_second = 0
         self._load_count = 0
@@ -100,7 +101,7 @@ class Device:
             return self.peers[public_key]
         if len(self.peers) >= MAX_PEERS:
             raise UsageError("too many peers")
-        peer = Peer(public_key, self._jitter)
+        peer = Peer(public_key, self._jitter, self._armed.add)
         if self.identity:
             peer.handshake.precompute(self.identity)
         self.peers[public_key] = peer
@@ -159,11 +160,24 @@ class Device:
         return self.out
 
     def next_deadline(self) -> float | None:
+        """The earliest timer of any peer (scans them all)."""
+        self._armed.clear()
         best = None
         for peer in self.peers.values():
             t = peer.timers.next_deadline()
             if t is not None and (best is None or t < best):
                 best = t
+        return best
+
+    def armed_deadline(self) -> float | None:
+        """The earliest timer among peers that armed one since the last query: after an input, the
+        only way the device's next deadline can have moved earlier. O(peers touched), not O(peers)."""
+        best = None
+        for peer in self._armed:
+            t = peer.timers.next_deadline()
+            if t is not None and (best is None or t < best):
+                best = t
+        self._armed.clear()
         return best
 
     def on_timer(self, now: float) -> Outputs:

@@ -32,14 +32,15 @@ class _PeerLog(logging.LoggerAdapter):
 
 
 class Peer:
-    def __init__(self, public_key: bytes, jitter: Callable[[], float]) -> None:
+    def __init__(self, public_key: bytes, jitter: Callable[[], float],
+                 on_armed: Callable[["Peer"], None] = lambda peer: None) -> None:
         self.public_key = public_key
         self.short = short_key(public_key)
         self.log = _PeerLog(logging.getLogger("wgc.peer"), {"peer": self.short})
         self.handshake = Handshake(remote_static=public_key)
         self.cookie = CookieGenerator(public_key)
         self.keypairs = KeypairSlots()
-        self.timers = PeerTimers(jitter)
+        self.timers = PeerTimers(jitter, lambda: on_armed(self))
         self.endpoint: Endpoint | None = None
         self.staged: collections.deque[bytes] = collections.deque(maxlen=MAX_STAGED_PACKETS)
         self.last_sent_handshake: float | None = None  # monotonic time of our last initiation or response

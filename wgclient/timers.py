@@ -14,6 +14,10 @@ jitter comes from an injected callable.
 
 Cancelled: send_keepalive by any authenticated packet sent; new_handshake by any authenticated packet
 received; retransmit_handshake when a handshake completes.
+
+Arming a timer also calls `on_armed()` (the device uses it to learn which peers' deadlines may have moved
+earlier, so it need not scan every peer after every batch). Cancelling does not: a timer that fires
+for nothing costs one spurious wake-up, never a missed deadline.
 """
 from __future__ import annotations
 
@@ -34,9 +38,10 @@ class Timer(enum.Enum):
 class PeerTimers:
     __slots__ = ("retransmit_handshake", "send_keepalive", "new_handshake", "zero_key_material",
                  "persistent_keepalive", "handshake_attempts", "need_another_keepalive",
-                 "sent_last_minute_handshake", "persistent_keepalive_interval", "jitter")
+                 "sent_last_minute_handshake", "persistent_keepalive_interval", "jitter", "on_armed")
 
-    def __init__(self, jitter: Callable[[], float]) -> None:
+    def __init__(self, jitter: Callable[[], float], on_armed: Callable[[], None] = lambda: None) -> None:
+        self.on_armed = on_armed
         self.retransmit_handshake: float | None = None
         self.send_keepalive: float | None = None
         self.new_handshake: float | None = None
@@ -52,10 +57,12 @@ class PeerTimers:
     def on_data_sent(self, now: float) -> None:
         if self.new_handshake is None:
             self.new_handshake = now + KEEPALIVE_TIMEOUT + REKEY_TIMEOUT + self.jitter()
+            self.on_armed()
 
     def on_data_received(self, now: float) -> None:
         if self.send_keepalive is None:
             self.send_keepalive = now + KEEPALIVE_TIMEOUT
+            self.on_armed()
         else:
             self.need_another_keepalive = True
 
@@ -68,9 +75,11 @@ class PeerTimers:
     def on_any_authenticated_packet_traversal(self, now: float) -> None:
         if self.persistent_keepalive_interval > 0:
             self.persistent_keepalive = now + self.persistent_keepalive_interval
+            self.on_armed()
 
     def on_handshake_initiated(self, now: float) -> None:
         self.retransmit_handshake = now + REKEY_TIMEOUT + self.jitter()
+        self.on_armed()
 
     def on_handshake_complete(self) -> None:
         self.retransmit_handshake = None
@@ -79,6 +88,7 @@ class PeerTimers:
 
     def on_session_derived(self, now: float) -> None:
         self.zero_key_material = now + KEY_ZERO_AFTER
+        self.on_armed()
 
     def stop(self) -> None:
         self.retransmit_handshake = self.send_keepalive = self.new_handshake = None

@@ -113,10 +113,10 @@ class Runner:
         self._timer = None
         self._timer_at = None
         self.device.on_timer(time.monotonic())
-        self.flush()
+        self.flush(full_rearm=True)
 
     # -- outputs -------------------------------------------------------------------------------------------
-    def flush(self) -> None:
+    def flush(self, full_rearm: bool = False) -> None:
         out = self.device.out
         udp = self.udp
         for endpoint, data in out.datagrams:
@@ -139,20 +139,30 @@ class Runner:
                         except OSError:
                             self.tun_write_errors += 1
         out.clear()
-        self.rearm()
+        if full_rearm:
+            self.rearm()
+        else:
+            # After packets, only peers that armed a timer can have moved the next deadline earlier;
+            # asking just them keeps a batch O(peers touched) with thousands of peers configured.
+            deadline = self.device.armed_deadline()
+            if deadline is not None and (self._timer_at is None or deadline < self._timer_at):
+                self._arm(deadline)
 
     def rearm(self) -> None:
+        """Re-arm the one timer at the core's next deadline (a full scan of the peers)."""
         deadline = self.device.next_deadline()
-        if deadline == self._timer_at:
-            return
+        if deadline != self._timer_at:
+            self._arm(deadline)
+
+    def _arm(self, deadline: float | None) -> None:
         if self._timer:
             self._timer.cancel()
         self._timer_at = deadline
         if deadline is None:
             self._timer = None
         else:
-            # asyncio's loop clock is time.monotonic, the same clock the core is fed.
-            self._timer = self.loop.call_at(deadline, self._on_timer)
+            # The core's clock is time.monotonic(); the loop's may differ (uvloop counts milliseconds).
+            self._timer = self.loop.call_later(max(0.0, deadline - time.monotonic()), self._on_timer)
 
 
 def _random_bytes(n: int) -> bytes:
