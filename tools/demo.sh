@@ -3,7 +3,7 @@
 # wg-quick style configs in a temp dir, `wgc up` in each namespace, a ping and a file transfer through the
 # tunnel (sha256 shown on both ends), `wg show`, then `wgc down` and cleanup (also on failure or Ctrl-C).
 #
-#   sudo tools/demo.sh [--dut wgc|wireguard-go] [--size MIB] [--skip-setup]
+#   bash tools/demo.sh [--dut wgc|wireguard-go] [--size MIB] [--skip-setup]
 #
 # --dut wireguard-go runs the same demo with Debian's wireguard-go + `wg` in place of wgc.
 # All traffic stays inside the two namespaces the demo makes (192.0.2.0/24 outside, 10.77.0.0/24 inside).
