@@ -16,6 +16,7 @@ import subprocess
 
 import pytest
 
+from natprobe.icmp import checksum  # the RFC 1071 Internet checksum
 from tests.support.prereq import require_root
 from tools.natlab.netns import Lab
 from wgclient.aio import netconf
@@ -63,15 +64,6 @@ def routes(name: str | None = None, table: str = "main") -> set[str]:
                 continue
             out.add(f"{r['dst']} {r.get('dev', name or '')}")
     return out
-
-
-def checksum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    s = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while s >> 16:
-        s = (s & 0xFFFF) + (s >> 16)
-    return ~s & 0xFFFF
 
 
 def udp_packet(src: str, dst: str, sport: int, dport: int, payload: bytes) -> bytes:
