@@ -8,7 +8,9 @@ The grammar is the union of what `wg setconf` (wireguard-tools config.c) and wg-
   PreUp/PostUp/PreDown/PostDown (repeatable), SaveConfig (only ``false``).
 * ``[Peer]``: PublicKey (required), PresharedKey, AllowedIPs (repeatable, comma separated),
   Endpoint (``host:port``, ``[v6]:port``), PersistentKeepalive (seconds or ``off``). A comment line
-  ``# Name = text`` inside a peer section names that peer (used only in logs).
+  ``# Name = text`` (or the wgc key ``Name = text``) inside a peer section names that peer (logs,
+  `wgc status`, `wgc ping NAME`). The wgc key ``DerpRegion = <region id or code>`` hints in which DERP
+  region the peer is connected (used with ``wgc up --derpmap``; checked against the map at start).
 * Values of the `wg` keys may contain whitespace anywhere (`wg` removes it); wg-quick keys are trimmed.
   AllowedIPs host bits are masked, as the kernel and wireguard-go do; a bare address means /32 or /128.
 
@@ -41,9 +43,10 @@ _INTERFACE_KEYS = {k.lower(): k for k in (
     "PrivateKey", "Address", "ListenPort", "MTU", "FwMark", "Table", "DNS",
     "PreUp", "PostUp", "PreDown", "PostDown", "SaveConfig")}
 _PEER_KEYS = {k.lower(): k for k in (
-    "PublicKey", "PresharedKey", "AllowedIPs", "Endpoint", "PersistentKeepalive")}
+    "PublicKey", "PresharedKey", "AllowedIPs", "Endpoint", "PersistentKeepalive", "Name", "DerpRegion")}
+_REGION_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 _REPEATABLE = {"Address", "DNS", "PreUp", "PostUp", "PreDown", "PostDown", "AllowedIPs"}
-_WG_QUICK_TEXT = {"PreUp", "PostUp", "PreDown", "PostDown"}
+_WG_QUICK_TEXT = {"PreUp", "PostUp", "PreDown", "PostDown", "Name"}
 
 
 @dataclass(frozen=True)
@@ -55,13 +58,16 @@ class PeerConfig:
     endpoint_text: str | None = None
     persistent_keepalive: int = 0
     name: str | None = None
+    derp_region: str | None = None   # a region id (digits) or code; resolved against the DERP map
     line: int = field(default=0, compare=False)  # of the [Peer] header; metadata, not compared
+    derp_region_line: int = field(default=0, compare=False)
 
     def __repr__(self) -> str:  # public key as base64, PSK never shown
         psk = "<hidden>" if self.preshared_key else None
         return (f"PeerConfig(public_key={keys.key_to_base64(self.public_key)!r}, preshared_key={psk}, "
                 f"allowed_ips={[str(n) for n in self.allowed_ips]}, endpoint={self.endpoint!r}, "
-                f"persistent_keepalive={self.persistent_keepalive}, name={self.name!r}, line={self.line})")
+                f"persistent_keepalive={self.persistent_keepalive}, name={self.name!r}, "
+                f"derp_region={self.derp_region!r}, line={self.line})")
 
 
 @dataclass(frozen=True)
@@ -281,9 +287,20 @@ class _Parser:
         if "PersistentKeepalive" in s.values:
             ln, v = self.first(s, "PersistentKeepalive")
             keepalive = 0 if v.lower() == "off" else self.number(ln, "PersistentKeepalive", v, 0, 65535)
+        name = s.name
+        if "Name" in s.values:
+            ln, name = self.first(s, "Name")
+            name = name.strip() or None
+        region = None
+        region_line = 0
+        if "DerpRegion" in s.values:
+            region_line, region = self.first(s, "DerpRegion")
+            region = region.strip()
+            if not _REGION_RE.fullmatch(region):
+                raise self.error(region_line, "DerpRegion", f"{region!r} is not a DERP region id or code")
         return PeerConfig(public_key=public_key, preshared_key=psk, allowed_ips=tuple(allowed),
                           endpoint=endpoint, endpoint_text=endpoint_text, persistent_keepalive=keepalive,
-                          name=s.name, line=s.line)
+                          name=name, derp_region=region, line=s.line, derp_region_line=region_line)
 
     def key(self, ln: int, key: str, value: str) -> bytes:
         try:
@@ -382,4 +399,6 @@ def format_config(cfg: InterfaceConfig) -> str:
             out.append("Endpoint = " + (p.endpoint_text or format_endpoint(*p.endpoint)))
         if p.persistent_keepalive:
             out.append(f"PersistentKeepalive = {p.persistent_keepalive}")
+        if p.derp_region:
+            out.append(f"DerpRegion = {p.derp_region}")
     return "\n".join(out) + "\n"

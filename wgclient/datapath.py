@@ -260,7 +260,10 @@ def open_datagrams(dev: "Device", datagrams: Iterable, now: float) -> None:
 def _after_receive(dev: "Device", peer: "Peer", source, data: bool, kps: list, now: float) -> None:
     """Per peer, once a batch: key confirmation, roaming (the last authenticated packet's source wins),
     timers (wireguard-go receive.go)."""
-    peer.endpoint = source  # before flushing staged packets, so they go where the peer now is
+    if peer.managed:
+        dev.out.heard.append((peer, source))
+    else:
+        peer.endpoint = source  # before flushing staged packets, so they go where the peer now is
     for kp in kps:
         promoted, dropped = peer.keypairs.received_with(kp)
         if promoted:

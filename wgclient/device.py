@@ -65,6 +65,8 @@ class Device:
         self.handshake_indices: dict[int, Peer] = {}
         self.keypair_indices: dict[int, Keypair] = {}
         self.drops: collections.Counter[str] = collections.Counter()
+        # When set, datagrams that are not WireGuard go to Outputs.foreign (for the disco/STUN demux).
+        self.collect_foreign = False
         self._armed: set[Peer] = set()  # peers that armed a timer since the last deadline query
         self.out = Outputs()
         self._load_second = 0
@@ -344,10 +346,21 @@ class Device:
         bucket[0] = tokens - 1.0
         return False
 
+    def note_source(self, peer: Peer, source: Endpoint) -> None:
+        """Roaming: the peer is now where its latest authenticated packet came from (or, for a managed
+        peer, the source is reported to the path manager through Outputs.heard)."""
+        if peer.managed:
+            self.out.heard.append((peer, source))
+        else:
+            peer.endpoint = source
+
     def receive_control(self, data: bytes, source: Endpoint, now: float) -> None:
         kind = message_type(data)
         if kind == 0:
-            self.drops["not wireguard"] += 1
+            if self.collect_foreign:
+                self.out.foreign.append((bytes(data), source))
+            else:
+                self.drops["not wireguard"] += 1
             return
         if self.identity is None:
             self.drops["no private key"] += 1
@@ -396,7 +409,7 @@ class Device:
             self.drops["initiation from unknown peer"] += 1
             return
         noise.consume_initiation(decoded, peer.handshake, msg, now=now, flood_interval=self.config.flood_interval)
-        peer.endpoint = source
+        self.note_source(peer, source)
         peer.rx_bytes += len(data)
         peer.timers.on_any_authenticated_packet_traversal(now)
         peer.timers.on_any_authenticated_packet_received()
@@ -410,7 +423,7 @@ class Device:
             self.drops["response to unknown index"] += 1
             return
         noise.consume_response(self.identity, peer.handshake, msg)
-        peer.endpoint = source
+        self.note_source(peer, source)
         peer.rx_bytes += len(data)
         peer.timers.on_any_authenticated_packet_traversal(now)
         peer.timers.on_any_authenticated_packet_received()

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 
 class Outputs:
-    __slots__ = ("datagrams", "sealed", "send_buf", "tun", "recv_buf", "events")
+    __slots__ = ("datagrams", "sealed", "send_buf", "tun", "recv_buf", "events", "heard", "foreign")
 
     def __init__(self) -> None:
         self.datagrams: list[tuple[tuple, bytes]] = []  # handshake and cookie messages
@@ -19,12 +19,18 @@ class Outputs:
         self.tun: list[tuple[int, int]] = []  # packets in recv_buf[start:end], headroom included
         self.recv_buf = bytearray(1 << 18)
         self.events: list[object] = []
+        # For peers whose path is managed elsewhere (DERP/disco, wgclient/path): where their authenticated
+        # packets came from, instead of roaming; and datagrams that are not WireGuard (disco, STUN).
+        self.heard: list[tuple[object, tuple]] = []
+        self.foreign: list[tuple[bytes, tuple]] = []
 
     def clear(self) -> None:
         self.datagrams.clear()
         self.sealed.clear()
         self.tun.clear()
         self.events.clear()
+        self.heard.clear()
+        self.foreign.clear()
 
     def __bool__(self) -> bool:
         return bool(self.datagrams or self.sealed or self.tun or self.events)

@@ -42,6 +42,9 @@ class Peer:
         self.keypairs = KeypairSlots()
         self.timers = PeerTimers(jitter, lambda: on_armed(self))
         self.endpoint: Endpoint | None = None
+        # True when a path manager chooses where this peer's packets go: the endpoint is then a fixed
+        # token and authenticated sources are reported (Outputs.heard) instead of roamed to.
+        self.managed = False
         self.staged: collections.deque[bytes] = collections.deque(maxlen=MAX_STAGED_PACKETS)
         self.last_sent_handshake: float | None = None  # monotonic time of our last initiation or response
         self.last_handshake_wall = 0.0  # wall-clock time of the last completed handshake, for `wg show`

@@ -15,6 +15,7 @@ import os
 import socket
 import time
 from dataclasses import dataclass
+from typing import Callable, Mapping, Protocol
 
 from natprobe import constants as C
 from natprobe.aio import interfaces
@@ -71,11 +72,22 @@ async def resolve_regions(regions: list[Region], timeout: float) -> list[Region]
     return list(await asyncio.gather(*(one(r) for r in regions)))
 
 
-class _StunDriver:
-    """Carries out a NetcheckRun's outputs on one socket per family and re-arms its single timer."""
+class SharedSocket(Protocol):
+    """A UDP port owned by someone else (wgc's WireGuard port) that netcheck may probe through, so the
+    STUN-mapped address is that port's mapping. The owner hands STUN answers to the attached callback."""
 
-    def __init__(self, run: NetcheckRun, socks: dict[int, socket.socket]) -> None:
-        self.run, self.socks = run, socks
+    def stun_send(self, data: bytes, dest: tuple, family: int) -> bool: ...
+
+    def stun_attach(self, receive: Callable[[bytes, tuple], None] | None) -> None: ...
+
+
+class _StunDriver:
+    """Carries out a NetcheckRun's outputs on one socket per family (or a shared port) and re-arms its
+    single timer."""
+
+    def __init__(self, run: NetcheckRun, socks: dict[int, socket.socket],
+                 shared: SharedSocket | None = None) -> None:
+        self.run, self.socks, self.shared = run, socks, shared
         self.loop = asyncio.get_running_loop()
         self.done = asyncio.Event()
         self.first_answer = asyncio.Event()
@@ -83,19 +95,31 @@ class _StunDriver:
         self._buf = bytearray(2048)
         for sock in socks.values():
             self.loop.add_reader(sock.fileno(), self._on_readable, sock)
+        if shared is not None:
+            shared.stun_attach(self.on_datagram)
         self._step(self.run.on_timer(self.loop.time()))
+
+    def on_datagram(self, data: bytes, source: tuple) -> None:
+        """A datagram from the shared port (STUN answers; anything else is counted by the run)."""
+        self.run.on_datagram(bytes(data), source[:2], self.loop.time())
+        self._step([])
+
+    def _send(self, send: SendStun) -> bool:
+        if self.shared is not None:
+            return self.shared.stun_send(send.data, send.probe.dest, send.probe.family)
+        sock = self.socks.get(send.probe.family)
+        if sock is None:
+            return False
+        try:
+            sock.sendto(send.data, send.probe.dest)
+            return True
+        except OSError as exc:
+            log.debug("STUN send to %s failed: %s", send.probe.dest, exc)
+            return False
 
     def _step(self, sends: list[SendStun]) -> None:
         for send in sends:
-            sock = self.socks.get(send.probe.family)
-            ok = False
-            if sock is not None:
-                try:
-                    sock.sendto(send.data, send.probe.dest)
-                    ok = True
-                except OSError as exc:
-                    log.debug("STUN send to %s failed: %s", send.probe.dest, exc)
-            self.run.on_sent(send.txid, ok)
+            self.run.on_sent(send.txid, self._send(send))
         if self.run.report.udp:
             self.first_answer.set()
         if self._timer is not None:
@@ -126,6 +150,8 @@ class _StunDriver:
     def close(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
+        if self.shared is not None:
+            self.shared.stun_attach(None)
         for sock in self.socks.values():
             self.loop.remove_reader(sock.fileno())
             sock.close()
@@ -154,8 +180,13 @@ def _open_socket(family: int, options: NetcheckOptions) -> socket.socket | None:
 
 async def run_netcheck(regions: list[Region], *, history: History | None = None,
                        options: NetcheckOptions = NetcheckOptions(),
-                       scores: dict[int, float] | None = None) -> Report:
-    """Make one report. `history` (if given) is updated and decides the preferred region."""
+                       scores: dict[int, float] | None = None, shared: SharedSocket | None = None,
+                       derp_heard: Mapping[int, float] | None = None) -> Report:
+    """Make one report. `history` (if given) is updated and decides the preferred region.
+
+    `shared`: probe through that port instead of sockets of our own. `derp_heard`: region id -> loop
+    time of the last DERP frame from it (keeps a home region that still answers, netcheck.md §8).
+    """
     loop = asyncio.get_running_loop()
     start = loop.time()
     deadline = start + options.overall_timeout
@@ -178,9 +209,10 @@ async def run_netcheck(regions: list[Region], *, history: History | None = None,
         plan = make_incremental_plan(regions, last, have_v4=have[4], have_v6=have[6],
                                      home=history.preferred, config=config)
     families = {p.family for s in plan for p in s}
-    socks = {f: s for f in families if (s := _open_socket(f, options)) is not None}
+    socks = {} if shared is not None else \
+        {f: s for f in families if (s := _open_socket(f, options)) is not None}
     run = NetcheckRun(plan, loop.time(), wall, os.urandom, full=full, config=config)
-    driver = _StunDriver(run, socks)
+    driver = _StunDriver(run, socks, shared)
     tasks: dict[str, asyncio.Task] = {}
     try:
         gateway = interfaces.default_gateway_v4() if options.portmap else None
@@ -203,7 +235,9 @@ async def run_netcheck(regions: list[Region], *, history: History | None = None,
     report.os_has_ipv6 = has6
     _merge(report, tasks, options)
     history.add(report, full)
-    history.preferred = report.preferred_derp = select_home(history, report, scores=scores)
+    history.preferred = report.preferred_derp = select_home(history, report, scores=scores,
+                                                            derp_heard=derp_heard, now=loop.time(),
+                                                            report_start=start)
     log.debug("netcheck done in %.0f ms (STUN phase: %s)", (loop.time() - start) * 1e3, run.done_reason)
     return report
 

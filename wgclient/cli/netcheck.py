@@ -16,13 +16,12 @@ import pathlib
 import sys
 
 from derp.aio.derpmap_loader import load_derpmap
-from derp.derpmap import DerpMap
+from ..derpregions import regions_from_derpmap  # noqa: F401  (kept importable from here)
 from derp.errors import Error as DerpError
 from natprobe.aio.netcheck import NetcheckOptions, run_netcheck
 from natprobe.errors import Error as NatprobeError
 from natprobe.errors import ParseError
 from natprobe.home import History
-from natprobe.regions import Node, Region
 from natprobe.report import format_human
 
 DEFAULT_DERPMAP = "https://controlplane.tailscale.com/derpmap/default"
@@ -31,29 +30,6 @@ DEFAULT_DERPMAP = "https://controlplane.tailscale.com/derpmap/default"
 def default_state_file() -> pathlib.Path:
     base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
     return pathlib.Path(base) / "wgc" / "netcheck.json"
-
-
-def regions_from_derpmap(dm: DerpMap) -> list[Region]:
-    """natprobe's view of a DERP map (STUNTestIP, when set, replaces the pinned address of its family)."""
-    regions = []
-    for rid in sorted(dm.regions):
-        reg = dm.regions[rid]
-        nodes = []
-        for n in reg.nodes:
-            v4, v6 = n.pinned_ipv4(), n.pinned_ipv6()
-            if n.stun_test_ip:
-                if ":" in n.stun_test_ip:
-                    v6 = n.stun_test_ip
-                else:
-                    v4 = n.stun_test_ip
-            nodes.append(Node(name=n.name, host_name=n.host_name, ipv4=v4, ipv6=v6,
-                              ipv4_enabled=n.ipv4_enabled(), ipv6_enabled=n.ipv6_enabled(),
-                              stun_port=n.effective_stun_port(), derp_port=n.effective_derp_port(),
-                              stun_only=n.stun_only, insecure_for_tests=n.insecure_for_tests,
-                              can_port80=n.can_port80, tls_name=n.tls_name()))
-        regions.append(Region(rid, reg.region_code, reg.region_name, tuple(nodes), reg.avoid,
-                              reg.no_measure_no_home))
-    return regions
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -137,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-async def _loop(args, regions: list[Region], history: History, options: NetcheckOptions,
+async def _loop(args, regions: list, history: History, options: NetcheckOptions,
                 scores: dict[int, float] | None, state: pathlib.Path | None) -> int:
     while True:
         report = await run_netcheck(regions, history=history, options=options, scores=scores)
