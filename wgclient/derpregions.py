@@ -5,6 +5,8 @@ from __future__ import annotations
 from derp.derpmap import DerpMap
 from natprobe.regions import Node, Region
 
+from .errors import ConfigError
+
 
 def regions_from_derpmap(dm: DerpMap) -> list[Region]:
     """natprobe's view of a DERP map (STUNTestIP, when set, replaces the pinned address of its family)."""
@@ -37,3 +39,18 @@ def find_region(dm: DerpMap, text: str) -> int | None:
         if reg.region_code.lower() == text.lower():
             return rid
     return None
+
+
+def region_hints(config, dm: DerpMap) -> dict[bytes, int]:
+    """Each peer's `DerpRegion` hint as a region id of the map (ConfigError naming the line if unknown)."""
+    hints = {}
+    for peer in config.peers:
+        if peer.derp_region is None:
+            continue
+        rid = find_region(dm, peer.derp_region)
+        if rid is None:
+            known = ", ".join(f"{r} ({dm.regions[r].region_code})" for r in sorted(dm.regions))
+            raise ConfigError(config.path, peer.derp_region_line, "DerpRegion",
+                              f"no region {peer.derp_region!r} in the DERP map (it has: {known})")
+        hints[peer.public_key] = rid
+    return hints

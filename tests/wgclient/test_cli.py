@@ -1,6 +1,7 @@
 """The `wgc` command line without root: genkey/pubkey against the real `wg`, and clean one-line errors."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -110,18 +111,32 @@ def test_user_mistakes_are_one_line(dirs, args, fragment):
     assert fragment in one_line_error(wgc(*args, env=env))
 
 
-def test_unsupported_option_is_clean_error(dirs):
-    import inspect
-    from wgclient.aio.runner import serve
-    if "derpmap" in inspect.signature(serve).parameters:
-        pytest.skip("the runner supports --derpmap now; nothing to refuse")
+def test_bad_derpmap_is_clean_error_and_creates_nothing(dirs):
     tmp, env = dirs
     conf = tmp / "wgopt0.conf"
     conf.write_text(f"[Interface]\nPrivateKey = {PRIV}\n")
     os.chmod(conf, 0o600)
     err = one_line_error(wgc("up", str(conf), "--foreground", "--derpmap", "http://127.0.0.1:1/map", env=env))
-    assert "--derpmap" in err
+    assert "DERP map" in err and "127.0.0.1:1" in err
+    bad = tmp / "map.json"
+    bad.write_text("{not json")
+    err = one_line_error(wgc("up", str(conf), "--foreground", "--derpmap", str(bad), env=env))
+    assert "map" in err.lower()
     assert not (tmp / "pid" / "wgopt0.pid").exists()
+
+
+def test_unknown_derp_region_hint_names_line(dirs):
+    tmp, env = dirs
+    dm = tmp / "map.json"
+    dm.write_text(json.dumps({"Regions": {"900": {"RegionID": 900, "RegionCode": "lab", "Nodes": [
+        {"Name": "900a", "RegionID": 900, "HostName": "127.0.0.1", "DERPPort": 1}]}}}))
+    conf = tmp / "wgopt1.conf"
+    peer = keys.key_to_base64(keys.public_key(bytes(range(1, 33))))
+    conf.write_text(f"[Interface]\nPrivateKey = {PRIV}\n\n[Peer]\nPublicKey = {peer}\nDerpRegion = nowhere\n")
+    os.chmod(conf, 0o600)
+    err = one_line_error(wgc("up", str(conf), "--foreground", "--derpmap", str(dm), env=env))
+    assert f"{conf}:6: DerpRegion: no region 'nowhere'" in err and "900 (lab)" in err
+    assert not (tmp / "pid" / "wgopt1.pid").exists()
 
 
 def test_no_command_prints_help():

@@ -124,6 +124,13 @@ async def run_hooks(kind: str, commands: tuple[str, ...], name: str, *, check: b
 
 # ---- the process ----
 
+def _quiet_libraries() -> None:
+    """Libraries' debug chatter (every netlink message) would drown wgc's own -v output."""
+    for name in ("pyroute2", "websockets", "asyncio"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+
 def _serve_function() -> Callable[..., Any]:
     try:
         from .runner import serve
@@ -210,6 +217,7 @@ def _ready_with_post_up(config: InterfaceConfig, notify: Callable[[], None]) -> 
 def run_foreground(config: InterfaceConfig, serve_kwargs: dict, *, verbose: bool = False) -> None:
     """Run in this process until SIGTERM/SIGINT; errors raise UsageError."""
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format=LOG_FORMAT, stream=sys.stderr)
+    _quiet_libraries()
     pidfile = PidFile(config.name)
     pidfile.acquire()
     try:
@@ -276,6 +284,7 @@ def _daemon_child(config: InterfaceConfig, serve_kwargs: dict, wfd: int, log_fd:
         os.close(devnull)
         os.close(log_fd)
         os.chdir("/")
+        _quiet_libraries()
         logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format=LOG_FORMAT, stream=sys.stderr,
                             force=True)
         pidfile = PidFile(config.name)

@@ -50,6 +50,7 @@ class Runner:
         # With a virtio-net header on the TUN, received TCP segments are merged before writing.
         self.coalescer = TcpCoalescer() if tun_headroom == VNET_HDR_LEN else None
         self.device.wall_offset = time.time() - time.monotonic()
+        self.paths = None  # a paths.Paths when a DERP map is configured (`wgc up --derpmap`)
 
     # -- lifecycle -----------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -119,10 +120,23 @@ class Runner:
     def flush(self, full_rearm: bool = False) -> None:
         out = self.device.out
         udp = self.udp
-        for endpoint, data in out.datagrams:
-            udp.send(data, endpoint)
-        if out.sealed:
-            udp.send_sealed(out.send_buf, out.sealed)
+        paths = self.paths
+        if paths is None:
+            for endpoint, data in out.datagrams:
+                udp.send(data, endpoint)
+            if out.sealed:
+                udp.send_sealed(out.send_buf, out.sealed)
+        else:
+            # Managed peers: where packets go is the path manager's choice (direct UDP and/or DERP).
+            now = time.monotonic()
+            if out.heard:
+                paths.on_heard(out.heard, now)
+            if out.foreign:
+                paths.on_foreign(out.foreign, now)
+            for endpoint, data in out.datagrams:
+                paths.send_datagram(endpoint, data, now)
+            if out.sealed:
+                udp.send_sealed(out.send_buf, paths.route_sealed(out.send_buf, out.sealed, now))
         if out.tun:
             fd = self.tun_fd
             if self.coalescer is not None:
@@ -177,11 +191,13 @@ def _jitter() -> float:
 
 
 async def serve(config: InterfaceConfig, *, on_ready: Callable[[], None] = lambda: None,
-                vnet_hdr: bool | None = None) -> None:
+                vnet_hdr: bool | None = None, derpmap=None, derp_ca_file: str | None = None) -> None:
     """Bring up the interface described by config, run until cancelled, then undo everything.
 
     vnet_hdr (default: on unless WGC_TUN_VNET_HDR=0) opens the TUN with a virtio-net header so received
     TCP segments can be merged (tcpgro.py); without it every packet is written on its own.
+    derpmap (a parsed derp.derpmap.DerpMap): every peer is reached through the path manager (DERP at
+    once, direct UDP when disco hole punching works; wgclient/aio/paths.py).
     """
     if vnet_hdr is None:
         vnet_hdr = os.environ.get("WGC_TUN_VNET_HDR", "1") != "0"
@@ -220,11 +236,23 @@ async def serve(config: InterfaceConfig, *, on_ready: Callable[[], None] = lambd
             raise UsageError(f"cannot listen on UDP port {config.listen_port}: {exc.strerror}") from exc
         cleanups.append(udp.close)
         runner = Runner(device, udp, tun.fd, tun_headroom=headroom)
+        paths = None
+        if derpmap is not None:
+            from ..derpregions import region_hints
+            from .paths import Paths
+            hints = region_hints(config, derpmap)
+            paths = runner.paths = Paths(runner, derpmap, interface=config.name, ca_file=derp_ca_file)
+            for pc in config.peers:
+                paths.add_peer(pc.public_key, psk=pc.preshared_key, name=pc.name,
+                               region_hint=hints.get(pc.public_key, 0), endpoint=pc.endpoint)
         applied = netconf.configure(config.name, config.addresses, config.mtu,
                                     [n for p in config.peers for n in p.allowed_ips], table=config.table)
         cleanups.append(lambda: netconf.unconfigure(applied))
         runner.start()
         cleanups.append(runner.stop)
+        if paths is not None:
+            cleanups.append(paths.close)
+            await paths.start()
         # The UAPI socket appears last: whoever waits for it finds addresses and routes in place.
         uapi = await start_uapi_server(config.name, DeviceTarget(runner))
         cleanups.append(uapi.close)
@@ -232,9 +260,10 @@ async def serve(config: InterfaceConfig, *, on_ready: Callable[[], None] = lambd
             if pc.persistent_keepalive:
                 device.set_persistent_keepalive(device.peers[pc.public_key], pc.persistent_keepalive, now)
         runner.flush()
-        log.info("interface %s up: UDP port %d, %d peers, TUN %s, %s loop", config.name, udp.port,
+        log.info("interface %s up: UDP port %d, %d peers, TUN %s, %s loop, %s", config.name, udp.port,
                  len(config.peers), "with virtio-net header (TCP merging)" if vnet_hdr else "plain",
-                 type(asyncio.get_running_loop()).__module__.split(".")[0])
+                 type(asyncio.get_running_loop()).__module__.split(".")[0],
+                 f"DERP map with {len(derpmap.regions)} regions" if derpmap is not None else "no DERP map")
         on_ready()
         await asyncio.Event().wait()
     finally:

@@ -34,11 +34,15 @@ class DeviceTarget:
         peers = []
         for peer in dev.peers.values():
             endpoint = None
-            if peer.endpoint is not None:
-                host = peer.endpoint[0]
+            where = peer.endpoint
+            if peer.managed:  # the path manager's direct address, none while relayed
+                paths = self.runner.paths
+                where = paths.direct_endpoint(peer.public_key) if paths is not None else None
+            if where is not None:
+                host = where[0]
                 if host.startswith("::ffff:") and "." in host:
                     host = host[7:]
-                endpoint = (host, peer.endpoint[1])
+                endpoint = (host, where[1])
             psk = peer.handshake.preshared_key
             peers.append(PeerState(
                 public_key=peer.public_key,
@@ -78,17 +82,25 @@ class DeviceTarget:
     def uapi_add_peer(self, public_key: bytes) -> None:
         if self.device.public_key != public_key:
             self.device.add_peer(public_key)
+            if self.runner.paths is not None:  # with a DERP map every peer is path-managed
+                self.runner.paths.add_peer(public_key)
 
     def uapi_remove_peer(self, public_key: bytes) -> None:
         self.device.remove_peer(public_key)
+        if self.runner.paths is not None:
+            self.runner.paths.remove_peer(public_key)
 
     def uapi_set_preshared_key(self, public_key: bytes, psk: bytes | None) -> None:
         self.device.set_preshared_key(self._peer(public_key), psk)
 
     def uapi_set_endpoint(self, public_key: bytes, host: str, port: int) -> None:
         ip = ipaddress.ip_address(host)
+        peer = self._peer(public_key)
+        if peer.managed:  # a candidate for the path manager to ping, not a fixed destination
+            self.runner.paths.add_candidate(public_key, (str(ip), port))
+            return
         endpoint = (str(ip), port, 0, 0) if ip.version == 6 else (str(ip), port)
-        self.device.set_endpoint(self._peer(public_key), endpoint)
+        self.device.set_endpoint(peer, endpoint)
 
     def uapi_set_persistent_keepalive(self, public_key: bytes, seconds: int) -> None:
         self.device.set_persistent_keepalive(self._peer(public_key), seconds, time.monotonic())

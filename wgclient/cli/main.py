@@ -85,7 +85,10 @@ def parser() -> argparse.ArgumentParser:
     up = sub.add_parser("up", help="bring up the interface described by a wg-quick style file")
     up.add_argument("config", help="path to NAME.conf; the interface is called NAME")
     up.add_argument("--foreground", action="store_true", help="stay in the foreground and log to stderr")
-    up.add_argument("--derpmap", metavar="URL", help="DERP map to use for relayed paths")
+    up.add_argument("--derpmap", metavar="URL|FILE",
+                    help="DERP map (Tailscale JSON): peers are relayed through DERP until a direct path works")
+    up.add_argument("--derp-ca-file", metavar="FILE",
+                    help="extra CA certificates for the DERP servers and for fetching the map")
     up.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     down = sub.add_parser("down", help="stop the interface NAME started by `wgc up`")
     down.add_argument("name")
@@ -109,7 +112,22 @@ def cmd_up(args: argparse.Namespace) -> int:
               file=sys.stderr)
     serve_kwargs = {}
     if args.derpmap:
-        serve_kwargs["derpmap"] = args.derpmap
+        from derp.aio.derpmap_loader import load_derpmap
+        from derp.errors import Error as DerpError
+
+        from ..derpregions import region_hints
+        try:  # loaded and checked before anything is created (and before the daemon forks)
+            derpmap = load_derpmap(args.derpmap, ca_file=args.derp_ca_file, timeout=10.0)
+        except DerpError as exc:
+            raise UsageError(str(exc)) from None
+        if not any(r.derp_nodes() for r in derpmap.regions.values()):
+            raise UsageError(f"the DERP map {args.derpmap} has no region with a DERP node")
+        region_hints(config, derpmap)
+        serve_kwargs["derpmap"] = derpmap
+        if args.derp_ca_file:
+            serve_kwargs["derp_ca_file"] = args.derp_ca_file
+    elif any(p.derp_region for p in config.peers):
+        print(f"{PROG}: warning: DerpRegion is ignored without --derpmap", file=sys.stderr)
     if args.foreground:
         daemon.run_foreground(config, serve_kwargs, verbose=args.verbose)
         return 0

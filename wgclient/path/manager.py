@@ -85,6 +85,11 @@ class PathManager:
         self.peers[key] = p
         self._by_disco[p.pair.peer_public] = p
 
+    def add_candidate(self, key: bytes, addr: Addr, now: float) -> list:
+        """An address to try for the peer, as the config's Endpoint is (`wg set ... endpoint`)."""
+        self._candidate(self._peer(key), disco.canonical_addr(addr), FROM_CONFIG, now)
+        return self._finish(now)
+
     def remove_peer(self, key: bytes) -> None:
         p = self.peers.pop(key, None)
         if p is not None:

@@ -1,0 +1,438 @@
+"""The path adapter: runs the sans-I/O PathManager (wgclient/path) beside the WireGuard device.
+
+It owns what `wgc up --derpmap` adds to a plain interface:
+- one DERP client per region in use (home region, the regions peers are reached in), opened and closed as
+  the manager asks, with NotePreferred on the home connection only;
+- where each sealed WireGuard packet goes: the device stores a `PathEndpoint` token as a managed peer's
+  endpoint; `route_sealed` turns tokens into the manager's `route()` (direct UDP address and/or DERP);
+- the demux of what is not WireGuard: disco (to the manager, from UDP and from DERP), STUN answers (to the
+  netcheck running through the WireGuard port, so the STUN-mapped address is that port's mapping);
+- where authenticated WireGuard packets came from (`Outputs.heard`) → `on_wireguard_from`;
+- netcheck at start, every ~23 s and when local addresses change; the manager's single timer.
+Packets received over DERP enter the device with the source `("127.3.3.40", region)`, Tailscale's
+magic DERP address, so the core needs no new type of endpoint.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+import time
+from typing import TYPE_CHECKING, Callable
+
+from derp import protocol as DP
+from derp.aio.client import DerpClient, Disconnected
+from derp.aio.targets import targets_for_region
+from derp.derpmap import DerpMap
+from natprobe.aio.netcheck import NetcheckOptions, run_netcheck
+from natprobe.home import History
+
+from ..derpregions import regions_from_derpmap
+from ..keys import short
+from ..path import demux, disco
+from ..path.inputs import NetInfo
+from ..path.manager import PathManager
+from ..path.peerstate import (CloseRegion, ConnectRegion, PathChanged, PingResult, SendDisco, SetHome)
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .runner import Runner
+
+log = logging.getLogger("wgc.paths")
+
+DERP_MAGIC_IP = "127.3.3.40"   # the source address of packets that came over DERP (port = region id)
+NETCHECK_INTERVAL = 23.0       # Tailscale: 20-26 s while active
+ADDRESS_POLL_INTERVAL = 5.0    # local addresses are compared this often (a change runs netcheck at once)
+
+
+class PathEndpoint:
+    """The endpoint token of a managed peer: where its packets really go is asked of the manager."""
+
+    __slots__ = ("key",)
+
+    def __init__(self, key: bytes) -> None:
+        self.key = key
+
+    def __repr__(self) -> str:
+        return f"PathEndpoint({short(self.key)})"
+
+
+def local_addresses(exclude_ifaces: set[str]) -> list[str]:
+    """Unicast addresses of this host's interfaces (not loopback, not link-local, not our own TUN)."""
+    import ipaddress
+
+    import netifaces
+    found = []
+    for name in netifaces.interfaces():
+        if name in exclude_ifaces or name == "lo":
+            continue
+        addrs = netifaces.ifaddresses(name)
+        for family in (netifaces.AF_INET, netifaces.AF_INET6):
+            for entry in addrs.get(family, []):
+                text = entry.get("addr", "").split("%")[0]
+                try:
+                    ip = ipaddress.ip_address(text)
+                except ValueError:
+                    continue
+                if ip.is_loopback or ip.is_link_local or ip.is_multicast or ip.is_unspecified:
+                    continue
+                found.append(str(ip))
+    return sorted(set(found))
+
+
+class Paths:
+    """The path manager wired to a Runner's UDP port, a set of DERP clients and netcheck."""
+
+    def __init__(self, runner: "Runner", derpmap: DerpMap, *, interface: str, ca_file: str | None = None,
+                 netcheck_interval: float | None = None, random_bytes: Callable[[int], bytes] = os.urandom) -> None:
+        self.runner = runner
+        self.device = runner.device
+        self.derpmap = derpmap
+        self.interface = interface
+        self.ca_file = ca_file
+        if netcheck_interval is None:
+            netcheck_interval = float(os.environ.get("WGC_NETCHECK_INTERVAL", NETCHECK_INTERVAL))
+        self.netcheck_interval = netcheck_interval
+        self.pm = PathManager(self.device.identity.private_key, random_bytes=random_bytes)
+        self.regions = regions_from_derpmap(derpmap)
+        self.clients: dict[int, DerpClient] = {}
+        self.transports: dict[int, str] = {}     # region -> "upgrade" | "websocket" while connected
+        self.derp_heard: dict[int, float] = {}   # region -> loop time of its last frame (home stickiness)
+        self.history = History()
+        self.report = None
+        self.home = 0
+        self.loop = asyncio.get_running_loop()
+        self._rng = random.Random()
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self._stun_receive: Callable[[bytes, tuple], None] | None = None
+        self._derp_in: list[tuple[bytes, tuple]] = []
+        self._derp_drain_scheduled = False
+        self._pings: dict[bytes, list[asyncio.Future]] = {}
+        self._tasks: list[asyncio.Task] = []
+        self._netcheck_now = asyncio.Event()
+        self._addresses: list[str] = []
+        self._closing = False
+        self.drops: dict[str, int] = {}
+        self.endpoints: dict[bytes, PathEndpoint] = {}
+
+    # -- peers ---------------------------------------------------------------------------------------------
+    def add_peer(self, key: bytes, *, psk: bytes | None = None, name: str | None = None, region_hint: int = 0,
+                 endpoint: tuple | None = None) -> None:
+        peer = self.device.peers[key]
+        self.pm.add_peer(key, psk=psk, name=name, region_hint=region_hint, endpoint=endpoint)
+        token = self.endpoints[key] = PathEndpoint(key)
+        peer.managed = True
+        peer.endpoint = token
+
+    def add_candidate(self, key: bytes, addr: tuple) -> None:
+        """An address to try for the peer (`wg set ... endpoint`), as if it came from the config."""
+        self._apply(self.pm.add_candidate(key, addr, time.monotonic()))
+
+    def remove_peer(self, key: bytes) -> None:
+        self.pm.remove_peer(key)
+        self.endpoints.pop(key, None)
+
+    def direct_endpoint(self, key: bytes) -> tuple | None:
+        """The UDP address packets to the peer go to now (None while only relayed): for `wg show`."""
+        return self.pm.route(key, time.monotonic()).direct
+
+    # -- lifecycle -----------------------------------------------------------------------------------------
+    async def start(self, first_netcheck_timeout: float = 3.5) -> None:
+        """Learn the regions, run a first netcheck (bounded), connect home; then keep things fresh."""
+        now = time.monotonic()
+        self.runner.device.collect_foreign = True
+        self._apply(self.pm.set_regions({r.region_id: r.code for r in self.regions
+                                         if self.derpmap.regions[r.region_id].derp_nodes()}, now))
+        self._addresses = local_addresses({self.interface})
+        self._apply(self.pm.set_local_endpoints([(a, self.runner.udp.port) for a in self._addresses], now))
+        try:
+            await asyncio.wait_for(self._netcheck(), first_netcheck_timeout)
+        except asyncio.TimeoutError:
+            log.warning("first netcheck took longer than %.1f s; going on without it", first_netcheck_timeout)
+        self._tasks.append(asyncio.create_task(self._netcheck_loop()))
+        self._tasks.append(asyncio.create_task(self._address_loop()))
+
+    async def close(self) -> None:
+        self._closing = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*(c.close() for c in self.clients.values()), return_exceptions=True)
+        self.clients.clear()
+        for futures in self._pings.values():
+            for fut in futures:
+                if not fut.done():
+                    fut.cancel()
+
+    # -- netcheck -------------------------------------------------------------------------------------------
+    async def _netcheck(self) -> None:
+        options = NetcheckOptions(portmap=False, captive_portal=False, force_full=False)
+        scores = dict(self.derpmap.home_params.region_score or {}) if self.derpmap.home_params else None
+        report = await run_netcheck(self.regions, history=self.history, options=options, scores=scores,
+                                    shared=self, derp_heard=dict(self.derp_heard))
+        self.report = report
+        log.info("netcheck: UDP %s, v4 %s, v6 %s, mapping varies by destination %s, home %s",
+                 "yes" if report.udp else "no", report.global_v4 or "-", report.global_v6 or "-",
+                 report.mapping_varies_by_dest_ip, report.preferred_derp)
+        self._apply(self.pm.on_netcheck(NetInfo.from_report(report), time.monotonic()))
+
+    async def _netcheck_loop(self) -> None:
+        while not self._closing:
+            interval = self.netcheck_interval * self._rng.uniform(0.87, 1.13)
+            try:
+                await asyncio.wait_for(self._netcheck_now.wait(), interval)
+            except asyncio.TimeoutError:
+                pass
+            self._netcheck_now.clear()
+            try:
+                await asyncio.wait_for(self._netcheck(), 5.0)
+            except asyncio.TimeoutError:
+                log.debug("netcheck timed out")
+            except Exception:  # a probe failing must never end the loop
+                log.exception("netcheck failed")
+
+    async def _address_loop(self) -> None:
+        while not self._closing:
+            await asyncio.sleep(ADDRESS_POLL_INTERVAL)
+            try:
+                addresses = local_addresses({self.interface})
+            except Exception:  # netifaces hiccup: try again next round
+                continue
+            if addresses != self._addresses:
+                log.info("local addresses changed: %s", ", ".join(addresses) or "none")
+                self._addresses = addresses
+                self._apply(self.pm.set_local_endpoints([(a, self.runner.udp.port) for a in addresses],
+                                                        time.monotonic()))
+                self._netcheck_now.set()
+
+    # SharedSocket (natprobe.aio.netcheck): STUN through the WireGuard port.
+    def stun_send(self, data: bytes, dest: tuple, family: int) -> bool:
+        sock = self.runner.udp.v4 if family == 4 else self.runner.udp.v6
+        if sock is None:
+            return False
+        try:
+            sock.sendto(data, dest)
+            return True
+        except OSError as exc:
+            log.debug("STUN send to %s failed: %s", dest, exc)
+            return False
+
+    def stun_attach(self, receive: Callable[[bytes, tuple], None] | None) -> None:
+        self._stun_receive = receive
+
+    # -- from the runner -----------------------------------------------------------------------------------
+    def on_foreign(self, datagrams: list, now: float) -> None:
+        """Datagrams on the WireGuard port that are not WireGuard: disco or STUN."""
+        for data, source in datagrams:
+            kind = demux.classify(data)
+            if kind == demux.DISCO:
+                self._apply(self.pm.on_disco(data, now, addr=disco.canonical_addr(source)), now)
+            elif kind == demux.STUN and self._stun_receive is not None:
+                self._stun_receive(data, source)
+            else:
+                self._drop("udp: not WireGuard, disco or STUN")
+
+    def on_heard(self, heard: list, now: float) -> None:
+        """Authenticated WireGuard packets' sources, once per peer and batch."""
+        pm = self.pm
+        for peer, source in heard:
+            if source[0] == DERP_MAGIC_IP:
+                outs = pm.on_wireguard_from(peer.public_key, now, region=source[1])
+            else:
+                outs = pm.on_wireguard_from(peer.public_key, now, addr=disco.canonical_addr(source))
+            if outs:
+                self._apply(outs, now)
+
+    def route_sealed(self, buf: bytearray, sealed: list, now: float) -> list:
+        """The UDP part of the sealed messages (tokens replaced by direct addresses); relays the rest."""
+        out = []
+        routes: dict = {}
+        pm = self.pm
+        for item in sealed:
+            endpoint = item[0]
+            if type(endpoint) is not PathEndpoint:
+                out.append(item)
+                continue
+            route = routes.get(endpoint)
+            if route is None:
+                outs = pm.on_data_sent(endpoint.key, now)
+                if outs:
+                    self._apply(outs, now)
+                route = routes[endpoint] = pm.route(endpoint.key, now)
+            if route.direct is not None:
+                out.append((route.direct, item[1], item[2]))
+            if route.relay is not None:
+                self._relay(route.relay, endpoint.key, bytes(buf[item[1]:item[2]]))
+            elif route.direct is None:
+                self._drop("no path to peer yet")
+        return out
+
+    def send_datagram(self, endpoint, data: bytes, now: float) -> None:
+        """A handshake (or cookie) message the device addressed to a token or a DERP source."""
+        if type(endpoint) is PathEndpoint:
+            outs = self.pm.on_data_sent(endpoint.key, now)
+            if outs:
+                self._apply(outs, now)
+            route = self.pm.route(endpoint.key, now)
+            if route.direct is not None:
+                self.runner.udp.send(data, route.direct)
+            if route.relay is not None:
+                self._relay(route.relay, endpoint.key, data)
+            elif route.direct is None:
+                self._drop("no path to peer yet")
+        elif endpoint[0] == DERP_MAGIC_IP:
+            self._drop("cookie reply to a DERP source")  # no peer key to address it to
+        else:
+            self.runner.udp.send(data, endpoint)
+
+    def _relay(self, region: int, key: bytes, data: bytes) -> None:
+        client = self.clients.get(region)
+        if client is None:
+            self._connect(region)
+            self._drop("relay region not connected yet")
+            return
+        if not client.send_packet(key, data):
+            self._drop("relay not connected or backlogged")
+
+    # -- DERP ----------------------------------------------------------------------------------------------
+    def _connect(self, region: int) -> None:
+        if region in self.clients or self._closing:
+            return
+        reg = self.derpmap.regions.get(region)
+        if reg is None or not reg.derp_nodes():
+            self._drop("unknown DERP region")
+            return
+        client = DerpClient(self.device.identity.private_key, targets_for_region(reg), ca_file=self.ca_file,
+                            on_packet=lambda src, data, r=region: self._on_derp_packet(r, src, data),
+                            on_event=lambda ev, r=region: self._on_derp_event(r, ev),
+                            preferred=(region == self.home))
+        self.clients[region] = client
+        self._tasks.append(asyncio.create_task(client.start(wait=False)))
+        log.info("connecting to DERP region %s (%d)", reg.region_code, region)
+
+    def _on_derp_packet(self, region: int, src: bytes, data: bytes) -> None:
+        self.derp_heard[region] = self.loop.time()
+        if disco.is_disco(data):
+            self._apply(self.pm.on_disco(data, time.monotonic(), region=region, derp_src=src))
+            return
+        self._derp_in.append((data, (DERP_MAGIC_IP, region)))
+        if not self._derp_drain_scheduled:
+            self._derp_drain_scheduled = True
+            self.loop.call_soon(self._drain_derp)
+
+    def _drain_derp(self) -> None:
+        """WireGuard packets that came over DERP, in one batch into the device."""
+        self._derp_drain_scheduled = False
+        batch, self._derp_in = self._derp_in, []
+        if batch:
+            self.device.receive_datagrams(batch, time.monotonic())
+            self.runner.flush()
+
+    def _on_derp_event(self, region: int, ev) -> None:
+        now = time.monotonic()
+        client = self.clients.get(region)
+        if isinstance(ev, DP.Connected):
+            self.derp_heard[region] = self.loop.time()
+            stream = client.stream if client is not None else None
+            self.transports[region] = "websocket" if stream is not None and stream.websocket else "upgrade"
+            log.info("DERP region %d connected (%s)", region, self.transports[region])
+            if client is not None:
+                client.note_preferred(region == self.home)
+            self._apply(self.pm.on_region_up(region, now), now)
+        elif isinstance(ev, Disconnected):
+            if self.transports.pop(region, None) is not None:
+                log.info("DERP region %d disconnected: %s", region, ev.reason)
+                self._apply(self.pm.on_region_down(region, now), now)
+        elif isinstance(ev, DP.PeerGoneReceived):
+            if ev.key in self.pm.peers:
+                self._apply(self.pm.on_peer_gone(ev.key, region, now), now)
+        elif isinstance(ev, DP.HealthChanged) and ev.problem:
+            log.warning("DERP region %d reports a problem: %s", region, ev.problem)
+
+    # -- manager outputs -----------------------------------------------------------------------------------
+    def _apply(self, outs: list, now: float | None = None) -> None:
+        for o in outs:
+            kind = type(o)
+            if kind is SendDisco:
+                if o.addr is not None:
+                    self.runner.udp.send(o.packet, o.addr)
+                if o.region is not None:
+                    self._relay(o.region, o.peer, o.packet)
+            elif kind is ConnectRegion:
+                self._connect(o.region)
+            elif kind is CloseRegion:
+                client = self.clients.pop(o.region, None)
+                self.transports.pop(o.region, None)
+                if client is not None:
+                    log.info("closing idle DERP region %d", o.region)
+                    self._tasks.append(asyncio.create_task(client.close()))
+            elif kind is SetHome:
+                self.home = o.region
+                log.info("home DERP region: %s (%d)", self.pm.home.code(o.region), o.region)
+                for rid, client in self.clients.items():
+                    client.note_preferred(rid == o.region)
+                if o.region and o.region not in self.clients:
+                    self._connect(o.region)
+            elif kind is PingResult:
+                for fut in self._pings.pop(o.peer, []):
+                    if not fut.done():
+                        fut.set_result(o)
+            elif kind is PathChanged:
+                pass  # the manager logged it; status reads the manager
+        self._rearm()
+
+    def _rearm(self) -> None:
+        deadline = self.pm.next_deadline()
+        if deadline == self._timer_at or self._closing:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_at = deadline
+        self._timer = None if deadline is None else \
+            self.loop.call_later(max(0.0, deadline - time.monotonic()), self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_at = None
+        self._apply(self.pm.on_timer(time.monotonic()))
+
+    def _drop(self, reason: str) -> None:
+        self.drops[reason] = self.drops.get(reason, 0) + 1
+
+    # -- for the control socket ----------------------------------------------------------------------------
+    async def ping(self, key: bytes, timeout: float) -> PingResult | None:
+        fut = self.loop.create_future()
+        self._pings.setdefault(key, []).append(fut)
+        self._apply(self.pm.ping(key, time.monotonic()))
+        try:
+            return await asyncio.wait_for(fut, timeout)
+        except asyncio.TimeoutError:
+            return None
+        finally:
+            waiting = self._pings.get(key)
+            if waiting and fut in waiting:
+                waiting.remove(fut)
+
+    def netcheck_summary(self) -> dict | None:
+        r = self.report
+        if r is None:
+            return None
+        codes = {reg.region_id: reg.code for reg in self.regions}
+        return {"udp": bool(r.udp), "ipv4": r.global_v4 or None, "ipv6": r.global_v6 or None,
+                "mapping_varies_by_dest_ip": r.mapping_varies_by_dest_ip,
+                "preferred_region": r.preferred_derp,
+                "latency_ms": {codes.get(rid, str(rid)): round(lat * 1e3, 1)
+                               for rid, lat in sorted(r.region_latency.items(), key=lambda kv: kv[1])},
+                "at": r.now or None}
+
+    def region_list(self) -> list[dict]:
+        return [{"id": r.region_id, "code": r.code, "connected": r.region_id in self.transports,
+                 "home": r.region_id == self.home, "transport": self.transports.get(r.region_id)}
+                for r in self.regions if r.region_id in self.clients or r.region_id == self.home]
+
+
+__all__ = ["Paths", "PathEndpoint", "DERP_MAGIC_IP"]
