@@ -64,8 +64,13 @@ class ClientSpec:
 
 
 def _rules_nat(wan: str, random: bool) -> str:
+    # Unsolicited UDP arriving at the router itself is dropped before its conntrack entry is confirmed,
+    # as a home router's firewall does. Without this, a peer's early hole-punching packet leaves an entry
+    # that makes masquerade pick another port for our own outgoing packet (simultaneous open fails).
     return ("table ip natlab {\n  chain postnat {\n    type nat hook postrouting priority srcnat; policy accept;\n"
-            f'    oifname "{wan}" masquerade{" random" if random else ""}\n  }}\n}}\n')
+            f'    oifname "{wan}" masquerade{" random" if random else ""}\n  }}\n'
+            "  chain wanin {\n    type filter hook input priority filter; policy accept;\n"
+            f'    iifname "{wan}" meta l4proto udp ct state new drop\n  }}\n}}\n')
 
 
 RULES_BLOCK_UDP = ("table inet natlab_filter {\n  chain blockudp {\n"

@@ -15,6 +15,7 @@ magic DERP address, so the core needs no new type of endpoint.
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import os
 import random
@@ -42,6 +43,8 @@ log = logging.getLogger("wgc.paths")
 
 DERP_MAGIC_IP = "127.3.3.40"   # the source address of packets that came over DERP (port = region id)
 NETCHECK_INTERVAL = 23.0       # Tailscale: 20-26 s while active
+PENDING_PER_REGION = 64        # packets held for a DERP region while its connection is being made
+PENDING_TIMEOUT = 5.0          # ... for at most this long
 ADDRESS_POLL_INTERVAL = 5.0    # local addresses are compared this often (a change runs netcheck at once)
 
 
@@ -109,6 +112,7 @@ class Paths:
         self._derp_in: list[tuple[bytes, tuple]] = []
         self._derp_drain_scheduled = False
         self._pings: dict[bytes, list[asyncio.Future]] = {}
+        self._pending: dict[int, collections.deque] = {}
         self._tasks: list[asyncio.Task] = []
         self._netcheck_now = asyncio.Event()
         self._addresses: list[str] = []
@@ -230,6 +234,7 @@ class Paths:
         for data, source in datagrams:
             kind = demux.classify(data)
             if kind == demux.DISCO:
+                log.debug("disco in via UDP from %s", source)
                 self._apply(self.pm.on_disco(data, now, addr=disco.canonical_addr(source)), now)
             elif kind == demux.STUN and self._stun_receive is not None:
                 self._stun_receive(data, source)
@@ -291,12 +296,34 @@ class Paths:
 
     def _relay(self, region: int, key: bytes, data: bytes) -> None:
         client = self.clients.get(region)
-        if client is None:
-            self._connect(region)
-            self._drop("relay region not connected yet")
+        if client is None or not client.connected:
+            # Held until the connection is up (a first handshake or CallMeMaybe is not lost to a dial).
+            if client is None:
+                self._connect(region)
+            pending = self._pending.get(region)
+            if pending is None:
+                pending = self._pending[region] = collections.deque(maxlen=PENDING_PER_REGION)
+                self._tasks.append(asyncio.create_task(self._send_when_connected(region)))
+            if len(pending) == pending.maxlen:
+                self._drop("relay backlog while connecting")
+            pending.append((key, data))
             return
         if not client.send_packet(key, data):
             self._drop("relay not connected or backlogged")
+
+    async def _send_when_connected(self, region: int) -> None:
+        try:
+            client = self.clients.get(region)
+            if client is not None:
+                await client.wait_connected(PENDING_TIMEOUT)
+        except asyncio.TimeoutError:
+            pass
+        finally:
+            pending = self._pending.pop(region, ())
+        client = self.clients.get(region)
+        for key, data in pending:
+            if client is None or not client.send_packet(key, data):
+                self._drop("relay not connected or backlogged")
 
     # -- DERP ----------------------------------------------------------------------------------------------
     def _connect(self, region: int) -> None:
@@ -317,6 +344,7 @@ class Paths:
     def _on_derp_packet(self, region: int, src: bytes, data: bytes) -> None:
         self.derp_heard[region] = self.loop.time()
         if disco.is_disco(data):
+            log.debug("disco in via DERP %d from %s (drops %s)", region, short(src), self.pm.drops)
             self._apply(self.pm.on_disco(data, time.monotonic(), region=region, derp_src=src))
             return
         self._derp_in.append((data, (DERP_MAGIC_IP, region)))
@@ -358,6 +386,9 @@ class Paths:
         for o in outs:
             kind = type(o)
             if kind is SendDisco:
+                if log.isEnabledFor(logging.DEBUG):
+                    log.debug("[peer:%s] disco out via %s", short(o.peer),
+                              o.addr if o.addr is not None else f"DERP {o.region}")
                 if o.addr is not None:
                     self.runner.udp.send(o.packet, o.addr)
                 if o.region is not None:

@@ -335,6 +335,13 @@ class PathManager:
         for cand in list(p.candidates.values()):
             cand.last_ping = None
             self._send_ping(p, now, "discovery", addr=cand.addr)
+        # With no control server the caller may not know our endpoints yet: answer with ours (at most
+        # every 5 s, so two CallMeMaybes never echo back and forth), so both sides punch at once.
+        if p.relay and not p.trusted(now) and (p.last_cmm_sent is None
+                                               or now - p.last_cmm_sent >= self.config.disco_ping_interval):
+            p.last_cmm_sent = now
+            self._send(p, disco.CallMeMaybe(self.endpoints()), region=p.relay)
+            self._send(p, self._node_info(), region=p.relay)
 
     # --- internals: discovery and heartbeat ----------------------------------------------------------
 
