@@ -190,6 +190,19 @@ def _jitter() -> float:
     return _prng.uniform(0.0, REKEY_TIMEOUT_JITTER_MAX)
 
 
+async def _start_control(config: InterfaceConfig, runner: Runner):
+    """The control socket for `wgc status` and `wgc ping` (wgclient/aio/control_server.py)."""
+    try:
+        from .control_server import start_control_server
+    except ModuleNotFoundError:  # TEMPORARY until the control server lands
+        return None
+    from .control_target import NodeControl
+    server = start_control_server(config.name, NodeControl(runner, config))
+    if asyncio.iscoroutine(server):
+        server = await server
+    return server
+
+
 async def serve(config: InterfaceConfig, *, on_ready: Callable[[], None] = lambda: None,
                 vnet_hdr: bool | None = None, derpmap=None, derp_ca_file: str | None = None) -> None:
     """Bring up the interface described by config, run until cancelled, then undo everything.
@@ -256,6 +269,9 @@ async def serve(config: InterfaceConfig, *, on_ready: Callable[[], None] = lambd
         # The UAPI socket appears last: whoever waits for it finds addresses and routes in place.
         uapi = await start_uapi_server(config.name, DeviceTarget(runner))
         cleanups.append(uapi.close)
+        control = await _start_control(config, runner)
+        if control is not None:
+            cleanups.append(control.close)
         for pc in config.peers:
             if pc.persistent_keepalive:
                 device.set_persistent_keepalive(device.peers[pc.public_key], pc.persistent_keepalive, now)

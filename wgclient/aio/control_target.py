@@ -1,0 +1,91 @@
+"""What the control socket (`wgc status`, `wgc ping`) sees of a running interface: a JSON-able snapshot of
+the node and its peers, and disco pings; the schema is in docs/control.md.
+
+With a DERP map it reads the path manager (wgclient/aio/paths.py); without one every peer's path is its
+WireGuard endpoint and `ping` is refused with the reason.
+"""
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+from ..errors import UsageError
+from ..keys import key_to_base64, short
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..config import InterfaceConfig
+    from .runner import Runner
+
+
+def format_addr(addr) -> str:
+    host, port = addr[0], addr[1]
+    if host.startswith("::ffff:") and "." in host:
+        host = host[7:]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+class NodeControl:
+    """The ControlTarget of one interface."""
+
+    def __init__(self, runner: "Runner", config: "InterfaceConfig") -> None:
+        self.runner = runner
+        self.config = config
+        self.names = {p.public_key: p.name for p in config.peers if p.name}
+
+    def status(self) -> dict:
+        runner = self.runner
+        dev = runner.device
+        paths = runner.paths
+        now = time.monotonic()
+        peers = []
+        for peer in dev.peers.values():
+            key = peer.public_key
+            entry = {"public_key": key_to_base64(key), "short": short(key), "name": self.names.get(key),
+                     "allowed_ips": [str(n) for n in dev.allowed_ips.entries(peer)],
+                     "last_handshake": peer.last_handshake_wall or None,
+                     "rx_bytes": peer.rx_bytes, "tx_bytes": peer.tx_bytes,
+                     "latency_ms": None, "direct": None, "relay": None}
+            if paths is not None and key in paths.pm.peers:
+                p = paths.pm.peers[key]
+                route = paths.pm.route(key, now)
+                entry["path"] = p.state.value
+                entry["direct"] = format_addr(route.direct) if route.direct else None
+                if route.relay:
+                    entry["relay"] = {"id": route.relay, "code": paths.pm.home.code(route.relay)}
+                if p.best is not None and p.best_latency:
+                    entry["latency_ms"] = round(p.best_latency * 1e3, 2)
+                entry["why"] = paths.pm.why(key, now)
+                if entry["name"] is None and p.name:
+                    entry["name"] = p.name
+            else:
+                ep = peer.endpoint
+                entry["path"] = "direct" if ep is not None else "none"
+                entry["direct"] = format_addr(ep) if ep is not None else None
+                entry["why"] = (f"direct to {entry['direct']} (no DERP map configured: wgc up --derpmap)"
+                                if ep is not None else
+                                "no endpoint known yet and no DERP map configured (wgc up --derpmap)")
+            peers.append(entry)
+        home = None
+        if paths is not None and paths.home:
+            home = {"id": paths.home, "code": paths.pm.home.code(paths.home)}
+        return {"interface": self.config.name,
+                "public_key": key_to_base64(dev.public_key) if dev.public_key else None,
+                "listen_port": runner.udp.port,
+                "home_region": home,
+                "netcheck": paths.netcheck_summary() if paths is not None else None,
+                "regions": paths.region_list() if paths is not None else [],
+                "peers": peers}
+
+    async def ping(self, key: bytes, timeout: float) -> dict | None:
+        paths = self.runner.paths
+        if paths is None:
+            raise UsageError("wgc ping uses disco, which needs the interface started with --derpmap")
+        if key not in paths.pm.peers:
+            raise UsageError(f"no such peer {short(key)}")
+        result = await paths.ping(key, timeout)
+        if result is None:
+            return None
+        region = result.region
+        return {"latency": result.latency, "via": "direct" if result.addr is not None else "derp",
+                "addr": format_addr(result.addr) if result.addr is not None else None,
+                "region": region, "region_code": paths.pm.home.code(region) if region else None}
