@@ -221,7 +221,8 @@ def configs(draw):
             allowed_ips=tuple(dict.fromkeys(draw(st.lists(st.one_of(v4nets, v6nets), max_size=5)))),
             endpoint=ep, endpoint_text=None if ep is None else (f"[{ep[0]}]:{ep[1]}" if ":" in ep[0] else f"{ep[0]}:{ep[1]}"),
             persistent_keepalive=draw(st.integers(0, 65535)),
-            name=draw(st.one_of(st.none(), st.from_regex(r"[a-z][a-z0-9 -]{0,10}[a-z0-9]", fullmatch=True)))))
+            name=draw(st.one_of(st.none(), st.from_regex(r"[a-z][a-z0-9 -]{0,10}[a-z0-9]", fullmatch=True))),
+            derp_region=draw(st.one_of(st.none(), st.from_regex(r"[A-Za-z0-9_.-]{1,10}", fullmatch=True)))))
     addrs = tuple(dict.fromkeys(draw(st.lists(ifaces, max_size=4))))
     return InterfaceConfig(
         name="wgx", path="dir/wgx.conf", private_key=priv, addresses=addrs,
@@ -240,7 +241,8 @@ def test_format_parse_round_trip(cfg):
 
 LINES = [f"PrivateKey = {PRIV}", f"PublicKey = {PUB}", "[Interface]", "[Peer]", "AllowedIPs = 10.0.0.0/8",
          "Endpoint = [::1]:5", "ListenPort = 1", "MTU = 1500", "# Name = x", "Address = fd00::1/64", "= =", "[",
-         f"PresharedKey = {PSK}", "FwMark = off", "Table = 7", "PersistentKeepalive = 9"]
+         f"PresharedKey = {PSK}", "FwMark = off", "Table = 7", "PersistentKeepalive = 9",
+         "DerpRegion = 901", "DerpRegion = fra", "DerpRegion = a b", "Name = my laptop"]
 
 
 @given(st.lists(st.one_of(st.sampled_from(LINES), st.text(max_size=40)), max_size=12))
@@ -261,3 +263,33 @@ def test_garbage_bytes_from_disk_raise_only_config_error(tmp_path_factory, data)
         load_config(path)
     except (ConfigError, ParseError):
         pass
+
+
+def test_derp_region_and_name_keys():
+    cfg = parse(f"[Interface]\nPrivateKey = {PRIV}\n[Peer]\nPublicKey = {PUB}\nName =  my laptop \n"
+                f"DerpRegion = fra\n[Peer]\nPublicKey = {PUB2}\n# Name = other\nDerpRegion = 901\n")
+    a, b = cfg.peers
+    assert (a.name, a.derp_region, a.derp_region_line) == ("my laptop", "fra", 6)
+    assert (b.name, b.derp_region) == ("other", "901")
+    assert "DerpRegion = fra" in format_config(cfg)
+
+
+@pytest.mark.parametrize("value", ["fr/a", "x" * 65, ""])
+def test_bad_derp_region_names_line_and_key(value):
+    with pytest.raises(ConfigError) as e:
+        parse(f"[Interface]\nPrivateKey = {PRIV}\n[Peer]\nPublicKey = {PUB}\nDerpRegion = {value}\n")
+    assert str(e.value).startswith("wg0.conf:5: DerpRegion:")
+
+
+def test_derp_region_hints_resolve_against_the_map():
+    from derp.derpmap import parse_derpmap
+    from wgclient.derpregions import find_region, region_hints
+    dm = parse_derpmap('{"Regions": {"901": {"RegionID": 901, "RegionCode": "fra", "Nodes": []},'
+                       ' "902": {"RegionID": 902, "RegionCode": "ams", "Nodes": []}}}')
+    assert find_region(dm, "901") == 901 and find_region(dm, "AMS") == 902 and find_region(dm, "nyc") is None
+    cfg = parse(f"[Interface]\nPrivateKey = {PRIV}\n[Peer]\nPublicKey = {PUB}\nDerpRegion = ams\n"
+                f"[Peer]\nPublicKey = {PUB2}\n")
+    assert region_hints(cfg, dm) == {keys.key_from_base64(PUB): 902}
+    bad = parse(f"[Interface]\nPrivateKey = {PRIV}\n[Peer]\nPublicKey = {PUB}\nDerpRegion = 7\n")
+    with pytest.raises(ConfigError, match=r"wg0.conf:5: DerpRegion: no region '7' in the DERP map"):
+        region_hints(bad, dm)

@@ -1,0 +1,74 @@
+"""Device core with a path-managed peer: authenticated sources are reported instead of roamed to, the
+endpoint token is kept, and datagrams that are not WireGuard are handed over for the disco/STUN demux."""
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tests.support.pair import EP_A, EP_B, Pair
+from wgclient.noise.messages import message_type
+
+TOKEN_B = object()  # what a path manager stores as a's endpoint for b
+
+
+def managed_pair() -> tuple[Pair, dict]:
+    p = Pair()
+    seen = {"heard": [], "foreign": []}
+    original = p.collect
+
+    def collect(name: str) -> None:
+        out = p.dev(name).out
+        seen["heard"].extend((name, peer, src) for peer, src in out.heard)
+        seen["foreign"].extend((name, data, src) for data, src in out.foreign)
+        original(name)
+
+    p.collect = collect
+    p.pa.managed = True
+    p.pa.endpoint = TOKEN_B
+    p.a.collect_foreign = True
+    return p, seen
+
+
+def test_managed_peer_keeps_its_token_and_reports_sources() -> None:
+    p, seen = managed_pair()
+    p.handshake("a")
+    pkt = p.ping("b", b"to a")
+    p.deliver()
+    assert p.tun["a"] == [pkt]
+    assert p.pa.endpoint is TOKEN_B            # never roamed
+    # a heard b from b's UDP source: for the handshake response and for the transport packets
+    assert {(n, src) for n, peer, src in seen["heard"]} == {("a", EP_B)}
+    assert all(peer is p.pa for _, peer, _ in seen["heard"])
+    # every datagram a sent was addressed to the token
+    assert {ep for _, name, _, ep in p.sent if name == "a"} == {TOKEN_B}
+    # the unmanaged side roams as before
+    assert p.pb.endpoint == EP_A
+
+
+def test_source_from_derp_is_reported_like_any_other() -> None:
+    p, seen = managed_pair()
+    p.source["b"] = ("127.3.3.40", 901)     # b's packets arrive over DERP region 901
+    p.handshake("b")
+    assert ("a", p.pa, ("127.3.3.40", 901)) in seen["heard"]
+    assert p.pa.endpoint is TOKEN_B
+
+
+def test_unmanaged_device_drops_foreign_datagrams() -> None:
+    p, seen = managed_pair()
+    p.b.receive_datagram(b"TS\xf0\x9f\x92\xac" + bytes(60), EP_A, p.now)
+    p.collect("b")
+    assert p.b.drops["not wireguard"] == 1 and not seen["foreign"]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.one_of(st.binary(max_size=200),
+                 st.tuples(st.integers(1, 4), st.binary(max_size=200)).map(lambda t: bytes([t[0], 0, 0, 0]) + t[1])))
+def test_foreign_datagrams_are_collected_not_parsed(data: bytes) -> None:
+    p, seen = managed_pair()
+    p.a.receive_datagram(data, EP_B, p.now)
+    p.collect("a")
+    if message_type(data) != 0 or (len(data) >= 32 and data[:4] == b"\x04\x00\x00\x00"):
+        assert not seen["foreign"]             # WireGuard-shaped: the core handles (and counts) it
+    else:
+        assert seen["foreign"] == [("a", data, EP_B)]
+        assert p.a.drops.get("not wireguard", 0) == 0
