@@ -437,6 +437,19 @@ class DerpClient:
         self.stats.sent += 1
         return True
 
+    def send_packets(self, items: list[tuple[bytes, bytes]]) -> int:
+        """Several (dst, data) SendPacket frames in one write; returns how many were accepted."""
+        stream = self.stream
+        if stream is None or stream.core is None or not stream.core.can_send():
+            self.stats.dropped_not_connected += len(items)
+            return 0
+        core = stream.core
+        if not stream.write(b"".join([core.send_packet(dst, data) for dst, data in items])):
+            self.stats.dropped_backpressure += len(items)
+            return 0
+        self.stats.sent += len(items)
+        return len(items)
+
     def note_preferred(self, preferred: bool) -> None:
         self.preferred = preferred
         if self.stream is not None and self.stream.core is not None:

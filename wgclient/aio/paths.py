@@ -256,6 +256,7 @@ class Paths:
         """The UDP part of the sealed messages (tokens replaced by direct addresses); relays the rest."""
         out = []
         routes: dict = {}
+        relayed: dict[int, list] = {}
         pm = self.pm
         for item in sealed:
             endpoint = item[0]
@@ -271,9 +272,20 @@ class Paths:
             if route.direct is not None:
                 out.append((route.direct, item[1], item[2]))
             if route.relay is not None:
-                self._relay(route.relay, endpoint.key, bytes(buf[item[1]:item[2]]))
+                batch = relayed.get(route.relay)
+                if batch is None:
+                    batch = relayed[route.relay] = []
+                batch.append((endpoint.key, bytes(buf[item[1]:item[2]])))
             elif route.direct is None:
                 self._drop("no path to peer yet")
+        for region, batch in relayed.items():
+            client = self.clients.get(region)
+            if client is not None and client.connected:
+                if client.send_packets(batch) < len(batch):
+                    self._drop("relay not connected or backlogged")
+            else:
+                for key, data in batch:
+                    self._relay(region, key, data)
         return out
 
     def send_datagram(self, endpoint, data: bytes, now: float) -> None:
