@@ -159,6 +159,11 @@ class Paths:
 
     async def close(self) -> None:
         self._closing = True
+        stats = {rid: c.stats for rid, c in self.clients.items()}
+        log.info("paths closing: drops %s, path manager drops %s, DERP %s", self.drops or "none",
+                 self.pm.drops or "none",
+                 "; ".join(f"{rid}: sent {st.sent} received {st.received} dropped "
+                           f"{st.dropped_not_connected}+{st.dropped_backpressure}" for rid, st in stats.items()))
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
