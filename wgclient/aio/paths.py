@@ -45,6 +45,7 @@ DERP_MAGIC_IP = "127.3.3.40"   # the source address of packets that came over DE
 NETCHECK_INTERVAL = 23.0       # Tailscale: 20-26 s while active
 PENDING_PER_REGION = 64        # packets held for a DERP region while its connection is being made
 PENDING_TIMEOUT = 5.0          # ... for at most this long
+CONNECT_GRACE = 3.0            # a region not connected this long after the dial started counts as down
 ADDRESS_POLL_INTERVAL = 5.0    # local addresses are compared this often (a change runs netcheck at once)
 
 
@@ -154,6 +155,8 @@ class Paths:
             await asyncio.wait_for(self._netcheck(), first_netcheck_timeout)
         except asyncio.TimeoutError:
             log.warning("first netcheck took longer than %.1f s; going on without it", first_netcheck_timeout)
+        except Exception:  # a probe failing must not stop the interface; the loop tries again
+            log.exception("first netcheck failed; going on without it")
         self._tasks.append(asyncio.create_task(self._netcheck_loop()))
         self._tasks.append(asyncio.create_task(self._address_loop()))
 
@@ -356,7 +359,19 @@ class Paths:
                             preferred=(region == self.home))
         self.clients[region] = client
         self._tasks.append(asyncio.create_task(client.start(wait=False)))
+        self._tasks.append(asyncio.create_task(self._watch_connect(region, client)))
         log.info("connecting to DERP region %s (%d)", reg.region_code, region)
+
+    async def _watch_connect(self, region: int, client: DerpClient) -> None:
+        """A region that does not connect in time counts as down (home failover), while the client keeps
+        retrying with backoff; its first connection brings it back."""
+        try:
+            await client.wait_connected(CONNECT_GRACE)
+        except asyncio.TimeoutError:
+            if self.clients.get(region) is client and not client.connected and not self._closing:
+                log.warning("DERP region %d: no connection after %.0f s; treating it as down", region,
+                            CONNECT_GRACE)
+                self._apply(self.pm.on_region_down(region, time.monotonic()))
 
     def _on_derp_packet(self, region: int, src: bytes, data: bytes) -> None:
         self.derp_heard[region] = self.loop.time()
