@@ -278,6 +278,70 @@ class NatLab:
             rules += RULES_BLOCK_UDP
         router.run("nft", "-f", "-", input=rules)
 
+    # -- events during a run: UDP cut, NAT re-mapping ---------------------------------------------------
+    def router(self, client: int) -> str:
+        """The lab node that NATs `client` to the internet (the carrier router for cgnat)."""
+        nat = self.clients[client - 1].nat
+        if nat == "none":
+            raise LabError(f"client{client} has no NAT router (nat none)")
+        return f"cgnat{client}" if nat == "cgnat" else f"nat{client}"
+
+    def _wan(self, client: int) -> str:
+        """The router's interface on the internet side (the one holding the client's public address)."""
+        out = self.run(self.router(client), "ip", "-o", "-4", "address", "show").stdout
+        for line in out.splitlines():
+            fields = line.split()
+            if len(fields) > 3 and fields[3].startswith(f"198.19.{client}."):
+                return fields[1].split("@")[0]
+        raise LabError(f"client{client}'s router has no public address")
+
+    def cut_udp(self, client: int) -> None:
+        """Drop every UDP packet the client's router forwards, both ways, v4 and v6 (TCP still passes).
+
+        Existing conntrack entries stay, so `restore_udp` brings the old mappings back."""
+        rules = ("table inet natlab_cut {\n  chain cut {\n"
+                 "    type filter hook forward priority -10; policy accept;\n"
+                 "    meta l4proto udp drop\n  }\n}\n")
+        self.run(self.router(client), "nft", "-f", "-", input=rules)
+
+    def restore_udp(self, client: int) -> None:
+        """Undo `cut_udp` (no error when UDP was not cut)."""
+        self.run(self.router(client), "nft", "delete", "table", "inet", "natlab_cut", check=False)
+
+    def udp_cut(self, client: int) -> bool:
+        out = self.run(self.router(client), "nft", "list", "tables", check=False).stdout
+        return "natlab_cut" in out
+
+    def remap(self, client: int) -> str:
+        """Give the client a new NAT mapping, as when a laptop moves to another network: the router
+        takes a new public IPv4 address (198.19.k.3, .4, ... on its WAN link), masquerades to it (same
+        NAT type as before) and forgets its UDP conntrack entries. Returns the new public address."""
+        router, wan = self.router(client), self._wan(client)
+        out = self.run(router, "ip", "-o", "-4", "address", "show", "dev", wan).stdout
+        used = {int(f.split()[3].split("/")[0].rsplit(".", 1)[1]) for f in out.splitlines() if len(f.split()) > 3}
+        host = max(used) + 1
+        if host > 250:
+            raise LabError(f"client{client} was remapped too often")
+        address = f"198.19.{client}.{host}"
+        self.run(router, "ip", "address", "add", f"{address}/24", "dev", wan)
+        random = " random" if self.clients[client - 1].nat == "symmetric" else ""
+        self.run(router, "nft", "-f", "-", input=(
+            "flush chain ip natlab postnat\n"
+            f'add rule ip natlab postnat oifname "{wan}" snat ip to {address}{random}\n'))
+        flush_conntrack(self.ns(router).name)
+        return address
+
+    def public_address(self, client: int) -> str:
+        """The client's current public IPv4 address (after `remap`, the newest one)."""
+        nat = self.clients[client - 1].nat
+        if nat == "none":
+            return self.public_ip(client)
+        out = self.run(self.router(client), "nft", "list", "chain", "ip", "natlab", "postnat").stdout
+        for word in out.split():
+            if word.startswith(f"198.19.{client}."):
+                return word
+        return self.public_ip(client)
+
     # -- state for the CLI ------------------------------------------------------------------------------
     def state(self) -> dict:
         return asdict(_State(self.name, {n: ns.name for n, ns in self.nodes.items()},
@@ -333,3 +397,18 @@ def clean_stale() -> list[str]:
         Namespace(name).delete()
         removed.append(name)
     return removed
+
+
+def flush_conntrack(netns: str) -> int:
+    """Delete the UDP conntrack entries of a namespace (netlink, via pyroute2); returns how many."""
+    code = ("import socket; from pyroute2 import Conntrack\n"
+            "ct = Conntrack(); n = 0\n"
+            "entries = [e for e in ct.dump_entries() if e.tuple_orig.proto == socket.IPPROTO_UDP]\n"
+            "for e in entries:\n"
+            "    ct.delete(e); n += 1\n"
+            "print(n)\n")
+    res = subprocess.run(["ip", "netns", "exec", netns, sys.executable, "-c", code], capture_output=True,
+                         text=True, timeout=30, check=False)
+    if res.returncode != 0:
+        raise LabError(f"could not flush conntrack in {netns}: {res.stderr.strip()[-500:]}")
+    return int(res.stdout.strip() or 0)
