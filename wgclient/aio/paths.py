@@ -494,8 +494,17 @@ class Paths:
 
     def region_list(self) -> list[dict]:
         return [{"id": r.region_id, "code": r.code, "connected": r.region_id in self.transports,
-                 "home": r.region_id == self.home, "transport": self.transports.get(r.region_id)}
+                 "home": r.region_id == self.home, "transport": self._transport(r.region_id)}
                 for r in self.regions if r.region_id in self.clients or r.region_id == self.home]
+
+    def _transport(self, region: int) -> str | None:
+        """How a connected region is reached. Read from the live stream: at the Connected event the
+        client has not published its new stream yet, so `transports` alone says "upgrade" always."""
+        client = self.clients.get(region)
+        stream = client.stream if client is not None else None
+        if region in self.transports and stream is not None:
+            return "websocket" if stream.websocket else "upgrade"
+        return self.transports.get(region)
 
 
 __all__ = ["Paths", "PathEndpoint", "DERP_MAGIC_IP"]
