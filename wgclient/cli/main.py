@@ -1,4 +1,4 @@
-"""The `wgc` command line: genkey, pubkey, up, down, and the netcheck/derper entry points.
+"""The `wgc` command line: genkey, pubkey, up, down, and the status/ping/netcheck/derper entry points.
 
 `genkey` and `pubkey` behave byte for byte like `wg genkey`/`wg pubkey` (same output, same acceptance
 of input, same exit codes). `up CONFIG` parses the wg-quick style file before anything is created,
@@ -92,6 +92,10 @@ def parser() -> argparse.ArgumentParser:
     up.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     down = sub.add_parser("down", help="stop the interface NAME started by `wgc up`")
     down.add_argument("name")
+    sub.add_parser("status", help="show the path, latency and traffic of each peer of a running interface",
+                   add_help=False)
+    sub.add_parser("ping", help="disco-ping a peer through the running interface (DERP or direct)",
+                   add_help=False)
     sub.add_parser("netcheck", help="report NAT type, STUN-mapped addresses and DERP latencies", add_help=False)
     sub.add_parser("derper", help="run a DERP relay server", add_help=False)
     return p
@@ -162,6 +166,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_genkey(argv[1:])
         if argv and argv[0] == "pubkey":
             return cmd_pubkey(argv[1:])
+        if argv and argv[0] in ("status", "ping"):
+            return dispatch(f"wgclient.cli.{argv[0]}", argv[1:], argv[0])
         if argv and argv[0] == "netcheck":
             return dispatch("wgclient.cli.netcheck", argv[1:], "netcheck")
         if argv and argv[0] == "derper":

@@ -1,0 +1,199 @@
+"""`wgc status` and `wgc ping` end to end: `python -m wgclient.cli.main` subprocesses against a control server
+run by the test (a scripted target in a background event loop): output lines, exit codes, one-line errors."""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+
+import pytest
+
+from tests.support.control_target import ScriptedTarget, derp_pong, direct_pong, key, sample_status
+from tests.support.prereq import require_root
+from wgclient.aio.control_server import start_control_server
+from wgclient.errors import UsageError
+
+pytestmark = pytest.mark.timeout(30)
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+class Daemons:
+    """Control servers on an event loop in a background thread, as a running daemon would have them."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.servers = []
+
+    def start(self, name: str, target: ScriptedTarget):
+        server = asyncio.run_coroutine_threadsafe(start_control_server(name, target), self.loop).result(5)
+        self.servers.append(server)
+        return server
+
+    def close(self) -> None:
+        async def shutdown():
+            for s in self.servers:
+                s.close()
+        try:
+            asyncio.run_coroutine_threadsafe(shutdown(), self.loop).result(5)
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join(5)
+            self.loop.close()
+
+
+@pytest.fixture
+def env(tmp_path, monkeypatch):
+    ctl = tmp_path / "wgc"
+    monkeypatch.setenv("WGC_CONTROL_DIR", str(ctl))
+    env = dict(os.environ, PYTHONPATH=ROOT, WGC_CONTROL_DIR=str(ctl))
+    return env
+
+
+@pytest.fixture
+def daemons(env):
+    d = Daemons()
+    try:
+        yield d
+    finally:
+        d.close()
+
+
+def wgc(env, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "wgclient.cli.main", *args], env=env, capture_output=True,
+                          text=True, timeout=20)
+
+
+def one_line_error(proc, pattern: str) -> None:
+    assert proc.returncode == 1
+    assert proc.stdout == ""
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("wgc: "), proc.stderr
+    assert pattern in lines[0], lines[0]
+
+
+def pinging() -> ScriptedTarget:
+    return ScriptedTarget(pongs={key(2): [derp_pong(0.0124), derp_pong(0.011), direct_pong(0.0031)],
+                                 key(3): [derp_pong(0.025)], key(4): [None],
+                                 key(5): [UsageError("wgc ping uses disco, which needs the interface started with --derpmap")]})
+
+
+def test_status_text_json_and_why(env, daemons):
+    daemons.start("wgt0", ScriptedTarget())
+    out = wgc(env, "status")
+    assert out.returncode == 0 and out.stderr == ""
+    lines = out.stdout.splitlines()
+    assert lines[1] == 'home region: "fra" (901), connected over upgrade'
+    assert lines[4] == '  NAT maps ports per destination: yes; nearest region: "fra" 12ms'
+    assert lines[6].split() == ["PEER", "ADDRESSES", "KEY", "PATH", "LATENCY", "HANDSHAKE", "RX", "TX"]
+    laptop = lines[7].split()
+    assert laptop[:5] == ["laptop", "100.64.0.2/32,fd7a::2/128", "AgICAgIC", "direct", "198.51.100.9:41641"]
+    assert laptop[-4:] == ["123", "B", "4.36", "MiB"]      # rx, tx
+    assert lines[8].split()[:5] == ["phone", "100.64.0.3/32", "AwMDAwMD", "relay", '"fra"']
+    assert len(lines) == 11
+    assert wgc(env, "status", "wgt0").stdout == out.stdout
+    js = wgc(env, "status", "--json")
+    assert js.returncode == 0 and json.loads(js.stdout) == sample_status()
+    why = wgc(env, "status", "--why", "100.64.0.3")
+    assert why.returncode == 0
+    assert why.stdout.splitlines() == ['phone (AwMDAwMD): relay "fra"',
+                                       'relayed via DERP region "fra": the peer\'s NAT maps ports per destination']
+    one_line_error(wgc(env, "status", "--why", "A"), "'A' matches 2 peers by key prefix: laptop (AgICAgIC), phone (AwMDAwMD); be more specific")
+
+
+def test_status_errors(env, daemons):
+    one_line_error(wgc(env, "status"), "wgc: no wgc interface is running")
+    daemons.start("wga", ScriptedTarget(sample_status("wga")))
+    daemons.start("wgb", ScriptedTarget(sample_status("wgb")))
+    one_line_error(wgc(env, "status"), "several wgc interfaces are running (wga, wgb); name one")
+    assert wgc(env, "status", "wgb").stdout.startswith("interface wgb: ")
+    one_line_error(wgc(env, "status", "wgz"), "wgc interface 'wgz' is not running (no control socket ")
+    one_line_error(wgc(env, "status", "--bogus"), "unrecognized arguments: --bogus")
+
+
+def test_ping_until_direct(env, daemons):
+    target = pinging()
+    daemons.start("wgt0", target)
+    out = wgc(env, "ping", "laptop", "--until-direct", "--interval", "0.05")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == ["pong from laptop (100.64.0.2) via DERP(fra) in 12ms",
+                                       "pong from laptop (100.64.0.2) via DERP(fra) in 11ms",
+                                       "pong from laptop (100.64.0.2) via 198.51.100.9:41641 in 3ms"]
+    assert [c for c in target.calls if c[0] == "ping"] == [("ping", key(2), 5.0)] * 3   # stopped at direct
+
+
+def test_ping_count_timeouts_and_exit_codes(env, daemons):
+    daemons.start("wgt0", pinging())
+    out = wgc(env, "ping", "100.64.0.3", "-c", "3", "--interval", "0.05")
+    assert out.returncode == 0
+    assert out.stdout.splitlines() == ["pong from phone (100.64.0.3) via DERP(fra) in 25ms"] * 3
+    relayed = wgc(env, "ping", "phone", "-c", "2", "--until-direct", "--interval", "0.05")
+    assert relayed.returncode == 1 and len(relayed.stdout.splitlines()) == 2
+    assert relayed.stderr == "wgc: no direct path to phone after 2 pings (pongs came through DERP)\n"
+    lost = wgc(env, "ping", "BAQE", "-c", "2", "--timeout", "0.2", "--interval", "0.05")
+    assert lost.returncode == 1 and lost.stderr == ""
+    assert lost.stdout.splitlines() == ["timeout waiting for pong from BAQEBAQE (100.64.0.4) (0.2s)"] * 2
+
+
+def test_ping_user_mistakes(env, daemons):
+    one_line_error(wgc(env, "ping", "laptop"), "no wgc interface is running")
+    daemons.start("wgt0", pinging())
+    one_line_error(wgc(env, "ping", "A"), "'A' matches 2 peers by key prefix: laptop (AgICAgIC), phone (AwMDAwMD)")
+    one_line_error(wgc(env, "ping", "192.0.2.1"), "no peer has 192.0.2.1 in its AllowedIPs")
+    one_line_error(wgc(env, "ping", "nobody"), "no peer matches 'nobody'")
+    one_line_error(wgc(env, "ping", "office", "-c", "1"), "wgc ping uses disco, which needs the interface")
+    one_line_error(wgc(env, "ping", "laptop", "-c", "0"), "-c/--count must be at least 1")
+    one_line_error(wgc(env, "ping", "laptop", "--timeout", "0"), "must be in (0, 60]")
+    one_line_error(wgc(env, "ping"), "the following arguments are required: peer")
+    one_line_error(wgc(env, "ping", "laptop", "-i", "wgz"), "wgc interface 'wgz' is not running")
+
+
+def test_not_root_gets_a_permission_error(daemons, monkeypatch):
+    """The control socket is mode 0600 in a 0700 directory: another user is refused, in one line."""
+    require_root()
+    import wgclient.cli.ping  # noqa: F401  (loaded before the fork: the child cannot read /root's files)
+    import wgclient.cli.status  # noqa: F401
+    from wgclient.cli.main import main
+
+    base = tempfile.mkdtemp(prefix="wgc-ctl-")
+    try:
+        os.chmod(base, 0o755)
+        ctl = os.path.join(base, "wgc")
+        monkeypatch.setenv("WGC_CONTROL_DIR", ctl)
+        daemons.start("wgt0", ScriptedTarget())
+
+        def as_nobody(*args: str) -> tuple[int, str]:
+            r, w = os.pipe()
+            pid = os.fork()
+            if pid == 0:   # pragma: no cover (child)
+                code = 99
+                try:
+                    sys.stderr = sys.stdout = os.fdopen(w, "w")
+                    os.setgroups([])
+                    os.setgid(65534)
+                    os.setuid(65534)
+                    code = main(list(args))
+                    sys.stderr.flush()
+                finally:
+                    os._exit(code)
+            os.close(w)
+            with os.fdopen(r) as f:
+                err = f.read()
+            return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]), err
+
+        assert os.stat(ctl).st_mode & 0o777 == 0o700
+        code, err = as_nobody("status")
+        assert (code, err) == (1, f"wgc: permission denied reading {ctl}: the control socket is for root only\n")
+        code, err = as_nobody("ping", "laptop", "-i", "wgt0")
+        assert code == 1 and err.startswith(f"wgc: permission denied opening {ctl}/wgt0.ctl"), err
+        os.chmod(ctl, 0o755)                    # even with a readable directory the socket itself says no
+        code, err = as_nobody("status", "wgt0")
+        assert code == 1 and err.startswith(f"wgc: permission denied opening {ctl}/wgt0.ctl"), err
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
