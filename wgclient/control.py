@@ -301,7 +301,9 @@ def printable(obj: JSON) -> JSON:
 
 
 def format_ms(ms: float) -> str:
-    """12ms, 3ms, 0.4ms: whole milliseconds from 1 ms up, one decimal below."""
+    """12ms, 3ms, 0.4ms, <0.1ms: whole milliseconds from 1 ms up, one decimal below."""
+    if ms < 0.05:
+        return "<0.1ms"
     return f"{ms:.1f}ms" if ms < 0.95 else f"{round(ms)}ms"
 
 

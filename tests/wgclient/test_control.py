@@ -231,7 +231,7 @@ def test_header_without_derp_map():
     assert control.format_header(s, NOW)[1] == "home region: none (no DERP map: wgc up --derpmap)"
 
 
-@pytest.mark.parametrize("ms, text", [(0.04, "0.0ms"), (0.4, "0.4ms"), (0.96, "1ms"), (3.1, "3ms"), (12.5, "12ms"),
+@pytest.mark.parametrize("ms, text", [(0.0, "<0.1ms"), (0.04, "<0.1ms"), (0.05, "0.1ms"), (0.4, "0.4ms"), (0.96, "1ms"), (3.1, "3ms"), (12.5, "12ms"),
                                       (1234.0, "1234ms")])
 def test_format_ms(ms, text):
     assert control.format_ms(ms) == text

@@ -90,7 +90,9 @@ class ControlServer:
         except (ConnectionError, OSError) as e:
             log.debug("control client went away: %s", e)
         except asyncio.CancelledError:
-            raise
+            # close() or the loop's shutdown: end quietly (a task that ends cancelled makes asyncio's stream
+            # callback log a traceback on Python 3.11)
+            return
         except Exception:  # a bug in one request never takes the server down
             self._count("internal error")
             log.exception("control client handler failed")
