@@ -228,16 +228,23 @@ def test_stale_socket_replaced_live_one_refused(ctl_dir):
 
 def test_close_drops_open_connections(ctl_dir):
     async def main():
+        errors = []
+        asyncio.get_running_loop().set_exception_handler(lambda loop, ctx: errors.append(ctx))
         target = ScriptedTarget(pongs={key(2): [None]})
         server = await start_control_server("wgt0", target)
         client = await ControlClient.connect("wgt0")
+        idle_r, idle_w = await asyncio.open_unix_connection(server.path)    # waiting for its first line
         pending = asyncio.create_task(client.ping(key(2), 10))
         await asyncio.sleep(0.2)
         server.close()
         with pytest.raises(UsageError, match="closed the control connection"):
             await asyncio.wait_for(pending, 3)
+        assert await asyncio.wait_for(idle_r.read(), 3) == b""
         client.close()
+        idle_w.close()
+        await asyncio.sleep(0.05)
         assert not os.path.exists(server.path)
+        assert errors == []          # the cancelled handlers ended quietly
     run(main())
 
 
