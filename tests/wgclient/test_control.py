@@ -193,8 +193,12 @@ def test_damaged_status_raises_parse_error(status, data):
         control.check_status(damaged)
 
 
-@given(statuses())
-def test_format_status_shows_every_peer(status):
+@given(statuses(), st.builds(lambda lat, d: direct_pong(lat) if d else derp_pong(lat, 7, None),
+                             st.floats(0, 100), st.booleans()))
+def test_format_status_shows_every_peer(status, pong):
+    for p in status["peers"]:   # one line per pong, two per explanation, whatever the names hold
+        assert len(control.format_pong(p, pong).splitlines()) == 1
+        assert len(control.format_why(p).splitlines()) == 2
     text = control.format_status(status, NOW)
     lines = text.splitlines()
     assert lines[0].startswith(f"interface {control.printable(status['interface'])}")
