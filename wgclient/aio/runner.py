@@ -192,10 +192,7 @@ def _jitter() -> float:
 
 async def _start_control(config: InterfaceConfig, runner: Runner):
     """The control socket for `wgc status` and `wgc ping` (wgclient/aio/control_server.py)."""
-    try:
-        from .control_server import start_control_server
-    except ModuleNotFoundError:  # TEMPORARY until the control server lands
-        return None
+    from .control_server import start_control_server
     from .control_target import NodeControl
     server = start_control_server(config.name, NodeControl(runner, config))
     if asyncio.iscoroutine(server):

@@ -220,6 +220,11 @@ class PathManager:
                 self._send_ping(p, now, "cli", region=p.relay)
             for cand in list(p.candidates.values()):
                 self._send_ping(p, now, "cli", addr=cand.addr)
+            # Like `tailscale ping`, an idle peer's ping also asks it to punch: CallMeMaybe (rate-limited).
+            if p.relay and (p.last_cmm_sent is None or now - p.last_cmm_sent >= self.config.disco_ping_interval):
+                p.last_cmm_sent = now
+                self._send(p, disco.CallMeMaybe(self.endpoints()), region=p.relay)
+                self._send(p, self._node_info(), region=p.relay)
         return self._finish(now)
 
     # --- queries -------------------------------------------------------------------------------------
