@@ -235,7 +235,22 @@ class PathLab:
                     p.know(q, region=region)
         for p in peers:
             p.start()
+        for p in peers:
+            self.wait_home(p)
         return peers
+
+    def wait_home(self, p: PathPeer, timeout: float = 8.0) -> dict:
+        """Wait until the peer's home DERP region is connected (packets sent to a peer that is not yet on
+        its relay are dropped by the relay, and WireGuard retries a handshake only after 5 s)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            st = self.status(p)
+            home = st["home_region"]
+            if home and any(r["id"] == home["id"] and r["connected"] for r in st["regions"]):
+                return st
+            if time.monotonic() > deadline:
+                raise LabError(f"{p.name}: home DERP region not connected after {timeout} s: {st['regions']}")
+            time.sleep(0.1)
 
     def stop_peer(self, p: PathPeer) -> None:
         p.stop()
@@ -268,9 +283,16 @@ class PathLab:
                 return entry
             time.sleep(0.2)
 
+    def wait_direct(self, p: PathPeer, other: PathPeer, timeout: float = 6.0) -> dict:
+        """Tunnel traffic (discovery runs while a peer is active, as in Tailscale), then wait for the
+        direct path; returns p's status entry for `other`."""
+        self.ping_tunnel(p, other, count=2, deadline=3, interval=0.2)
+        return self.wait_path(p, other, ("direct",), timeout)
+
     def wgc_ping(self, p: PathPeer, target: str, *, count: int = 5, until_direct: bool = False,
-                 timeout: float = 2.0) -> subprocess.CompletedProcess:
-        args = ["ping", target, "-i", p.name, "-c", str(count), "--timeout", str(timeout)]
+                 timeout: float = 2.0, interval: float = 1.0) -> subprocess.CompletedProcess:
+        args = ["ping", target, "-i", p.name, "-c", str(count), "--timeout", str(timeout),
+                "--interval", str(interval)]
         if until_direct:
             args.append("--until-direct")
         return self.wgc(p, *args, timeout=count * (timeout + 1.5) + 10)
