@@ -1,34 +1,37 @@
 #!/usr/bin/env bash
-# A local demo of two WireGuard peers in network namespaces: keys from `wgc genkey`/`wgc pubkey`,
-# wg-quick style configs in a temp dir, `wgc up` in each namespace, a ping and a file transfer through the
-# tunnel (sha256 shown on both ends), `wg show`, then `wgc down` and cleanup (also on failure or Ctrl-C).
+# The wgc demo: relayed at once, direct as soon as hole punching works.
 #
-#   bash tools/demo.sh [--dut wgc|wireguard-go] [--size MIB] [--skip-setup]
+# In the NAT lab (network namespaces: an "internet", one relay region with +20 ms round trip, two
+# clients behind cone NATs) it starts `wgc derper` (DERP over TLS + STUN), brings up two wgc peers with
+# `--derpmap` and no Endpoint, and shows: `wgc status` (relayed over DERP: at first client 2's router
+# drops UDP between the two sites, as a strict firewall does), a ping through the relayed tunnel, then
+# UDP is allowed and `wgc ping --until-direct` goes from `via DERP(lab)` to `via <ip:port>`, `wgc
+# status` (direct), and a file through the tunnel with sha256 on both ends. Everything is torn down at
+# the end, also on failure or Ctrl-C.
 #
-# --dut wireguard-go runs the same demo with Debian's wireguard-go + `wg` in place of wgc.
-# All traffic stays inside the two namespaces the demo makes (192.0.2.0/24 outside, 10.77.0.0/24 inside).
+#   bash tools/demo.sh [--size MIB] [--skip-setup]
+#
+# All traffic stays inside the lab's namespaces (198.18.0.0/15 outside, 100.90.0.0/24 in the tunnel).
+# tools/demo_veth.sh is the plain two-peer demo (wgc or wireguard-go on a veth, no relay).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 
-DUT=wgc
 SIZE_MIB=20
 SETUP=1
 while [ $# -gt 0 ]; do
     case "$1" in
-        --dut) DUT=${2:-}; shift 2 ;;
-        --dut=*) DUT=${1#--dut=}; shift ;;
         --size) SIZE_MIB=${2:-}; shift 2 ;;
         --skip-setup) SETUP=0; shift ;;
-        -h|--help) sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "demo.sh: unknown argument '$1' (try --help)" >&2; exit 2 ;;
     esac
 done
-case "$DUT" in wgc|wireguard-go) ;; *) echo "demo.sh: --dut must be wgc or wireguard-go" >&2; exit 2 ;; esac
 case "$SIZE_MIB" in ''|*[!0-9]*) echo "demo.sh: --size takes a whole number of MiB" >&2; exit 2 ;; esac
 if [ "$(id -u)" != 0 ]; then echo "demo.sh: needs root (network namespaces and TUN devices)" >&2; exit 1; fi
 
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+show() { printf '$ %s\n' "$*"; }
 
 if [ "$SETUP" = 1 ]; then
     step "setup (tools/setup.sh)"
@@ -41,10 +44,17 @@ export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 WGC=("$PY" -c 'import sys; from wgclient.cli.main import main; sys.exit(main(sys.argv[1:]))')
 
 TAG=$(( $$ % 100000 ))
-NS_A=wgcdemo-a-$TAG NS_B=wgcdemo-b-$TAG
-IF_A=wgda$TAG IF_B=wgdb$TAG           # interface names = config file stems (<= 15 characters)
+LAB=wgcdemo$TAG
+NS_R=natlab-$LAB-region1 NS_A=natlab-$LAB-client1 NS_B=natlab-$LAB-client2
+IF_A=alice$TAG IF_B=bob$TAG            # interface names = config file stems (<= 15 characters)
 TMP=$(mktemp -d /tmp/wgc-demo.XXXXXX)
 chmod 700 "$TMP"
+STATE=${NATLAB_STATE_DIR:-/run/natlab}/$LAB.json
+DERPER=
+
+lab_py() {  # run a tools.natlab.lab method on this demo's lab: lab_py 'cut_udp(2)'
+    "$PY" -c "import json; from tools.natlab.lab import NatLab; lab = NatLab.attach(json.load(open('$STATE'))); lab.$1"
+}
 
 cleanup() {
     local rc=$?
@@ -54,25 +64,19 @@ cleanup() {
     for pair in "$NS_A:$IF_A" "$NS_B:$IF_B"; do
         ns=${pair%%:*} ifname=${pair##*:}
         [ -e "/var/run/wireguard/$ifname.sock" ] || continue
-        if [ "$DUT" = wgc ]; then
-            echo "\$ wgc down $ifname"
-            ip netns exec "$ns" "${WGC[@]}" down "$ifname"
-        else
-            echo "\$ ip link del $ifname   # wireguard-go exits with its interface"
-            ip netns exec "$ns" ip link del "$ifname"
-        fi
+        show "wgc down $ifname"
+        ip netns exec "$ns" "${WGC[@]}" down "$ifname"
     done
-    for ns in "$NS_A" "$NS_B"; do
-        if ip netns list | grep -qw "$ns"; then
-            for pid in $(ip netns pids "$ns" 2>/dev/null); do kill "$pid" 2>/dev/null; done
-            ip netns del "$ns"
-        fi
-    done
+    if [ -n "$DERPER" ]; then kill "$DERPER" 2>/dev/null; wait "$DERPER" 2>/dev/null; fi
+    if [ -e "$STATE" ]; then
+        show "python3 -m tools.natlab down $LAB"
+        "$PY" -m tools.natlab down "$LAB"
+    fi
     rm -f "/var/run/wireguard/$IF_A.sock" "/var/run/wireguard/$IF_B.sock"
     rm -rf "$TMP"
     if [ $rc = 0 ]; then
         rm -f "/var/log/wgc/$IF_A.log" "/var/log/wgc/$IF_B.log"
-        echo "demo finished: namespaces, interfaces and temp files removed"
+        echo "demo finished: lab, relay, interfaces and temp files removed"
     else
         echo "demo FAILED (exit $rc); everything it made was removed (wgc logs: /var/log/wgc/$IF_A.log, $IF_B.log)" >&2
     fi
@@ -81,72 +85,96 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-step "two network namespaces joined by a veth pair (192.0.2.1 <-> 192.0.2.2)"
-ip netns add "$NS_A"
-ip netns add "$NS_B"
-ip link add veth-$TAG-a netns "$NS_A" type veth peer name veth-$TAG-b netns "$NS_B"
-ip -n "$NS_A" addr add 192.0.2.1/24 dev veth-$TAG-a
-ip -n "$NS_B" addr add 192.0.2.2/24 dev veth-$TAG-b
-for ns in "$NS_A" "$NS_B"; do ip -n "$ns" link set lo up; done
-ip -n "$NS_A" link set veth-$TAG-a up
-ip -n "$NS_B" link set veth-$TAG-b up
-echo "namespaces: $NS_A, $NS_B"
+step "the NAT lab: one relay region (+20 ms round trip), two clients behind cone NATs"
+show "python3 -m tools.natlab up --name $LAB --region 20 --client cone --client cone"
+"$PY" -m tools.natlab up --name "$LAB" --region 20 --client cone --client cone
+# The lab routes the clients' IPv6 without NAT, which would make the path direct at once: IPv4 only here.
+for ns in "$NS_A" "$NS_B"; do
+    ip netns exec "$ns" sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1
+done
 
-step "keys"
-if [ "$DUT" = wgc ]; then GENKEY=("${WGC[@]}" genkey) PUBKEY=("${WGC[@]}" pubkey); label=wgc
-else GENKEY=(wg genkey) PUBKEY=(wg pubkey); label=wg; fi
-(umask 077; "${GENKEY[@]}" > "$TMP/a.key"; "${GENKEY[@]}" > "$TMP/b.key")
-PUB_A=$("${PUBKEY[@]}" < "$TMP/a.key")
-PUB_B=$("${PUBKEY[@]}" < "$TMP/b.key")
-echo "\$ $label genkey | tee a.key | $label pubkey   ->  $PUB_A"
-echo "\$ $label genkey | tee b.key | $label pubkey   ->  $PUB_B"
+step "a relay in region 1: wgc derper (TLS, self-signed) with STUN on 3478"
+show "ip netns exec $NS_R wgc derper -a :443 --hostname 198.18.1.2 --certmode selfsigned --open-relay --stun"
+ip netns exec "$NS_R" "$PY" -m derp -a :443 --hostname 198.18.1.2 --certmode selfsigned --certdir "$TMP/certs" \
+    --open-relay --stun --stun-port 3478 --http-port -1 --metrics-addr off --shutdown-timeout 1 \
+    > "$TMP/derper.out" 2> "$TMP/derper.log" &
+DERPER=$!
+for _ in $(seq 100); do grep -q "derper ready" "$TMP/derper.out" 2>/dev/null && break; sleep 0.1; done
+grep -q "derper ready" "$TMP/derper.out" || { echo "wgc derper did not start:" >&2; cat "$TMP/derper.log" >&2; exit 1; }
+"$PY" -m tools.natlab derpmap "$LAB" | "$PY" -c '
+import json, sys
+dm = json.load(sys.stdin)
+for region in dm["Regions"].values():
+    region["RegionCode"] = "lab"
+    for node in region["Nodes"]:
+        node["IPv6"] = "none"
+json.dump(dm, sys.stdout, indent=1)' > "$TMP/derpmap.json"
+echo "DERP map ($TMP/derpmap.json): region 901 \"lab\", node 198.18.1.2:443 (InsecureForTests: self-signed)"
 
-write_conf() {  # file own-key address port peer-pub peer-inner peer-endpoint
+step "keys and configs: no Endpoint, the peers find each other through the relay"
+(umask 077; "${WGC[@]}" genkey > "$TMP/a.key"; "${WGC[@]}" genkey > "$TMP/b.key")
+PUB_A=$("${WGC[@]}" pubkey < "$TMP/a.key")
+PUB_B=$("${WGC[@]}" pubkey < "$TMP/b.key")
+write_conf() {  # file own-key address peer-name peer-pub peer-inner
     (umask 077; cat > "$1" <<EOF
 [Interface]
 PrivateKey = $(cat "$2")
 Address = $3
-ListenPort = $4
+ListenPort = 41641
 
 [Peer]
+# Name = $4
 PublicKey = $5
 AllowedIPs = $6
-Endpoint = $7
-PersistentKeepalive = 25
+DerpRegion = lab
 EOF
     )
 }
-write_conf "$TMP/$IF_A.conf" "$TMP/a.key" 10.77.0.1/24 51820 "$PUB_B" 10.77.0.2/32 192.0.2.2:51820
-write_conf "$TMP/$IF_B.conf" "$TMP/b.key" 10.77.0.2/24 51820 "$PUB_A" 10.77.0.1/32 192.0.2.1:51820
-step "config for $IF_A (in $TMP; private key hidden here)"
+write_conf "$TMP/$IF_A.conf" "$TMP/a.key" 100.90.0.1/32 bob "$PUB_B" 100.90.0.2/32
+write_conf "$TMP/$IF_B.conf" "$TMP/b.key" 100.90.0.2/32 alice "$PUB_A" 100.90.0.1/32
+echo "$IF_A.conf (private key hidden):"
 sed 's/^PrivateKey = .*/PrivateKey = (hidden)/' "$TMP/$IF_A.conf"
 
-up() {  # namespace ifname
-    local conf="$TMP/$2.conf"
-    if [ "$DUT" = wgc ]; then
-        echo "\$ ip netns exec $1 wgc up $conf"
-        ip netns exec "$1" "${WGC[@]}" up "$conf"
-    else
-        echo "\$ ip netns exec $1 wireguard-go $2 && wg setconf $2 (config without Address) && ip addr/link"
-        ip netns exec "$1" wireguard-go "$2" 2>/dev/null
-        grep -v '^Address' "$conf" > "$TMP/$2.wg"
-        ip netns exec "$1" wg setconf "$2" "$TMP/$2.wg"
-        ip -n "$1" addr add "$(sed -n 's/^Address = //p' "$conf")" dev "$2"
-        ip -n "$1" link set "$2" mtu 1420 up
-    fi
-}
-step "bring the tunnel up ($DUT)"
-up "$NS_A" "$IF_A"
-up "$NS_B" "$IF_B"
+step "for now, client 2's router drops UDP to and from client 1's network: only the relay can work"
+show "python3 -c 'lab.cut_udp(2, only_net=\"198.19.1.0/24\")'   # nftables on the router"
+lab_py 'cut_udp(2, only_net="198.19.1.0/24")'
 
-step "ping through the tunnel: $NS_A (10.77.0.1) -> $NS_B (10.77.0.2)"
-ip netns exec "$NS_A" ping -n -c 3 -i 0.3 -w 10 10.77.0.2
+step "bring both peers up (wgc up --derpmap)"
+show "ip netns exec $NS_A wgc up $IF_A.conf --derpmap derpmap.json"
+ip netns exec "$NS_A" "${WGC[@]}" up "$TMP/$IF_A.conf" --derpmap "$TMP/derpmap.json"
+show "ip netns exec $NS_B wgc up $IF_B.conf --derpmap derpmap.json"
+ip netns exec "$NS_B" "${WGC[@]}" up "$TMP/$IF_B.conf" --derpmap "$TMP/derpmap.json"
+for _ in $(seq 50); do  # both on their home relay before the first packet
+    ip netns exec "$NS_A" "${WGC[@]}" status "$IF_A" --json 2>/dev/null | grep -q '"connected": true' &&
+        ip netns exec "$NS_B" "${WGC[@]}" status "$IF_B" --json 2>/dev/null | grep -q '"connected": true' && break
+    sleep 0.1
+done
 
-step "transfer a $SIZE_MIB MiB file through the tunnel: $NS_A -> $NS_B"
+step "ping through the tunnel: alice (100.90.0.1) -> bob (100.90.0.2), relayed"
+show "ip netns exec $NS_A ping -c 3 100.90.0.2"
+ip netns exec "$NS_A" ping -n -c 3 -i 0.3 -w 10 100.90.0.2
+
+step "wgc status on alice: bob is relayed"
+show "wgc status $IF_A"
+ip netns exec "$NS_A" "${WGC[@]}" status "$IF_A"
+show "wgc status $IF_A --why bob"
+ip netns exec "$NS_A" "${WGC[@]}" status "$IF_A" --why bob
+
+step "the router lets UDP through again; wgc keeps trying (every ~5 s) and goes direct"
+show "python3 -c 'lab.restore_udp(2)'"
+lab_py "restore_udp(2)"
+show "wgc ping bob -i $IF_A --until-direct -c 30 --interval 0.5"
+ip netns exec "$NS_A" "${WGC[@]}" ping bob -i "$IF_A" --until-direct -c 30 --interval 0.5
+
+step "wgc status on alice: bob is direct"
+show "wgc status $IF_A"
+ip netns exec "$NS_A" "${WGC[@]}" status "$IF_A"
+
+step "transfer a $SIZE_MIB MiB file through the tunnel: alice -> bob"
 head -c "$((SIZE_MIB * 1024 * 1024))" /dev/urandom > "$TMP/payload.bin"
 ip netns exec "$NS_B" "$PY" -c '
 import socket, sys
-s = socket.create_server(("10.77.0.2", 9000)); print("ready", flush=True)
+s = socket.create_server(("100.90.0.2", 9000)); print("ready", flush=True)
 c, _ = s.accept()
 with open(sys.argv[1], "wb") as f:
     while (chunk := c.recv(1 << 16)):
@@ -157,7 +185,7 @@ for _ in $(seq 50); do grep -q ready "$TMP/recv.out" 2>/dev/null && break; sleep
 start=$EPOCHREALTIME
 ip netns exec "$NS_A" "$PY" -c '
 import socket, sys
-with socket.create_connection(("10.77.0.2", 9000), timeout=30) as s, open(sys.argv[1], "rb") as f:
+with socket.create_connection(("100.90.0.2", 9000), timeout=30) as s, open(sys.argv[1], "rb") as f:
     s.sendfile(f)
 ' "$TMP/payload.bin"
 wait "$RECV"
@@ -165,12 +193,7 @@ rate=$(awk -v s="$start" -v e="$EPOCHREALTIME" -v m="$SIZE_MIB" \
     'BEGIN { printf "%.2f s, %.0f Mbit/s", e - s, m * 8 * 1.048576 / (e - s) }')
 SENT=$(sha256sum < "$TMP/payload.bin" | cut -d' ' -f1)
 GOT=$(sha256sum < "$TMP/received.bin" | cut -d' ' -f1)
-echo "sender   ($NS_A) sha256 $SENT"
-echo "receiver ($NS_B) sha256 $GOT"
+echo "sender   (alice) sha256 $SENT"
+echo "receiver (bob)   sha256 $GOT"
 [ "$SENT" = "$GOT" ] || { echo "sha256 MISMATCH" >&2; exit 1; }
 echo "identical: $SIZE_MIB MiB in $rate"
-
-step "wg show (stock wireguard-tools against the UAPI sockets)"
-ip netns exec "$NS_A" wg show "$IF_A"
-echo
-ip netns exec "$NS_B" wg show "$IF_B"

@@ -1,4 +1,5 @@
-"""The README's demo (tools/demo.sh) runs end to end and leaves nothing behind.
+"""The plain-tunnel demo (tools/demo_veth.sh; tools/demo.sh is the relay -> direct one) runs end to end
+and leaves nothing behind.
 
 Runs it with `--skip-setup` (the test run already did the setup) and a small file, for wgc and for
 wireguard-go, and checks the ping, the matching sha256 on both ends, the `wg show` output and the
@@ -28,7 +29,7 @@ def _namespaces() -> set[str]:
 def test_demo_runs_and_cleans_up(dut: str) -> None:
     require_root()
     require_binary("wireguard-go", "wg", "ping", "bash")
-    proc = subprocess.Popen(["bash", str(ROOT / "tools" / "demo.sh"), "--skip-setup", "--size", "2", "--dut", dut],
+    proc = subprocess.Popen(["bash", str(ROOT / "tools" / "demo_veth.sh"), "--skip-setup", "--size", "2", "--dut", dut],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
         out, _ = proc.communicate(timeout=60)

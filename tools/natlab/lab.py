@@ -295,13 +295,20 @@ class NatLab:
                 return fields[1].split("@")[0]
         raise LabError(f"client{client}'s router has no public address")
 
-    def cut_udp(self, client: int) -> None:
-        """Drop every UDP packet the client's router forwards, both ways, v4 and v6 (TCP still passes).
+    def cut_udp(self, client: int, only_net: str | None = None) -> None:
+        """Drop every UDP packet the client's router forwards, both ways, v4 and v6 (TCP still passes);
+        with `only_net` (an IPv4 CIDR, e.g. another client's public 198.19.2.0/24) only UDP to and from
+        that network, so STUN to the relays still works (a firewall between two sites).
 
         Existing conntrack entries stay, so `restore_udp` brings the old mappings back."""
+        if only_net:
+            match = (f"    ip daddr {only_net} meta l4proto udp drop\n"
+                     f"    ip saddr {only_net} meta l4proto udp drop\n")
+        else:
+            match = "    meta l4proto udp drop\n"
         rules = ("table inet natlab_cut {\n  chain cut {\n"
                  "    type filter hook forward priority -10; policy accept;\n"
-                 "    meta l4proto udp drop\n  }\n}\n")
+                 f"{match}  }}\n}}\n")
         self.run(self.router(client), "nft", "-f", "-", input=rules)
 
     def restore_udp(self, client: int) -> None:
