@@ -1,9 +1,10 @@
 """Issue 5 in the NAT lab where no direct path exists: two peers behind symmetric NATs and one behind a
-router that drops all UDP, two regions (10 ms and 40 ms) each with `wgc derper`, region 1 also behind a
-WebSocket-only proxy (client 4, behind a cone NAT, is the UDP-blocked peer's partner). Relayed traffic and `status --why`; relayed over TCP and over WebSocket; the relay
-never sees the tunnel's plaintext (tcpdump on its interface); a 50 MiB transfer across a relay restart;
-home region failover. One lab for the module; the symmetric pair is shared by the tests that only need
-traffic relayed (failover, which stops region 1 for good, runs last)."""
+router that drops all UDP (its partner, client 4, is behind a cone NAT); two regions (10 ms and 40 ms),
+each with `wgc derper`, region 1 also behind a WebSocket-only proxy. Relayed traffic and `status --why`;
+relayed over TCP and over WebSocket; the relay never sees the tunnel's plaintext (tcpdump on its
+interface); a 50 MiB transfer across a relay restart; home region failover. One lab for the module; the
+symmetric pair is shared by the tests that only need traffic relayed (failover, which stops a region for
+good, runs last)."""
 from __future__ import annotations
 
 import os
