@@ -105,6 +105,16 @@ s.sendall(b'GET /derp HTTP/1.1\r\nHost: x\r\nUpgrade: DERP\r\nConnection: Upgrad
 print(s.recv(200).split(b'\r\n')[0].decode())
 """
 
+GARBAGE = r"""
+import socket, ssl, sys
+ctx = ssl.create_default_context(); ctx.check_hostname = False; ctx.verify_mode = ssl.CERT_NONE
+s = ctx.wrap_socket(socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5))
+try:
+    s.sendall(sys.argv[3].encode()); s.shutdown(socket.SHUT_WR); s.recv(100)
+except OSError:
+    pass
+"""
+
 
 @pytest.mark.timeout(60)
 def test_websocket_only_proxy() -> None:
@@ -119,8 +129,14 @@ def test_websocket_only_proxy() -> None:
         assert res.returncode == 0, res.stderr[-2000:]
         # a (through the proxy) fell back to WebSocket after one refusal; b (direct) upgraded
         assert res.stdout.split() == ["through-the-proxy", "and-back", "websocket", "1", "upgrade"]
+        # garbage (no request head, an oversized head) is counted and the proxy keeps serving
+        for junk in ("x" * 100, "GET / HTTP/1.1\r\nX: " + "y" * 20000):
+            pl.lab.run("client1", sys.executable, "-c", GARBAGE, "198.18.1.3", str(WS_PORT), junk, timeout=20)
         counts = pl.proxy_counts(1)
-        assert counts["refused"] == 2 and counts["passed"] == 1, counts
+        assert counts == {"refused": 2, "passed": 1, "bad": 2}, counts
+        res = pl.lab.run("client1", sys.executable, "-c", DERP_PAIR, f"https://198.18.1.3:{WS_PORT}/derp",
+                         "https://198.18.1.2/derp", timeout=30, check=False, env=pl.env, cwd=ROOT)
+        assert res.returncode == 0 and res.stdout.split()[2] == "websocket", res.stderr[-2000:]
 
 
 def test_remap_refuses_a_client_without_nat() -> None:
