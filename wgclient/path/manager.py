@@ -102,14 +102,28 @@ class PathManager:
         return self._finish(now)
 
     def on_netcheck(self, info: NetInfo, now: float) -> list:
+        before = self.endpoints()
         self.netinfo = info
         if self.home.on_netcheck(info.preferred, info.latency or {}):
             self._home_changed(now)
+        self._endpoints_changed(before, now)
         return self._finish(now)
 
     def set_local_endpoints(self, addrs: Iterable[Addr], now: float) -> list:
+        before = self.endpoints()
         self.local_endpoints = tuple(disco.canonical_addr(a) for a in addrs)
+        self._endpoints_changed(before, now)
         return self._finish(now)
+
+    def _endpoints_changed(self, before: tuple, now: float) -> None:
+        """New endpoints of ours (UDP came back, a new mapping or address): active peers without a trusted
+        path hear them at once (CallMeMaybe) instead of at the next ~5 s retry."""
+        if self.endpoints() == before:
+            return
+        for p in self.peers.values():
+            if p.relay and not p.trusted(now) and p.active(now, self.config.session_active_timeout):
+                p.last_cmm_sent = None
+                self._discover(p, now)
 
     def endpoints(self) -> tuple:
         """Our candidate endpoints as advertised in CallMeMaybe: STUN-mapped first, then local ones."""

@@ -360,3 +360,17 @@ def test_ipv6_candidate_becomes_direct_and_wins_ties():
     # Same 20 ms latency: IPv6 gets +10 points (disco.md §7.7), so it replaces the IPv4 path.
     assert m.route(B, 1.1) == Route(v6, None)
     assert m.status(B, 1.1)["Path"] == "direct [2001:db8::2]:41641"
+
+
+def test_new_endpoints_of_ours_are_announced_at_once_to_active_relayed_peers():
+    m = manager()
+    m.on_data_sent(B, 1.0)                     # active; first discovery sends a CallMeMaybe
+    out = m.on_netcheck(NetInfo(preferred=1, latency={1: 0.01}, endpoints=()), 2.0)
+    assert not any(isinstance(opened(s), disco.CallMeMaybe) for s in sends(out))   # nothing new
+    out = m.on_netcheck(NetInfo(preferred=1, latency={1: 0.01}, endpoints=(A_ADDR,)), 2.5)
+    [cmm] = [opened(s) for s in sends(out) if isinstance(opened(s), disco.CallMeMaybe)]
+    assert A_ADDR in cmm.endpoints            # well before the 5 s retry
+    out = m.set_local_endpoints([("10.0.0.1", 40000)], 3.0)
+    assert any(isinstance(opened(s), disco.CallMeMaybe) for s in sends(out))
+    idle = manager()                          # no traffic: nothing is sent
+    assert not sends(idle.on_netcheck(NetInfo(preferred=1, endpoints=(A_ADDR,)), 2.0))
