@@ -124,6 +124,10 @@ class PathManager:
             if p.relay and not p.trusted(now) and p.active(now, self.config.session_active_timeout):
                 p.last_cmm_sent = None
                 self._discover(p, now)
+                if p.last_cmm_sent is None:   # its candidates were pinged < 5 s ago: no CallMeMaybe went
+                    p.last_cmm_sent = now
+                    self._send(p, disco.CallMeMaybe(self.endpoints()), region=p.relay)
+                    self._send(p, self._node_info(), region=p.relay)
 
     def endpoints(self) -> tuple:
         """Our candidate endpoints as advertised in CallMeMaybe: STUN-mapped first, then local ones."""

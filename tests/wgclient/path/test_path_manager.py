@@ -374,3 +374,15 @@ def test_new_endpoints_of_ours_are_announced_at_once_to_active_relayed_peers():
     assert any(isinstance(opened(s), disco.CallMeMaybe) for s in sends(out))
     idle = manager()                          # no traffic: nothing is sent
     assert not sends(idle.on_netcheck(NetInfo(preferred=1, endpoints=(A_ADDR,)), 2.0))
+
+
+def test_new_endpoints_are_announced_even_when_candidates_were_just_pinged():
+    """Lab finding: UDP came back, the peer's CallMeMaybe made us ping its candidates (dropped by our
+    router's firewall), and 0.3 s later netcheck found our public address: it must go out at once,
+    not wait for the candidates' 5 s ping interval."""
+    m = manager()
+    m.on_data_sent(B, 1.0)
+    m.on_disco(from_b(disco.CallMeMaybe((B_ADDR,))), 3.0, region=1, derp_src=B)   # pings B_ADDR now
+    out = m.on_netcheck(NetInfo(preferred=1, latency={1: 0.01}, endpoints=(A_ADDR,)), 3.3)
+    [cmm] = [opened(s) for s in sends(out) if isinstance(opened(s), disco.CallMeMaybe)]
+    assert A_ADDR in cmm.endpoints
