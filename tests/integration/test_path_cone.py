@@ -76,8 +76,8 @@ def test_relayed_at_once_then_direct(pl, peers) -> None:
     assert res.returncode == 0, str(tl)
     assert lines[-1].startswith("pong from peer2 (100.90.0.2) via 198.19.2.2:41641 in "), str(tl)
     # The peer behind the cut router learns its public address at its next netcheck (2 s here) and
-    # announces it with the next CallMeMaybe (retried every ~5 s while relayed): a few seconds.
-    assert took < 12.0, f"direct only after {took:.1f} s: {tl}"
+    # announces it at once in a CallMeMaybe: 2.8-4 s measured (wgc ping's start included).
+    assert took < 8.0, f"direct only after {took:.1f} s: {tl}"
     entry = pl.wait_path(a, b, ("direct",), 3)
     assert entry["path"] == "direct" and entry["direct"] == "198.19.2.2:41641", entry
     print(f"relay -> direct {took:.1f} s after UDP opened; until-direct output:\n{res.stdout}")
