@@ -147,7 +147,11 @@ def test_relay_never_sees_the_plaintext(pl, pair, on_failure, tmp_path) -> None:
         # the positive control: bytes in clear from client 1 to the relay's address (port 443 too)
         a.ns.run(sys.executable, "-c", "import socket,sys; c=socket.create_connection(('198.18.1.2',443),3);"
                  " c.sendall(sys.argv[1].encode()); c.close()", control, timeout=10)
-        time.sleep(0.5)
+        # tcpdump drops what the kernel still buffers when it is stopped: wait until the control (sent
+        # last, so everything before it was written too) is in the file
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and control.encode() not in open(pcap, "rb").read():
+            time.sleep(0.1)
     finally:
         dump.send_signal(signal.SIGINT)
         dump.communicate(timeout=10)
