@@ -244,7 +244,7 @@ class PathLab:
         its relay are dropped by the relay, and WireGuard retries a handshake only after 5 s)."""
         deadline = time.monotonic() + timeout
         while True:
-            st = self.status(p)
+            st = self.status_raw(p)
             home = st["home_region"]
             if home and any(r["id"] == home["id"] and r["connected"] for r in st["regions"]):
                 return st
@@ -268,8 +268,27 @@ class PathLab:
             raise LabError(f"wgc status {p.name} --json failed ({res.returncode}): {res.stderr.strip()}")
         return json.loads(res.stdout)
 
-    def peer_status(self, p: PathPeer, other: PathPeer) -> dict:
-        for entry in self.status(p)["peers"]:
+    def status_raw(self, p: PathPeer) -> dict:
+        """The status straight from the control socket (no `wgc` process: cheap enough to poll)."""
+        import socket
+        path = os.path.join(self.control_dir, f"{p.name}.ctl")
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(5)
+            sock.connect(path)
+            sock.sendall(b'{"cmd": "status"}\n')
+            buf = b""
+            while not buf.endswith(b"\n"):
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                buf += chunk
+        reply = json.loads(buf)
+        if not reply.get("ok"):
+            raise LabError(f"status of {p.name}: {reply}")
+        return reply["status"]
+
+    def peer_status(self, p: PathPeer, other: PathPeer, *, fast: bool = False) -> dict:
+        for entry in (self.status_raw(p) if fast else self.status(p))["peers"]:
             if entry["public_key"] == other.public_key:
                 return entry
         raise LabError(f"{p.name}'s status has no peer {other.public_key}")
@@ -278,10 +297,10 @@ class PathLab:
         """Poll `wgc status` until p's path to `other` is one of `paths`; returns that peer entry."""
         deadline = time.monotonic() + timeout
         while True:
-            entry = self.peer_status(p, other)
+            entry = self.peer_status(p, other, fast=True)
             if entry["path"] in paths or time.monotonic() > deadline:
                 return entry
-            time.sleep(0.2)
+            time.sleep(0.1)
 
     def wait_direct(self, p: PathPeer, other: PathPeer, timeout: float = 6.0) -> dict:
         """Tunnel traffic (discovery runs while a peer is active, as in Tailscale), then wait for the

@@ -216,9 +216,9 @@ def test_home_region_failover(pl, pair, on_failure) -> None:
     moved: dict[str, float] = {}
     while time.monotonic() - t0 < 8 and len(moved) < len(moving):
         for p in moving:
-            if p.name not in moved and (pl.status(p)["home_region"] or {}).get("code") == other:
+            if p.name not in moved and (pl.status_raw(p)["home_region"] or {}).get("code") == other:
                 moved[p.name] = time.monotonic() - t0
-        time.sleep(0.2)
+        time.sleep(0.1)
     time.sleep(1)
     pinger.send_signal(signal.SIGINT)
     out, _ = pinger.communicate(timeout=10)
