@@ -111,19 +111,30 @@ class TcpCoalescer:
             info = _flow(buf, p, end)
             j = i + 1
             if info is not None and not info[5] & _PSH:
+                # The rest of the group is checked with one masked compare of its header as an integer:
+                # equal to the first one's key means same flow, non-fragment, same header lengths and
+                # flags (ACK, maybe PSH); then only the sequence number and the payload size are left.
                 key, iph, tcph, mss, seq, _ = info
+                hdr = iph + tcph
+                mask = _MASKS[(iph, tcph)]
+                seq_shift = (tcph - 8) * 8
+                psh_shift = (tcph - 14) * 8 + 3
                 total = end - p
                 nxt = seq + mss
-                while j < n and j - i < MAX_SEGMENTS:
+                limit = min(n, i + MAX_SEGMENTS)
+                while j < limit:
                     s2, e2 = packets[j]
-                    other = _flow(buf, s2 + VNET_HDR_LEN, e2)
-                    if other is None or other[0] != key or other[4] != nxt or other[3] > mss \
-                            or total + other[3] > MAX_SUPER_PACKET:
+                    q = s2 + VNET_HDR_LEN
+                    size = e2 - q - hdr
+                    if size <= 0 or size > mss or total + size > MAX_SUPER_PACKET:
                         break
-                    total += other[3]
-                    nxt += other[3]
+                    h = _from(buf[q:q + hdr], "big")
+                    if h & mask != key or (h >> seq_shift) & 0xFFFFFFFF != nxt:
+                        break
+                    total += size
+                    nxt += size
                     j += 1
-                    if other[3] < mss or other[5] & _PSH:
+                    if size < mss or (h >> psh_shift) & 1:
                         break
             if j - i == 1:
                 mv[start:p] = _ZERO_VNET
@@ -144,15 +155,14 @@ class TcpCoalescer:
             first = o
             omv[o:o + hdr] = mv[p:p + hdr]
             o += hdr
-            last_flags = 0
-            for k in range(i, j):
-                s2, e2 = packets[k]
-                q = s2 + VNET_HDR_LEN + hdr
-                omv[o:o + e2 - q] = mv[q:e2]
-                o += e2 - q
-                last_flags = buf[s2 + VNET_HDR_LEN + iph + 13]
+            skip = VNET_HDR_LEN + hdr
+            for s2, e2 in packets[i:j]:
+                q = s2 + skip
+                e = o + e2 - q
+                omv[o:e] = mv[q:e2]
+                o = e
             t = first + iph
-            out[t + 13] = last_flags  # PSH of the last segment carries over
+            out[t + 13] = buf[s2 + VNET_HDR_LEN + iph + 13]  # PSH of the last segment carries over
             tcp_len = o - t
             if v6:
                 struct.pack_into("!H", out, first + 4, tcp_len)
