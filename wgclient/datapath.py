@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING, Iterable
 
 from cryptography.exceptions import InvalidTag
 
-from .constants import MSG_TRANSPORT, REJECT_AFTER_MESSAGES, REJECT_AFTER_TIME, TRANSPORT_MIN_SIZE
+from .constants import (MSG_TRANSPORT, REJECT_AFTER_MESSAGES, REJECT_AFTER_TIME, REPLAY_RING_BLOCKS,
+                        TRANSPORT_MIN_SIZE)
 
 if TYPE_CHECKING:  # pragma: no cover
     from .device import Device
@@ -26,6 +27,8 @@ _nonce = struct.Struct("<4xQ").pack
 _PADDING = [bytes(n) for n in range(16)]
 _from = int.from_bytes
 _u32 = struct.Struct("!I").unpack_from
+_ip4 = struct.Struct("!2xH8xI").unpack_from  # IPv4 total length and source address
+_RING_MASK = REPLAY_RING_BLOCKS - 1
 
 
 def _grow(buf: bytearray, need: int) -> None:
@@ -93,12 +96,21 @@ def seal_packets(dev: "Device", packets: Iterable, now: float) -> None:
     lookup4 = dev.allowed_ips.v4.lookup_cached
     lookup6 = dev.allowed_ips.v6.lookup_cached
     drops = dev.drops
-    touched: dict = {}
+    touched: dict = {}  # peer -> its sending keypair, or False when its packets are staged
     out = dev.out
+    sealed_append = out.sealed.append
     buf = out.send_buf
     mtu = dev.config.mtu
     start = out.sealed[-1][2] if out.sealed else 0
     mv = memoryview(buf)
+    size_buf = len(buf)
+    addr4 = -1
+    peer4 = None
+    # The peer of the current run of packets and, while sealing for it, its keypair's state in locals
+    # (written back by _flush_run when the run ends).
+    current = kp = None
+    counter = tx = remote = 0
+    endpoint = encrypt = None
     try:
         for packet in packets:
             n = len(packet)
@@ -108,7 +120,10 @@ def seal_packets(dev: "Device", packets: Iterable, now: float) -> None:
             version = packet[0] >> 4
             if version == 4:
                 addr = _u32(packet, 16)[0]
-                peer = cache4.get(addr) or lookup4(addr)
+                if addr != addr4:
+                    peer4 = cache4.get(addr) or lookup4(addr)
+                    addr4 = addr
+                peer = peer4
             elif version == 6 and n >= 40:
                 addr = _from(packet[24:40], "big")
                 peer = cache6.get(addr) or lookup6(addr)
@@ -118,34 +133,54 @@ def seal_packets(dev: "Device", packets: Iterable, now: float) -> None:
             if peer is None:
                 drops["tun: no peer for destination"] += 1
                 continue
-            kp = touched.get(peer)
-            if kp is None:
-                kp = peer.sending_keypair(now)
-                if kp is None or peer.staged:
-                    peer.stage(bytes(packet))
-                    touched[peer] = False
-                    continue
-                touched[peer] = kp
-            elif kp is False:
+            if peer is not current:
+                if kp:
+                    kp.send_counter = counter
+                    current.tx_bytes += tx
+                current = peer
+                kp = touched.get(peer)
+                if kp is None:
+                    kp = peer.sending_keypair(now)
+                    if kp is None or peer.staged:
+                        kp = False
+                    touched[peer] = kp
+                if kp:
+                    counter = kp.send_counter
+                    encrypt = kp.send.encrypt_into
+                    remote = kp.remote_index
+                    endpoint = peer.endpoint
+                    tx = 0
+            if kp is False or counter >= REJECT_AFTER_MESSAGES or endpoint is None:
                 peer.stage(bytes(packet))
                 continue
-            endpoint = peer.endpoint
-            counter = kp.send_counter
-            if counter >= REJECT_AFTER_MESSAGES or endpoint is None:
-                peer.stage(bytes(packet))
-                continue
-            kp.send_counter = counter + 1
-            end = start + sealed_size(n, mtu)
-            if end > len(buf):
+            # The transport message (wireguard.md §7): header, plaintext padded to 16 (not past the MTU),
+            # sealed in place.
+            padded = (n + 15) & ~15
+            if padded > mtu:
+                padded = mtu if n <= mtu else n
+            end = start + 32 + padded
+            if end > size_buf:
                 mv.release()
                 _grow(buf, end)
+                size_buf = len(buf)
                 mv = memoryview(buf)
-            _seal_at(mv, start, end, kp, counter, packet, n)
-            out.sealed.append((endpoint, start, end))
-            peer.tx_bytes += end - start
+            _pack_header(mv, start, MSG_TRANSPORT, remote, counter)
+            body = start + 16
+            tail = body + n
+            mv[body:tail] = packet
+            if padded > n:
+                tail = body + padded
+                mv[body + n:tail] = _PADDING[padded - n]
+            encrypt(_nonce(counter), mv[body:tail], None, mv[body:end])
+            counter += 1
+            sealed_append((endpoint, start, end))
+            tx += end - start
             start = end
     finally:
         mv.release()
+        if kp:
+            kp.send_counter = counter
+            current.tx_bytes += tx
     for peer, kp in touched.items():
         if kp is False or peer.staged:
             dev._send_staged(peer, now)
@@ -163,65 +198,111 @@ def open_datagrams(dev: "Device", datagrams: Iterable, now: float) -> None:
     lookup4 = dev.allowed_ips.v4.lookup_cached
     lookup6 = dev.allowed_ips.v6.lookup_cached
     drops = dev.drops
-    touched: dict = {}  # keypair -> [last source, data received?, position of that packet in the batch]
-    last_kp = state = None
+    tun_append = out.tun.append
+    # Per keypair: [source of its last packet, data received?, that packet's position in the batch].
+    # Runs of packets under one keypair (the usual case) keep their state in locals, folded in by _settle.
+    touched: dict = {}
+    kp = None
+    receiver_cached = -1  # the receiver index kp belongs to; -1 after anything that may change the table
+    source_at = position_at = None
+    data_seen = False
+    rx = rx_data = 0
+    replay = ring = None
+    last = block = 0
+    addr4 = -1
+    owner4 = None
     start = out.tun[-1][1] if out.tun else 0
     mv = memoryview(buf)
+    size_buf = len(buf)
+    position = -1
     try:
-        for position, (data, source) in enumerate(datagrams):
+        for data, source in datagrams:
+            position += 1
             size = len(data)
             if size < TRANSPORT_MIN_SIZE or data[0] != MSG_TRANSPORT:
                 dev.receive_control(data, source, now)
+                receiver_cached = -1
+                addr4 = -1
                 continue
             kind, receiver, counter = _unpack_header(data)
             if kind != MSG_TRANSPORT:
                 dev.receive_control(data, source, now)
+                receiver_cached = -1
+                addr4 = -1
                 continue
-            kp = keypairs.get(receiver)
-            if kp is None:
-                drops["transport: unknown receiver index"] += 1
-                continue
-            if now - kp.created >= REJECT_AFTER_TIME:
-                drops["transport: keypair expired"] += 1
-                continue
+            if receiver != receiver_cached:
+                new = keypairs.get(receiver)
+                if new is None:
+                    drops["transport: unknown receiver index"] += 1
+                    continue
+                if now - new.created >= REJECT_AFTER_TIME:
+                    drops["transport: keypair expired"] += 1
+                    continue
+                if new is not kp:
+                    if kp is not None:
+                        replay.last = last
+                        _settle(touched, kp, source_at, data_seen, position_at, rx, rx_data)
+                    kp = new
+                    decrypt = kp.recv.decrypt_into
+                    replay = kp.replay
+                    owner = kp.peer
+                    source_at = None
+                    data_seen = False
+                    rx = rx_data = 0
+                else:
+                    replay.last = last
+                ring = replay.ring
+                last = replay.last
+                block = last >> 6
+                receiver_cached = receiver
             plen = size - 32
             pkt = start + headroom
             end = pkt + plen
-            if end > len(buf):
+            if end > size_buf:
                 mv.release()
                 _grow(buf, end)
+                size_buf = len(buf)
                 mv = memoryview(buf)
             try:
-                kp.recv.decrypt_into(_nonce(counter), data[16:], None, mv[pkt:end])
+                decrypt(_nonce(counter), data[16:], None, mv[pkt:end])
             except InvalidTag:
                 drops["transport: authentication failed"] += 1
                 continue
-            if not kp.replay.validate(counter):
-                drops["transport: replayed or too old"] += 1
-                continue
-            peer = kp.peer
-            peer.rx_bytes += size
-            if kp is not last_kp:
-                last_kp = kp
-                state = touched.get(kp)
-                if state is None:
-                    state = touched[kp] = [source, False, position]
-            state[0] = source
-            state[2] = position
+            # The replay window (replay.py), with its common case inline: the next counter in the block
+            # of the highest one seen so far.
+            if counter > last and counter >> 6 == block and counter < REJECT_AFTER_MESSAGES:
+                ring[block & _RING_MASK] |= 1 << (counter & 63)
+                last = counter
+            else:
+                replay.last = last
+                ok = replay.validate(counter)
+                ring = replay.ring
+                last = replay.last
+                block = last >> 6
+                if not ok:
+                    drops["transport: replayed or too old"] += 1
+                    continue
+            rx += size
+            source_at = source
+            position_at = position
             if plen == 0:
                 continue  # keepalive
-            state[1] = True
+            data_seen = True
             version = buf[pkt] >> 4
             if version == 4:
                 if plen < 20:
                     drops["transport: short IPv4 packet"] += 1
                     continue
-                length = (buf[pkt + 2] << 8) | buf[pkt + 3]
+                length, addr = _ip4(buf, pkt)
                 if length < 20 or length > plen:
                     drops["transport: bad IPv4 length"] += 1
                     continue
-                addr = _u32(buf, pkt + 12)[0]
-                owner = cache4.get(addr) or lookup4(addr)
+                if addr != addr4:
+                    owner4 = cache4.get(addr) or lookup4(addr)
+                    addr4 = addr
+                if owner4 is not owner:
+                    drops["transport: source address not allowed for peer"] += 1
+                    continue
             elif version == 6:
                 if plen < 40:
                     drops["transport: short IPv6 packet"] += 1
@@ -231,20 +312,25 @@ def open_datagrams(dev: "Device", datagrams: Iterable, now: float) -> None:
                     drops["transport: bad IPv6 length"] += 1
                     continue
                 addr = _from(mv[pkt + 8:pkt + 24], "big")
-                owner = cache6.get(addr) or lookup6(addr)
+                if (cache6.get(addr) or lookup6(addr)) is not owner:
+                    drops["transport: source address not allowed for peer"] += 1
+                    continue
             else:
                 drops["transport: not IPv4/IPv6"] += 1
                 continue
-            if owner is not peer:
-                drops["transport: source address not allowed for peer"] += 1
-                continue
-            out.tun.append((start, pkt + length))
-            peer.rx_data_packets += 1
-            start = pkt + length
+            end = pkt + length
+            tun_append((start, end))
+            rx_data += 1
+            start = end
     finally:
         mv.release()
+        if kp is not None:
+            replay.last = last
+            _settle(touched, kp, source_at, data_seen, position_at, rx, rx_data)
     by_peer: dict = {}  # peer -> [source of its last packet, its position, data received?, keypairs seen]
     for kp, (source, data, position) in touched.items():
+        if source is None:
+            continue  # nothing authenticated under it
         seen = by_peer.get(kp.peer)
         if seen is None:
             by_peer[kp.peer] = [source, position, data, [kp]]
@@ -255,6 +341,20 @@ def open_datagrams(dev: "Device", datagrams: Iterable, now: float) -> None:
             seen[3].append(kp)
     for peer, (source, _, data, kps) in by_peer.items():
         _after_receive(dev, peer, source, data, kps, now)
+
+
+def _settle(touched: dict, kp: "Keypair", source, data: bool, position, rx: int, rx_data: int) -> None:
+    """Fold one run of packets under kp into the batch's per-keypair state and the peer's counters."""
+    peer = kp.peer
+    peer.rx_bytes += rx
+    peer.rx_data_packets += rx_data
+    state = touched.get(kp)
+    if state is None:
+        touched[kp] = [source, data, position]
+    elif source is not None:
+        state[0] = source
+        state[1] = state[1] or data
+        state[2] = position
 
 
 def _after_receive(dev: "Device", peer: "Peer", source, data: bool, kps: list, now: float) -> None:

@@ -8,7 +8,8 @@ segments are not verified here: WireGuard already authenticated every byte (the 
 decrypted packets checksum-verified for the same reason). Every packet is written with a virtio header;
 packets that cannot merge get an all-zero one.
 
-Pure: works on caller-owned buffers, no I/O.
+Pure: works on caller-owned buffers, no I/O. A merged group is handed back as a list of views for
+`os.writev` (first packet with patched headers, then the other payloads), so no payload is copied.
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ MAX_SUPER_PACKET = 65535 - 100  # stays under the 64 KiB IP limit with headers
 MAX_SEGMENTS = 64
 
 _vnet = struct.Struct("<BBHHHH")
+_u16 = struct.Struct("!H")
 _ZERO_VNET = bytes(VNET_HDR_LEN)
 _from = int.from_bytes
 # TCP flags: merge only plain ACK segments, optionally with PSH (which then ends the group).
@@ -88,22 +90,22 @@ class TcpCoalescer:
     """Turns a list of decrypted packets into TUN writes, merging TCP segments where it can."""
 
     def __init__(self) -> None:
-        self.out = bytearray(1 << 18)
         self.merged_packets = 0  # segments that went into a super-packet
         self.super_packets = 0
 
-    def writes(self, buf: bytearray, packets: list[tuple[int, int]]) -> list[memoryview]:
+    def writes(self, buf: bytearray, packets: list[tuple[int, int]]) -> list[bytes]:
+        """The TUN writes of `iovecs` joined into one bytes each (for tests and slow paths)."""
+        return [b"".join(iov) for iov in self.iovecs(buf, packets)]
+
+    def iovecs(self, buf: bytearray, packets: list[tuple[int, int]]) -> list[list[memoryview]]:
         """packets are (start, end) in buf, each with VNET_HDR_LEN bytes of headroom at start.
 
-        Returns views (into buf or self.out) to write one by one; valid until the next call.
+        Returns one list of views per TUN write, for `os.writev`: a merged group is the first packet
+        (its headroom now holding the virtio-net header, its IP and TCP headers patched in place in buf)
+        followed by the payloads of the others, so no payload is copied here. Valid until buf changes.
         """
-        writes: list[memoryview] = []
+        writes: list[list[memoryview]] = []
         mv = memoryview(buf)
-        out = self.out
-        if len(out) < len(buf) + 4096:
-            self.out = out = bytearray(len(buf) + 4096)
-        omv = memoryview(out)
-        opos = 0
         i, n = 0, len(packets)
         while i < n:
             start, end = packets[i]
@@ -111,61 +113,59 @@ class TcpCoalescer:
             info = _flow(buf, p, end)
             j = i + 1
             if info is not None and not info[5] & _PSH:
+                # The rest of the group is checked with one masked compare of its header as an integer:
+                # equal to the first one's key means same flow, non-fragment, same header lengths and
+                # flags (ACK, maybe PSH); then only the sequence number and the payload size are left.
                 key, iph, tcph, mss, seq, _ = info
+                hdr = iph + tcph
+                mask = _MASKS[(iph, tcph)]
+                seq_shift = (tcph - 8) * 8
+                psh_shift = (tcph - 14) * 8 + 3
                 total = end - p
                 nxt = seq + mss
-                while j < n and j - i < MAX_SEGMENTS:
+                limit = min(n, i + MAX_SEGMENTS)
+                while j < limit:
                     s2, e2 = packets[j]
-                    other = _flow(buf, s2 + VNET_HDR_LEN, e2)
-                    if other is None or other[0] != key or other[4] != nxt or other[3] > mss \
-                            or total + other[3] > MAX_SUPER_PACKET:
+                    q = s2 + VNET_HDR_LEN
+                    size = e2 - q - hdr
+                    if size <= 0 or size > mss or total + size > MAX_SUPER_PACKET:
                         break
-                    total += other[3]
-                    nxt += other[3]
+                    h = _from(buf[q:q + hdr], "big")
+                    if h & mask != key or (h >> seq_shift) & 0xFFFFFFFF != nxt:
+                        break
+                    total += size
+                    nxt += size
                     j += 1
-                    if other[3] < mss or other[5] & _PSH:
+                    if size < mss or (h >> psh_shift) & 1:
                         break
             if j - i == 1:
                 mv[start:p] = _ZERO_VNET
-                writes.append(mv[start:end])
+                writes.append([mv[start:end]])
                 i = j
                 continue
-            # Build the super-packet: vnet header, first packet's headers, all payloads.
-            hdr = iph + tcph
-            need = opos + VNET_HDR_LEN + total
-            if need > len(out):
-                break  # cannot happen with the sizing above; leave the rest unmerged
-            o = opos
+            # The super-packet: virtio-net header in the first packet's headroom, its headers patched for
+            # the merged length, then the other segments' payloads.
             v6 = iph == 40
-            _vnet.pack_into(omv, o, VIRTIO_NET_HDR_F_NEEDS_CSUM,
-                            VIRTIO_NET_HDR_GSO_TCPV6 if v6 else VIRTIO_NET_HDR_GSO_TCPV4,
-                            hdr, mss, iph, 16)
-            o += VNET_HDR_LEN
-            first = o
-            omv[o:o + hdr] = mv[p:p + hdr]
-            o += hdr
-            last_flags = 0
-            for k in range(i, j):
-                s2, e2 = packets[k]
-                q = s2 + VNET_HDR_LEN + hdr
-                omv[o:o + e2 - q] = mv[q:e2]
-                o += e2 - q
-                last_flags = buf[s2 + VNET_HDR_LEN + iph + 13]
-            t = first + iph
-            out[t + 13] = last_flags  # PSH of the last segment carries over
-            tcp_len = o - t
+            _vnet.pack_into(buf, start, VIRTIO_NET_HDR_F_NEEDS_CSUM,
+                            VIRTIO_NET_HDR_GSO_TCPV6 if v6 else VIRTIO_NET_HDR_GSO_TCPV4, hdr, mss, iph, 16)
+            iov = [mv[start:end]]
+            skip = VNET_HDR_LEN + hdr
+            for s2, e2 in packets[i + 1:j]:
+                iov.append(mv[s2 + skip:e2])
+            t = p + iph
+            buf[t + 13] = buf[s2 + VNET_HDR_LEN + iph + 13]  # PSH of the last segment carries over
+            tcp_len = total - iph
             if v6:
-                struct.pack_into("!H", out, first + 4, tcp_len)
-                pseudo = _from(out[first + 8:first + 40], "big") % 0xFFFF + 6 + tcp_len
+                _u16.pack_into(buf, p + 4, tcp_len)
+                pseudo = _from(buf[p + 8:p + 40], "big") % 0xFFFF + 6 + tcp_len
             else:
-                struct.pack_into("!H", out, first + 2, o - first)
-                out[first + 10:first + 12] = b"\0\0"
-                struct.pack_into("!H", out, first + 10, 0xFFFF ^ (_from(out[first:first + 20], "big") % 0xFFFF))
-                pseudo = _from(out[first + 12:first + 20], "big") % 0xFFFF + 6 + tcp_len
-            struct.pack_into("!H", out, t + 16, _fold(pseudo))
-            writes.append(omv[opos:o])
+                _u16.pack_into(buf, p + 2, total)
+                buf[p + 10] = buf[p + 11] = 0
+                _u16.pack_into(buf, p + 10, 0xFFFF ^ (_from(buf[p:p + 20], "big") % 0xFFFF))
+                pseudo = _from(buf[p + 12:p + 20], "big") % 0xFFFF + 6 + tcp_len
+            _u16.pack_into(buf, t + 16, _fold(pseudo))
+            writes.append(iov)
             self.merged_packets += j - i
             self.super_packets += 1
-            opos = o
             i = j
         return writes

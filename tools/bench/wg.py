@@ -2,7 +2,8 @@
 
 In one run, over each selected pair of network namespaces, it measures with iperf3:
 TCP throughput both ways, the rate of small UDP packets received both ways (`-u -l 64` at a high
-`-b`), and the ping round trip. Pairs: a bare veth (`veth`), wireguard-go <-> wireguard-go (`wggo`),
+`-b`), the ping round trip, and the CPU time (user + system) both tunnel processes spent per GB of TCP
+received: a figure that stays comparable when other jobs load the machine, where throughput does not. Pairs: a bare veth (`veth`), wireguard-go <-> wireguard-go (`wggo`),
 wgc <-> wireguard-go (`wgc-wggo`) and wgc <-> wgc (`wgc`). It prints a table with each figure as a
 ratio of the wireguard-go pair measured in the same run (absolute figures move ±15 % between runs).
 
@@ -43,21 +44,33 @@ class Result:
     udp_ab_pps: float | None = None  # packets/s received by side b
     udp_ba_pps: float | None = None
     rtt_ms: float | None = None
+    cpu_s_per_gb: float | None = None  # both tunnel processes, over the TCP runs (median)
     error: str | None = None
 
 
 @contextlib.contextmanager
 def topology(pair: str, mtu: int):
-    """Yield (ns_a, ns_b, address of a, address of b) for the pair; everything is removed on exit."""
+    """Yield (ns_a, ns_b, address of a, address of b, pids of the tunnel processes) for the pair; everything
+    is removed on exit."""
     classes = PAIRS[pair][1]
     if classes is None:
         with Lab() as lab:
             ns_a, ns_b = lab.namespace("bna"), lab.namespace("bnb")
             link(ns_a, ["10.98.0.1/24"], ns_b, ["10.98.0.2/24"])
-            yield ns_a, ns_b, "10.98.0.1", "10.98.0.2"
+            yield ns_a, ns_b, "10.98.0.1", "10.98.0.2", []
     else:
         with peer_pair(*classes, mtu=mtu) as p:
-            yield p.ns_a, p.ns_b, p.a.address(4), p.b.address(4)
+            yield p.ns_a, p.ns_b, p.a.address(4), p.b.address(4), [p.a.proc.pid, p.b.proc.pid]
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time of the processes so far (/proc/PID/stat fields 14 and 15)."""
+    total = 0
+    for pid in pids:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def iperf(ns: Namespace, server: str, args: list[str], seconds: int) -> dict:
@@ -96,16 +109,26 @@ def rtt(ns: Namespace, address: str) -> float | None:
 def measure(pair: str, opts: argparse.Namespace) -> Result:
     result = Result(pair)
     try:
-        with topology(pair, opts.mtu) as (ns_a, ns_b, addr_a, addr_b):
+        with topology(pair, opts.mtu) as (ns_a, ns_b, addr_a, addr_b, pids):
             ns_b.popen("iperf3", "-s", "-B", addr_b, "-p", str(IPERF_PORT))
             if not ping(ns_a, addr_b, count=2, deadline=10):
                 raise RuntimeError(f"no ping from {addr_a} to {addr_b}")
             result.rtt_ms = rtt(ns_a, addr_b)
             t, n = opts.time, opts.repeat
-            tcp = lambda args: iperf(ns_a, addr_b, args, t)["end"]["sum_received"]["bits_per_second"]
+            cpu_per_gb: list[float] = []
+
+            def tcp(args: list[str]) -> float:
+                before = cpu_seconds(pids)
+                received = iperf(ns_a, addr_b, args, t)["end"]["sum_received"]
+                if pids and received["bytes"]:
+                    cpu_per_gb.append((cpu_seconds(pids) - before) / (received["bytes"] / 1e9))
+                return received["bits_per_second"]
+
             udp = ["-u", "-l", str(opts.udp_length), "-b", opts.udp_bitrate]
             result.tcp_ab_bps = median_of(n, lambda: tcp([]))
             result.tcp_ba_bps = median_of(n, lambda: tcp(["-R"]))
+            if cpu_per_gb:
+                result.cpu_s_per_gb = statistics.median(cpu_per_gb)
             result.udp_ab_pps = median_of(n, lambda: udp_pps(iperf(ns_a, addr_b, udp, t)))
             result.udp_ba_pps = median_of(n, lambda: udp_pps(iperf(ns_a, addr_b, udp + ["-R"], t)))
     except Exception as exc:  # one failing pair (e.g. wgc not starting) must not stop the others
@@ -128,6 +151,7 @@ COLUMNS = [
     ("UDP64 a->b", "udp_ab_pps", lambda v: f"{v / 1e3:.0f} kpps"),
     ("UDP64 b->a", "udp_ba_pps", lambda v: f"{v / 1e3:.0f} kpps"),
     ("ping", "rtt_ms", lambda v: f"{v:.3f} ms"),
+    ("CPU/GB", "cpu_s_per_gb", lambda v: f"{v:.1f} s"),
 ]
 
 
@@ -155,7 +179,8 @@ def render(results: list[Result]) -> str:
             lines.append(f"{row[0]:<{widths[0]}}  {row[1]}")
         else:
             lines.append("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
-    note = (f"ratios are to {PAIRS[REFERENCE][0]} in this run; a = first peer named, ping is round trip"
+    note = (f"ratios are to {PAIRS[REFERENCE][0]} in this run; a = first peer named, ping is round trip, "
+            "CPU/GB = CPU seconds of both tunnel processes per GB of TCP received"
             if ref else "no reference pair measured: figures are absolute")
     return "\n".join(lines) + "\n" + note
 

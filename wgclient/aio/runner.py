@@ -140,9 +140,10 @@ class Runner:
         if out.tun:
             fd = self.tun_fd
             if self.coalescer is not None:
-                for view in self.coalescer.writes(out.recv_buf, out.tun):
+                writev = os.writev
+                for iov in self.coalescer.iovecs(out.recv_buf, out.tun):
                     try:
-                        os.write(fd, view)
+                        writev(fd, iov)
                     except OSError:
                         self.tun_write_errors += 1
             else:

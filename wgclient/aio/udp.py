@@ -11,6 +11,7 @@ import errno
 import logging
 import socket
 import struct
+from itertools import repeat
 
 log = logging.getLogger("wgc.udp")
 
@@ -129,12 +130,18 @@ class UdpPort:
             for level, kind, data in ancdata:
                 if level == SOL_UDP and kind == UDP_GRO:
                     seg = _i32.unpack_from(data)[0] if len(data) >= 4 else _u16.unpack_from(data)[0]
+            end = offset + n
             if seg <= 0 or seg >= n:
-                batch.append((view[offset:offset + n], addr))
+                batch.append((view[offset:end], addr))
             else:
-                for s in range(offset, offset + n, seg):
-                    batch.append((view[s:min(s + seg, offset + n)], addr))
-            offset += n
+                # The full-size segments as (view, addr) pairs made in C (map/zip), then a shorter last one.
+                full = end - n % seg
+                batch.extend(zip(map(view.__getitem__, map(slice, range(offset, full, seg),
+                                                            range(offset + seg, full + seg, seg))),
+                                 repeat(addr)))
+                if full < end:
+                    batch.append((view[full:end], addr))
+            offset = end
         return batch
 
     # -- send ----------------------------------------------------------------------------------------------
