@@ -14,7 +14,6 @@ The target is the running interface (wgclient/aio/control_target.py):
 from __future__ import annotations
 
 import asyncio
-import errno
 import logging
 import os
 import socket
@@ -22,7 +21,7 @@ from typing import Protocol
 
 from .. import control
 from ..errors import Error, ParseError, UsageError
-from .uapi_server import socket_is_live
+from .unixsock import identity, listen_unix, remove_if_ours, socket_is_live
 
 log = logging.getLogger(__name__)
 
@@ -48,11 +47,6 @@ def socket_path(name: str) -> str:
     return os.path.join(control_dir(), name + SUFFIX)
 
 
-def _identity(path: str) -> tuple[int, int, int]:
-    st = os.stat(path)
-    return st.st_dev, st.st_ino, st.st_ctime_ns
-
-
 class ControlServer:
     def __init__(self, path: str, sock: socket.socket, target: ControlTarget, *,
                  request_timeout: float = REQUEST_TIMEOUT, max_clients: int = MAX_CLIENTS) -> None:
@@ -61,7 +55,7 @@ class ControlServer:
         self.max_clients = max_clients
         self.target = target
         self._sock = sock
-        self._identity = _identity(path)
+        self._identity = identity(path)
         self._server: asyncio.AbstractServer | None = None
         self._tasks: set[asyncio.Task] = set()
         self._writers: set[asyncio.StreamWriter] = set()
@@ -163,11 +157,7 @@ class ControlServer:
             t.cancel()
         self._writers.clear()
         self._tasks.clear()
-        try:
-            if _identity(self.path) == self._identity:
-                os.unlink(self.path)
-        except FileNotFoundError:
-            pass
+        remove_if_ours(self.path, self._identity)
 
 
 async def start_control_server(name: str, target: ControlTarget, *, request_timeout: float = REQUEST_TIMEOUT,
@@ -177,32 +167,8 @@ async def start_control_server(name: str, target: ControlTarget, *, request_time
     request_timeout: seconds a client has for each request line; max_clients: connections served at once.
     """
     path = socket_path(name)
-    directory = os.path.dirname(path)
-    try:
-        os.makedirs(directory, mode=0o700, exist_ok=True)
-    except OSError as e:
-        raise UsageError(f"cannot create {directory}: {e.strerror}") from None
-    if os.path.lexists(path):
-        if socket_is_live(path):
-            raise UsageError(f"interface {name!r} already has a live control socket {path}")
-        log.info("removing stale control socket %s", path)
-        try:
-            os.unlink(path)
-        except FileNotFoundError:
-            pass
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    old_umask = os.umask(0o077)
-    try:
-        sock.bind(path)
-        os.chmod(path, 0o600)
-    except OSError as e:
-        sock.close()
-        code = errno.errorcode.get(e.errno or 0, "")
-        raise UsageError(f"cannot bind control socket {path}: {e.strerror or code}") from None
-    finally:
-        os.umask(old_umask)
-    sock.listen(64)
-    sock.setblocking(False)
+    sock = listen_unix(path, what="control socket", dir_mode=0o700, sock_mode=0o600, backlog=64,
+                       live_error=f"interface {name!r} already has a live control socket {path}")
     server = ControlServer(path, sock, target, request_timeout=request_timeout, max_clients=max_clients)
     try:
         await server._start()

@@ -30,7 +30,8 @@ from typing import Any, Callable
 
 from ..config import InterfaceConfig
 from ..errors import UsageError
-from .uapi_server import socket_is_live, socket_path
+from .uapi_server import socket_path
+from .unixsock import socket_is_live
 
 log = logging.getLogger("wgclient.daemon")
 

@@ -10,14 +10,13 @@ moved with the environment variable WGC_RUN_DIR (for tests that are not root).
 from __future__ import annotations
 
 import asyncio
-import errno
 import logging
 import os
 import socket
-import stat
 
 from ..errors import UsageError
 from ..uapi import UapiConnection, UapiTarget
+from .unixsock import identity, listen_unix, remove_if_ours
 
 log = logging.getLogger(__name__)
 
@@ -35,35 +34,12 @@ def socket_path(name: str) -> str:
     return os.path.join(run_dir(), f"{name}.sock")
 
 
-def socket_is_live(path: str) -> bool:
-    """True if something accepts connections on the Unix socket at path."""
-    try:
-        if not stat.S_ISSOCK(os.stat(path).st_mode):
-            return False
-    except FileNotFoundError:
-        return False
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.settimeout(1.0)
-    try:
-        s.connect(path)
-        return True
-    except OSError:
-        return False
-    finally:
-        s.close()
-
-
-def _identity(path: str) -> tuple[int, int, int]:
-    st = os.stat(path)
-    return st.st_dev, st.st_ino, st.st_ctime_ns   # inode numbers are reused at once on tmpfs
-
-
 class UapiServer:
     def __init__(self, path: str, sock: socket.socket, target: UapiTarget) -> None:
         self.path = path
         self.target = target
         self._sock = sock
-        self._identity = _identity(path)
+        self._identity = identity(path)
         self._server: asyncio.AbstractServer | None = None
         self._writers: set[asyncio.StreamWriter] = set()
 
@@ -101,41 +77,14 @@ class UapiServer:
         for w in list(self._writers):
             w.close()
         self._writers.clear()
-        try:
-            if _identity(self.path) == self._identity:
-                os.unlink(self.path)
-        except FileNotFoundError:
-            pass
+        remove_if_ours(self.path, self._identity)
 
 
 async def start_uapi_server(name: str, target: UapiTarget) -> UapiServer:
     """Listen on `<run dir>/<name>.sock` and serve the UAPI for target."""
     path = socket_path(name)
-    directory = os.path.dirname(path)
-    try:
-        os.makedirs(directory, mode=0o755, exist_ok=True)
-    except OSError as e:
-        raise UsageError(f"cannot create {directory}: {e.strerror}") from None
-    if os.path.lexists(path):
-        if socket_is_live(path):
-            raise UsageError(f"interface {name!r} is already run by a live daemon (socket {path})")
-        log.info("removing stale UAPI socket %s", path)
-        try:
-            os.unlink(path)
-        except FileNotFoundError:
-            pass
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    old_umask = os.umask(0o077)
-    try:
-        sock.bind(path)
-    except OSError as e:
-        sock.close()
-        code = errno.errorcode.get(e.errno or 0, "")
-        raise UsageError(f"cannot bind UAPI socket {path}: {e.strerror or code}") from None
-    finally:
-        os.umask(old_umask)
-    sock.listen(16)
-    sock.setblocking(False)
+    sock = listen_unix(path, what="UAPI socket", dir_mode=0o755, sock_mode=None, backlog=16,
+                       live_error=f"interface {name!r} is already run by a live daemon (socket {path})")
     server = UapiServer(path, sock, target)
     try:
         await server._start()

@@ -1,0 +1,79 @@
+"""Listening Unix sockets for the daemon's local servers (UAPI, control): a stale file from a dead daemon
+is replaced, a live one refused, the socket is made with a private umask, and on close only our own file
+(same device, inode and creation time) is removed."""
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import socket
+import stat
+
+from ..errors import UsageError
+
+log = logging.getLogger("wgc.unixsock")
+
+
+def socket_is_live(path: str) -> bool:
+    """True if something accepts connections on the Unix socket at path."""
+    try:
+        if not stat.S_ISSOCK(os.stat(path).st_mode):
+            return False
+    except FileNotFoundError:
+        return False
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(1.0)
+    try:
+        s.connect(path)
+        return True
+    except OSError:
+        return False
+    finally:
+        s.close()
+
+
+def identity(path: str) -> tuple[int, int, int]:
+    st = os.stat(path)
+    return st.st_dev, st.st_ino, st.st_ctime_ns   # inode numbers are reused at once on tmpfs
+
+
+def remove_if_ours(path: str, ours: tuple[int, int, int]) -> None:
+    """Unlink path unless another process has replaced it since we bound it."""
+    try:
+        if identity(path) == ours:
+            os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def listen_unix(path: str, *, what: str, live_error: str, dir_mode: int, sock_mode: int | None,
+                backlog: int) -> socket.socket:
+    """A non-blocking listening socket at path (UsageError naming `what` if that cannot be done)."""
+    directory = os.path.dirname(path)
+    try:
+        os.makedirs(directory, mode=dir_mode, exist_ok=True)
+    except OSError as e:
+        raise UsageError(f"cannot create {directory}: {e.strerror}") from None
+    if os.path.lexists(path):
+        if socket_is_live(path):
+            raise UsageError(live_error)
+        log.info("removing stale %s %s", what, path)
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old_umask = os.umask(0o077)
+    try:
+        sock.bind(path)
+        if sock_mode is not None:
+            os.chmod(path, sock_mode)
+    except OSError as e:
+        sock.close()
+        code = errno.errorcode.get(e.errno or 0, "")
+        raise UsageError(f"cannot bind {what} {path}: {e.strerror or code}") from None
+    finally:
+        os.umask(old_umask)
+    sock.listen(backlog)
+    sock.setblocking(False)
+    return sock
