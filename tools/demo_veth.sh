@@ -11,6 +11,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
+. "$ROOT/tools/demo_transfer.sh"
 
 DUT=wgc
 SIZE_MIB=20
@@ -144,32 +145,7 @@ step "ping through the tunnel: $NS_A (10.77.0.1) -> $NS_B (10.77.0.2)"
 ip netns exec "$NS_A" ping -n -c 3 -i 0.3 -w 10 10.77.0.2
 
 step "transfer a $SIZE_MIB MiB file through the tunnel: $NS_A -> $NS_B"
-head -c "$((SIZE_MIB * 1024 * 1024))" /dev/urandom > "$TMP/payload.bin"
-ip netns exec "$NS_B" "$PY" -c '
-import socket, sys
-s = socket.create_server(("10.77.0.2", 9000)); print("ready", flush=True)
-c, _ = s.accept()
-with open(sys.argv[1], "wb") as f:
-    while (chunk := c.recv(1 << 16)):
-        f.write(chunk)
-' "$TMP/received.bin" > "$TMP/recv.out" &
-RECV=$!
-for _ in $(seq 50); do grep -q ready "$TMP/recv.out" 2>/dev/null && break; sleep 0.1; done
-start=$EPOCHREALTIME
-ip netns exec "$NS_A" "$PY" -c '
-import socket, sys
-with socket.create_connection(("10.77.0.2", 9000), timeout=30) as s, open(sys.argv[1], "rb") as f:
-    s.sendfile(f)
-' "$TMP/payload.bin"
-wait "$RECV"
-rate=$(awk -v s="$start" -v e="$EPOCHREALTIME" -v m="$SIZE_MIB" \
-    'BEGIN { printf "%.2f s, %.0f Mbit/s", e - s, m * 8 * 1.048576 / (e - s) }')
-SENT=$(sha256sum < "$TMP/payload.bin" | cut -d' ' -f1)
-GOT=$(sha256sum < "$TMP/received.bin" | cut -d' ' -f1)
-echo "sender   ($NS_A) sha256 $SENT"
-echo "receiver ($NS_B) sha256 $GOT"
-[ "$SENT" = "$GOT" ] || { echo "sha256 MISMATCH" >&2; exit 1; }
-echo "identical: $SIZE_MIB MiB in $rate"
+transfer_file "$NS_A" "$NS_B" 10.77.0.2 "$NS_A" "$NS_B"
 
 step "wg show (stock wireguard-tools against the UAPI sockets)"
 ip netns exec "$NS_A" wg show "$IF_A"
