@@ -21,7 +21,7 @@ from typing import Protocol
 
 from .. import control
 from ..errors import Error, ParseError, UsageError
-from .unixsock import identity, listen_unix, remove_if_ours, socket_is_live
+from .unixsock import UnixStreamServer, listen_unix, socket_is_live
 
 log = logging.getLogger(__name__)
 
@@ -47,25 +47,19 @@ def socket_path(name: str) -> str:
     return os.path.join(control_dir(), name + SUFFIX)
 
 
-class ControlServer:
+class ControlServer(UnixStreamServer):
+    stream_limit = control.MAX_LINE + 1
+
     def __init__(self, path: str, sock: socket.socket, target: ControlTarget, *,
                  request_timeout: float = REQUEST_TIMEOUT, max_clients: int = MAX_CLIENTS) -> None:
-        self.path = path
+        super().__init__(path, sock)
         self.request_timeout = request_timeout
         self.max_clients = max_clients
         self.target = target
-        self._sock = sock
-        self._identity = identity(path)
-        self._server: asyncio.AbstractServer | None = None
-        self._tasks: set[asyncio.Task] = set()
-        self._writers: set[asyncio.StreamWriter] = set()
         self.counters: dict[str, int] = {}
 
     def _count(self, what: str) -> None:
         self.counters[what] = self.counters.get(what, 0) + 1
-
-    async def _start(self) -> None:
-        self._server = await asyncio.start_unix_server(self._client, sock=self._sock, limit=control.MAX_LINE + 1)
 
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
@@ -145,19 +139,6 @@ class ControlServer:
         writer.write(data)
         await writer.drain()
 
-    def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            self._server = None
-        else:
-            self._sock.close()
-        for w in list(self._writers):
-            w.close()
-        for t in list(self._tasks):
-            t.cancel()
-        self._writers.clear()
-        self._tasks.clear()
-        remove_if_ours(self.path, self._identity)
 
 
 async def start_control_server(name: str, target: ControlTarget, *, request_timeout: float = REQUEST_TIMEOUT,

@@ -16,7 +16,7 @@ import socket
 
 from ..errors import UsageError
 from ..uapi import UapiConnection, UapiTarget
-from .unixsock import identity, listen_unix, remove_if_ours
+from .unixsock import UnixStreamServer, listen_unix
 
 log = logging.getLogger(__name__)
 
@@ -34,17 +34,10 @@ def socket_path(name: str) -> str:
     return os.path.join(run_dir(), f"{name}.sock")
 
 
-class UapiServer:
+class UapiServer(UnixStreamServer):
     def __init__(self, path: str, sock: socket.socket, target: UapiTarget) -> None:
-        self.path = path
+        super().__init__(path, sock)
         self.target = target
-        self._sock = sock
-        self._identity = identity(path)
-        self._server: asyncio.AbstractServer | None = None
-        self._writers: set[asyncio.StreamWriter] = set()
-
-    async def _start(self) -> None:
-        self._server = await asyncio.start_unix_server(self._client, sock=self._sock)
 
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._writers.add(writer)
@@ -68,16 +61,6 @@ class UapiServer:
             self._writers.discard(writer)
             writer.close()
 
-    def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            self._server = None
-        else:
-            self._sock.close()
-        for w in list(self._writers):
-            w.close()
-        self._writers.clear()
-        remove_if_ours(self.path, self._identity)
 
 
 async def start_uapi_server(name: str, target: UapiTarget) -> UapiServer:

@@ -3,6 +3,7 @@ is replaced, a live one refused, the socket is made with a private umask, and on
 (same device, inode and creation time) is removed."""
 from __future__ import annotations
 
+import asyncio
 import errno
 import logging
 import os
@@ -77,3 +78,38 @@ def listen_unix(path: str, *, what: str, live_error: str, dir_mode: int, sock_mo
     sock.listen(backlog)
     sock.setblocking(False)
     return sock
+
+
+class UnixStreamServer:
+    """What the UAPI and control servers share: the listening socket, the connections they hold, and
+    closing all of it (removing our socket file only). Subclasses define `_client(reader, writer)`."""
+
+    stream_limit = 2 ** 16
+
+    def __init__(self, path: str, sock: socket.socket) -> None:
+        self.path = path
+        self._sock = sock
+        self._identity = identity(path)
+        self._server: asyncio.AbstractServer | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+        self._tasks: set[asyncio.Task] = set()
+
+    async def _start(self) -> None:
+        self._server = await asyncio.start_unix_server(self._client, sock=self._sock, limit=self.stream_limit)
+
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+        else:
+            self._sock.close()
+        for w in list(self._writers):
+            w.close()
+        for t in list(self._tasks):
+            t.cancel()
+        self._writers.clear()
+        self._tasks.clear()
+        remove_if_ours(self.path, self._identity)
