@@ -16,7 +16,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
-. "$ROOT/tools/demo_transfer.sh"
+. "$ROOT/tools/demo_common.sh"
 
 SIZE_MIB=20
 SETUP=1
@@ -31,18 +31,7 @@ done
 case "$SIZE_MIB" in ''|*[!0-9]*) echo "demo.sh: --size takes a whole number of MiB" >&2; exit 2 ;; esac
 if [ "$(id -u)" != 0 ]; then echo "demo.sh: needs root (network namespaces and TUN devices)" >&2; exit 1; fi
 
-step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
-show() { printf '$ %s\n' "$*"; }
-
-if [ "$SETUP" = 1 ]; then
-    step "setup (tools/setup.sh)"
-    bash tools/setup.sh
-fi
-
-PY=$(command -v python3)
-export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
-# `wgc` from this tree, whatever console script may be installed.
-WGC=("$PY" -c 'import sys; from wgclient.cli.main import main; sys.exit(main(sys.argv[1:]))')
+demo_setup "$SETUP"
 
 TAG=$(( $$ % 100000 ))
 LAB=wgcdemo$TAG

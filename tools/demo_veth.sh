@@ -11,7 +11,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
-. "$ROOT/tools/demo_transfer.sh"
+. "$ROOT/tools/demo_common.sh"
 
 DUT=wgc
 SIZE_MIB=20
@@ -30,17 +30,7 @@ case "$DUT" in wgc|wireguard-go) ;; *) echo "demo_veth.sh: --dut must be wgc or 
 case "$SIZE_MIB" in ''|*[!0-9]*) echo "demo_veth.sh: --size takes a whole number of MiB" >&2; exit 2 ;; esac
 if [ "$(id -u)" != 0 ]; then echo "demo_veth.sh: needs root (network namespaces and TUN devices)" >&2; exit 1; fi
 
-step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
-
-if [ "$SETUP" = 1 ]; then
-    step "setup (tools/setup.sh)"
-    bash tools/setup.sh
-fi
-
-PY=$(command -v python3)
-export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
-# `wgc` from this tree, whatever console script may be installed.
-WGC=("$PY" -c 'import sys; from wgclient.cli.main import main; sys.exit(main(sys.argv[1:]))')
+demo_setup "$SETUP"
 
 TAG=$(( $$ % 100000 ))
 NS_A=wgcdemo-a-$TAG NS_B=wgcdemo-b-$TAG

@@ -1,4 +1,21 @@
-# Sourced by tools/demo.sh and tools/demo_veth.sh: send a random file through the tunnel and compare sha256.
+# Sourced by tools/demo.sh and tools/demo_veth.sh (after ROOT is set): output helpers, setup, `wgc` from
+# this tree, and a sha256-checked file transfer through the tunnel.
+
+step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+show() { printf '$ %s\n' "$*"; }
+
+# demo_setup 0|1: run tools/setup.sh when 1; then PY and WGC (`wgc` from this tree, whatever console
+# script may be installed) for the demo.
+demo_setup() {
+    if [ "$1" = 1 ]; then
+        step "setup (tools/setup.sh)"
+        bash "$ROOT/tools/setup.sh"
+    fi
+    PY=$(command -v python3)
+    export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
+    WGC=("$PY" -c 'import sys; from wgclient.cli.main import main; sys.exit(main(sys.argv[1:]))')
+}
+
 # transfer_file SEND_NS RECV_NS RECV_IP SEND_LABEL RECV_LABEL  (uses $PY, $TMP, $SIZE_MIB; exits 1 on mismatch)
 transfer_file() {
     local send_ns=$1 recv_ns=$2 ip=$3 send_label=$4 recv_label=$5 recv start rate sent got
