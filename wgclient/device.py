@@ -161,6 +161,15 @@ class Device:
         self._send_initiation(peer, now, retry=False)
         return self.out
 
+    def resend_handshake(self, peer: Peer, now: float) -> Outputs:
+        """The path to a managed peer changed while our initiation was unanswered (it may have gone
+        where the peer is not, e.g. a DERP region it had not joined yet): send it again now instead of
+        after REKEY_TIMEOUT, keeping the retry count."""
+        if peer.keypairs.current is None and peer.last_sent_handshake is not None:
+            peer.last_sent_handshake = None
+            self._send_initiation(peer, now, retry=True)
+        return self.out
+
     def next_deadline(self) -> float | None:
         """The earliest timer of any peer (scans them all)."""
         self._armed.clear()

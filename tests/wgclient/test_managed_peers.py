@@ -72,3 +72,19 @@ def test_foreign_datagrams_are_collected_not_parsed(data: bytes) -> None:
     else:
         assert seen["foreign"] == [("a", data, EP_B)]
         assert p.a.drops.get("not wireguard", 0) == 0
+
+
+def test_resend_handshake_when_the_path_changes_before_an_answer() -> None:
+    p, _ = managed_pair()
+    p.ping("a", b"first")                        # initiation goes out, nobody answers (lost at a relay)
+    assert len(p.take()) == 1
+    p.now += 0.5
+    p.a.resend_handshake(p.pa, p.now)            # well inside REKEY_TIMEOUT: sent again at once
+    p.collect("a")
+    assert len(p.wire) == 1
+    p.deliver()
+    assert p.tun["b"] and p.pa.keypairs.current is not None
+    p.now += 0.5
+    p.a.resend_handshake(p.pa, p.now)            # with a session there is nothing to resend
+    p.collect("a")
+    assert not p.wire

@@ -114,6 +114,7 @@ class Paths:
         self._derp_drain_scheduled = False
         self._pings: dict[bytes, list[asyncio.Future]] = {}
         self._pending: dict[int, collections.deque] = {}
+        self._relay_of: dict[bytes, int] = {}    # peer -> the relay region its packets last went to
         self._tasks: list[asyncio.Task] = []
         self._netcheck_now = asyncio.Event()
         self._addresses: list[str] = []
@@ -444,9 +445,19 @@ class Paths:
                 for fut in self._pings.pop(o.peer, []):
                     if not fut.done():
                         fut.set_result(o)
-            elif kind is PathChanged:
-                pass  # the manager logged it; status reads the manager
+            elif kind is PathChanged:  # the manager logged it; status reads the manager
+                if o.route.relay is not None and self._relay_of.get(o.peer) != o.route.relay:
+                    if o.peer in self._relay_of:
+                        self.loop.call_soon(self._resend_handshake, o.peer)
+                    self._relay_of[o.peer] = o.route.relay
         self._rearm()
+
+    def _resend_handshake(self, key: bytes) -> None:
+        """A handshake that went to the old relay region may be lost: send it on the new path now."""
+        peer = self.device.peers.get(key)
+        if peer is not None and not self._closing:
+            self.device.resend_handshake(peer, time.monotonic())
+            self.runner.flush()
 
     def _rearm(self) -> None:
         deadline = self.pm.next_deadline()
