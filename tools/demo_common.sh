@@ -4,14 +4,16 @@
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 show() { printf '$ %s\n' "$*"; }
 
-# demo_setup 0|1: run tools/setup.sh when 1; then PY and WGC (`wgc` from this tree, whatever console
-# script may be installed) for the demo.
+# demo_setup 0|1: run tools/setup.sh when 1; then PY (the project venv's Python, .venv/bin/python) and WGC
+# (`wgc` from this tree, whatever console script may be installed elsewhere) for the demo; WGC_DEMO_PYTHON
+# overrides the interpreter (the tests pass their own).
 demo_setup() {
     if [ "$1" = 1 ]; then
         step "setup (tools/setup.sh)"
         bash "$ROOT/tools/setup.sh"
     fi
-    PY=$(command -v python3)
+    PY="${WGC_DEMO_PYTHON:-$ROOT/.venv/bin/python}"
+    [ -x "$PY" ] || { echo "no virtual environment in $ROOT/.venv: run bash tools/setup.sh first" >&2; exit 1; }
     export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
     WGC=("$PY" -c 'import sys; from wgclient.cli.main import main; sys.exit(main(sys.argv[1:]))')
 }
