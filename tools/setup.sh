@@ -3,7 +3,7 @@
 # Debian's packages, then a project virtual environment in .venv (made with the system's `python3 -m venv`,
 # ignored by git) holding wgc and its Python dependencies. Nothing is installed into a system or pyenv
 # Python. Afterwards `.venv/bin/wgc` is the command; `export PATH="$PWD/.venv/bin:$PATH"` puts it on PATH.
-# WGC_PYTHON names another interpreter (3.11 or newer) to build the venv from.
+# WGC_PYTHON names another interpreter (3.11 or newer) to build the venv from, WGC_VENV another place for it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export DEBIAN_FRONTEND=noninteractive
@@ -21,7 +21,7 @@ fi
 
 # The system's interpreter, not whatever python3 a user's PATH puts first (pyenv, conda, ...).
 py=${WGC_PYTHON:-/usr/bin/python3}
-venv=.venv
+venv=${WGC_VENV:-.venv}
 if [ -x "$venv/bin/python" ] && ! "$venv/bin/python" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
     rm -rf "$venv"
 fi
@@ -38,4 +38,5 @@ grep -v "^WARNING: Location .* is ignored" "$log" || true
 rm -f "$log"
 "$venv/bin/python" -c 'import wgclient, derp, natprobe, pytun, uvloop' \
     || { echo "setup: the virtual environment $venv is incomplete" >&2; exit 1; }
-echo "setup: done; wgc is $PWD/$venv/bin/wgc (export PATH=\"$PWD/$venv/bin:\$PATH\" to call it as wgc)"
+bin=$(cd "$venv/bin" && pwd)
+echo "setup: done; wgc is $bin/wgc (export PATH=\"$bin:\$PATH\" to call it as wgc)"
