@@ -345,6 +345,15 @@ def format_path(peer: dict) -> str:
     return "none" if path in ("none", "direct") else path
 
 
+# How a DERP region is reached, in words: the status's "transport" names the DERP client's dial mode, and
+# wgc always dials DERP nodes over TLS (derp.aio.targets), so "upgrade" is DERP's HTTP Upgrade inside TLS.
+TRANSPORT_WORDS = {"upgrade": "TLS", "websocket": "WebSocket (TLS)"}
+
+
+def transport_words(transport: str) -> str:
+    return TRANSPORT_WORDS.get(transport, transport)
+
+
 def _yes_no(v: bool | None) -> str:
     return "unknown" if v is None else ("yes" if v else "no")
 
@@ -358,7 +367,7 @@ def format_header(status: dict, now: float) -> list[str]:
                      else "home region: none yet")
     else:
         row = next((r for r in status["regions"] if r["id"] == home["id"]), None)
-        how = ("connected" + (f" over {row['transport']}" if row["transport"] else "")
+        how = ("connected" + (f" over {transport_words(row['transport'])}" if row["transport"] else "")
                if row and row["connected"] else "not connected")
         lines.append(f'home region: "{home["code"] or home["id"]}" ({home["id"]}), {how}')
     others = [f'"{r["code"] or r["id"]}"' for r in status["regions"] if not r["home"]]

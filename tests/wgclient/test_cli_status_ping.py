@@ -89,7 +89,7 @@ def test_status_text_json_and_why(env, daemons):
     out = wgc(env, "status")
     assert out.returncode == 0 and out.stderr == ""
     lines = out.stdout.splitlines()
-    assert lines[1] == 'home region: "fra" (901), connected over upgrade'
+    assert lines[1] == 'home region: "fra" (901), connected over TLS'
     assert lines[4] == '  NAT maps ports per destination: yes; nearest region: "fra" 12ms'
     assert lines[6].split() == ["PEER", "ADDRESSES", "KEY", "PATH", "LATENCY", "HANDSHAKE", "RX", "TX"]
     laptop = lines[7].split()

@@ -216,7 +216,7 @@ def test_sample_status_text():
     text = control.format_status(control.check_status(sample_status()), NOW)
     assert text.splitlines()[:5] == [
         f"interface wgt0: public key {b64(1)}, UDP port 51820",
-        'home region: "fra" (901), connected over upgrade',
+        'home region: "fra" (901), connected over TLS',
         'other regions: "ams"',
         "netcheck (40s ago): UDP yes, IPv4 198.51.100.7:41641, IPv6 no",
         '  NAT maps ports per destination: yes; nearest region: "fra" 12ms']
@@ -227,6 +227,18 @@ def test_sample_status_text():
     assert rows[2] == ["phone", "100.64.0.3/32", "AwMDAwMD", 'relay "fra"', "25ms", "5m ago", "2.00 KiB", "1.00 KiB"]
     assert rows[3][3] == 'direct 203.0.113.5:1234 (lapsing, also relay "ams")' and rows[3][5] == "never"
     assert rows[4][3] == "none"
+
+
+def test_header_names_the_transport_in_words():
+    """The home region's transport reads TLS or WebSocket, never the client's mode name "upgrade"."""
+    s = sample_status()
+    assert control.format_header(s, NOW)[1] == 'home region: "fra" (901), connected over TLS'
+    s["regions"][0]["transport"] = "websocket"
+    assert control.format_header(s, NOW)[1] == 'home region: "fra" (901), connected over WebSocket (TLS)'
+    s["regions"][0]["transport"] = None
+    assert control.format_header(s, NOW)[1] == 'home region: "fra" (901), connected'
+    s["regions"][0]["connected"] = False
+    assert control.format_header(s, NOW)[1] == 'home region: "fra" (901), not connected'
 
 
 def test_header_without_derp_map():
