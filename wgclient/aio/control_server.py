@@ -6,7 +6,7 @@ one is a UsageError. Each connection sends JSON request lines (wgclient/control.
 each; a connection is cut when no complete line arrives within REQUEST_TIMEOUT or a line exceeds
 MAX_LINE. Garbage gets an error reply and is counted in `server.counters`; nothing a client does reaches
 beyond its own connection. At most MAX_CLIENTS connections are served at once, the rest are refused with
-an error line. `close()` stops listening, drops open connections and removes the socket if still ours.
+an error line (the limit and the idle cut are the shared wgclient/aio/unixsock.py server's). `close()` stops listening, drops open connections and removes the socket if still ours.
 
 The target is the running interface (wgclient/aio/control_target.py):
 ``status() -> dict`` and ``async ping(key, timeout) -> dict | None``.
@@ -49,52 +49,30 @@ def socket_path(name: str) -> str:
 
 class ControlServer(UnixStreamServer):
     stream_limit = control.MAX_LINE + 1
+    what = "control"
 
     def __init__(self, path: str, sock: socket.socket, target: ControlTarget, *,
                  request_timeout: float = REQUEST_TIMEOUT, max_clients: int = MAX_CLIENTS) -> None:
-        super().__init__(path, sock)
-        self.request_timeout = request_timeout
-        self.max_clients = max_clients
+        super().__init__(path, sock, max_clients=max_clients, idle_timeout=request_timeout)
         self.target = target
-        self.counters: dict[str, int] = {}
 
-    def _count(self, what: str) -> None:
-        self.counters[what] = self.counters.get(what, 0) + 1
+    @property
+    def request_timeout(self) -> float:
+        return self.idle_timeout
 
-    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        if len(self._writers) >= self.max_clients:
-            self._count("refused: too many clients")
-            writer.write(control.encode_error("too many control connections; try again"))
-            writer.close()
-            return
-        self._writers.add(writer)
-        if task is not None:
-            self._tasks.add(task)
-        try:
-            first = True
-            while await self._one(reader, writer, first):
-                first = False
-        except (ConnectionError, OSError) as e:
-            log.debug("control client went away: %s", e)
-        except asyncio.CancelledError:
-            # close() or the loop's shutdown: end quietly (a task that ends cancelled makes asyncio's stream
-            # callback log a traceback on Python 3.11)
-            return
-        except Exception:  # a bug in one request never takes the server down
-            self._count("internal error")
-            log.exception("control client handler failed")
-        finally:
-            self._writers.discard(writer)
-            if task is not None:
-                self._tasks.discard(task)
-            writer.close()
+    def _refuse(self, writer: asyncio.StreamWriter) -> None:
+        writer.write(control.encode_error("too many control connections; try again"))
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        first = True
+        while await self._one(reader, writer, first):
+            first = False
 
     async def _one(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, first: bool) -> bool:
         """Serve one request line; False when the connection is to be closed. An idle connection is cut
         with an error line if it never sent a request, silently after it did (no stray reply line)."""
         try:
-            line = await asyncio.wait_for(reader.readuntil(b"\n"), self.request_timeout)
+            line = await self._idle(reader.readuntil(b"\n"))
         except asyncio.IncompleteReadError as e:
             if not e.partial.strip():
                 return False              # a clean end (or a liveness probe)
@@ -134,10 +112,9 @@ class ControlServer(UnixStreamServer):
             log.exception("control request %s failed", type(request).__name__)
             return control.encode_error(f"internal error in the daemon: {type(e).__name__}")
 
-    @staticmethod
-    async def _send(writer: asyncio.StreamWriter, data: bytes) -> None:
+    async def _send(self, writer: asyncio.StreamWriter, data: bytes) -> None:
         writer.write(data)
-        await writer.drain()
+        await self._idle(writer.drain())
 
 
 
