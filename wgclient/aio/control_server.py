@@ -21,7 +21,7 @@ from typing import Protocol
 
 from .. import control
 from ..errors import Error, ParseError, UsageError
-from .unixsock import UnixStreamServer, listen_unix, socket_is_live
+from .unixsock import UnixStreamServer, listen_unix, probe_socket
 
 log = logging.getLogger(__name__)
 
@@ -140,20 +140,31 @@ async def start_control_server(name: str, target: ControlTarget, *, request_time
 # --- the client side (wgc status, wgc ping) -------------------------------------------------------------
 
 
+def denied(what: str, path: str) -> UsageError:
+    return UsageError(f"permission denied: run as root ({what} {path})")
+
+
 def running_interfaces() -> list[str]:
-    """Names of the interfaces with a live control socket in the control directory, sorted."""
+    """Names of the interfaces with a live control socket in the control directory, sorted. When there are
+    control sockets but this user may open none of them, that is said (a UsageError), not "none running"."""
     directory = control_dir()
     try:
         entries = os.listdir(directory)
     except FileNotFoundError:
         return []
     except PermissionError:
-        raise UsageError(f"permission denied reading {directory}: the control socket is for root only") from None
-    names = []
+        raise denied("control directory", directory) from None
+    names, refused = [], []
     for entry in sorted(entries):
         path = os.path.join(directory, entry)
-        if entry.endswith(SUFFIX) and len(entry) > len(SUFFIX) and socket_is_live(path):
-            names.append(entry[:-len(SUFFIX)])
+        if entry.endswith(SUFFIX) and len(entry) > len(SUFFIX):
+            live = probe_socket(path)
+            if live:
+                names.append(entry[:-len(SUFFIX)])
+            elif live is None:
+                refused.append(path)
+    if not names and refused:
+        raise denied("control socket", ", ".join(refused))
     return names
 
 
@@ -184,7 +195,7 @@ class ControlClient:
             reader, writer = await asyncio.wait_for(
                 asyncio.open_unix_connection(path, limit=control.MAX_REPLY + 1), timeout)
         except PermissionError:
-            raise UsageError(f"permission denied opening {path}: the control socket is for root only") from None
+            raise denied("control socket", path) from None
         except (FileNotFoundError, ConnectionRefusedError):
             raise UsageError(f"wgc interface {name!r} is not running (no control socket {path})") from None
         except asyncio.TimeoutError:

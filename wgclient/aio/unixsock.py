@@ -20,22 +20,32 @@ from ..errors import UsageError
 log = logging.getLogger("wgc.unixsock")
 
 
-def socket_is_live(path: str) -> bool:
-    """True if something accepts connections on the Unix socket at path."""
+def probe_socket(path: str) -> bool | None:
+    """True if something accepts connections on the Unix socket at path, False if nothing does (or it is no
+    socket), None if this user may not connect to it (the permission is denied)."""
     try:
         if not stat.S_ISSOCK(os.stat(path).st_mode):
             return False
     except FileNotFoundError:
         return False
+    except PermissionError:
+        return None
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     s.settimeout(1.0)
     try:
         s.connect(path)
         return True
+    except PermissionError:
+        return None
     except OSError:
         return False
     finally:
         s.close()
+
+
+def socket_is_live(path: str) -> bool:
+    """True if something accepts connections on the Unix socket at path."""
+    return probe_socket(path) is True
 
 
 def identity(path: str) -> tuple[int, int, int]:
