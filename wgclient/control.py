@@ -225,6 +225,10 @@ def check_pong(obj: JSON) -> dict | None:
 # --- choosing a peer ------------------------------------------------------------------------------------
 
 
+class NoSuchPeer(UsageError):
+    """What the user typed names no peer (as opposed to naming several)."""
+
+
 def _label(p: dict) -> str:
     return f"{p['name']} ({p['short']})" if p.get("name") else p["short"]
 
@@ -264,12 +268,42 @@ def select_peer(peers: list[dict], text: str) -> dict:
                 best.append(p)
         if best:
             return _pick(best, text, "tunnel IP")
-        raise UsageError(f"no peer has {text} in its AllowedIPs")
+        raise NoSuchPeer(f"no peer has {text} in its AllowedIPs")
     matches = [p for p in peers if p["public_key"].startswith(text)]
     if matches:
         return _pick(matches, text, "key prefix")
     known = ", ".join(sorted(_label(p) for p in peers)[:20]) or "none"
-    raise UsageError(f"no peer matches {text!r} by name, tunnel IP or key prefix (peers: {known})")
+    raise NoSuchPeer(f"no peer matches {text!r} by name, tunnel IP or key prefix (peers: {known})")
+
+
+def select_interface_peer(statuses: dict[str, dict], text: str, name_one: str) -> tuple[str, dict]:
+    """(interface, peer) for what the user typed when several interfaces run and none was named: the one
+    interface that has such a peer. Several that have it, or one where it is ambiguous, is a UsageError
+    naming them (`name_one` tells how to pick an interface, e.g. "-i NAME"); none is a NoSuchPeer."""
+    if len(statuses) == 1:
+        (name, status), = statuses.items()
+        return name, select_peer(status["peers"], text)
+    found: dict[str, dict] = {}
+    ambiguous: dict[str, UsageError] = {}
+    for name in sorted(statuses):
+        try:
+            found[name] = select_peer(statuses[name]["peers"], text)
+        except NoSuchPeer:
+            continue
+        except UsageError as e:
+            if not text.strip():
+                raise
+            ambiguous[name] = e
+    having = sorted(set(found) | set(ambiguous))
+    if len(having) > 1:
+        which = ", ".join(f"{n}: {_label(printable(found[n]))}" if n in found else f"{n}: several" for n in having)
+        raise UsageError(f"{text.strip()!r} is a peer on {len(having)} interfaces ({which}); name one with {name_one}")
+    if ambiguous:
+        name, error = next(iter(ambiguous.items()))
+        raise UsageError(f"on interface {name}: {error}")
+    if found:
+        return next(iter(found.items()))
+    raise NoSuchPeer(f"no peer matches {text.strip()!r} on the running interfaces ({', '.join(sorted(statuses))})")
 
 
 def _network(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:

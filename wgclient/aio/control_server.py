@@ -168,6 +168,25 @@ def running_interfaces() -> list[str]:
     return names
 
 
+async def wait_for_interfaces(name: str | None, timeout: float, poll: float = 0.05) -> list[str]:
+    """The running interfaces (`[name]` if one is named), waiting up to timeout seconds for a control
+    socket to come up (an interface that `wgc up` is still starting); [] if none came."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        if name:
+            live = probe_socket(socket_path(name))
+            if live is None:
+                raise denied("control socket", socket_path(name))
+            if live:
+                return [name]
+        elif names := running_interfaces():
+            return names
+        if loop.time() >= deadline:
+            return []
+        await asyncio.sleep(min(poll, max(0.0, deadline - loop.time())))
+
+
 def choose_interface(name: str | None) -> str:
     """The interface to talk to: `name` if given, else the only one running (a UsageError otherwise)."""
     if name:
@@ -227,4 +246,4 @@ class ControlClient:
 
 
 __all__ = ["ControlServer", "ControlClient", "ControlTarget", "start_control_server", "running_interfaces",
-           "choose_interface", "control_dir", "socket_path"]
+           "wait_for_interfaces", "choose_interface", "control_dir", "socket_path"]
