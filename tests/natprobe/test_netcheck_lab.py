@@ -180,7 +180,7 @@ def test_text_output_and_bad_input(lab, tmp_path):
     assert re.search("".join(row.format(i, i) for i in (1, 2, 3)), out), out   # sorted by latency
     for bad in ([str(tmp_path / "missing.json")], ["/etc/hostname"]):
         proc = lab.run("client1", sys.executable, "-m", "wgclient.cli.netcheck", "--derpmap", *bad, check=False)
-        assert proc.returncode == 2 and proc.stderr.startswith("error: ") and "Traceback" not in proc.stderr
+        assert proc.returncode == 2 and proc.stderr.startswith("wgc: ") and "Traceback" not in proc.stderr
 
 
 def test_home_region_hysteresis_across_runs(tmp_path):
