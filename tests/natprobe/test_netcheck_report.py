@@ -68,12 +68,28 @@ def test_json_uses_go_names_and_nanoseconds():
 
 
 @given(st.one_of(st.none(), st.integers(), st.text(), st.lists(st.integers()),
-                 st.dictionaries(st.sampled_from(["Now", "RegionLatency", "UPnP", "PreferredDERP"]),
+                 st.dictionaries(st.sampled_from(["Now", "RegionLatency", "UPnP", "PreferredDERP",
+                                                  "RegionLatencyProbe", "RegionICMPLatency"]),
                                  st.one_of(st.none(), st.integers(), st.text(), st.booleans(),
-                                           st.dictionaries(st.text(max_size=3), st.integers())))))
+                                           st.dictionaries(st.text(max_size=3), st.integers()),
+                                           st.dictionaries(st.sampled_from(["1", "x"]),
+                                                           st.one_of(st.sampled_from(["STUN", "ICMP"]),
+                                                                     st.lists(st.integers())))))))
 def test_garbage_report_json_raises_parse_error(data):
     try:
         Report.from_json(data)
+    except ParseError:
+        pass
+
+
+@given(st.dictionaries(st.sampled_from(["RegionLatency", "RegionLatencyProbe", "RegionICMPLatency", "UPnP"]),
+                       st.one_of(st.none(), st.integers(), st.text(), st.lists(st.text()),
+                                 st.dictionaries(st.one_of(st.text(max_size=3), st.sampled_from(["1", "2"])),
+                                                 st.one_of(st.integers(), st.text(max_size=6), st.none(),
+                                                           st.sampled_from(["STUN", "HTTPS", "ICMP"]))))))
+def test_garbage_fields_of_a_valid_report_raise_parse_error(fields):
+    try:
+        Report.from_json(dict(sample().to_json(), **fields))
     except ParseError:
         pass
 
