@@ -209,12 +209,13 @@ def load_server_key(path: str) -> bytes:
     if not path:
         return private_key_from_random(os.urandom(32))
     if os.path.exists(path):
-        warn_if_exposed(path, "key file")
         text = _read(path, "key file")
         try:
-            return parse_private_key(json.loads(text)["PrivateKey"])
+            key = parse_private_key(json.loads(text)["PrivateKey"])
         except (ValueError, KeyError, TypeError, AttributeError, RecursionError, ParseError):
             raise UsageError(f"key file {path!r} is not {{\"PrivateKey\": \"privkey:<64 hex>\"}}") from None
+        warn_if_exposed(path, "key file")
+        return key
     key = private_key_from_random(os.urandom(32))
     try:
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
@@ -234,10 +235,10 @@ def metrics_token(args: argparse.Namespace) -> str:
         return args.metrics_token
     if args.metrics_token_file:
         path = args.metrics_token_file
-        warn_if_exposed(path, "metrics token file")
         token = _read(path, "metrics token file").strip()
         if not token:
             raise UsageError(f"metrics token file {path!r} is empty")
+        warn_if_exposed(path, "metrics token file")
         return token
     return os.environ.get(TOKEN_ENV, "")
 
