@@ -3,7 +3,7 @@ them), startup (key, certificates, access list, STUN, mesh, metrics) and signals
 shutdown, SIGHUP reload of the allowed keys and DERP map files).
 
 Everything read from flags and files is checked before any port is bound; then the DERP, HTTP, STUN and
-metrics listeners are bound in turn and a failure closes the ones already bound. A user mistake is one
+metrics listeners are bound in turn (`derp.aio.derper_listen`) and a failure closes the ones already bound. A user mistake is one
 line `wgc: ...` on stderr and exit 2; a port that cannot be bound is one line `wgc: cannot listen on
 <addr> (<what>): <reason>` and exit 1. The node key (`-c`) is never logged; a key or token file that other
 users may read gets a one-line warning.
@@ -22,11 +22,10 @@ import math
 import os
 import random
 import signal
-import socket
 import sys
-from dataclasses import dataclass
 from typing import Any
 
+from derp.aio.derper_listen import ListenError, os_reason, show_addr, start_listeners
 from derp.aio.tls import load_server_context
 from derp.aio.client import DialTarget
 from derp.aio.server import DerpServer, ServerOptions
@@ -38,26 +37,6 @@ from derp.server import AccessList, Relay, ServerConfig, parse_allowed_keys
 log = logging.getLogger("derper")
 TOKEN_ENV = "WGC_DERPER_METRICS_TOKEN"
 PROG = "wgc"
-
-
-class ListenError(Error):
-    """A listener could not be bound (port in use, address not local, no permission)."""
-
-
-def _why(exc: OSError) -> str:
-    """The OS's reason for `exc`, lower-cased as in `address already in use` (asyncio and socket wrap the
-    bare strerror in longer text; the errno gives it back)."""
-    if exc.errno and exc.errno > 0 and not isinstance(exc, socket.gaierror):
-        text = os.strerror(exc.errno)
-    else:
-        text = exc.strerror or str(exc)
-    return text[:1].lower() + text[1:]
-
-
-def show_addr(host: str | None, port: int) -> str:
-    """`host:port` as a user would type it; None (all addresses) shows as 0.0.0.0."""
-    host = host or "0.0.0.0"
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def split_addr(addr: str, default_port: int) -> tuple[str | None, int]:
@@ -188,7 +167,7 @@ def _read(path: str, what: str) -> str:
         with open(path, encoding="utf-8") as fh:
             return fh.read()
     except OSError as exc:
-        raise UsageError(f"cannot read {what} {path!r}: {_why(exc)}") from None
+        raise UsageError(f"cannot read {what} {path!r}: {os_reason(exc)}") from None
     except UnicodeDecodeError:
         raise UsageError(f"{what} {path!r} is not UTF-8 text") from None
 
@@ -223,7 +202,7 @@ def load_server_key(path: str) -> bytes:
         with os.fdopen(fd, "w") as fh:
             json.dump({"PrivateKey": privkey_text(key)}, fh)
     except OSError as exc:
-        raise UsageError(f"cannot create key file {path!r}: {_why(exc)}") from None
+        raise UsageError(f"cannot create key file {path!r}: {os_reason(exc)}") from None
     return key
 
 
@@ -281,18 +260,23 @@ def tls_context(args: argparse.Namespace) -> tuple[Any, str | None]:
     return certs.selfsigned_context(args.hostname)
 
 
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text.split("%", 1)[0])
+    except ValueError:
+        return False
+    return True
+
+
 def selfsigned_node(args: argparse.Namespace, pin: str, derp_port: int, http_port: int | None,
                     stun_port: int | None) -> dict:
     """The DERP map node (derpmap.md §5) a client needs to use this relay with its self-signed certificate."""
     node: dict[str, Any] = {"Name": "900a", "RegionID": 900, "HostName": args.hostname,
                             "CertName": "sha256-raw:" + pin, "DERPPort": derp_port,
                             "STUNPort": -1 if stun_port is None else stun_port}
-    try:
-        ip = ipaddress.ip_address(args.hostname)
-    except ValueError:
-        ip = None
-    if ip is not None:  # an IP literal has no DNS records: pin it and switch the other family off
-        node["IPv4"], node["IPv6"] = (args.hostname, "none") if ip.version == 4 else ("none", args.hostname)
+    if _is_ip(args.hostname):  # an IP literal has no DNS records: pin it and switch the other family off
+        v4 = ipaddress.ip_address(args.hostname.split("%", 1)[0]).version == 4
+        node["IPv4"], node["IPv6"] = (args.hostname, "none") if v4 else ("none", args.hostname)
     if http_port == 80:
         node["CanPort80"] = True
     return node
@@ -309,72 +293,6 @@ def mesh_targets(spec: str, tls: bool) -> list[DialTarget]:
         netloc = (f"[{host}]" if ":" in host else host) + f":{port}"
         out.append(DialTarget(dial_host, dial_port, tls, host, False, None, "", netloc))
     return out
-
-
-@dataclass
-class Listening:
-    """What `start_listeners` bound."""
-    derp_port: int = 0
-    http_port: int | None = None
-    stun: Any = None
-    metrics: Any = None
-
-    @property
-    def metrics_desc(self) -> str:
-        if self.metrics is None:
-            return "off"
-        sock = self.metrics.sockets[0].getsockname()
-        return show_addr(sock[0], sock[1])
-
-    def close_side_listeners(self) -> None:
-        """STUN and metrics (the DERP and HTTP listeners go with `DerpServer.shutdown`)."""
-        if self.stun is not None:
-            self.stun.close()
-        if self.metrics is not None:
-            self.metrics.close()
-
-
-async def _bind(what: str, host: str | None, port: int, start) -> Any:
-    try:
-        return await start
-    except OSError as exc:
-        raise ListenError(f"cannot listen on {show_addr(host, port)} ({what}): {_why(exc)}") from None
-
-
-async def _start_stun(host: str | None, port: int) -> Any:
-    try:
-        from natprobe.aio.server import start_stun_server
-        from natprobe.errors import Error as StunError
-    except ImportError:
-        raise UsageError("the STUN server (natprobe) is not available; run with --no-stun") from None
-    try:
-        return await start_stun_server(host or "::", port)  # "::" answers IPv4 and IPv6
-    except StunError as exc:
-        if isinstance(exc.__cause__, OSError):
-            raise exc.__cause__ from None
-        raise UsageError(f"{exc} (or --no-stun)") from None
-
-
-async def start_listeners(args: argparse.Namespace, server: DerpServer, host: str | None, port: int,
-                          metrics_at: tuple[str, int] | None) -> Listening:
-    """Bind the DERP, HTTP, STUN and metrics listeners in turn. When one fails, close the ones already bound
-    and raise ListenError naming the address."""
-    from derp.aio.metrics import serve_metrics
-
-    done = Listening()
-    try:
-        done.derp_port = await _bind("DERP", host, port, server.listen(host, port))
-        if server.ssl is not None and args.http_port >= 0:
-            done.http_port = await _bind("HTTP", host, args.http_port, server.listen_port80(host, args.http_port))
-        if args.stun:
-            done.stun = await _bind("STUN", host, args.stun_port, _start_stun(host, args.stun_port))
-        if metrics_at is not None:
-            done.metrics = await _bind("metrics", *metrics_at, serve_metrics(server, *metrics_at))
-    except BaseException:
-        await server.shutdown(0)
-        done.close_side_listeners()
-        raise
-    return done
 
 
 async def serve(args: argparse.Namespace) -> int:
@@ -396,6 +314,8 @@ async def serve(args: argparse.Namespace) -> int:
     if args.mesh_with and mesh_key is None:
         raise UsageError("--mesh-with needs --mesh-psk-file")
     host, port = split_addr(args.addr, 443)
+    if args.stun and host is not None and not _is_ip(host):
+        raise UsageError(f"STUN listens on the --addr address, which must be an IP, not {host!r} (or --no-stun)")
     metrics_at = None
     if args.metrics_addr != "off":
         mhost, mport = split_addr(args.metrics_addr, 9090)
@@ -488,7 +408,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{PROG}: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:  # last resort: still one line
-        print(f"{PROG}: {_why(exc)}", file=sys.stderr)
+        print(f"{PROG}: {os_reason(exc)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

@@ -19,6 +19,7 @@ import sys
 import pytest
 
 from derp.aio import derper as D
+from derp.aio.derper_listen import ListenError
 from derp.aio.certs import make_cert, write_pair
 from derp.aio.client import DerpClient, targets_for_region
 from derp.derpmap import parse_derpmap
@@ -84,7 +85,7 @@ def test_a_failed_bind_closes_the_listeners_already_bound(pki) -> None:
             "-a", f"127.0.0.1:{derp_port}", "--http-port", str(http_port), "--stun-port", str(stun_port),
             "--metrics-addr", f"127.0.0.1:{s.getsockname()[1]}", "--certmode", "manual", "--hostname",
             "127.0.0.1", "--certdir", pki["certdir"], "--open-relay"])
-        with pytest.raises(D.ListenError, match=r"\(metrics\)") as failed:
+        with pytest.raises(ListenError, match=r"\(metrics\)") as failed:
             asyncio.run(D.serve(args))
     assert failed.value.__traceback__ is not None  # the frames (and whatever they hold) are still alive
     for kind, port in ((socket.SOCK_STREAM, derp_port), (socket.SOCK_STREAM, http_port),
@@ -146,6 +147,7 @@ BAD_FLAGS = [
     (["--metrics-addr", "127.0.0.1:x"], "bad port in address"),
     (["--mesh-with", "derp2.example.net"], "--mesh-with needs --mesh-psk-file"),
     (["--metrics-token", "a", "--metrics-token-file", "/dev/null"], "not both"),
+    (["-a", "localhost:0", "--stun", "--stun-port", "0"], "must be an IP, not 'localhost'"),
 ]
 
 
