@@ -3,10 +3,10 @@ them), startup (key, certificates, access list, STUN, mesh, metrics) and signals
 shutdown, SIGHUP reload of the allowed keys and DERP map files).
 
 Everything read from flags and files is checked before any port is bound; then the DERP, HTTP, STUN and
-metrics listeners are bound in turn (`derp.aio.derper_listen`) and a failure closes the ones already bound. A user mistake is one
-line `wgc: ...` on stderr and exit 2; a port that cannot be bound is one line `wgc: cannot listen on
-<addr> (<what>): <reason>` and exit 1. The node key (`-c`) is never logged; a key or token file that other
-users may read gets a one-line warning.
+metrics listeners are bound in turn (`derp.aio.derper_listen`) and a failure closes the ones already bound.
+A user mistake is one line `wgc: ...` on stderr and exit 2; a port that cannot be bound is one line
+`wgc: cannot listen on <addr> (<what>): <reason>` and exit 1. The node key (`-c`) is never logged; a key or
+token file that other users may read gets a one-line warning.
 
 On start it prints one line to stdout: `derper ready addr=<host:port> metrics=<host:port|off>
 key=nodekey:<hex> tls=<yes|no> [http=<port>] [stun=<port>]` so scripts and tests can find ephemeral ports.
@@ -122,12 +122,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run the STUN server on --stun-port (UDP, same address as --addr)")
     p.add_argument("--stun-port", type=PORT, default=3478, metavar="PORT", help="UDP port of the STUN server")
     p.add_argument("--mesh-with", default="", metavar="LIST",
-                   help="comma list of mesh peers: host[:port] or host/dialhost")
-    p.add_argument("--mesh-psk-file", default="", metavar="FILE", help="file with the 64-hex-character mesh key")
+                   help="comma list of mesh peers: host[:port] or host/dialhost (default: no mesh)")
+    p.add_argument("--mesh-psk-file", default="", metavar="FILE",
+                   help="file with the 64-hex-character mesh key (needed by --mesh-with)")
     p.add_argument("--mesh-ca-file", default=None, metavar="FILE",
                    help="extra CA file to verify mesh peers (default: the system CAs)")
     p.add_argument("--allowed-keys-file", default="", metavar="FILE",
-                   help="one base64 WireGuard public key a line (# comments); re-read on SIGHUP")
+                   help="one base64 WireGuard public key a line (# comments); re-read on SIGHUP "
+                        "(without it, --open-relay is needed)")
     p.add_argument("--open-relay", action="store_true", help="let any key use this relay")
     p.add_argument("--max-clients", type=_number(int, 0), default=0, metavar="N",
                    help="refuse clients beyond this many (0: no limit)")
