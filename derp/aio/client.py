@@ -4,9 +4,19 @@ WebSocket), runs the `derp.protocol.ClientConnection` core on the stream, and ke
 
 Targets come from a DERP map region/node (HostName, IPv4/IPv6, DERPPort, InsecureForTests, CertName pins)
 or a URL. TLS uses the system CA store plus an optional `ca_file`, ALPN http/1.1 only.
-Packets arrive through `on_packet(src, data)` (fast path) or the `events` queue; other events
-(Connected, Disconnected, PeerGoneReceived, PeerPresentReceived, HealthChanged, RestartingReceived) go to
-`events` (and `on_event` if given).
+Packets arrive through `on_packet(src, data)` (fast path), other events (Connected, Disconnected,
+PeerGoneReceived, PeerPresentReceived, HealthChanged, RestartingReceived) through `on_event`; whatever has
+no callback goes to the bounded `events` queue (`recv`), which exists only then.
+
+Robustness (the knobs are `ClientConfig` fields):
+* the reconnect backoff starts over only after a link that lasted `healthy_after` seconds: a relay that
+  completes the handshake and hangs up at once is redialed ever more slowly (up to 5 s), not 70 times a
+  second;
+* a connect failure is a WARNING naming the target and the reason ("DERP region 1 (derp1.example): TLS
+  certificate verify failed: self-signed certificate"), at most once per `log_interval` per reason;
+* a stalled relay is given up after a few keepalive intervals (the core's own Pings, derp.protocol);
+* one read callback feeds the core at most READ_BUDGET bytes; the rest waits (reading paused) for the
+  next turn of the loop, so a relay flooding frames cannot starve the UDP data path.
 """
 from __future__ import annotations
 
@@ -31,11 +41,13 @@ from derp.aio.targets import (DialTarget, backoff_delay, cert_matches, make_ssl_
                                targets_for_node, targets_for_region, targets_for_url)
 from derp.errors import Error, ParseError, UsageError
 from derp.keys import short
+from derp.ratelog import RateLimitedLog
 
 log = logging.getLogger(__name__)
 _ws_log = logging.getLogger("derp.aio.client.websocket")
 _ws_log.setLevel(logging.WARNING)
 WRITE_LIMIT = 1 << 20
+READ_BUDGET = 32 << 10   # bytes of DERP stream fed to the core per turn of the event loop
 
 
 class ConnectError(Error):
@@ -53,6 +65,17 @@ class Disconnected:
     reason: str
 
 
+def describe_error(exc: BaseException) -> str:
+    """A dial failure in words: TLS verification failures say why the certificate was refused."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"TLS certificate verify failed: {exc.verify_message or exc.reason or exc}"
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS handshake failed: {exc.reason or exc}"
+    if isinstance(exc, asyncio.TimeoutError):
+        return "timed out"
+    return str(exc) or type(exc).__name__
+
+
 class _Stream(asyncio.Protocol):
     """One TCP/TLS connection: the HTTP (or WebSocket) upgrade, then DERP frames through the core."""
 
@@ -68,7 +91,7 @@ class _Stream(asyncio.Protocol):
         self.buf = bytearray()
         self.ws: ClientProtocol | None = None
         self.timer: asyncio.TimerHandle | None = None
-        self.received_any = False
+        self.backlog = bytearray()   # stream bytes beyond this turn's READ_BUDGET (reading is paused)
         self.restarting: P.RestartingReceived | None = None
         self.pings: dict[bytes, asyncio.Future] = {}
 
@@ -96,6 +119,7 @@ class _Stream(asyncio.Protocol):
         self._finish(reason)
 
     def _finish(self, reason: str) -> None:
+        self.backlog.clear()
         if self.timer:
             self.timer.cancel()
         for fut in self.pings.values():
@@ -179,10 +203,32 @@ class _Stream(asyncio.Protocol):
         self._arm()
 
     def _frames(self, data: bytes) -> None:
+        if self.backlog:  # arrived although reading is paused: keep the order
+            self.backlog += data
+            return
+        if len(data) > READ_BUDGET:
+            self.backlog += memoryview(data)[READ_BUDGET:]
+            data = data[:READ_BUDGET]
+            self.transport.pause_reading()
+            asyncio.get_running_loop().call_soon(self._next_slice)
+        self._feed(data)
+
+    def _next_slice(self) -> None:
+        """The next READ_BUDGET bytes of a backlog, one slice per turn of the loop."""
+        if not self.backlog or self.done.done():
+            return
+        data = bytes(self.backlog[:READ_BUDGET])
+        del self.backlog[:READ_BUDGET]
+        if self.backlog:
+            asyncio.get_running_loop().call_soon(self._next_slice)
+        elif not self.transport.is_closing():
+            self.transport.resume_reading()
+        self._feed(data)
+
+    def _feed(self, data: bytes) -> None:
         assert self.core is not None
         outs = self.core.receive_data(data, asyncio.get_running_loop().time())
         if outs:
-            self.received_any = True
             self._carry(outs)
 
     def _carry(self, outs: list) -> None:
@@ -196,6 +242,7 @@ class _Stream(asyncio.Protocol):
             elif kind is P.Connected:
                 if not self.upgraded.done():
                     self.upgraded.set_result(out)
+                self._arm()   # the keepalive timer starts now
                 client._event(out)
             elif kind is P.PongReceived:
                 fut = self.pings.pop(out.data, None)
@@ -249,7 +296,8 @@ class ClientStats:
     dropped_backpressure: int = 0
     dropped_queue_full: int = 0
     connects: int = 0
-    failures: int = 0
+    failures: int = 0          # dials that did not connect
+    short_lived: int = 0       # connections that ended before `healthy_after`
     extra: dict[str, int] = field(default_factory=dict)
 
 
@@ -261,7 +309,7 @@ class DerpClient:
                  on_packet: Callable[[bytes, bytes], None] | None = None,
                  on_event: Callable[[Any], None] | None = None, reconnect: bool = True,
                  connect_timeout: float = 10.0, node_timeout: float = 1.5, preferred: bool = False,
-                 watch_conns: bool = False,
+                 watch_conns: bool = False, label: str = "",
                  rng: random.Random | None = None, queue_size: int = 4096) -> None:
         if not targets:
             raise UsageError("no DERP node to connect to (all nodes STUN-only or disabled?)")
@@ -280,7 +328,10 @@ class DerpClient:
         self.preferred = preferred
         self.watch_conns = watch_conns
         self.rng = rng or random.Random()
-        self.events: asyncio.Queue = asyncio.Queue(queue_size)
+        self.label = label                       # "region 1": how log lines name this client
+        # a queue only for what has no callback: nobody would read it otherwise
+        self.events: asyncio.Queue | None = None if on_packet and on_event else asyncio.Queue(queue_size)
+        self._log = RateLimitedLog(log, config.log_interval)
         self.stats = ClientStats()
         self.stream: _Stream | None = None
         self.target_index = 0
@@ -288,6 +339,7 @@ class DerpClient:
         self._connected = asyncio.Event()
         self._closing = False
         self.websocket_fallbacks = 0
+        self.backoff_step = 0   # failed or short-lived connections in a row: the reconnect delay grows with it
         self._ssl_contexts: dict[tuple, ssl.SSLContext] = {}
 
     def __repr__(self) -> str:
@@ -322,7 +374,8 @@ class DerpClient:
                 pass
 
     async def _run(self) -> None:
-        failures = 0
+        loop = asyncio.get_running_loop()
+        self.backoff_step = 0
         while not self._closing:
             try:
                 stream = await self.connect_once()
@@ -330,10 +383,11 @@ class DerpClient:
                 if isinstance(exc, UsageError) or not self.reconnect:
                     self._event(Disconnected(str(exc)))
                     return
-                failures += 1
+                self.backoff_step += 1
                 self.stats.failures += 1
-                await asyncio.sleep(backoff_delay(failures, self.rng))
+                await asyncio.sleep(backoff_delay(self.backoff_step, self.rng))
                 continue
+            since = loop.time()
             reason = await stream.done
             self.stream = None
             self._connected.clear()
@@ -341,11 +395,25 @@ class DerpClient:
             if not self.reconnect or self._closing:
                 return
             if stream.restarting is not None:
-                failures = 0
+                self.backoff_step = 0
                 await asyncio.sleep(stream.restarting.reconnect_in)
                 continue
-            failures = 1 if stream.received_any else failures + 1
-            await asyncio.sleep(backoff_delay(failures, self.rng))
+            if loop.time() - since >= self.config.healthy_after:
+                self.backoff_step = 1     # it worked for a while: come back quickly
+            else:                         # a handshake alone proves nothing: keep backing off
+                self.backoff_step += 1
+                self.stats.short_lived += 1
+            await asyncio.sleep(backoff_delay(self.backoff_step, self.rng))
+
+    def _name(self, target: DialTarget) -> str:
+        host = target.server_name or target.host
+        return f"{self.label} ({host})" if self.label else f"{host}:{target.port}"
+
+    def _dial_failed(self, target: DialTarget, exc: BaseException, errors: list[str]) -> None:
+        what = describe_error(exc)
+        errors.append(f"{target.host}:{target.port}: {what}")
+        self._log.log(logging.WARNING, (target.host, target.port, type(exc).__name__),
+                      asyncio.get_running_loop().time(), "DERP %s: %s", self._name(target), what)
 
     async def connect_once(self) -> _Stream:
         """One pass over the targets starting at the current one; the first that completes wins."""
@@ -359,12 +427,14 @@ class DerpClient:
                 try:
                     stream = await asyncio.wait_for(self._dial(target, websocket), self.connect_timeout)
                 except UpgradeRefused as exc:
-                    errors.append(f"{target.host}:{target.port}: {exc}")
                     if not websocket and len(modes) > 1:
-                        self.websocket_fallbacks += 1
+                        self.websocket_fallbacks += 1   # expected behind proxies: no warning yet
+                        errors.append(f"{target.host}:{target.port}: {exc}")
+                    else:
+                        self._dial_failed(target, exc, errors)
                     continue
                 except (ConnectError, OSError, asyncio.TimeoutError, ssl.SSLError) as exc:
-                    errors.append(f"{target.host}:{target.port}: {exc or type(exc).__name__}")
+                    self._dial_failed(target, exc, errors)
                     break  # a transport failure: WebSocket on the same target would not help
                 if self._closing:
                     stream._finish("closed while connecting")
@@ -483,20 +553,29 @@ class DerpClient:
     def _event(self, ev: Any) -> None:
         if self.on_event is not None and type(ev) is not P.PacketReceived:
             self.on_event(ev)
+            return
+        if self.events is None:
+            return
         try:
             self.events.put_nowait(ev)
         except asyncio.QueueFull:
             self.stats.dropped_queue_full += 1
 
+    def _queue(self) -> asyncio.Queue:
+        if self.events is None:
+            raise UsageError("this DERP client hands everything to its callbacks; it has no event queue")
+        return self.events
+
     async def recv(self, timeout: float | None = None) -> Any:
-        return await asyncio.wait_for(self.events.get(), timeout)
+        return await asyncio.wait_for(self._queue().get(), timeout)
 
     async def recv_packet(self, timeout: float | None = None) -> P.PacketReceived:
         """The next packet, skipping other events."""
         loop = asyncio.get_running_loop()
+        queue = self._queue()
         deadline = None if timeout is None else loop.time() + timeout
         while True:
             left = None if deadline is None else max(0.0, deadline - loop.time())
-            ev = await asyncio.wait_for(self.events.get(), left)
+            ev = await asyncio.wait_for(queue.get(), left)
             if type(ev) is P.PacketReceived:
                 return ev
