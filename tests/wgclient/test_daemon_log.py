@@ -44,6 +44,9 @@ def test_second_up_fails_in_its_own_process_and_leaves_the_log_alone(tmp_path, m
     running.acquire()             # the daemon that is up
     os.makedirs(tmp_path / "log")
     (tmp_path / "log" / "wgt0.log").write_text("the running daemon's log\n")
+    def no_fork():
+        raise AssertionError("forked a daemon although wgt0 is up")
+    monkeypatch.setattr(os, "fork", no_fork)   # refused here, before any daemon could write to the log
     try:
         with pytest.raises(UsageError, match=rf"^wgt0 is already up \(pid {os.getpid()}\)$"):
             daemon.run_daemon(SimpleNamespace(name="wgt0"), {})
