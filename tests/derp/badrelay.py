@@ -4,7 +4,7 @@
   stall  - keeps the connection open and sends nothing, not even KeepAlive;
   flood  - sends RecvPacket frames of garbage as fast as the socket takes them.
 In-process (`async with BadRelay(mode) as relay`) or as its own process (`python -m tests.derp.badrelay
-flood`, prints "port N"), so a flood does not compete for the event loop of the client under test.
+flood [--tls]`, prints "port N"), so a flood does not compete for the event loop of the client under test.
 """
 from __future__ import annotations
 
@@ -95,11 +95,23 @@ class BadRelay:
             await writer.drain()
 
 
-async def _main(mode: str) -> None:
-    async with BadRelay(mode) as relay:
-        print(f"port {relay.port}", flush=True)
-        await asyncio.Event().wait()
+def self_signed_context(tmpdir: str) -> ssl.SSLContext:
+    """A server context with a fresh self-signed certificate for 127.0.0.1."""
+    from derp.aio.certs import make_cert, write_pair
+    crt, key = os.path.join(tmpdir, "relay.crt"), os.path.join(tmpdir, "relay.key")
+    write_pair(make_cert(["127.0.0.1"]), crt, key)
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(crt, key)
+    return ctx
+
+
+async def _main(mode: str, tls: bool) -> None:
+    import tempfile
+    with tempfile.TemporaryDirectory() as tmp:
+        async with BadRelay(mode, self_signed_context(tmp) if tls else None) as relay:
+            print(f"port {relay.port}", flush=True)
+            await asyncio.Event().wait()
 
 
 if __name__ == "__main__":
-    asyncio.run(_main(sys.argv[1]))
+    asyncio.run(_main(sys.argv[1], "--tls" in sys.argv))
