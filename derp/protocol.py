@@ -22,7 +22,7 @@ from typing import Callable, Union
 
 from derp import frames as F
 from derp.constants import (CLIENT_KEEPALIVE_INTERVAL, CLIENT_KEEPALIVE_MISSES, CLIENT_READ_TIMEOUT, KEY_LEN,
-                            RECONNECT_HEALTHY_AFTER, MAX_CLIENT_FRAME, MAX_PACKET_SIZE, PING_TIMEOUT,
+                            MAX_CLIENT_FRAME, MAX_PACKET_SIZE, PING_TIMEOUT, RECONNECT_HEALTHY_AFTER,
                             SERVER_KEY_READ_LIMIT, FrameType)
 from derp.errors import ParseError, UsageError
 from derp.keys import public_key_of, short
