@@ -19,6 +19,9 @@ MIN_CLIENT_INFO_LEN = KEY_LEN + NONCE_LEN  # §4.1 step 4
 KEEPALIVE_INTERVAL = 60.0                # §2: server KeepAlive period ...
 KEEPALIVE_JITTER = 5.0                   # ... plus random [0, 5 s)
 CLIENT_READ_TIMEOUT = 120.0              # §2: no frame for this long => connection dead
+CLIENT_KEEPALIVE_INTERVAL = 10.0         # ours, not Go's: an idle client Pings after this much silence ...
+CLIENT_KEEPALIVE_MISSES = 3              # ... and gives the link up after this many silent intervals
+RECONNECT_HEALTHY_AFTER = 10.0           # ours: a link must last this long before the backoff starts over
 HANDSHAKE_TIMEOUT = 10.0                 # §4.1 step 4 / §7.2
 PING_TIMEOUT = 5.0                       # §5.3: derphttp.Client.Ping waits <= 5 s
 PING_MIN_LEN, PING_MAX_LEN = 8, 1000     # §5.3 server accepts 8..1000, echoes the first 8

@@ -56,9 +56,6 @@ class MeshLink:
                 log.info("mesh link to %s (%s) up", self.target.host_header, short(ev.server_key))
         elif kind is Disconnected:
             self.apply(self.relay.remove_link(self))
-        # drain the queue: the mesh link consumes events through this callback only
-        while not self.client.events.empty():
-            self.client.events.get_nowait()
 
     def forward(self, frame: bytes) -> None:
         if self.client.write_raw(frame):

@@ -82,7 +82,7 @@ def test_client_events_and_skips_unknown() -> None:
 
 
 def test_client_read_timeout_and_ping_timer() -> None:
-    c, k, _ = handshake(key(1), now=100.0)
+    c, k, _ = handshake(key(1), now=100.0, config=P.ClientConfig(keepalive_interval=0))  # derp.md's 120 s only
     assert c.next_deadline() == 220.0
     data, frame = c.ping(110.0)
     assert frame == F.Ping(data).encode() and c.next_deadline() == 115.0
@@ -95,6 +95,33 @@ def test_client_read_timeout_and_ping_timer() -> None:
     outs = c.on_timer(237.0)
     assert len(outs) == 1 and isinstance(outs[0], P.Closed) and c.state == P.ClientState.CLOSED
     assert c.receive_data(F.KeepAlive().encode(), 238) == [] and c.next_deadline() is None
+
+
+def test_client_pings_a_silent_relay_and_gives_it_up_after_three_intervals() -> None:
+    """A relay that sends nothing (not even KeepAlive) is dead after 3 keepalive intervals, not 120 s."""
+    c, k, _ = handshake(key(1), now=100.0, config=P.ClientConfig(keepalive_interval=2.0))
+    c.receive_data(F.server_info_frame(SERVER, k, rnd(24), F.ServerInfo()), 100.0)
+    assert c.silence_limit() == 6.0 and c.next_deadline() == 102.0
+    assert c.on_timer(101.9) == []
+    [ping] = c.on_timer(102.0)
+    assert isinstance(ping, P.Transmit) and ping.data[0] == FrameType.PING and c.next_deadline() == 104.0
+    assert c.receive_data(F.Pong(ping.data[5:]).encode(), 103.0) == []   # our keepalive's Pong: not an event
+    assert c.next_deadline() == 105.0                                    # silence counts from the Pong
+    [ping2] = c.on_timer(105.0)
+    [ping3] = c.on_timer(107.0)
+    assert ping2.data[0] == ping3.data[0] == FrameType.PING and c.keepalive_pings == 3
+    assert c.next_deadline() == 109.0 and c.state == P.ClientState.CONNECTED
+    [closed] = c.on_timer(109.0)
+    assert isinstance(closed, P.Closed) and "6 s" in closed.reason and c.state == P.ClientState.CLOSED
+
+
+def test_traffic_means_no_keepalive_ping() -> None:
+    c, k, _ = handshake(key(1), now=0.0, config=P.ClientConfig(keepalive_interval=2.0))
+    c.receive_data(F.server_info_frame(SERVER, k, rnd(24), F.ServerInfo()), 0.0)
+    for t in range(1, 20):
+        c.receive_data(F.RecvPacket(key(2), b"x").encode(), float(t))
+        assert c.on_timer(float(t) + 0.5) == []
+    assert c.keepalive_pings == 0
 
 
 @pytest.mark.parametrize("stream, words", [
