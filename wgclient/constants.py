@@ -51,6 +51,7 @@ HANDSHAKE_BURST = 5
 # per received batch at most (a batch is up to 32 reads); and the least time between two "under load"
 # log lines.
 HANDSHAKE_BUDGET = 16
+HANDSHAKE_BUDGET_UNDER_LOAD = 4
 LOAD_LOG_INTERVAL = 60.0
 
 # Anti-replay window (wireguard-go replay/replay.go): 128 blocks of 64 bits, one block kept free.

@@ -25,10 +25,10 @@ from typing import Callable, Iterable
 
 from . import datapath
 from .allowedips import AllowedIPs
-from .constants import (DEFAULT_MTU, HANDSHAKE_BUDGET, HANDSHAKE_INITIATION_RATE, KEEPALIVE_TIMEOUT,
-                        KEY_ZERO_AFTER, LOAD_LOG_INTERVAL, MAX_PEERS, MAX_TIMER_HANDSHAKES, MSG_COOKIE_REPLY,
-                        MSG_INITIATION, MSG_TRANSPORT, REKEY_TIMEOUT, REKEY_TIMEOUT_JITTER_MAX,
-                        UNDER_LOAD_THRESHOLD)
+from .constants import (DEFAULT_MTU, HANDSHAKE_BUDGET, HANDSHAKE_BUDGET_UNDER_LOAD, HANDSHAKE_INITIATION_RATE,
+                        KEEPALIVE_TIMEOUT, KEY_ZERO_AFTER, LOAD_LOG_INTERVAL, MAX_PEERS, MAX_TIMER_HANDSHAKES,
+                        MSG_COOKIE_REPLY, MSG_INITIATION, MSG_TRANSPORT, REKEY_TIMEOUT,
+                        REKEY_TIMEOUT_JITTER_MAX, UNDER_LOAD_THRESHOLD)
 from .errors import ParseError, UsageError
 from .handshake_gate import COOKIE_SENT, RATE_LIMITED, HandshakeGate
 from .keypair import Keypair
@@ -49,6 +49,7 @@ class DeviceConfig:
     # queue 1/8 full); so does a batch with more than handshake_budget of them (handshake_gate.py).
     under_load_threshold: int = UNDER_LOAD_THRESHOLD
     handshake_budget: int = HANDSHAKE_BUDGET  # handshake messages processed per batch, at most
+    handshake_budget_under_load: int = HANDSHAKE_BUDGET_UNDER_LOAD  # the same while under load
     load_log_interval: float = LOAD_LOG_INTERVAL  # at most one "under load" log line per this many seconds
     tun_headroom: int = 0  # free bytes kept before each decrypted packet (virtio-net header room)
     flood_interval: float = HANDSHAKE_INITIATION_RATE
@@ -75,6 +76,7 @@ class Device:
         self._armed: set[Peer] = set()  # peers that armed a timer since the last deadline query
         self.out = Outputs()
         self.gate = HandshakeGate(self.drops, budget=config.handshake_budget,
+                                  budget_under_load=config.handshake_budget_under_load,
                                   threshold=config.under_load_threshold, log_interval=config.load_log_interval)
         if private_key is not None:
             self.set_private_key(private_key)

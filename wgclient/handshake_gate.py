@@ -7,9 +7,11 @@ the decryption workers, handshake messages to a bounded handshake queue whose ov
 (device/receive.go). Here the device defers the handshake messages of a batch until its transport
 messages are done (datapath.py), then asks `admit()` which of them to process:
 
-- at most `budget` per batch (DeviceConfig.handshake_budget); the rest are dropped and counted;
+- at most `budget` per batch (DeviceConfig.handshake_budget, 16), `budget_under_load` (4) while under
+  load, where each costs a cookie reply (~25 us with its send); the rest are dropped and counted;
 - under load, at most one per source address per batch, so one flooding address cannot crowd out
-  another peer's handshake, and the flood's own share shrinks as batches fill up.
+  another peer's handshake, and the flood's own share shrinks as batches fill up (a batch is at most
+  32 reads, so a one-address flood costs one cookie reply per 32 datagrams when it outruns us).
 
 Under load (wireguard-go: the handshake queue at least 1/8 full, sticky for 1 s; IsUnderLoad): a batch
 brought more handshake messages than its budget (a backlog we had to drop), or `threshold` handshake
@@ -40,9 +42,11 @@ MAX_TRACKED_SOURCES = 4096  # token buckets and packed addresses kept; all forgo
 
 
 class HandshakeGate:
-    def __init__(self, drops: collections.Counter, *, budget: int, threshold: int, log_interval: float) -> None:
+    def __init__(self, drops: collections.Counter, *, budget: int, budget_under_load: int, threshold: int,
+                 log_interval: float) -> None:
         self.drops = drops
         self.budget = budget
+        self.budget_under_load = budget_under_load
         self.threshold = threshold
         self.log_interval = log_interval
         self.episodes = 0           # times the device went under load
@@ -74,6 +78,7 @@ class HandshakeGate:
             self._loaded(now, f"{self._count} handshake messages within a second")
         if now >= self._until:
             return messages  # not under load, so n <= budget
+        budget = self.budget_under_load
         admitted = []
         seen: set = set()
         over_share = over_budget = 0
@@ -107,7 +112,7 @@ class HandshakeGate:
                 also = (f"; {self._unlogged} shorter episodes since the last message" if self._unlogged else "")
                 log.warning("under load: %s; until %.0f s after it ends, handshakes need a cookie (mac2), "
                             "each source gets one per batch and %d per second, %d per batch in all%s",
-                            why, UNDER_LOAD_AFTER, HANDSHAKES_PER_SECOND, self.budget, also)
+                            why, UNDER_LOAD_AFTER, HANDSHAKES_PER_SECOND, self.budget_under_load, also)
                 self._unlogged = 0
             else:
                 self._unlogged += 1
