@@ -3,7 +3,6 @@ goes first, handshake work per batch is bounded, the rest is dropped and counted
 cookies, and going under load and back is logged once each."""
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import random
@@ -12,6 +11,7 @@ import time
 import pytest
 
 from tests.support.pair import COOKIE_REPLY, EP_A, INITIATION, RESPONSE, Pair
+from tools.bench.flooder import initiations
 from wgclient.constants import HANDSHAKE_BUDGET, HANDSHAKE_BUDGET_UNDER_LOAD, UNDER_LOAD_AFTER
 from wgclient.device import DeviceConfig
 from wgclient.errors import ParseError
@@ -23,14 +23,9 @@ FLOODER = ("198.51.100.66", 40000)
 
 
 def flood(victim_public: bytes, n: int, seed: int = 5) -> list[bytes]:
-    """Initiations that pass the victim's mac1 check but hold random ephemeral/static/timestamp fields."""
-    rng = random.Random(seed)
-    key = hashlib.blake2s(b"mac1----" + victim_public).digest()
-    out = []
-    for _ in range(n):
-        body = b"\x01\0\0\0" + rng.randbytes(112)
-        out.append(body + hashlib.blake2s(body, key=key, digest_size=16).digest() + bytes(16))
-    return out
+    """Initiations that pass the victim's mac1 check but hold random ephemeral/static/timestamp fields (the
+    benchmark's flooder's messages, from a seeded generator)."""
+    return initiations(victim_public, n, random.Random(seed).randbytes)
 
 
 class Counting:

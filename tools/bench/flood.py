@@ -15,7 +15,6 @@ import argparse
 import json
 import os
 import re
-import shutil
 import statistics
 import subprocess
 import sys
@@ -23,7 +22,7 @@ import time
 from dataclasses import asdict, dataclass, field
 
 from tests.integration.peers import PORT_B, WgcPeer, WgGoPeer, peer_pair, ping
-from tools.bench.wg import brief, cpu_seconds
+from tools.bench.wg import brief, cpu_seconds, missing_prerequisites, parse_pairs
 from tools.natlab.netns import link
 
 PAIRS = {"wggo": ("wireguard-go <-> wireguard-go", WgGoPeer), "wgc": ("wgc <-> wgc", WgcPeer)}
@@ -165,10 +164,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--repeat", type=int, default=1, help="runs per pair, alternating; medians shown")
     ap.add_argument("--json", metavar="FILE", help="also write the results as JSON to FILE")
     opts = ap.parse_args(argv)
-    opts.pair_list = [x.strip() for x in opts.pairs.split(",") if x.strip()]
-    unknown = [x for x in opts.pair_list if x not in PAIRS]
-    if unknown or not opts.pair_list:
-        ap.error(f"unknown pair(s) {', '.join(unknown) or '(none given)'}; choose from {', '.join(PAIRS)}")
+    opts.pair_list = parse_pairs(ap, opts.pairs, PAIRS)
     if not 0.5 <= opts.seconds <= 600 or not 0.002 <= opts.interval <= 1 or opts.rate < 0 or opts.warmup < 0:
         ap.error("--seconds 0.5-600, --interval 0.002-1, --rate >= 0, --warmup >= 0")
     if not 1 <= opts.repeat <= 20 or not 1 <= opts.sources <= 200:
@@ -178,12 +174,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     opts = parse_args(sys.argv[1:] if argv is None else argv)
-    if os.geteuid() != 0:
-        print("tools.bench flood: needs root (network namespaces, TUN devices)", file=sys.stderr)
-        return 2
-    missing = [b for b in ("ping", "ip", "wireguard-go", "wg") if shutil.which(b) is None]
-    if missing:
-        print(f"tools.bench flood: missing programs {', '.join(missing)} (run tools/setup.sh)", file=sys.stderr)
+    problem = missing_prerequisites("flood", ["ping", "ip", "wireguard-go", "wg"])
+    if problem:
+        print(problem, file=sys.stderr)
         return 2
     runs: dict[str, list[Result]] = {pair: [] for pair in opts.pair_list}
     for i in range(opts.repeat):

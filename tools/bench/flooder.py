@@ -22,12 +22,12 @@ import time
 CHUNK = 256  # sends between two looks at the clock
 
 
-def initiations(victim_public: bytes, n: int) -> list[bytes]:
+def initiations(victim_public: bytes, n: int, random_bytes=os.urandom) -> list[bytes]:
     """n initiations (148 bytes) with a valid mac1 for the victim, random otherwise, mac2 zero."""
     key = hashlib.blake2s(b"mac1----" + victim_public).digest()
     out = []
     for _ in range(n):
-        body = b"\x01\0\0\0" + os.urandom(112)
+        body = b"\x01\0\0\0" + random_bytes(112)
         out.append(body + hashlib.blake2s(body, key=key, digest_size=16).digest() + bytes(16))
     return out
 
