@@ -20,6 +20,7 @@ import tempfile
 from derp.aio.tls import server_context
 from derp.aio.client import DialTarget
 from derp.aio.server import DerpServer, ServerOptions
+from derp.constants import MAX_CONNS_PER_IP
 from derp.derpmap import parse_derpmap
 from derp.errors import Error, ParseError, UsageError
 from derp.keys import parse_private_key, private_key_from_random, privkey_text, public_key_of
@@ -71,7 +72,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-clients", type=int, default=0, help="refuse clients beyond this many (0: no limit)")
     p.add_argument("--conn-rate", type=float, default=5.0, help="new connections per second per source IP")
     p.add_argument("--conn-burst", type=float, default=10.0, help="burst of the per-IP connection rate")
-    p.add_argument("--trust-proxy", action="store_true", help="take the client IP from X-Forwarded-For")
+    p.add_argument("--trust-proxy", action="store_true",
+                   help="behind a proxy (Fly, nginx, a CDN): take the client IP from the entry the proxy added "
+                        "to --trust-proxy-header")
+    p.add_argument("--trust-proxy-header", default="X-Forwarded-For",
+                   help="header the trusted proxy sets (e.g. Fly-Client-IP, X-Real-IP); default X-Forwarded-For")
+    p.add_argument("--trust-proxy-hops", type=int, default=1,
+                   help="take the entry this many from the right (1: the rightmost, added by the last proxy)")
+    p.add_argument("--max-conns-per-ip", type=int, default=MAX_CONNS_PER_IP,
+                   help=f"concurrent DERP connections per client IP (0: no limit); default {MAX_CONNS_PER_IP}")
     p.add_argument("--read-header-timeout", type=float, default=5.0)
     p.add_argument("--tcp-write-timeout", type=float, default=2.0, help="per-client write stall limit (0: none)")
     p.add_argument("--send-queue-depth", type=int, default=32)
@@ -207,6 +216,8 @@ async def serve(args: argparse.Namespace) -> int:
     relay = Relay(private, config, acl, random.random, mesh_key)
     options = ServerOptions(read_header_timeout=args.read_header_timeout, write_timeout=args.tcp_write_timeout,
                             conn_rate=args.conn_rate, conn_burst=args.conn_burst, trust_proxy=args.trust_proxy,
+                            trust_proxy_header=args.trust_proxy_header, trust_proxy_hops=args.trust_proxy_hops,
+                            max_conns_per_ip=args.max_conns_per_ip,
                             metrics_token=args.metrics_token, derpmap_json=load_derpmap_bytes(args.derpmap_file),
                             send_queue_depth=args.send_queue_depth, tls_engine=args.tls_engine)
     server = DerpServer(relay, options, ssl_ctx)

@@ -2,10 +2,18 @@
 small HTTP endpoints, feeding the pure relay core (`derp.server`) and carrying out its outputs.
 
 Per connection: read one request head (bounded, with a read-header timeout against slowloris; per-IP
-connection rate limit answered with 429), then either an endpoint answer or a DERP session. Sessions
-write through a per-connection batch flushed once per read burst; packets beyond the transport's
-high-water mark go to a bounded queue of `send_queue_depth` packets (disco separately), and further
+connection rate limit answered with 429, except for /healthz and /generate_204; behind a trusted proxy
+the client address is the entry the proxy added to its header), then either an endpoint answer or a DERP
+session (at most `max_conns_per_ip` at once per address). Sessions write through a per-connection batch
+flushed once per read burst; packets beyond the transport's high-water mark go to a bounded queue of
+`send_queue_depth` packets (disco separately, and at most WRITE_BUFFER_LIMIT bytes in all), further
 packets are dropped and counted. A session whose writes stall longer than the write timeout is cut.
+
+Fairness: each turn of the event loop handles at most FRAMES_PER_TURN frames / BYTES_PER_TURN bytes of a
+client (mesh peers: all); the rest waits in the decoder, reading paused, for the next turn (one
+call_soon per turn, never per packet). Memory: a frame's size is checked against its type's maximum at
+the header, and a frame must be complete within `frame_timeout`. A closed connection is forgotten at once
+(unregistered, its per-IP slot freed) and reset if it has not drained within the write timeout.
 One bad client only ever closes its own connection.
 """
 from __future__ import annotations
@@ -24,8 +32,9 @@ from websockets.server import ServerProtocol
 from derp import frames as F
 from derp import httpwire
 from derp.aio import endpoints
-from derp.constants import MAX_CLIENT_FRAME, SEND_QUEUE_DEPTH, FrameType
-from derp.errors import ParseError
+from derp.constants import (BYTES_PER_TURN, FRAME_READ_TIMEOUT, FRAMES_PER_TURN, MAX_CLIENT_FRAME, MAX_CONNS_PER_IP,
+                            SEND_QUEUE_DEPTH, FrameType, server_frame_limits)
+from derp.errors import ParseError, UsageError
 from derp.keys import short
 from derp.ratelimit import PerKeyLimiter
 from derp.server import (CloseConn, Conn, Deliver, Forward, Rejected, Relay, ServerHandshake, Write)
@@ -35,7 +44,11 @@ _ws_log = logging.getLogger("derp.aio.server.websocket")
 _ws_log.setLevel(logging.WARNING)
 _SEND = FrameType.SEND_PACKET
 HIGH_WATER = 256 << 10
-CONTROL_LIMIT = 4 << 20   # a client that lets this much control traffic pile up is cut
+WRITE_BUFFER_LIMIT = 1 << 20   # packets beyond this much unsent data are dropped (queue_full)
+CONTROL_LIMIT = 2 << 20        # a (non-mesh) client that lets this much pile up is cut at its next control frame
+UNLIMITED_PATHS = ("/healthz", "/generate_204")   # health checks are not charged to the per-IP rate limit
+_HARD = ("bad input", "write timed out", "frame timed out")   # close reasons that reset at once
+_RECV_OVERHEAD = 5 + 32        # RecvPacket header and source key around the packet bytes
 
 
 @dataclass
@@ -46,12 +59,22 @@ class ServerOptions:
     conn_rate: float = 5.0
     conn_burst: float = 10.0
     trust_proxy: bool = False
+    trust_proxy_header: str = "X-Forwarded-For"   # the header the trusted proxy sets or appends to
+    trust_proxy_hops: int = 1                     # take the entry this far from the right (1: rightmost)
+    max_conns_per_ip: int = MAX_CONNS_PER_IP      # concurrent DERP sessions per client address (0: no limit)
+    frame_timeout: float = FRAME_READ_TIMEOUT     # a started frame must be complete within this
     metrics_token: str = ""
     derpmap_json: bytes | None = None
     send_queue_depth: int = SEND_QUEUE_DEPTH
     restart_reconnect_ms: int = 500
     restart_try_for_ms: int = 5000
     tls_engine: str = "lean"      # "lean": derp.aio.tlstransport; "asyncio": the event loop's SSL protocol
+
+    def __post_init__(self) -> None:
+        if self.trust_proxy_hops < 1:
+            raise UsageError(f"--trust-proxy-hops must be 1 or more, got {self.trust_proxy_hops}")
+        if self.max_conns_per_ip < 0:
+            raise UsageError(f"--max-conns-per-ip must be 0 (no limit) or more, got {self.max_conns_per_ip}")
 
 
 class DerpServer:
@@ -64,12 +87,14 @@ class DerpServer:
         self.ssl = ssl_context
         self.clock = clock
         self.limiter = PerKeyLimiter(options.conn_rate, options.conn_burst)
+        self.per_ip: dict[str, int] = {}
+        self.frame_limits = server_frame_limits()
         self.conns: set[HttpConn] = set()
         self.dirty: list[HttpConn] = []
         self.servers: list[asyncio.base_events.Server] = []
         self.http_counters = {"requests": 0, "rate_limited": 0, "header_timeouts": 0, "bad_requests": 0,
                               "rejected": 0, "handshake_failures": 0, "bad_frames": 0, "write_timeouts": 0,
-                              "ws_sessions": 0}
+                              "ws_sessions": 0, "per_ip_limited": 0, "frame_timeouts": 0, "close_timeouts": 0}
         self.started = time.time()
         self.closing = False
         self._tick: asyncio.Task | None = None
@@ -114,12 +139,16 @@ class DerpServer:
             await asyncio.sleep(1.0)
             now = self.clock()
             self.apply(self.relay.on_timer(now))
+            frame_timeout = self.options.frame_timeout
             for conn in list(self.conns):
                 if conn.paused_since is not None:
                     limit = self.options.mesh_write_timeout if conn.is_mesh else self.options.write_timeout
                     if limit and now - conn.paused_since > limit:
                         self.http_counters["write_timeouts"] += 1
                         conn.abort("write timed out")
+                if conn.partial_since is not None and now - conn.partial_since > frame_timeout:
+                    self.http_counters["frame_timeouts"] += 1
+                    conn.abort(f"frame timed out: not complete within {frame_timeout:g} s")
             self.limiter.prune(now)
             self.flush()
 
@@ -166,7 +195,8 @@ class HttpConn(asyncio.Protocol):
     """One accepted connection: HTTP head, then an endpoint answer or a DERP session (raw or WebSocket)."""
 
     __slots__ = ("server", "relay", "transport", "ip", "port", "buf", "mode", "timer", "handshake", "decoder",
-                 "conn", "ws", "out", "is_mesh", "paused_since", "queued", "closed", "not_ideal", "port80")
+                 "conn", "ws", "out", "is_mesh", "paused_since", "queued", "closed", "not_ideal", "port80",
+                 "partial_since", "read_paused", "ip_slot")
 
     def __init__(self, server: DerpServer, port80: bool = False) -> None:
         self.server = server
@@ -187,6 +217,9 @@ class HttpConn(asyncio.Protocol):
         self.paused_since: float | None = None
         self.queued = [0, 0]   # packets queued while paused: [bulk, disco]
         self.closed = False
+        self.partial_since: float | None = None   # when the frame now arriving started (None: between frames)
+        self.read_paused = False                  # frames beyond this turn's budget are waiting
+        self.ip_slot = False                      # counted in server.per_ip
 
     # ---- asyncio.Protocol --------------------------------------------------------------------------------
     def connection_made(self, transport: Any) -> None:
@@ -202,12 +235,10 @@ class HttpConn(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        self.mode = "done"
         self.server.conns.discard(self)
-        if self.timer:
-            self.timer.cancel()
-        if self.conn is not None:
-            self.server.apply(self.relay.unregister(self.conn))
-            self.server.flush()
+        self._forget()
+        self.server.flush()
 
     def pause_writing(self) -> None:
         self.paused_since = self.server.clock()
@@ -215,6 +246,8 @@ class HttpConn(asyncio.Protocol):
     def resume_writing(self) -> None:
         self.paused_since = None
         self.queued[0] = self.queued[1] = 0
+        if self.conn is not None:
+            self.conn.pong_pending = False
 
     def data_received(self, data: bytes) -> None:
         try:
@@ -254,9 +287,10 @@ class HttpConn(asyncio.Protocol):
             self.timer.cancel()
             self.timer = None
         self.server.http_counters["requests"] += 1
-        if self.server.options.trust_proxy and req.header("x-forwarded-for"):
-            self.ip = req.header("x-forwarded-for").split(",")[0].strip()
-        if not self.server.limiter.allow(self.ip, self.server.clock()):
+        opts = self.server.options
+        if opts.trust_proxy:
+            self.ip = httpwire.client_address(req, self.ip, opts.trust_proxy_header, opts.trust_proxy_hops)
+        if req.path not in UNLIMITED_PATHS and not self.server.limiter.allow(self.ip, self.server.clock()):
             self.server.http_counters["rate_limited"] += 1
             self._reply(429, b"too many connections from your address; slow down\n", {"Retry-After": "1"})
             return
@@ -276,11 +310,10 @@ class HttpConn(asyncio.Protocol):
 
     def _reply(self, status: int, body: bytes, headers: dict[str, str] | None = None,
                head_only: bool = False) -> None:
-        self.mode = "done"
         hdrs = {"Content-Type": "text/plain; charset=utf-8"} if body else {}
         hdrs.update(headers or {})
         self.transport.write(httpwire.response(status, hdrs, body, head_only=head_only))
-        self.transport.close()
+        self._end(hard=False)
 
     def _derp_request(self, req: httpwire.Head, head: bytes, rest: bytes) -> None:
         upgrade = req.header("upgrade").lower()
@@ -289,6 +322,10 @@ class HttpConn(asyncio.Protocol):
             return
         if upgrade not in ("derp", "websocket"):
             self._reply(426, b"DERP requires connection upgrade\n", {"X-Content-Type-Options": "nosniff"})
+            return
+        if not self._take_ip_slot():
+            self.server.http_counters["per_ip_limited"] += 1
+            self._reply(429, b"too many connections from your address\n", {"Retry-After": "5"})
             return
         # like derper: only an explicit "derp" subprotocol means WebSocket framing (very old clients sent
         # "Upgrade: WebSocket" but spoke raw DERP)
@@ -327,8 +364,7 @@ class HttpConn(asyncio.Protocol):
             if response.status_code == 101:
                 ws.send_close(1008, "client must speak the derp subprotocol")
                 self.transport.writelines(ws.data_to_send())
-            self.transport.close()
-            self.mode = "done"
+            self._end(hard=False)
             return
         self.ws = ws
         self._start_derp(httpwire.Head(("GET", "/derp", "HTTP/1.1"), {}))
@@ -341,25 +377,35 @@ class HttpConn(asyncio.Protocol):
         assert ws is not None
         ws.receive_data(data)
         chunks = []
-        for ev in ws.events_received():
+        events = ws.events_received()
+        for ev in events:
             if ev.opcode in (Opcode.BINARY, Opcode.CONT, Opcode.TEXT):
                 chunks.append(ev.data)
         pending = ws.data_to_send()
         if pending:
             self.transport.writelines(pending)
         if ws.close_expected() or ws.state.name == "CLOSED":
-            self.transport.close()
+            self.abort("websocket closed")
+            return
         if chunks:
             self._derp_bytes(b"".join(chunks))
+        elif not events and self.partial_since is None:  # a WebSocket frame is still arriving: time it too
+            self.partial_since = self.server.clock()
 
     def _derp_bytes(self, data: bytes) -> None:
         if self.conn is None:
             self._handshake_bytes(data)
-            return
-        assert self.decoder is not None
+        else:
+            self._turn(data)
+
+    def _turn(self, data: bytes = b"") -> None:
+        """Handle this turn's share of frames; frames beyond it wait, with reading paused, for the next."""
+        decoder = self.decoder
+        assert decoder is not None
         relay, conn, server = self.relay, self.conn, self.server
         now = server.clock()
-        for ftype, payload in self.decoder.feed(data):
+        pairs = decoder.feed(data) if self.is_mesh else decoder.feed(data, FRAMES_PER_TURN, BYTES_PER_TURN)
+        for ftype, payload in pairs:
             if ftype == _SEND:
                 out = relay.send_packet(conn, payload, now)
                 if out is None:
@@ -372,6 +418,28 @@ class HttpConn(asyncio.Protocol):
                 server.apply(relay.handle_frame(conn, ftype, payload, now))
             if self.closed:
                 return
+        if not decoder.partial():
+            self.partial_since = None
+        elif pairs or self.partial_since is None:  # a new frame started arriving
+            self.partial_since = now
+        if decoder.ready():
+            if not self.read_paused:
+                self.read_paused = True
+                self.transport.pause_reading()
+            asyncio.get_running_loop().call_soon(self._next_turn)
+        elif self.read_paused:
+            self.read_paused = False
+            self.transport.resume_reading()
+
+    def _next_turn(self) -> None:
+        if self.closed:
+            return
+        try:
+            self._turn()
+        except ParseError as exc:
+            self.server.http_counters["bad_frames"] += 1
+            self.abort(f"bad input: {exc}")
+        self.server.flush()
 
     def _handshake_bytes(self, data: bytes) -> None:
         assert self.handshake is not None
@@ -386,9 +454,8 @@ class HttpConn(asyncio.Protocol):
         key, info, rest = got
         try:
             self.is_mesh = self.relay.admit(key, info)
-        except Rejected as exc:
+        except Rejected as exc:  # counted by the relay in `refused`, by reason
             self.server.http_counters["rejected"] += 1
-            self.relay.drops[exc.counter] = self.relay.drops.get(exc.counter, 0) + 1
             log.info("refused %s from %s: %s", short(key), self.ip, exc)
             self.abort(str(exc))
             return
@@ -398,7 +465,7 @@ class HttpConn(asyncio.Protocol):
         self.conn = Conn(key, self.ip, self.port, self.is_mesh, self, is_prober=info.is_prober,
                          not_ideal=self.not_ideal, can_ack_pings=info.can_ack_pings)
         self.handshake = None
-        self.decoder = F.FrameDecoder(MAX_CLIENT_FRAME)
+        self.decoder = F.FrameDecoder(limits=self.server.frame_limits)
         self.server.apply(self.relay.register(self.conn, self.server.clock()))
         self._write(F.server_info_frame(self.relay.private_key, key, os.urandom(24), F.ServerInfo()))
         self.flush()
@@ -414,23 +481,29 @@ class HttpConn(asyncio.Protocol):
     def write_control(self, data: bytes) -> None:
         if self.closed:
             return
-        if self.transport.get_write_buffer_size() > CONTROL_LIMIT:
+        if not self.is_mesh and self.transport.get_write_buffer_size() > CONTROL_LIMIT:
             self.abort("control frames piling up")
             return
         self._write(data)
 
     def deliver(self, data: bytes, disco: bool) -> None:
+        """A RecvPacket frame: queued (and only then counted relayed) or dropped and counted by reason."""
+        relay = self.relay
         if self.closed:
-            self.relay.drops["gone"] = self.relay.drops.get("gone", 0) + 1
+            relay.drops["gone"] = relay.drops.get("gone", 0) + 1
             return
         if self.paused_since is not None:
             q = self.queued
             i = 1 if disco else 0
-            if q[i] >= self.server.options.send_queue_depth:
+            if q[i] >= self.server.options.send_queue_depth or \
+                    self.transport.get_write_buffer_size() > WRITE_BUFFER_LIMIT:
                 reason = "queue_full_disco" if disco else "queue_full"
-                self.relay.drops[reason] = self.relay.drops.get(reason, 0) + 1
+                relay.drops[reason] = relay.drops.get(reason, 0) + 1
                 return
             q[i] += 1
+        counters = relay.counters
+        counters["packets_relayed"] += 1
+        counters["bytes_relayed"] += len(data) - _RECV_OVERHEAD
         self._write(data)
 
     def flush(self) -> None:
@@ -444,6 +517,9 @@ class HttpConn(asyncio.Protocol):
             self.transport.writelines(self.ws.data_to_send())
         else:
             self.transport.write(data)
+        conn = self.conn
+        if conn is not None and self.paused_since is None:
+            conn.pong_pending = False  # written (a paused transport keeps it pending until it drains)
 
     def going_away(self, restarting: bytes) -> None:
         """Graceful shutdown: Restarting to DERP clients, a going-away close to WebSocket clients."""
@@ -460,14 +536,59 @@ class HttpConn(asyncio.Protocol):
             self.ws.send_close(1001, "server restarting")
             self.transport.writelines(self.ws.data_to_send())
 
+    # ---- closing ----------------------------------------------------------------------------------------
     def abort(self, reason: str) -> None:
+        """Close with a reason: reset for garbage, stalled writes and slow frames, else a graceful close."""
         if self.closed:
             return
         log.debug("closing %s:%s: %s", self.ip, self.port, reason)
+        self._end(hard=reason.startswith(_HARD))
+
+    def _end(self, hard: bool) -> None:
+        """Forget the connection now (unregistered, per-IP slot freed); a graceful close that has not drained
+        within the write timeout is reset, so a client that never reads cannot keep it."""
         self.closed = True
         self.mode = "done"
-        if self.transport is not None:
-            self.transport.abort() if reason.startswith(("bad input", "write timed out")) else self.transport.close()
+        self._forget()
+        if self.transport is None:
+            return
+        if hard:
+            self.transport.abort()
+            return
+        self.transport.close()
+        opts = self.server.options
+        limit = (opts.mesh_write_timeout if self.is_mesh else opts.write_timeout) or ServerOptions.write_timeout
+        self.timer = asyncio.get_running_loop().call_later(limit, self._close_timeout)
+
+    def _close_timeout(self) -> None:
+        self.timer = None
+        self.server.http_counters["close_timeouts"] += 1
+        self.transport.abort()
+
+    def _forget(self) -> None:
+        if self.timer:
+            self.timer.cancel()
+            self.timer = None
+        if self.ip_slot:
+            self.ip_slot = False
+            per_ip = self.server.per_ip
+            left = per_ip.get(self.ip, 1) - 1
+            if left > 0:
+                per_ip[self.ip] = left
+            else:
+                per_ip.pop(self.ip, None)
+        if self.conn is not None and not self.conn.closed:
+            self.server.apply(self.relay.unregister(self.conn))
+
+    def _take_ip_slot(self) -> bool:
+        cap = self.server.options.max_conns_per_ip
+        per_ip = self.server.per_ip
+        count = per_ip.get(self.ip, 0)
+        if cap and count >= cap:
+            return False
+        per_ip[self.ip] = count + 1
+        self.ip_slot = True
+        return True
 
 
 __all__ = ["DerpServer", "HttpConn", "ServerOptions"]
