@@ -3,7 +3,8 @@ as fast as the relay takes it, reading (and discarding) whatever the relay sends
 
 usage: derp_flood.py PORT MODE SECONDS [CA]  MODE: ping (Pings, Pongs read) | unknown (SendPacket to a
                                               key nobody holds); with CA (a PEM file) over TLS
-Prints "flooding" once connected, then floods for SECONDS and exits.
+Prints "connected" once connected, then waits for a line on stdin (so several attackers start together)
+and floods for SECONDS.
 """
 from __future__ import annotations
 
@@ -63,7 +64,8 @@ def main(port: int, mode: str, seconds: float, ca: str | None = None) -> None:
         batch = F.SendPacket(os.urandom(32), b"").encode() * 4096
     else:
         raise SystemExit(f"unknown mode {mode!r}")
-    print("flooding", flush=True)
+    print("connected", flush=True)
+    sys.stdin.readline()
     end = time.monotonic() + seconds
     try:
         while time.monotonic() < end:
