@@ -155,6 +155,13 @@ def test_a_frame_must_arrive_within_the_frame_timeout() -> None:
             data = await asyncio.wait_for(receiver.reader.read(65536), 3)
             assert F.RecvPacket(trickle.core.public_key, b"slow but steady").encode() in data
             assert not await trickle.closed_by_server(0.2)
+            # the same for a WebSocket frame that never completes (its header claims 70,000 bytes)
+            ws = client(f"http://127.0.0.1:{port}/derp", new_key()[0], transport="websocket", reconnect=False)
+            await ws.start()
+            stream = ws.stream
+            stream.transport.write(b"\x82\xff" + (70000).to_bytes(8, "big") + os.urandom(4) + bytes(1000))
+            await asyncio.wait_for(stream.done, 5)
+            assert server.http_counters["frame_timeouts"] == 2
         finally:
             await server.shutdown(0)
 
