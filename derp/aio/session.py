@@ -50,7 +50,7 @@ class HttpConn(asyncio.Protocol):
 
     __slots__ = ("server", "relay", "transport", "ip", "port", "buf", "mode", "timer", "handshake", "decoder",
                  "conn", "ws", "out", "is_mesh", "paused_since", "queued", "closed", "not_ideal", "port80",
-                 "partial_since", "read_paused", "ip_slot")
+                 "partial_since", "read_paused", "turn_pending", "ip_slot")
 
     def __init__(self, server: Any, port80: bool = False) -> None:  # server: derp.aio.server.DerpServer
         self.server = server
@@ -72,7 +72,8 @@ class HttpConn(asyncio.Protocol):
         self.queued = [0, 0]   # packets queued while paused: [bulk, disco]
         self.closed = False
         self.partial_since: float | None = None   # when the frame now arriving started (None: between frames)
-        self.read_paused = False                  # frames beyond this turn's budget are waiting
+        self.read_paused = False                  # frames beyond this turn's budget are waiting ...
+        self.turn_pending = False                 # ... and a call_soon will give them their turn
         self.ip_slot = False                      # counted in server.per_ip
 
     # ---- asyncio.Protocol --------------------------------------------------------------------------------
@@ -280,12 +281,15 @@ class HttpConn(asyncio.Protocol):
             if not self.read_paused:
                 self.read_paused = True
                 self.transport.pause_reading()
-            asyncio.get_running_loop().call_soon(self._next_turn)
+            if not self.turn_pending:
+                self.turn_pending = True
+                asyncio.get_running_loop().call_soon(self._next_turn)
         elif self.read_paused:
             self.read_paused = False
             self.transport.resume_reading()
 
     def _next_turn(self) -> None:
+        self.turn_pending = False
         if self.closed:
             return
         try:
