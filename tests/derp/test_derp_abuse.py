@@ -22,7 +22,7 @@ from derp.aio.server import DerpServer, ServerOptions
 from derp.keys import private_key_from_random
 from derp.server import AccessList, Relay, ServerConfig
 
-from derp_support import RawDerp, client, http_get, new_key
+from derp_support import RawDerp, client, fill_until_queue_full, http_get, metric, new_key
 
 pytestmark = pytest.mark.timeout(90)
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -31,17 +31,6 @@ ATTACKERS = 2
 
 def run(coro, timeout: float = 60.0):
     return asyncio.run(asyncio.wait_for(coro, timeout))
-
-
-async def metrics_text(srv) -> str:
-    return (await http_get(int(srv.metrics.rsplit(":", 1)[1]), "/metrics"))[2].decode()
-
-
-async def metric(srv, name: str) -> float:
-    for line in (await metrics_text(srv)).splitlines():
-        if line.startswith(name + " "):
-            return float(line.split()[-1])
-    return 0.0
 
 
 def start_floods(n: int, port: int, mode: str, seconds: float) -> list[subprocess.Popen]:
@@ -113,7 +102,8 @@ def test_a_burst_beyond_one_turn_arrives_whole_and_in_order(derper, pki, transpo
         (ka, _), (kb, pb) = new_key(), new_key()
         got: list[int] = []
         a = client(srv.url, ka, ca, transport=transport)
-        b = client(srv.url, kb, ca, transport=transport, on_packet=lambda src, data: got.append(int(data[:4].hex(), 16)))
+        b = client(srv.url, kb, ca, transport=transport,
+                   on_packet=lambda src, data: got.append(int.from_bytes(data[:4], "big")))
         await a.start()
         await b.start()
         try:
@@ -206,12 +196,7 @@ def test_a_closed_client_that_never_reads_is_forgotten_at_once_and_reset(derper,
         await a.start()
         slow = await RawDerp.connect(srv.port, ks)  # never reads again
         try:
-            payload = os.urandom(60000)
-            for i in range(2000):  # fill its socket and queue
-                if not a.send_packet(ps, payload):
-                    await asyncio.sleep(0.005)
-                if i % 50 == 49 and await metric(srv, 'derp_packets_dropped_total{reason="queue_full"}') > 0:
-                    break
+            await fill_until_queue_full(a, srv, ps)  # its socket and queue are full
             assert await metric(srv, "derp_active_clients") == 2
             keys.write_text(f"{base64.b64encode(pa).decode()}\n")  # slow's key removed: it is closed
             srv.proc.send_signal(signal.SIGHUP)
@@ -253,9 +238,10 @@ def test_trust_proxy_takes_the_address_the_proxy_added(derper) -> None:
         assert await statuses(xff, "/healthz", [spent] * 6) == [200] * 6
         assert await statuses(xff, "/generate_204", [spent] * 6) == [204] * 6
         # with the operator naming Fly-Client-IP, X-Forwarded-For is ignored
-        forged = await statuses(fly, "/derp/probe", [{"Fly-Client-IP": "192.0.2.5", "X-Forwarded-For": f"198.51.100.{i}"}
-                                                     for i in range(8)])
+        forged = await statuses(fly, "/derp/probe", [{"Fly-Client-IP": "192.0.2.5",
+                                                      "X-Forwarded-For": f"198.51.100.{i}"} for i in range(8)])
         assert forged.count(429) >= 4, forged
-        assert await statuses(fly, "/derp/probe", [{"Fly-Client-IP": f"192.0.2.{10 + i}"} for i in range(4)]) == [200] * 4
+        others = [{"Fly-Client-IP": f"192.0.2.{10 + i}"} for i in range(4)]
+        assert await statuses(fly, "/derp/probe", others) == [200] * 4
 
     run(main())

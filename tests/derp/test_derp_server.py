@@ -16,7 +16,7 @@ from derp import protocol as P
 from derp.aio.client import ConnectError, DerpClient, Disconnected, targets_for_url
 from derp.constants import PeerGoneReason
 
-from derp_support import RawDerp, client, exchange, http_get, new_key
+from derp_support import RawDerp, client, dropped, exchange, fill_until_queue_full, http_get, metric, new_key
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -276,20 +276,6 @@ def test_slowloris_is_cut_and_others_unaffected(derper, pki, tls) -> None:
     run(main())
 
 
-async def metric(srv, name: str) -> float:
-    _, _, body = await http_get(int(srv.metrics.rsplit(":", 1)[1]), "/metrics")
-    for line in body.decode().splitlines():
-        if line.startswith(name + " "):
-            return float(line.split()[-1])
-    return 0.0
-
-
-async def dropped(srv) -> float:
-    """All packet drops, whatever the reason."""
-    _, _, body = await http_get(int(srv.metrics.rsplit(":", 1)[1]), "/metrics")
-    return sum(float(ln.split()[-1]) for ln in body.decode().splitlines() if ln.startswith("derp_packets_dropped_total{"))
-
-
 @pytest.mark.parametrize("tls", [False, True])
 def test_slow_reader_is_bounded_and_does_not_stall_others(derper, pki, tls) -> None:
     srv = derper("--open-relay", "--tcp-write-timeout", "2", tls=tls)
@@ -302,17 +288,9 @@ def test_slow_reader_is_bounded_and_does_not_stall_others(derper, pki, tls) -> N
         await b.start()
         slow = await RawDerp.connect(srv.port, ks, ca=ca)  # never reads again
         try:
-            payload = os.urandom(60000)
-            full = 'derp_packets_dropped_total{reason="queue_full"}'
-            sent = 0
-            for i in range(2000):  # up to 120 MB at a client that reads nothing
-                if a.send_packet(ps, payload):
-                    sent += 1
-                else:
-                    await asyncio.sleep(0.005)
-                if i % 50 == 49 and await metric(srv, full) > 0:
-                    break
-            assert await metric(srv, full) > 0  # dropped and counted rather than queued without bound
+            sent = await fill_until_queue_full(a, srv, ps)
+            # dropped and counted rather than queued without bound
+            assert await metric(srv, 'derp_packets_dropped_total{reason="queue_full"}') > 0
             for _ in range(50):  # each packet counted once: relayed (really queued) or dropped by reason
                 relayed = await metric(srv, "derp_packets_relayed_total")
                 if relayed + await dropped(srv) >= sent:
