@@ -158,6 +158,37 @@ def test_a_frame_must_arrive_within_the_frame_timeout() -> None:
     run(main())
 
 
+def test_unsent_data_for_a_client_that_never_reads_is_bounded() -> None:
+    async def main():
+        relay = Relay(private_key_from_random(os.urandom(32)), ServerConfig(open_relay=True), AccessList(None),
+                      random.random)
+        server = DerpServer(relay, ServerOptions(conn_rate=0, write_timeout=0))
+        port = await server.listen("127.0.0.1", 0)
+        try:
+            (ka, _), (ks, ps) = new_key(), new_key()
+            a = client(f"http://127.0.0.1:{port}/derp", ka)
+            await a.start()
+            slow = await RawDerp.connect(port, ks)  # never reads
+            [held] = [c for c in server.conns if c.conn is not None and c.conn.key == ps]
+            payload = os.urandom(60000)
+            for _ in range(3000):
+                if not a.send_packet(ps, payload):
+                    await asyncio.sleep(0.005)
+                elif relay.drops.get("queue_full", 0) > 50:
+                    break
+                await asyncio.sleep(0)
+            assert relay.drops.get("queue_full", 0) > 50
+            # 1 MiB of packets beyond what the kernel took, plus at most one sender's turn (before: 32 packets
+            # beyond the 256 KiB high-water mark, here 2.2 MB)
+            assert held.transport.get_write_buffer_size() < 1.4 * 2 ** 20
+            slow.close()
+            await a.close()
+        finally:
+            await server.shutdown(0)
+
+    run(main())
+
+
 def test_concurrent_connections_per_ip_are_capped(derper) -> None:
     srv = derper("--open-relay", "--max-conns-per-ip", "2", tls=False)
     upgrade = {"Upgrade": "DERP", "Connection": "Upgrade"}
