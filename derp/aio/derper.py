@@ -29,6 +29,7 @@ from derp.aio.derper_listen import ListenError, os_reason, show_addr, start_list
 from derp.aio.tls import load_server_context
 from derp.aio.client import DialTarget
 from derp.aio.server import DerpServer, ServerOptions
+from derp.constants import MAX_CONNS_PER_IP
 from derp.derpmap import parse_derpmap
 from derp.errors import Error, ParseError, UsageError
 from derp.keys import parse_private_key, private_key_from_random, privkey_text, public_key_of
@@ -137,7 +138,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="new connections per second per source IP (0: no limit)")
     p.add_argument("--conn-burst", type=SECONDS, default=10.0, metavar="N",
                    help="burst of the per-IP connection rate")
-    p.add_argument("--trust-proxy", action="store_true", help="take the client IP from X-Forwarded-For")
+    p.add_argument("--trust-proxy", action="store_true",
+                   help="behind a proxy (Fly, nginx, a CDN): take the client IP from the entry the proxy added "
+                        "to --trust-proxy-header")
+    p.add_argument("--trust-proxy-header", default="X-Forwarded-For", metavar="NAME",
+                   help="header the trusted proxy sets (X-Forwarded-For, or Fly-Client-IP / X-Real-IP when named)")
+    p.add_argument("--trust-proxy-hops", type=_number(int, 1), default=1, metavar="N",
+                   help="take the X-Forwarded-For entry this many from the right (1: the rightmost, added by "
+                        "the last proxy)")
+    p.add_argument("--max-conns-per-ip", type=_number(int, 0), default=MAX_CONNS_PER_IP, metavar="N",
+                   help="concurrent DERP connections per client IP (0: no limit)")
     p.add_argument("--read-header-timeout", type=SECONDS, default=5.0, metavar="SECONDS",
                    help="time a client has to send its HTTP request head")
     p.add_argument("--tcp-write-timeout", type=SECONDS, default=2.0, metavar="SECONDS",
@@ -329,6 +339,8 @@ async def serve(args: argparse.Namespace) -> int:
     relay = Relay(private, config, acl, random.random, mesh_key)
     options = ServerOptions(read_header_timeout=args.read_header_timeout, write_timeout=args.tcp_write_timeout,
                             conn_rate=args.conn_rate, conn_burst=args.conn_burst, trust_proxy=args.trust_proxy,
+                            trust_proxy_header=args.trust_proxy_header, trust_proxy_hops=args.trust_proxy_hops,
+                            max_conns_per_ip=args.max_conns_per_ip,
                             metrics_token=args.metrics_token, derpmap_json=load_derpmap_bytes(args.derpmap_file),
                             send_queue_depth=args.send_queue_depth, tls_engine=args.tls_engine)
     server = DerpServer(relay, options, ssl_ctx)

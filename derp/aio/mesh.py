@@ -58,8 +58,10 @@ class MeshLink:
             self.apply(self.relay.remove_link(self))
 
     def forward(self, frame: bytes) -> None:
+        """A ForwardPacket frame: counted forwarded once written to the link, else dropped (mesh_write)."""
         if self.client.write_raw(frame):
             self.forwarded += 1
+            self.relay.counters["packets_forwarded_out"] += 1
         else:
             self.dropped += 1
             self.relay.drops["mesh_write"] = self.relay.drops.get("mesh_write", 0) + 1

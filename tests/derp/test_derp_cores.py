@@ -186,7 +186,7 @@ def test_relay_routes_and_tracks_senders() -> None:
     b, _ = conn(r, key(2))
     out = r.send_packet(a, send(a, b, b"hi"), 1.0)
     assert out == Deliver(b, F.RecvPacket(a.key, b"hi").encode(), False)
-    assert r.counters["packets_relayed"] == 1 and r.counters["bytes_relayed"] == 2
+    assert r.counters["packets_relayed"] == 0  # counted by the adapter once it really queued the packet
     assert r.send_packet(a, send(a, public_key_of(key(9)), b"x"), 1.0) is None
     assert r.drops == {"unknown_dest": 1}
     assert r.unregister(a) == [Write(b, F.PeerGone(a.key, PeerGoneReason.DISCONNECTED).encode())]
@@ -336,3 +336,24 @@ def test_revoke_disallowed_after_acl_change() -> None:
     m, _ = conn(r, key(50), mesh=True)
     r.acl.allowed = frozenset({b.key})
     assert r.revoke_disallowed() == [CloseConn(a, "key no longer allowed")]
+
+
+def test_one_pong_pending_further_pings_ignored() -> None:
+    r = relay()
+    a, _ = conn(r, key(1))
+    pong = Write(a, F.Pong(b"ping0001").encode())
+    assert r.handle_frame(a, FrameType.PING, b"ping0001", 0) == [pong]
+    for _ in range(100):  # a flood while that Pong is not yet written: ignored, not answered
+        assert r.handle_frame(a, FrameType.PING, b"ping0002", 0) == []
+    a.pong_pending = False  # the adapter wrote the Pong
+    assert r.handle_frame(a, FrameType.PING, b"ping0003", 0) == [Write(a, F.Pong(b"ping0003").encode())]
+    assert r.counters["got_ping"] == 102 and r.counters["sent_pong"] == 2
+
+
+def test_refusals_are_counted_as_refused_admissions_not_packet_drops() -> None:
+    r = relay(acl=AccessList(frozenset()), max_clients=1, mesh_key=bytes(range(32)))
+    for info in (F.ClientInfo(), F.ClientInfo(mesh_key="00" * 32)):
+        with pytest.raises(Rejected):
+            r.admit(public_key_of(key(1)), info)
+    assert r.refused == {"acl": 1, "bad_mesh_key": 1} and r.drops == {}
+    assert r.stats()["refused"] == {"acl": 1, "bad_mesh_key": 1}
