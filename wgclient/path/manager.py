@@ -125,9 +125,8 @@ class PathManager:
                 p.last_cmm_sent = None
                 self._discover(p, now)
                 if p.last_cmm_sent is None:   # its candidates were pinged < 5 s ago: no CallMeMaybe went
-                    p.last_cmm_sent = now
-                    self._send(p, disco.CallMeMaybe(self.endpoints()), region=p.relay)
-                    self._send(p, self._node_info(), region=p.relay)
+                    self._announce(p, now)
+                self._start_punching(p, now)
 
     def endpoints(self) -> tuple:
         """Our candidate endpoints as advertised in CallMeMaybe: STUN-mapped first, then local ones."""
@@ -169,6 +168,7 @@ class PathManager:
         p.next_heartbeat = now + self.config.heartbeat_interval
         if not p.trusted(now):
             self._discover(p, now)
+            self._start_punching(p, now)
         return self._finish(now)
 
     def on_wireguard_from(self, key: bytes, now: float, *, addr: Addr | None = None,
@@ -184,9 +184,9 @@ class PathManager:
                 return []
             self._candidate(p, disco.canonical_addr(addr), FROM_WG, now)
         elif region is not None:
-            known = region in p.derp_heard
-            self._heard_via(p, region, now)
-            if known and region == p.relay:
+            if self._heard_via(p, region, now):
+                self._peer_appeared(p, region, now)
+            elif region == p.relay:
                 return []
         return self._finish(now)
 
@@ -206,10 +206,11 @@ class PathManager:
             message = disco.parse_message(p.pair.box.open(packet))
         except ParseError:
             return self._drop("bad box or body")
+        appeared = False
         if region is not None:
             if derp_src != p.key:
                 return self._drop("DERP source is not the peer")
-            self._heard_via(p, region, now)
+            appeared = self._heard_via(p, region, now)
         elif addr is None:
             raise UsageError("on_disco needs addr or region")
         else:
@@ -226,6 +227,8 @@ class PathManager:
             p.announced_home, p.peer_flags = message.home_region, message.flags
         else:
             self._drop("unknown message type")
+        if appeared:
+            self._peer_appeared(p, region, now)
         return self._finish(now)
 
     def ping(self, key: bytes, now: float) -> list:
@@ -240,9 +243,7 @@ class PathManager:
                 self._send_ping(p, now, "cli", addr=cand.addr)
             # Like `tailscale ping`, an idle peer's ping also asks it to punch: CallMeMaybe (rate-limited).
             if p.relay and (p.last_cmm_sent is None or now - p.last_cmm_sent >= self.config.disco_ping_interval):
-                p.last_cmm_sent = now
-                self._send(p, disco.CallMeMaybe(self.endpoints()), region=p.relay)
-                self._send(p, self._node_info(), region=p.relay)
+                self._announce(p, now)
         return self._finish(now)
 
     # --- queries -------------------------------------------------------------------------------------
@@ -268,6 +269,8 @@ class PathManager:
         for p in self.peers.values():
             if p.next_heartbeat is not None:
                 times.append(p.next_heartbeat)
+            if p.punch_at is not None:
+                times.append(p.punch_at)
             if p.state is PathState.DIRECT:
                 times.append(p.trust_until)
             if p.pings:
@@ -281,6 +284,8 @@ class PathManager:
             self._home_changed(now)
         for p in self.peers.values():
             self._expire_pings(p, now)
+            if p.punch_at is not None and now >= p.punch_at:
+                self._punch_retry(p, now)
             if p.next_heartbeat is not None and now >= p.next_heartbeat:
                 self._heartbeat(p, now)
         return self._finish(now)
@@ -339,10 +344,12 @@ class PathManager:
         if sent.addr == p.best:
             p.best_latency = latency
             p.trust_until = now + self.config.trust_duration
+            p.punch_at = None  # the round got its pong
             self._refresh(p, now, reason)
 
     def _on_call_me_maybe(self, p: PeerPath, m: disco.CallMeMaybe, now: float) -> None:
         p.cmm_received += 1
+        known = {a for a, c in p.candidates.items() if FROM_CMM in c.sources}
         listed = set()
         for a in m.endpoints[:C.MAX_CALL_ME_MAYBE_ENDPOINTS]:
             a = disco.canonical_addr(a)
@@ -358,13 +365,13 @@ class PathManager:
         for cand in list(p.candidates.values()):
             cand.last_ping = None
             self._send_ping(p, now, "discovery", addr=cand.addr)
+        if listed - known:
+            self._start_punching(p, now)  # new addresses: our first pings may meet a NAT not yet open
         # With no control server the caller may not know our endpoints yet: answer with ours (at most
         # every 5 s, so two CallMeMaybes never echo back and forth), so both sides punch at once.
         if p.relay and not p.trusted(now) and (p.last_cmm_sent is None
                                                or now - p.last_cmm_sent >= self.config.disco_ping_interval):
-            p.last_cmm_sent = now
-            self._send(p, disco.CallMeMaybe(self.endpoints()), region=p.relay)
-            self._send(p, self._node_info(), region=p.relay)
+            self._announce(p, now)
 
     # --- internals: discovery and heartbeat ----------------------------------------------------------
 
@@ -396,9 +403,39 @@ class PathManager:
             self._send_ping(p, now, "probe", region=p.relay)  # is the peer connected in that region?
         if (sent_any or not p.candidates) and (p.last_cmm_sent is None
                                                or now - p.last_cmm_sent >= cfg.disco_ping_interval):
-            p.last_cmm_sent = now
-            self._send(p, disco.CallMeMaybe(self.endpoints()), region=p.relay)
-            self._send(p, self._node_info(), region=p.relay)
+            self._announce(p, now)
+
+    def _announce(self, p: PeerPath, now: float, region: int = 0) -> None:
+        """Our endpoints (CallMeMaybe) and NodeInfo to the peer over DERP. DERP drops what it cannot
+        deliver, so one sent where the peer has not been heard lately is sent again when it is heard there."""
+        region = region or p.relay
+        p.last_cmm_sent = now
+        p.cmm_unconfirmed = now - p.derp_heard.get(region, float("-inf")) > self.config.derp_heard_window
+        self._send(p, disco.CallMeMaybe(self.endpoints()), region=region)
+        self._send(p, self._node_info(), region=region)
+
+    def _peer_appeared(self, p: PeerPath, region: int, now: float) -> None:
+        """The peer reached us over DERP `region` for the first time lately (it just connected there, or
+        came back): if our last CallMeMaybe may have been dropped there, announce at once and punch."""
+        if p.cmm_unconfirmed and not p.trusted(now) and p.active(now, self.config.session_active_timeout):
+            self._announce(p, now, region)
+            self._start_punching(p, now)
+
+    def _start_punching(self, p: PeerPath, now: float) -> None:
+        """A discovery round that follows new information: repeat it on the short backoff until a pong."""
+        if self.config.punch_backoff and not p.trusted(now):
+            p.punch_step, p.punch_at = 0, now + self.config.punch_backoff[0]
+
+    def _punch_retry(self, p: PeerPath, now: float) -> None:
+        backoff = self.config.punch_backoff
+        p.punch_step += 1
+        p.punch_at = now + backoff[p.punch_step] if p.punch_step < len(backoff) and not p.trusted(now) else None
+        if p.trusted(now):
+            return
+        for cand in list(p.candidates.values()):
+            self._send_ping(p, now, "discovery", addr=cand.addr)
+        if p.relay and p.cmm_unconfirmed:
+            self._announce(p, now)  # still not heard where it went: it may not have arrived
 
     def _node_info(self) -> disco.NodeInfo:
         flags = disco.NI_UDP if self.netinfo.udp else 0
@@ -439,10 +476,12 @@ class PathManager:
         cand.sources.add(source)
         cand.seen = now
 
-    def _heard_via(self, p: PeerPath, region: int, now: float) -> None:
-        p.derp_heard.pop(region, None)  # re-insert: arrival order breaks ties between equal times
+    def _heard_via(self, p: PeerPath, region: int, now: float) -> bool:
+        """Note a packet from the peer over DERP `region`; True when it was not heard there lately."""
+        last = p.derp_heard.pop(region, None)  # re-insert: arrival order breaks ties between equal times
         p.derp_heard[region] = now
         p.skip_region.pop(region, None)
+        return last is None or now - last > self.config.derp_heard_window
 
     def _send_ping(self, p: PeerPath, now: float, purpose: str, *, addr: Addr | None = None,
                    region: int | None = None) -> None:
@@ -507,6 +546,7 @@ class PathManager:
         p.state, p.relay = state, relay
         if state is PathState.LAPSING and p.next_heartbeat is not None:
             self._discover(p, now)  # trust lapsed: restart discovery at once
+            self._start_punching(p, now)
         self._out.append(PathChanged(p.key, state, self.route(p.key, now), reason))
 
     def _finish(self, now: float) -> list:
