@@ -1,6 +1,6 @@
 """Two (or three) path managers exchanging disco over a simulated network with NATs and DERP regions, in
-virtual time: direct within 5 s behind cone NATs, relayed (and why() says why) behind symmetric NATs or a
-UDP block, fallback to DERP without a gap when UDP dies, upgrade retried while relayed, home failover,
+virtual time: direct within 5 s behind cone NATs, first contact within 2 s of both being up whichever
+starts first, relayed (and why() says why) behind symmetric NATs or a UDP block, fallback to DERP without a gap when UDP dies, upgrade retried while relayed, home failover,
 regions tried in order until the peer is found, and data delivered throughout."""
 from __future__ import annotations
 
