@@ -10,6 +10,7 @@ issue's 2 s, as in the pure core (tests/wgclient/path/test_path_sim.py), which h
 margin even with both cores busy: see BOUND."""
 from __future__ import annotations
 
+import signal
 import subprocess
 import time
 
@@ -59,8 +60,12 @@ def _pinger(src: PathPeer, dst: PathPeer) -> subprocess.Popen:
 
 def _first_reply(proc: subprocess.Popen) -> float | None:
     """The monotonic time of the pinger's first reply (None: none came)."""
-    proc.kill()
-    out, _ = proc.communicate()
+    proc.send_signal(signal.SIGINT)  # ping flushes its output and exits
+    try:
+        out, _ = proc.communicate(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, _ = proc.communicate()
     offset = time.time() - time.monotonic()
     for line in out.splitlines():
         if "bytes from" in line and line.startswith("["):
