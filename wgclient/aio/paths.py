@@ -37,7 +37,7 @@ from ..keys import short
 from ..path import demux, disco
 from ..path.inputs import NetInfo
 from ..path.manager import PathManager
-from ..path.peerstate import (CloseRegion, ConnectRegion, PathChanged, PingResult, SendDisco, SetHome)
+from ..path.peerstate import (CloseRegion, ConnectRegion, PathChanged, PingResult, Route, SendDisco, SetHome)
 
 if TYPE_CHECKING:  # pragma: no cover
     from .runner import Runner
@@ -118,7 +118,7 @@ class Paths:
         self._derp_drain_scheduled = False
         self._pings: dict[bytes, list[asyncio.Future]] = {}
         self._pending: dict[int, collections.deque] = {}
-        self._relay_of: dict[bytes, int] = {}    # peer -> the relay region its packets last went to
+        self._route_of: dict[bytes, Route] = {}  # peer -> the route of its last PathChanged
         self._tasks: list[asyncio.Task] = []
         self._netcheck_now = asyncio.Event()
         self._addresses: list[str] = []
@@ -144,6 +144,7 @@ class Paths:
     def remove_peer(self, key: bytes) -> None:
         self.pm.remove_peer(key)
         self.endpoints.pop(key, None)
+        self._route_of.pop(key, None)
 
     def direct_endpoint(self, key: bytes) -> tuple | None:
         """The UDP address packets to the peer go to now (None while only relayed): for `wg show`."""
@@ -473,14 +474,14 @@ class Paths:
                     if not fut.done():
                         fut.set_result(o)
             elif kind is PathChanged:  # the manager logged it; status reads the manager
-                if o.route.relay is not None and self._relay_of.get(o.peer) != o.route.relay:
-                    if o.peer in self._relay_of:
-                        self.loop.call_soon(self._resend_handshake, o.peer)
-                    self._relay_of[o.peer] = o.route.relay
+                if o.peer in self._route_of and self._route_of[o.peer] != o.route:
+                    self.loop.call_soon(self._resend_handshake, o.peer)
+                self._route_of[o.peer] = o.route
         self._rearm()
 
     def _resend_handshake(self, key: bytes) -> None:
-        """A handshake that went to the old relay region may be lost: send it on the new path now."""
+        """A handshake that went by the old route may be lost (e.g. to a DERP region the peer had not
+        joined yet, as when both start at once): send it on the new path (direct, another region) now."""
         peer = self.device.peers.get(key)
         if peer is not None and not self._closing:
             self.device.resend_handshake(peer, time.monotonic())
