@@ -165,8 +165,8 @@ def test_refuses_to_start_without_acl_or_open_relay() -> None:
     (["--certmode", "none", "--mesh-with", "127.0.0.1:1"], "--mesh-psk-file"),
     (["--certmode", "none", "-a", "127.0.0.1:notaport"], "bad port"),
     (["--certmode", "none", "--derpmap-file", "/nonexistent.json"], "cannot read DERP map file"),
-    (["--certmode", "none", "--trust-proxy-hops", "0"], "--trust-proxy-hops must be 1 or more"),
-    (["--certmode", "none", "--max-conns-per-ip", "-1"], "--max-conns-per-ip must be"),
+    (["--certmode", "none", "--trust-proxy-hops", "0"], "--trust-proxy-hops: 0 is out of range"),
+    (["--certmode", "none", "--max-conns-per-ip", "-1"], "--max-conns-per-ip: -1 is out of range"),
 ])
 def test_cli_usage_errors(args, words) -> None:
     out = subprocess.run([sys.executable, "-m", "derp", "--no-stun", "--open-relay", "--metrics-addr", "off",
