@@ -13,6 +13,7 @@
 * The log is rotated at LOG_MAX_BYTES (NAME.log, NAME.log.1 .. .LOG_BACKUPS); stdout and stderr follow
   the current file, so output from outside `logging` (hooks, a crash) lands there too.
 * SIGTERM and SIGINT cancel `serve()`, whose `finally` undoes everything; the pid file goes last.
+  SIGHUP reloads the DERP map from its sources (wgclient/aio/derpmap_source.py).
 * wg-quick hooks: PreUp before `serve()`, PostUp once ready, PreDown on the stop signal before the
   teardown, PostDown after it; run by bash with `%i` replaced by the interface name, as wg-quick does.
   A failing PreUp stops `up`; the others are logged.
@@ -209,6 +210,7 @@ async def _main(config: InterfaceConfig, on_ready: Callable[[], None], serve_kwa
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_signal, signum)
+    loop.add_signal_handler(signal.SIGHUP, _on_sighup, config.name, serve_kwargs.get("derpmap_source"))
     try:
         waiter = asyncio.ensure_future(stopping.wait())
         done, _ = await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
@@ -226,10 +228,19 @@ async def _main(config: InterfaceConfig, on_ready: Callable[[], None], serve_kwa
         if ready:
             await run_hooks("PostDown", config.post_down, config.name, check=False)
     finally:
-        for signum in (signal.SIGTERM, signal.SIGINT):
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(signum)
         if not task.done():
             task.cancel()
+
+
+def _on_sighup(name: str, derpmap_source: Any) -> None:
+    """SIGHUP reloads the DERP map at once (and never ends the daemon, as its default action would)."""
+    if derpmap_source is None:
+        log.info("%s: got SIGHUP: nothing to reload (no --derpmap)", name)
+        return
+    log.info("%s: got SIGHUP: reloading the DERP map", name)
+    derpmap_source.request_refresh()
 
 
 def _run_loop(config: InterfaceConfig, on_ready: Callable[[], None], serve_kwargs: dict) -> None:

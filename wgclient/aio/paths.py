@@ -8,7 +8,10 @@ It owns what `wgc up --derpmap` adds to a plain interface:
 - the demux of what is not WireGuard: disco (to the manager, from UDP and from DERP), STUN answers (to the
   netcheck running through the WireGuard port, so the STUN-mapped address is that port's mapping);
 - where authenticated WireGuard packets came from (`Outputs.heard`) → `on_wireguard_from`;
-- netcheck at start, every ~23 s and when local addresses change; the manager's single timer.
+- netcheck at start, every ~23 s and when local addresses change; the manager's single timer;
+- a new DERP map (`set_derpmap`, from `derpmap_source` while up): a removed region's connection is closed
+  and its peers move to another region, a changed region's connection is redialed, a new region is
+  measured by a full netcheck at once; WireGuard sessions are untouched.
 Packets received over DERP enter the device with the source `("127.3.3.40", region)`, Tailscale's
 magic DERP address, so the core needs no new type of endpoint; what came over DERP and is neither
 WireGuard nor disco is dropped at once and counted (and logged, rate-limited) under its region.
@@ -27,7 +30,7 @@ from typing import TYPE_CHECKING, Callable
 from derp import protocol as DP
 from derp.aio.client import DerpClient, Disconnected
 from derp.aio.targets import targets_for_region
-from derp.derpmap import DerpMap
+from derp.derpmap import DerpMap, MapChange, diff_derpmaps
 from derp.ratelog import RateLimitedLog
 from natprobe.aio.netcheck import NetcheckOptions, run_netcheck
 from natprobe.home import History
@@ -40,6 +43,7 @@ from ..path.manager import PathManager
 from ..path.peerstate import (CloseRegion, ConnectRegion, PathChanged, PingResult, Route, SendDisco, SetHome)
 
 if TYPE_CHECKING:  # pragma: no cover
+    from .derpmap_source import DerpMapSource
     from .runner import Runner
 
 log = logging.getLogger("wgc.paths")
@@ -92,10 +96,13 @@ class Paths:
     """The path manager wired to a Runner's UDP port, a set of DERP clients and netcheck."""
 
     def __init__(self, runner: "Runner", derpmap: DerpMap, *, interface: str, ca_file: str | None = None,
-                 netcheck_interval: float | None = None, random_bytes: Callable[[int], bytes] = os.urandom) -> None:
+                 netcheck_interval: float | None = None, random_bytes: Callable[[int], bytes] = os.urandom,
+                 source: "DerpMapSource | None" = None) -> None:
         self.runner = runner
         self.device = runner.device
         self.derpmap = derpmap
+        self.source = source
+        self._full_netcheck = False       # the next netcheck measures every region (the map changed)
         self.interface = interface
         self.ca_file = ca_file
         if netcheck_interval is None:
@@ -155,8 +162,7 @@ class Paths:
         """Learn the regions, run a first netcheck (bounded), connect home; then keep things fresh."""
         now = time.monotonic()
         self.runner.device.collect_foreign = True
-        self._apply(self.pm.set_regions({r.region_id: r.code for r in self.regions
-                                         if self.derpmap.regions[r.region_id].derp_nodes()}, now))
+        self._apply(self.pm.set_regions(self._region_codes(), now))
         self._addresses = local_addresses({self.interface})
         self._apply(self.pm.set_local_endpoints([(a, self.runner.udp.port) for a in self._addresses], now))
         try:
@@ -167,6 +173,29 @@ class Paths:
             log.exception("first netcheck failed; going on without it")
         self._tasks.append(asyncio.create_task(self._netcheck_loop()))
         self._tasks.append(asyncio.create_task(self._address_loop()))
+        if self.source is not None:
+            self._tasks.append(asyncio.create_task(self.source.run(self.set_derpmap)))
+
+    def _region_codes(self) -> dict[int, str]:
+        return {r.region_id: r.code for r in self.regions if self.derpmap.regions[r.region_id].derp_nodes()}
+
+    def set_derpmap(self, derpmap: DerpMap, change: MapChange | None = None) -> None:
+        """Apply a new DERP map without a restart (see the module docstring)."""
+        if change is None:
+            change = diff_derpmaps(self.derpmap, derpmap)
+        if not change or self._closing:
+            return
+        self.derpmap = derpmap
+        self.regions = regions_from_derpmap(derpmap)
+        for region in change.removed + change.changed:
+            client = self.clients.pop(region, None)
+            self.transports.pop(region, None)
+            self.derp_heard.pop(region, None)
+            if client is not None:
+                self._tasks.append(asyncio.create_task(client.close()))
+        self._apply(self.pm.set_regions(self._region_codes(), time.monotonic(), reconnect=change.changed))
+        self._full_netcheck = True
+        self._netcheck_now.set()
 
     async def close(self) -> None:
         self._closing = True
@@ -190,7 +219,8 @@ class Paths:
 
     # -- netcheck -------------------------------------------------------------------------------------------
     async def _netcheck(self) -> None:
-        options = NetcheckOptions(portmap=False, captive_portal=False, force_full=False)
+        options = NetcheckOptions(portmap=False, captive_portal=False, force_full=self._full_netcheck)
+        self._full_netcheck = False
         scores = dict(self.derpmap.home_params.region_score or {}) if self.derpmap.home_params else None
         report = await run_netcheck(self.regions, history=self.history, options=options, scores=scores,
                                     shared=self, derp_heard=dict(self.derp_heard))
@@ -365,10 +395,12 @@ class Paths:
         if reg is None or not reg.derp_nodes():
             self._drop("unknown DERP region")
             return
+        me: list[DerpClient] = []      # events of a client replaced after a map change are ignored
         client = DerpClient(self.device.identity.private_key, targets_for_region(reg), ca_file=self.ca_file,
                             on_packet=lambda src, data, r=region: self._on_derp_packet(r, src, data),
-                            on_event=lambda ev, r=region: self._on_derp_event(r, ev),
+                            on_event=lambda ev, r=region: self._on_derp_event(r, ev, me[0]),
                             preferred=(region == self.home), label=f"region {region}")
+        me.append(client)
         self.clients[region] = client
         self._tasks.append(asyncio.create_task(client.start(wait=False)))
         self._tasks.append(asyncio.create_task(self._watch_connect(region, client)))
@@ -417,9 +449,11 @@ class Paths:
             self.device.receive_datagrams(batch, time.monotonic())
             self.runner.flush()
 
-    def _on_derp_event(self, region: int, ev) -> None:
+    def _on_derp_event(self, region: int, ev, sender: DerpClient | None = None) -> None:
         now = time.monotonic()
         client = self.clients.get(region)
+        if sender is not None and sender is not client:
+            return  # a connection closed because its region left or changed in the DERP map
         if isinstance(ev, DP.Connected):
             self.derp_heard[region] = self.loop.time()
             stream = client.stream if client is not None else None

@@ -202,13 +202,16 @@ async def _start_control(config: InterfaceConfig, runner: Runner):
 
 
 async def serve(config: InterfaceConfig, *, on_ready: Callable[[], None] = lambda: None,
-                vnet_hdr: bool | None = None, derpmap=None, derp_ca_file: str | None = None) -> None:
+                vnet_hdr: bool | None = None, derpmap=None, derp_ca_file: str | None = None,
+                derpmap_source=None, metrics_addr: str | None = None) -> None:
     """Bring up the interface described by config, run until cancelled, then undo everything.
 
     vnet_hdr (default: on unless WGC_TUN_VNET_HDR=0) opens the TUN with a virtio-net header so received
     TCP segments can be merged (tcpgro.py); without it every packet is written on its own.
     derpmap (a parsed derp.derpmap.DerpMap): every peer is reached through the path manager (DERP at
-    once, direct UDP when disco hole punching works; wgclient/aio/paths.py).
+    once, direct UDP when disco hole punching works; wgclient/aio/paths.py); derpmap_source (a
+    wgclient.aio.derpmap_source.DerpMapSource) keeps it current while up. metrics_addr: Prometheus
+    metrics there (wgclient/aio/metrics.py).
     """
     if vnet_hdr is None:
         vnet_hdr = os.environ.get("WGC_TUN_VNET_HDR", "1") != "0"
@@ -252,7 +255,8 @@ async def serve(config: InterfaceConfig, *, on_ready: Callable[[], None] = lambd
             from ..derpregions import region_hints
             from .paths import Paths
             hints = region_hints(config, derpmap)
-            paths = runner.paths = Paths(runner, derpmap, interface=config.name, ca_file=derp_ca_file)
+            paths = runner.paths = Paths(runner, derpmap, interface=config.name, ca_file=derp_ca_file,
+                                         source=derpmap_source)
             for pc in config.peers:
                 paths.add_peer(pc.public_key, psk=pc.preshared_key, name=pc.name,
                                region_hint=hints.get(pc.public_key, 0), endpoint=pc.endpoint)
@@ -270,6 +274,9 @@ async def serve(config: InterfaceConfig, *, on_ready: Callable[[], None] = lambd
         control = await _start_control(config, runner)
         if control is not None:
             cleanups.append(control.close)
+        if metrics_addr:
+            from .metrics import start_metrics
+            cleanups.append((await start_metrics(runner, config, metrics_addr)).close)
         for pc in config.peers:
             if pc.persistent_keepalive:
                 device.set_persistent_keepalive(device.peers[pc.public_key], pc.persistent_keepalive, now)

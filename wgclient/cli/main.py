@@ -1,4 +1,4 @@
-"""The `wgc` command line: genkey, pubkey, up, down, and the status/ping/netcheck/derper entry points.
+"""The `wgc` command line: genkey, pubkey, up, down, and the status/ping/netcheck/derper/derpmap entry points.
 
 `genkey` and `pubkey` behave byte for byte like `wg genkey`/`wg pubkey` (same output, same acceptance
 of input, same exit codes). `up CONFIG` parses the wg-quick style file before anything is created,
@@ -97,8 +97,8 @@ def parser() -> argparse.ArgumentParser:
     up = sub.add_parser("up", help="bring up the interface described by a wg-quick style file")
     up.add_argument("config", help="path to NAME.conf; the interface is called NAME")
     up.add_argument("--foreground", action="store_true", help="stay in the foreground and log to stderr")
-    up.add_argument("--derpmap", metavar="URL|FILE",
-                    help="DERP map (Tailscale JSON): peers are relayed through DERP until a direct path works")
+    from .derpmap import add_up_arguments
+    add_up_arguments(up)
     up.add_argument("--derp-ca-file", metavar="FILE",
                     help="extra CA certificates for the DERP servers and for fetching the map")
     up.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -110,6 +110,7 @@ def parser() -> argparse.ArgumentParser:
                    add_help=False)
     sub.add_parser("netcheck", help="report NAT type, STUN-mapped addresses and DERP latencies", add_help=False)
     sub.add_parser("derper", help="run a DERP relay server", add_help=False)
+    sub.add_parser("derpmap", help="write, validate or show a DERP map", add_help=False)
     return p
 
 
@@ -126,23 +127,9 @@ def cmd_up(args: argparse.Namespace) -> int:
     if config.dns:
         print(f"{PROG}: warning: DNS = {', '.join(config.dns)} is ignored (wgc does not change the resolver)",
               file=sys.stderr)
-    serve_kwargs = {}
-    if args.derpmap:
-        from derp.aio.derpmap_loader import load_derpmap
-        from derp.errors import Error as DerpError
-
-        from ..derpregions import region_hints
-        try:  # loaded and checked before anything is created (and before the daemon forks)
-            derpmap = load_derpmap(args.derpmap, ca_file=args.derp_ca_file, timeout=10.0)
-        except DerpError as exc:
-            raise UsageError(str(exc)) from None
-        if not any(r.derp_nodes() for r in derpmap.regions.values()):
-            raise UsageError(f"the DERP map {args.derpmap} has no region with a DERP node")
-        region_hints(config, derpmap)
-        serve_kwargs["derpmap"] = derpmap
-        if args.derp_ca_file:
-            serve_kwargs["derp_ca_file"] = args.derp_ca_file
-    elif any(p.derp_region for p in config.peers):
+    from .derpmap import up_serve_kwargs
+    serve_kwargs = up_serve_kwargs(args, config)   # the DERP map is loaded and checked here, before forking
+    if not args.derpmap and any(p.derp_region for p in config.peers):
         print(f"{PROG}: warning: DerpRegion is ignored without --derpmap", file=sys.stderr)
     if args.foreground:
         daemon.run_foreground(config, serve_kwargs, verbose=args.verbose)
@@ -184,6 +171,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return dispatch("wgclient.cli.netcheck", argv[1:], "netcheck")
         if argv and argv[0] == "derper":
             return dispatch("derp.aio.derper", argv[1:], "derper")
+        if argv and argv[0] == "derpmap":
+            return dispatch("wgclient.cli.derpmap", argv[1:], "derpmap")
         args = parser().parse_args(argv)
         if args.version:
             print(f"{PROG} {version()}")
