@@ -30,7 +30,7 @@ from derp.errors import Error as DerpError
 from ..errors import Error, UsageError
 from .status import ArgParser
 
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)(h|m|s|ms)")
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
 _UNIT = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
 
 
