@@ -70,6 +70,10 @@ class RelayCollector:
         for name, count in sorted(http.items()):
             events.add_metric([name], count)
         yield events
+        yield GaugeMetricFamily("derp_max_clients", "The --max-clients limit (0: none)",
+                                value=relay.config.max_clients)
+        yield GaugeMetricFamily("derp_start_time_seconds", "Wall time the relay started",
+                                value=self.server.started)
 
 
 def make_registry(server: Any) -> CollectorRegistry:
