@@ -408,9 +408,10 @@ class MapChange:
     def __bool__(self) -> bool:
         return bool(self.added or self.removed or self.changed or self.other)
 
-    def describe(self, new: DerpMap) -> str:
-        parts = [f"{what} {', '.join(_region_label(new, r) for r in ids)}" for what, ids in
-                 (("added", self.added), ("removed", self.removed), ("changed", self.changed)) if ids]
+    def describe(self, new: DerpMap, old: DerpMap | None = None) -> str:
+        parts = [f"{what} {', '.join(_region_label(where, r) for r in ids)}" for what, ids, where in
+                 (("added", self.added, new), ("removed", self.removed, old or new), ("changed", self.changed, new))
+                 if ids]
         if self.other:
             parts.append("home parameters changed")
         return "; ".join(parts) or "no change"

@@ -95,6 +95,7 @@ def test_diff_names_added_removed_and_changed_regions() -> None:
     change = diff_derpmaps(base, new)
     assert change == MapChange(added=(902,), removed=(901,), changed=(900,))
     assert change.describe(new) == "added 902 (fra); removed 901; changed 900 (fra)"
+    assert change.describe(new, base) == "added 902 (fra); removed 901 (fra); changed 900 (fra)"
     assert not diff_derpmaps(base, parse_derpmap(base.to_json()))
     scored = DerpMap(base.regions, home_params=DerpHomeParams({900: 0.5}))
     assert diff_derpmaps(base, scored) == MapChange(other=True) and diff_derpmaps(base, scored)

@@ -164,7 +164,8 @@ class DerpMapSource:
             old.at = loaded.at
         if change:
             self.changes += 1
-            log.info("DERP map from %s: %s", loaded.source, change.describe(loaded.derpmap))
+            log.info("DERP map from %s: %s", loaded.source,
+                     change.describe(loaded.derpmap, old.derpmap if old is not None else None))
         return change
 
     async def run(self, on_change: Callable[[DerpMap, MapChange], None]) -> None:
