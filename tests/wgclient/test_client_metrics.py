@@ -66,8 +66,11 @@ def value(samples, metric, **labels):
 def test_per_peer_path_bytes_handshake_and_upgrades() -> None:
     s = scrape(runner())
     b, c = keys.short(B), keys.short(C)
-    assert value(s, "wgc_peer_path", peer=b, name="laptop", path="direct", region="") == 1
-    assert value(s, "wgc_peer_path", peer=c, name="phone", path="relay", region="1", region_code="fra") == 1
+    assert value(s, "wgc_peer_path", peer=b, name="laptop", path="direct") == 1
+    assert [value(s, "wgc_peer_path", peer=b, path=p) for p in ("relay", "lapsing", "none")] == [0, 0, 0]
+    assert value(s, "wgc_peer_path", peer=c, name="phone", path="relay") == 1
+    assert value(s, "wgc_peer_relay_region", peer=c, region="1", region_code="fra") == 1
+    assert [lab["peer"] for lab, _ in s["wgc_peer_relay_region"]] == [c]     # b is direct: no relay region
     assert value(s, "wgc_peer_rx_bytes_total", peer=b) == 1234 and value(s, "wgc_peer_tx_bytes_total", peer=b) == 5678
     assert 29 <= value(s, "wgc_peer_handshake_age_seconds", peer=b) < 120
     assert [lab["peer"] for lab, _ in s["wgc_peer_handshake_age_seconds"]] == [b]   # never: no sample
@@ -76,6 +79,7 @@ def test_per_peer_path_bytes_handshake_and_upgrades() -> None:
     assert value(s, "wgc_peer_fallbacks_total", peer=b) == 0
     assert 0 < value(s, "wgc_peer_direct_latency_seconds", peer=b) < 1
     assert value(s, "wgc_peers", interface="wgt0") == 2
+    assert value(s, "wgc_peer_rx_bytes_total", peer=c, name="phone") == 0   # the name from the path manager
 
 
 def test_regions_map_source_load_and_drops() -> None:

@@ -84,9 +84,10 @@ class InterfaceCollector:
         labels = ["interface", "peer", "name"]
         dev, paths = self.runner.device, self.runner.paths
         now, wall = time.monotonic(), time.time()
-        path = GaugeMetricFamily("wgc_peer_path", "The peer's path now: 1 for its state (direct, relay, "
-                                 "lapsing = direct and relay, none); region is the relay's id", labels=labels +
-                                 ["path", "region", "region_code"])
+        path = GaugeMetricFamily("wgc_peer_path", "The peer's path: 1 for its state now, 0 for the others "
+                                 "(direct, relay, lapsing = direct and relay at once, none)", labels=labels + ["path"])
+        relay = GaugeMetricFamily("wgc_peer_relay_region", "1 for the DERP region the peer's packets go through "
+                                  "(while relayed or lapsing)", labels=labels + ["region", "region_code"])
         rx = CounterMetricFamily("wgc_peer_rx_bytes", "Bytes received from the peer (WireGuard payload)", labels=labels)
         tx = CounterMetricFamily("wgc_peer_tx_bytes", "Bytes sent to the peer (WireGuard payload)", labels=labels)
         last = GaugeMetricFamily("wgc_peer_last_handshake_timestamp_seconds",
@@ -101,26 +102,26 @@ class InterfaceCollector:
         pm = paths.pm if paths is not None else None
         for peer in dev.peers.values():
             key = peer.public_key
-            who = [self.interface, short(key), self.names.get(key, "")]
+            p = pm.peers.get(key) if pm is not None else None
+            who = [self.interface, short(key), self.names.get(key) or (p.name if p is not None else "") or ""]
             rx.add_metric(who, peer.rx_bytes)
             tx.add_metric(who, peer.tx_bytes)
             last.add_metric(who, peer.last_handshake_wall)
             if peer.last_handshake_wall:
                 age.add_metric(who, max(0.0, wall - peer.last_handshake_wall))
-            p = pm.peers.get(key) if pm is not None else None
             if p is None:
                 state, region = ("direct" if peer.endpoint is not None else "none"), 0
             else:
                 state, region = p.state.value, pm.route(key, now).relay or 0
-                if not who[2] and p.name:
-                    who[2] = p.name
                 up.add_metric(who, p.upgrades)
                 down.add_metric(who, p.fallbacks)
                 if p.best is not None and p.best_latency:
                     latency.add_metric(who, p.best_latency)
-            code = pm.home.code(region) if pm is not None and region else ""
-            path.add_metric(who + [state, str(region) if region else "", code], 1)
-        yield from (path, rx, tx, last, age, up, down, latency)
+            for name in PATH_STATES:
+                path.add_metric(who + [name], 1 if name == state else 0)
+            if region:
+                relay.add_metric(who + [str(region), pm.home.code(region)], 1)
+        yield from (path, relay, rx, tx, last, age, up, down, latency)
         peers = GaugeMetricFamily("wgc_peers", "Configured peers", labels=["interface"])
         peers.add_metric(iface, len(dev.peers))
         yield peers
