@@ -35,14 +35,6 @@ def pl():
         yield lab
 
 
-@pytest.fixture
-def on_failure(pl, request):
-    failed_before = request.session.testsfailed
-    yield
-    if request.session.testsfailed > failed_before:
-        print(pl.report())
-
-
 def home_id(pl: PathLab, p) -> int | None:
     home = pl.status_raw(p)["home_region"]
     return home["id"] if home else None
