@@ -176,3 +176,21 @@ def test_default_cache_path(monkeypatch) -> None:
     assert default_cache_path("wg0") == "/var/lib/wgc/wg0.derpmap.json"
     monkeypatch.setenv("WGC_STATE_DIR", "/tmp/x")
     assert default_cache_path("wg0") == "/tmp/x/wg0.derpmap.json"
+
+
+def test_sighup_reloads_the_map_and_never_ends_the_daemon(caplog) -> None:
+    from wgclient.aio import daemon
+
+    class Source:
+        asked = 0
+
+        def request_refresh(self) -> None:
+            self.asked += 1
+
+    src = Source()
+    with caplog.at_level("INFO", logger="wgclient.daemon"):
+        daemon._on_sighup("wg0", src)
+        daemon._on_sighup("wg1", None)
+    assert src.asked == 1
+    assert [r.getMessage() for r in caplog.records] == ["wg0: got SIGHUP: reloading the DERP map",
+                                                         "wg1: got SIGHUP: nothing to reload (no --derpmap)"]
