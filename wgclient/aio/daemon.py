@@ -9,7 +9,8 @@
   interface is up, and 1 with the reason otherwise.
 * SIGTERM and SIGINT cancel `serve()`, whose `finally` undoes everything; the pid file goes last.
 * wg-quick hooks: PreUp before `serve()`, PostUp once ready, PreDown on the stop signal before the
-  teardown, PostDown after it; run by bash with `%i` replaced by the interface name, as wg-quick does.
+  teardown, then `SaveConfig = true` writes the running interface back into its file (saveconf.py,
+  through the UAPI socket as `wgc save` does), PostDown after the teardown; run by bash with `%i` replaced by the interface name, as wg-quick does.
   A failing PreUp stops `up`; the others are logged.
 * `stop(name)` signals the daemon and waits until it has exited and its UAPI socket and interface are
   gone.
@@ -173,6 +174,8 @@ async def _main(config: InterfaceConfig, on_ready: Callable[[], None], serve_kwa
             raise UsageError("the interface stopped unexpectedly")
         if ready:
             await run_hooks("PreDown", config.pre_down, config.name, check=False)
+            if config.save_config:
+                await asyncio.to_thread(_save_config, config)
         task.cancel()
         try:
             await task
@@ -185,6 +188,15 @@ async def _main(config: InterfaceConfig, on_ready: Callable[[], None], serve_kwa
             loop.remove_signal_handler(signum)
         if not task.done():
             task.cancel()
+
+
+def _save_config(config: InterfaceConfig) -> None:
+    from . import hoststate, saveconf
+    try:
+        saveconf.save_running(config.name, config.path, auto_fwmark=hoststate.auto_fwmark(config.name))
+        log.info("%s: SaveConfig: running configuration written to %s", config.name, config.path)
+    except UsageError as e:
+        log.warning("%s: SaveConfig failed: %s", config.name, e)
 
 
 def _run_loop(config: InterfaceConfig, on_ready: Callable[[], None], serve_kwargs: dict) -> None:

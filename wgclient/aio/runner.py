@@ -16,7 +16,7 @@ import time
 from typing import Callable
 
 from ..config import InterfaceConfig
-from ..constants import REKEY_TIMEOUT_JITTER_MAX
+from ..constants import DEFAULT_MTU, REKEY_TIMEOUT_JITTER_MAX
 from ..device import Device, DeviceConfig
 from ..errors import UsageError
 from ..tcpgro import VNET_HDR_LEN, TcpCoalescer
@@ -217,22 +217,23 @@ async def serve(config: InterfaceConfig, *, on_ready: Callable[[], None] = lambd
     from .uapi_server import start_uapi_server
 
     cleanups: list[Callable[[], object]] = []
+    mtu = config.mtu or DEFAULT_MTU
     try:
         try:
-            tun = open_tun(config.name, config.mtu, vnet_hdr=vnet_hdr)
+            tun = open_tun(config.name, mtu, vnet_hdr=vnet_hdr)
         except OSError as exc:
             if not vnet_hdr:
                 raise UsageError(f"cannot create TUN device {config.name!r}: {exc.strerror or exc}") from exc
             log.info("TUN with virtio-net header unavailable (%s); without TCP coalescing", exc)
             vnet_hdr = False
             try:
-                tun = open_tun(config.name, config.mtu)
+                tun = open_tun(config.name, mtu)
             except OSError as exc2:
                 raise UsageError(f"cannot create TUN device {config.name!r}: {exc2.strerror or exc2}") from exc2
         cleanups.append(tun.close)
         headroom = VNET_HDR_LEN if vnet_hdr else 0
         device = Device(config.private_key, random_bytes=_random_bytes, jitter=_jitter,
-                        config=DeviceConfig(mtu=config.mtu, tun_headroom=headroom))
+                        config=DeviceConfig(mtu=mtu, tun_headroom=headroom))
         now = time.monotonic()
         for pc in config.peers:
             peer = device.add_peer(pc.public_key)
@@ -256,7 +257,7 @@ async def serve(config: InterfaceConfig, *, on_ready: Callable[[], None] = lambd
             for pc in config.peers:
                 paths.add_peer(pc.public_key, psk=pc.preshared_key, name=pc.name,
                                region_hint=hints.get(pc.public_key, 0), endpoint=pc.endpoint)
-        applied = netconf.configure(config.name, config.addresses, config.mtu,
+        applied = netconf.configure(config.name, config.addresses, mtu,
                                     [n for p in config.peers for n in p.allowed_ips], table=config.table)
         cleanups.append(lambda: netconf.unconfigure(applied))
         runner.start()
