@@ -1,5 +1,7 @@
 """Interface configuration over netlink (pyroute2): MTU, addresses, link up, routes for AllowedIPs, and undo.
 
+`auto_mtu()` picks the MTU when the config has none, as wg-quick: the route MTU to the endpoints minus 80.
+
 `configure()` does what wg-quick does for a userspace interface, minus its policy routing:
 
 * set the MTU, add each Address (IPv6 ones with NODAD, the tunnel has no neighbours), set the link up;
@@ -183,6 +185,50 @@ def route_batch(op: int, nets: list[Network], oif: int, table: int) -> list[int]
                     off += (length + 3) & ~3
             start = end
     return results
+
+
+# ---- MTU ----
+
+WG_OVERHEAD = 80       # what wg-quick subtracts: IPv6 header 40 + UDP 8 + WireGuard 32
+FALLBACK_MTU = 1500
+
+
+def plan_mtu(path_mtus: Iterable[int], default_route_mtu: int | None) -> int:
+    """wg-quick's rule: the largest path MTU to an endpoint, else the default route's, else 1500; minus 80."""
+    best = max((m for m in path_mtus if m > 0), default=0) or default_route_mtu or FALLBACK_MTU
+    return best - WG_OVERHEAD
+
+
+def _route_mtu(ipr: IPRoute, msg) -> int | None:
+    metrics = msg.get_attr("RTA_METRICS")
+    for name, value in (metrics or {}).get("attrs", []):
+        if name == "RTAX_MTU" and value:
+            return value
+    oif = msg.get_attr("RTA_OIF")
+    if oif:
+        return ipr.link("get", index=oif)[0].get_attr("IFLA_MTU")
+    return None
+
+
+def auto_mtu(endpoints: Iterable[str]) -> int:
+    """The MTU for an interface without `MTU =`: `ip route get` each endpoint (a route's or a cached path
+    MTU, else its device's), else the default route (`ip route show default`), as wg-quick's set_mtu_up."""
+    def run() -> int:
+        found: list[int] = []
+        with IPRoute() as ipr:
+            for ip in dict.fromkeys(endpoints):
+                try:
+                    found += [m for msg in ipr.route("get", dst=ip)[:1] if (m := _route_mtu(ipr, msg))]
+                except NetlinkError:
+                    continue        # unreachable now: as wg-quick, it simply does not count
+            default = None
+            if not found:
+                for family in (socket.AF_INET, socket.AF_INET6):
+                    routes = [r for r in ipr.route("dump", family=family, table=MAIN_TABLE) if r["dst_len"] == 0]
+                    if routes and (default := _route_mtu(ipr, routes[0])):
+                        break
+        return plan_mtu(found, default)
+    return _off_loop(run)
 
 
 def _reason(e: NetlinkError) -> str:

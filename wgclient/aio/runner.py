@@ -16,7 +16,7 @@ import time
 from typing import Callable
 
 from ..config import InterfaceConfig
-from ..constants import DEFAULT_MTU, REKEY_TIMEOUT_JITTER_MAX
+from ..constants import REKEY_TIMEOUT_JITTER_MAX
 from ..device import Device, DeviceConfig
 from ..errors import UsageError
 from ..tcpgro import VNET_HDR_LEN, TcpCoalescer
@@ -217,7 +217,7 @@ async def serve(config: InterfaceConfig, *, on_ready: Callable[[], None] = lambd
     from .uapi_server import start_uapi_server
 
     cleanups: list[Callable[[], object]] = []
-    mtu = config.mtu or DEFAULT_MTU
+    mtu = config.mtu or netconf.auto_mtu([pc.endpoint[0] for pc in config.peers if pc.endpoint])
     try:
         try:
             tun = open_tun(config.name, mtu, vnet_hdr=vnet_hdr)
