@@ -13,7 +13,8 @@
   through the UAPI socket as `wgc save` does), PostDown after the teardown; run by bash with `%i` replaced by the interface name, as wg-quick does.
   A failing PreUp stops `up`; the others are logged.
 * `stop(name)` signals the daemon and waits until it has exited and its UAPI socket and interface are
-  gone.
+  gone. Host changes a dead daemon left (DNS, policy rules: hostsetup.py's journal) are undone by the
+  next `up` (once it holds the pid lock) or by `down`.
 """
 from __future__ import annotations
 
@@ -190,6 +191,12 @@ async def _main(config: InterfaceConfig, on_ready: Callable[[], None], serve_kwa
             task.cancel()
 
 
+def _cleanup_stale(name: str) -> list[str]:
+    """Undo host changes (DNS, policy rules) a wgc of this name left when it died; we hold its pid lock."""
+    from .hostsetup import cleanup_stale
+    return cleanup_stale(name)
+
+
 def _save_config(config: InterfaceConfig) -> None:
     from . import hoststate, saveconf
     try:
@@ -234,6 +241,7 @@ def run_foreground(config: InterfaceConfig, serve_kwargs: dict, *, verbose: bool
     pidfile = PidFile(config.name)
     pidfile.acquire()
     try:
+        _cleanup_stale(config.name)
         _run_loop(config, _ready_with_post_up(config, lambda: None), serve_kwargs)
     finally:
         pidfile.release()
@@ -315,6 +323,7 @@ def _daemon_child(config: InterfaceConfig, serve_kwargs: dict, wfd: int, log_fd:
         try:
             pidfile.acquire()
             try:
+                _cleanup_stale(config.name)
                 _run_loop(config, _ready_with_post_up(config, lambda: notify(f"ready {os.getpid()}")), serve_kwargs)
             finally:
                 pidfile.release()
@@ -336,6 +345,8 @@ def stop(name: str, timeout: float = STOP_TIMEOUT) -> int:
     """Signal the daemon of name and wait until it, its socket and its interface are gone; returns its pid."""
     pid = running_pid(name)
     if pid is None:
+        if _cleanup_stale(name):  # a daemon died without undoing them: `down` still leaves the host clean
+            return 0
         raise UsageError(f"{name} is not up (no running wgc daemon holds {pid_path(name)})")
     try:
         os.kill(pid, signal.SIGTERM)
@@ -350,6 +361,7 @@ def stop(name: str, timeout: float = STOP_TIMEOUT) -> int:
             if os.path.lexists(path) and not socket_is_live(path):
                 os.unlink(path)  # the daemon died without removing it
             if not os.path.lexists(path):
+                _cleanup_stale(name)   # nothing left unless the daemon was killed during its teardown
                 return pid
         time.sleep(0.05)
     raise UsageError(f"{name} (pid {pid}) did not stop within {timeout:.0f} s")

@@ -212,7 +212,7 @@ async def serve(config: InterfaceConfig, *, on_ready: Callable[[], None] = lambd
     """
     if vnet_hdr is None:
         vnet_hdr = os.environ.get("WGC_TUN_VNET_HDR", "1") != "0"
-    from . import netconf
+    from . import hostsetup, netconf
     from .tun import open_tun
     from .uapi_server import start_uapi_server
 
@@ -257,9 +257,8 @@ async def serve(config: InterfaceConfig, *, on_ready: Callable[[], None] = lambd
             for pc in config.peers:
                 paths.add_peer(pc.public_key, psk=pc.preshared_key, name=pc.name,
                                region_hint=hints.get(pc.public_key, 0), endpoint=pc.endpoint)
-        applied = netconf.configure(config.name, config.addresses, mtu,
-                                    [n for p in config.peers for n in p.allowed_ips], table=config.table)
-        cleanups.append(lambda: netconf.unconfigure(applied))
+        host = hostsetup.setup(config, mtu=mtu)     # addresses, routes, DNS (+ their undo)
+        cleanups.append(lambda: hostsetup.teardown(host))
         runner.start()
         cleanups.append(runner.stop)
         if paths is not None:

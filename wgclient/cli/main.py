@@ -119,9 +119,9 @@ def cmd_up(args: argparse.Namespace) -> int:
                   f"(chmod 600 {args.config})", file=sys.stderr)
     except OSError:
         pass
-    if config.dns:
-        print(f"{PROG}: warning: DNS = {', '.join(config.dns)} is ignored (wgc does not change the resolver)",
-              file=sys.stderr)
+    if config.dns:  # no resolver manager: refused before anything is created
+        from ..aio import dns
+        dns.choose(config.name, config.dns)
     serve_kwargs = {}
     if args.derpmap:
         from derp.aio.derpmap_loader import load_derpmap

@@ -1,0 +1,204 @@
+"""`DNS =` applied through resolvconf and restored on `down` (also after the daemon was killed), with the
+same resolvconf calls wg-quick makes for the same file.
+
+The resolv.conf changed is the namespace's own: `ip netns exec NS` bind-mounts /etc/netns/NS/resolv.conf
+over /etc/resolv.conf, and the fake resolvconf put first on PATH refuses to write unless /etc/resolv.conf
+is that file. It records each call (argv and stdin) and rebuilds resolv.conf from the interfaces' entries
+plus the file as it was at its first call, as openresolv does. The host's /etc/resolv.conf is checked
+unchanged at the end."""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.support.prereq import require_binary, require_root
+from tools.natlab.netns import Lab, unique_name
+from wgclient import keys
+
+pytestmark = [pytest.mark.netns, pytest.mark.timeout(120)]
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+NETNS_ETC = "/etc/netns"
+ORIGINAL = "# the namespace's own resolver\nnameserver 192.0.2.53\noptions edns0\n"
+
+FAKE_RESOLVCONF = r"""#!/bin/sh
+set -e
+d="$FAKE_RESOLVCONF_DIR"
+printf 'argv %s\n' "$*" >> "$d/calls"
+[ "$(stat -L -c %d:%i /etc/resolv.conf)" = "$(stat -L -c %d:%i "$FAKE_RESOLVCONF_NETNS_FILE")" ] || {
+    echo "fake resolvconf: /etc/resolv.conf is not the test namespace's own; not touching it" >&2; exit 1; }
+mkdir -p "$d/ifaces"
+[ -f "$d/base" ] || cp /etc/resolv.conf "$d/base"
+case "$1" in
+  -a) cat > "$d/ifaces/$2"; printf 'stdin %s\n' "$(tr '\n' '|' < "$d/ifaces/$2")" >> "$d/calls" ;;
+  -d) rm -f "$d/ifaces/$2" ;;
+  *) exit 2 ;;
+esac
+cat "$d"/ifaces/* "$d/base" 2>/dev/null > /etc/resolv.conf
+"""
+
+
+def key() -> str:
+    return keys.key_to_base64(keys.genkey(os.urandom))
+
+
+@pytest.fixture
+def dnslab(tmp_path):
+    require_root()
+    require_binary("wg-quick", "wireguard-go", "wg", "stat")
+    with open("/etc/resolv.conf", "rb") as f:
+        host_before = f.read()
+    created_etc = not os.path.isdir(NETNS_ETC)
+    lab = Lab()
+    made: list[str] = []
+    try:
+        lab.tmp = tmp_path
+        bindir = tmp_path / "bin"
+        bindir.mkdir()
+        (bindir / "resolvconf").write_text(FAKE_RESOLVCONF)
+        os.chmod(bindir / "resolvconf", 0o755)
+
+        def namespace():
+            ns = lab.namespace("dns")
+            d = os.path.join(NETNS_ETC, ns.name)
+            os.makedirs(d, exist_ok=True)
+            made.append(d)
+            with open(os.path.join(d, "resolv.conf"), "w") as f:
+                f.write(ORIGINAL)
+            state = tmp_path / ns.name
+            state.mkdir()
+            ns.env = dict(os.environ, PYTHONPATH=ROOT, WGC_PID_DIR=str(tmp_path / "pid"),
+                          WGC_LOG_DIR=str(tmp_path / "log"), PATH=f"{bindir}:{os.environ['PATH']}",
+                          FAKE_RESOLVCONF_DIR=str(state),
+                          FAKE_RESOLVCONF_NETNS_FILE=os.path.join(d, "resolv.conf"))
+            ns.state = state
+            return ns
+        lab.make = namespace
+        yield lab
+    finally:
+        lab.close()
+        for d in made:
+            shutil.rmtree(d, ignore_errors=True)
+        if created_etc:
+            try:
+                os.rmdir(NETNS_ETC)
+            except OSError:
+                pass
+        with open("/etc/resolv.conf", "rb") as f:
+            assert f.read() == host_before, "the host's /etc/resolv.conf changed"
+
+
+def netns_resolv(ns) -> str:
+    with open(os.path.join(NETNS_ETC, ns.name, "resolv.conf")) as f:
+        return f.read()
+
+
+def calls(ns, name: str) -> list[str]:
+    try:
+        text = (ns.state / "calls").read_text()
+    except FileNotFoundError:
+        return []
+    return text.replace(name, "NAME").splitlines()
+
+
+def write_conf(lab, name: str, dns: str) -> str:
+    path = lab.tmp / f"{name}.conf"
+    path.write_text(f"[Interface]\nPrivateKey = {key()}\nAddress = 10.67.0.1/24\nDNS = {dns}\nMTU = 1420\n")
+    os.chmod(path, 0o600)
+    return str(path)
+
+
+def wgc(ns, *args):
+    return ns.run(sys.executable, "-m", "wgclient.cli", *args, check=False, timeout=40, env=ns.env)
+
+
+DNS = "10.67.0.53, fd67::53, corp.example, lab.internal"
+EXPECTED_UP = ["argv -a NAME -m 0 -x", "stdin nameserver 10.67.0.53|nameserver fd67::53|search corp.example lab.internal|"]
+
+
+def test_dns_applied_and_restored_like_wg_quick(dnslab):
+    results = {}
+    for kind in ("wg-quick", "wgc"):
+        ns = dnslab.make()
+        name = unique_name("wgn")
+        conf = write_conf(dnslab, name, DNS)
+        if kind == "wg-quick":
+            res = ns.run("wg-quick", "up", conf, check=False, timeout=30, env=ns.env)
+        else:
+            res = wgc(ns, "up", conf)
+        assert res.returncode == 0, res.stderr
+        during = netns_resolv(ns)
+        up_calls = calls(ns, name)
+        res = ns.run("wg-quick", "down", conf, check=False, timeout=30, env=ns.env) if kind == "wg-quick" \
+            else wgc(ns, "down", name)
+        assert res.returncode == 0, res.stderr
+        results[kind] = (up_calls, during, calls(ns, name)[len(up_calls):], netns_resolv(ns))
+    assert results["wgc"] == results["wg-quick"]
+    up_calls, during, down_calls, after = results["wgc"]
+    assert up_calls == EXPECTED_UP
+    assert during.startswith("nameserver 10.67.0.53\nnameserver fd67::53\nsearch corp.example lab.internal\n")
+    assert down_calls == ["argv -d NAME -f"] and after == ORIGINAL
+
+
+def test_killed_daemon_dns_restored_by_down_and_by_next_up(dnslab):
+    ns = dnslab.make()
+    name = unique_name("wgn")
+    conf = write_conf(dnslab, name, "10.67.0.53")
+    for cleaner in ("down", "up"):
+        assert wgc(ns, "up", conf).returncode == 0
+        assert "nameserver 10.67.0.53" in netns_resolv(ns)
+        pid = int((dnslab.tmp / "pid" / f"{name}.pid").read_text())
+        os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert "nameserver 10.67.0.53" in netns_resolv(ns)        # nothing undid it
+        res = wgc(ns, cleaner, name if cleaner == "down" else conf)
+        assert res.returncode == 0, res.stderr
+        if cleaner == "up":
+            assert calls(ns, name)[-3:] == ["argv -d NAME -f"] + EXPECTED_UP[:1] + [
+                "stdin nameserver 10.67.0.53|"]
+            assert wgc(ns, "down", name).returncode == 0
+        assert netns_resolv(ns) == ORIGINAL
+    assert wgc(ns, "down", name).stderr.startswith(f"wgc: {name} is not up")
+
+
+def test_dns_without_resolvconf_fails_before_anything_is_made(dnslab):
+    ns = dnslab.make()
+    ns.env["PATH"] = "/usr/sbin:/usr/bin:/sbin:/bin"
+    if shutil.which("resolvconf", path=ns.env["PATH"]) or os.path.exists("/run/systemd/resolve/io.systemd.Resolve"):
+        pytest.skip("this host has a real resolvconf/systemd-resolved")
+    name = unique_name("wgn")
+    res = wgc(ns, "up", write_conf(dnslab, name, "10.67.0.53"))
+    assert res.returncode == 1
+    assert res.stderr == ("wgc: DNS = 10.67.0.53 needs resolvconf or systemd-resolved (resolvectl); neither was "
+                          "found (install resolvconf, or remove DNS =)\n")
+    assert name not in ns.run("ip", "link").stdout and not (dnslab.tmp / "pid" / f"{name}.pid").exists()
+    assert netns_resolv(ns) == ORIGINAL and not (ns.state / "calls").exists()
+
+
+def test_plans_for_both_backends():
+    from wgclient.aio import dns
+    assert dns.split_entries(["1.1.1.1", "fd00::1", "example.com", "10.0.0.0.x"]) == (
+        ["1.1.1.1", "fd00::1"], ["example.com", "10.0.0.0.x"])
+    p = dns.plan("wg0", ("1.1.1.1", "fd00::1", "corp.example"), resolved=True)
+    assert p.apply == ((("resolvectl", "dns", "wg0", "1.1.1.1", "fd00::1"), None),
+                       (("resolvectl", "domain", "wg0", "~.", "corp.example"), None))
+    assert p.undo == ((("resolvectl", "revert", "wg0"), None),)
+    p = dns.plan("wg0", ("1.1.1.1",), resolved=False, prefix="tun.")
+    assert p.apply == ((("resolvconf", "-a", "tun.wg0", "-m", "0", "-x"), "nameserver 1.1.1.1\n"),)
+    assert p.undo == ((("resolvconf", "-d", "tun.wg0", "-f"), None),)
+    assert dns.plan("wg0", ("only.search.example",), resolved=False) is None   # as wg-quick: no server, no call
+
+
+def test_interface_order_prefix(tmp_path):
+    from wgclient.aio import dns
+    order = tmp_path / "interface-order"
+    order.write_text("lo.inet*\nlo.dnsmasq\ntun*\ntap*\nhso*\nwg*\n*\n")
+    assert dns.iface_prefix(str(order)) == "tun."
+    assert dns.iface_prefix(str(tmp_path / "missing")) == ""
