@@ -3,7 +3,8 @@ WebSocket), runs the `derp.protocol.ClientConnection` core on the stream, and ke
 (reconnect with backoff and jitter, honouring Restarting by moving to the same or the next node).
 
 Targets come from a DERP map region/node (HostName, IPv4/IPv6, DERPPort, InsecureForTests, CertName pins)
-or a URL. TLS uses the system CA store plus an optional `ca_file`, ALPN http/1.1 only.
+or a URL. TLS uses the system CA store plus an optional `ca_file`, ALPN http/1.1 only. `fwmark` (and `set_fwmark`)
+puts SO_MARK on the connection's socket, so a full tunnel's policy rules send it past the tunnel.
 Packets arrive through `on_packet(src, data)` (fast path) or the `events` queue; other events
 (Connected, Disconnected, PeerGoneReceived, PeerPresentReceived, HealthChanged, RestartingReceived) go to
 `events` (and `on_event` if given).
@@ -261,7 +262,7 @@ class DerpClient:
                  on_packet: Callable[[bytes, bytes], None] | None = None,
                  on_event: Callable[[Any], None] | None = None, reconnect: bool = True,
                  connect_timeout: float = 10.0, node_timeout: float = 1.5, preferred: bool = False,
-                 watch_conns: bool = False,
+                 watch_conns: bool = False, fwmark: int = 0,
                  rng: random.Random | None = None, queue_size: int = 4096) -> None:
         if not targets:
             raise UsageError("no DERP node to connect to (all nodes STUN-only or disabled?)")
@@ -289,6 +290,18 @@ class DerpClient:
         self._closing = False
         self.websocket_fallbacks = 0
         self._ssl_contexts: dict[tuple, ssl.SSLContext] = {}
+        self.fwmark = fwmark                      # SO_MARK of every socket dialed (a full tunnel's policy rules)
+        self._dialing: set[socket.socket] = set()
+
+    def set_fwmark(self, mark: int) -> None:
+        """Mark the sockets from now on, and the ones open or being dialed now."""
+        self.fwmark = mark
+        live = self.stream.transport.get_extra_info("socket") if self.stream and self.stream.transport else None
+        for sock in [s for s in (live, *self._dialing) if s is not None]:
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, mark)
+            except OSError as exc:
+                log.warning("%r: cannot set the firewall mark: %s", self, exc)
 
     def __repr__(self) -> str:
         return f"<DerpClient {short(P.public_key_of(self.private_key))}>"
@@ -414,7 +427,10 @@ class DerpClient:
         for family, kind, proto, _, addr in infos:
             sock = socket.socket(family, kind, proto)
             sock.setblocking(False)
+            self._dialing.add(sock)
             try:
+                if self.fwmark:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, self.fwmark)
                 await loop.sock_connect(sock, addr)
                 return sock
             except OSError as exc:
@@ -423,6 +439,8 @@ class DerpClient:
             except BaseException:
                 sock.close()
                 raise
+            finally:
+                self._dialing.discard(sock)
         raise last
 
     # ---- sending ------------------------------------------------------------------------------------------

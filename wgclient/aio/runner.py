@@ -218,6 +218,7 @@ async def serve(config: InterfaceConfig, *, on_ready: Callable[[], None] = lambd
 
     cleanups: list[Callable[[], object]] = []
     mtu = config.mtu or netconf.auto_mtu([pc.endpoint[0] for pc in config.peers if pc.endpoint])
+    fwmark, auto_fwmark = hostsetup.choose_fwmark(config)   # on every socket: a full tunnel's rules skip them
     try:
         try:
             tun = open_tun(config.name, mtu, vnet_hdr=vnet_hdr)
@@ -243,7 +244,7 @@ async def serve(config: InterfaceConfig, *, on_ready: Callable[[], None] = lambd
             for net in pc.allowed_ips:
                 device.allowed_ips.insert(net, peer)
         try:
-            udp = UdpPort(config.listen_port or 0, config.fwmark)
+            udp = UdpPort(config.listen_port or 0, fwmark)
         except OSError as exc:
             raise UsageError(f"cannot listen on UDP port {config.listen_port}: {exc.strerror}") from exc
         cleanups.append(udp.close)
@@ -257,7 +258,7 @@ async def serve(config: InterfaceConfig, *, on_ready: Callable[[], None] = lambd
             for pc in config.peers:
                 paths.add_peer(pc.public_key, psk=pc.preshared_key, name=pc.name,
                                region_hint=hints.get(pc.public_key, 0), endpoint=pc.endpoint)
-        host = hostsetup.setup(config, mtu=mtu)     # addresses, routes, DNS (+ their undo)
+        host = hostsetup.setup(config, mtu=mtu, fwmark=fwmark, auto_fwmark=auto_fwmark)  # routes, rules, DNS
         cleanups.append(lambda: hostsetup.teardown(host))
         runner.start()
         cleanups.append(runner.stop)

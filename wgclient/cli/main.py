@@ -107,6 +107,12 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def _fwmark(config) -> int:
+    """The mark the interface's sockets will carry (the map fetch is marked like them)."""
+    from ..aio.hostsetup import choose_fwmark
+    return choose_fwmark(config)[0]
+
+
 def cmd_up(args: argparse.Namespace) -> int:
     from ..aio import daemon
 
@@ -129,7 +135,8 @@ def cmd_up(args: argparse.Namespace) -> int:
 
         from ..derpregions import region_hints
         try:  # loaded and checked before anything is created (and before the daemon forks)
-            derpmap = load_derpmap(args.derpmap, ca_file=args.derp_ca_file, timeout=10.0)
+            derpmap = load_derpmap(args.derpmap, ca_file=args.derp_ca_file, timeout=10.0,
+                                   fwmark=_fwmark(config))
         except DerpError as exc:
             raise UsageError(str(exc)) from None
         if not any(r.derp_nodes() for r in derpmap.regions.values()):
