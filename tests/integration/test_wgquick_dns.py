@@ -1,46 +1,26 @@
 """`DNS =` applied through resolvconf and restored on `down` (also after the daemon was killed), with the
 same resolvconf calls wg-quick makes for the same file.
 
-The resolv.conf changed is the namespace's own: `ip netns exec NS` bind-mounts /etc/netns/NS/resolv.conf
-over /etc/resolv.conf, and the fake resolvconf put first on PATH refuses to write unless /etc/resolv.conf
-is that file. It records each call (argv and stdin) and rebuilds resolv.conf from the interfaces' entries
-plus the file as it was at its first call, as openresolv does. The host's /etc/resolv.conf is checked
-unchanged at the end."""
+The resolv.conf changed is the namespace's own (/etc/netns/NS/resolv.conf, bind-mounted by `ip netns
+exec`), through a recording resolvconf first on PATH that refuses any other file
+(tests/support/netns_resolv.py). The host's /etc/resolv.conf is checked unchanged at the end."""
 from __future__ import annotations
 
 import os
 import shutil
 import signal
-import subprocess
 import sys
 import time
 
 import pytest
 
+from tests.support.netns_resolv import ORIGINAL, NetnsResolv, host_resolv
 from tests.support.prereq import require_binary, require_root
 from tools.natlab.netns import Lab, unique_name
 from wgclient import keys
 
 pytestmark = [pytest.mark.netns, pytest.mark.timeout(120)]
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-NETNS_ETC = "/etc/netns"
-ORIGINAL = "# the namespace's own resolver\nnameserver 192.0.2.53\noptions edns0\n"
-
-FAKE_RESOLVCONF = r"""#!/bin/sh
-set -e
-d="$FAKE_RESOLVCONF_DIR"
-printf 'argv %s\n' "$*" >> "$d/calls"
-[ "$(stat -L -c %d:%i /etc/resolv.conf)" = "$(stat -L -c %d:%i "$FAKE_RESOLVCONF_NETNS_FILE")" ] || {
-    echo "fake resolvconf: /etc/resolv.conf is not the test namespace's own; not touching it" >&2; exit 1; }
-mkdir -p "$d/ifaces"
-[ -f "$d/base" ] || cp /etc/resolv.conf "$d/base"
-case "$1" in
-  -a) cat > "$d/ifaces/$2"; printf 'stdin %s\n' "$(tr '\n' '|' < "$d/ifaces/$2")" >> "$d/calls" ;;
-  -d) rm -f "$d/ifaces/$2" ;;
-  *) exit 2 ;;
-esac
-cat "$d"/ifaces/* "$d/base" 2>/dev/null > /etc/resolv.conf
-"""
 
 
 def key() -> str:
@@ -51,59 +31,26 @@ def key() -> str:
 def dnslab(tmp_path):
     require_root()
     require_binary("wg-quick", "wireguard-go", "wg", "stat")
-    with open("/etc/resolv.conf", "rb") as f:
-        host_before = f.read()
-    created_etc = not os.path.isdir(NETNS_ETC)
+    host_before = host_resolv()
     lab = Lab()
-    made: list[str] = []
+    made: list[NetnsResolv] = []
     try:
         lab.tmp = tmp_path
-        bindir = tmp_path / "bin"
-        bindir.mkdir()
-        (bindir / "resolvconf").write_text(FAKE_RESOLVCONF)
-        os.chmod(bindir / "resolvconf", 0o755)
 
         def namespace():
             ns = lab.namespace("dns")
-            d = os.path.join(NETNS_ETC, ns.name)
-            os.makedirs(d, exist_ok=True)
-            made.append(d)
-            with open(os.path.join(d, "resolv.conf"), "w") as f:
-                f.write(ORIGINAL)
-            state = tmp_path / ns.name
-            state.mkdir()
-            ns.env = dict(os.environ, PYTHONPATH=ROOT, WGC_PID_DIR=str(tmp_path / "pid"),
-                          WGC_LOG_DIR=str(tmp_path / "log"), PATH=f"{bindir}:{os.environ['PATH']}",
-                          FAKE_RESOLVCONF_DIR=str(state),
-                          FAKE_RESOLVCONF_NETNS_FILE=os.path.join(d, "resolv.conf"))
-            ns.state = state
+            ns.resolv = NetnsResolv(ns.name, str(tmp_path), dict(
+                os.environ, PYTHONPATH=ROOT, WGC_PID_DIR=str(tmp_path / "pid"), WGC_LOG_DIR=str(tmp_path / "log")))
+            made.append(ns.resolv)
+            ns.env = ns.resolv.env
             return ns
         lab.make = namespace
         yield lab
     finally:
         lab.close()
-        for d in made:
-            shutil.rmtree(d, ignore_errors=True)
-        if created_etc:
-            try:
-                os.rmdir(NETNS_ETC)
-            except OSError:
-                pass
-        with open("/etc/resolv.conf", "rb") as f:
-            assert f.read() == host_before, "the host's /etc/resolv.conf changed"
-
-
-def netns_resolv(ns) -> str:
-    with open(os.path.join(NETNS_ETC, ns.name, "resolv.conf")) as f:
-        return f.read()
-
-
-def calls(ns, name: str) -> list[str]:
-    try:
-        text = (ns.state / "calls").read_text()
-    except FileNotFoundError:
-        return []
-    return text.replace(name, "NAME").splitlines()
+        for r in made:
+            r.close()
+        assert host_resolv() == host_before, "the host's /etc/resolv.conf changed"
 
 
 def write_conf(lab, name: str, dns: str) -> str:
@@ -132,12 +79,12 @@ def test_dns_applied_and_restored_like_wg_quick(dnslab):
         else:
             res = wgc(ns, "up", conf)
         assert res.returncode == 0, res.stderr
-        during = netns_resolv(ns)
-        up_calls = calls(ns, name)
+        during = ns.resolv.text()
+        up_calls = ns.resolv.calls(name)
         res = ns.run("wg-quick", "down", conf, check=False, timeout=30, env=ns.env) if kind == "wg-quick" \
             else wgc(ns, "down", name)
         assert res.returncode == 0, res.stderr
-        results[kind] = (up_calls, during, calls(ns, name)[len(up_calls):], netns_resolv(ns))
+        results[kind] = (up_calls, during, ns.resolv.calls(name)[len(up_calls):], ns.resolv.text())
     assert results["wgc"] == results["wg-quick"]
     up_calls, during, down_calls, after = results["wgc"]
     assert up_calls == EXPECTED_UP
@@ -151,20 +98,20 @@ def test_killed_daemon_dns_restored_by_down_and_by_next_up(dnslab):
     conf = write_conf(dnslab, name, "10.67.0.53")
     for cleaner in ("down", "up"):
         assert wgc(ns, "up", conf).returncode == 0
-        assert "nameserver 10.67.0.53" in netns_resolv(ns)
+        assert "nameserver 10.67.0.53" in ns.resolv.text()
         pid = int((dnslab.tmp / "pid" / f"{name}.pid").read_text())
         os.kill(pid, signal.SIGKILL)
         deadline = time.monotonic() + 10
         while os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert "nameserver 10.67.0.53" in netns_resolv(ns)        # nothing undid it
+        assert "nameserver 10.67.0.53" in ns.resolv.text()        # nothing undid it
         res = wgc(ns, cleaner, name if cleaner == "down" else conf)
         assert res.returncode == 0, res.stderr
         if cleaner == "up":
-            assert calls(ns, name)[-3:] == ["argv -d NAME -f"] + EXPECTED_UP[:1] + [
+            assert ns.resolv.calls(name)[-3:] == ["argv -d NAME -f"] + EXPECTED_UP[:1] + [
                 "stdin nameserver 10.67.0.53|"]
             assert wgc(ns, "down", name).returncode == 0
-        assert netns_resolv(ns) == ORIGINAL
+        assert ns.resolv.text() == ORIGINAL
     assert wgc(ns, "down", name).stderr.startswith(f"wgc: {name} is not up")
 
 
@@ -179,7 +126,7 @@ def test_dns_without_resolvconf_fails_before_anything_is_made(dnslab):
     assert res.stderr == ("wgc: DNS = 10.67.0.53 needs resolvconf or systemd-resolved (resolvectl); neither was "
                           "found (install resolvconf, or remove DNS =)\n")
     assert name not in ns.run("ip", "link").stdout and not (dnslab.tmp / "pid" / f"{name}.pid").exists()
-    assert netns_resolv(ns) == ORIGINAL and not (ns.state / "calls").exists()
+    assert ns.resolv.text() == ORIGINAL and ns.resolv.calls() == []
 
 
 def test_plans_for_both_backends():
