@@ -142,8 +142,9 @@ def _serve_function() -> Callable[..., Any]:
     return serve
 
 
-async def _main(config: InterfaceConfig, on_ready: Callable[[], None], serve_kwargs: dict) -> None:
-    serve = _serve_function()
+async def _main(config: InterfaceConfig, on_ready: Callable[[], None], serve_kwargs: dict,
+                serve: Callable[..., Any] | None = None) -> None:
+    serve = serve or _serve_function()
     params = inspect.signature(serve).parameters
     unsupported = [k for k in serve_kwargs if k not in params]
     if unsupported:
@@ -172,7 +173,9 @@ async def _main(config: InterfaceConfig, on_ready: Callable[[], None], serve_kwa
         if task in done:
             waiter.cancel()
             task.result()          # start failure: raises the serve() error
-            raise UsageError("the interface stopped unexpectedly")
+            if not ready:
+                raise UsageError("the interface stopped unexpectedly")
+            return                 # it ended by itself once up (a userspace device whose link was deleted)
         if ready:
             await run_hooks("PreDown", config.pre_down, config.name, check=False)
             if config.save_config:
@@ -206,7 +209,8 @@ def _save_config(config: InterfaceConfig) -> None:
         log.warning("%s: SaveConfig failed: %s", config.name, e)
 
 
-def _run_loop(config: InterfaceConfig, on_ready: Callable[[], None], serve_kwargs: dict) -> None:
+def _run_loop(config: InterfaceConfig, on_ready: Callable[[], None], serve_kwargs: dict,
+              serve: Callable[..., Any] | None = None) -> None:
     """Run serve() on uvloop when it is there: its add_reader dispatch made the tunnel ~20 % faster
     in a side-by-side iperf3 run (see README); the stock loop otherwise, or with WGC_ASYNCIO_LOOP=1."""
     if os.environ.get("WGC_ASYNCIO_LOOP") != "1":
@@ -215,9 +219,9 @@ def _run_loop(config: InterfaceConfig, on_ready: Callable[[], None], serve_kwarg
         except ImportError:
             pass
         else:
-            uvloop.run(_main(config, on_ready, serve_kwargs))
+            uvloop.run(_main(config, on_ready, serve_kwargs, serve))
             return
-    asyncio.run(_main(config, on_ready, serve_kwargs))
+    asyncio.run(_main(config, on_ready, serve_kwargs, serve))
 
 
 _background: set[asyncio.Future] = set()
@@ -234,20 +238,23 @@ def _ready_with_post_up(config: InterfaceConfig, notify: Callable[[], None]) -> 
     return on_ready
 
 
-def run_foreground(config: InterfaceConfig, serve_kwargs: dict, *, verbose: bool = False) -> None:
-    """Run in this process until SIGTERM/SIGINT; errors raise UsageError."""
+def run_foreground(config: InterfaceConfig, serve_kwargs: dict, *, verbose: bool = False,
+                   serve: Callable[..., Any] | None = None) -> None:
+    """Run in this process until SIGTERM/SIGINT; errors raise UsageError. `serve`: instead of the
+    runner's (the wireguard-go-style device, userspace.py)."""
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format=LOG_FORMAT, stream=sys.stderr)
     _quiet_libraries()
     pidfile = PidFile(config.name)
     pidfile.acquire()
     try:
         _cleanup_stale(config.name)
-        _run_loop(config, _ready_with_post_up(config, lambda: None), serve_kwargs)
+        _run_loop(config, _ready_with_post_up(config, lambda: None), serve_kwargs, serve)
     finally:
         pidfile.release()
 
 
-def run_daemon(config: InterfaceConfig, serve_kwargs: dict, *, verbose: bool = False) -> int:
+def run_daemon(config: InterfaceConfig, serve_kwargs: dict, *, verbose: bool = False,
+               serve: Callable[..., Any] | None = None) -> int:
     """Fork a daemon; in the parent wait for "ready" or its error. Returns the daemon's pid."""
     logfile = log_path(config.name)
     try:
@@ -269,7 +276,7 @@ def run_daemon(config: InterfaceConfig, serve_kwargs: dict, *, verbose: bool = F
     os.setsid()
     if os.fork():
         os._exit(0)
-    _daemon_child(config, serve_kwargs, wfd, log_fd, verbose)
+    _daemon_child(config, serve_kwargs, wfd, log_fd, verbose, serve)
     os._exit(0)  # pragma: no cover - _daemon_child exits
 
 
@@ -295,7 +302,8 @@ def _wait_ready(rfd: int, name: str, logfile: str) -> int:
     raise UsageError(f"the {name} daemon exited during start; see {logfile}")
 
 
-def _daemon_child(config: InterfaceConfig, serve_kwargs: dict, wfd: int, log_fd: int, verbose: bool) -> None:
+def _daemon_child(config: InterfaceConfig, serve_kwargs: dict, wfd: int, log_fd: int, verbose: bool,
+                  serve: Callable[..., Any] | None = None) -> None:
     code = 0
     try:
         devnull = os.open(os.devnull, os.O_RDWR)
@@ -324,7 +332,8 @@ def _daemon_child(config: InterfaceConfig, serve_kwargs: dict, wfd: int, log_fd:
             pidfile.acquire()
             try:
                 _cleanup_stale(config.name)
-                _run_loop(config, _ready_with_post_up(config, lambda: notify(f"ready {os.getpid()}")), serve_kwargs)
+                _run_loop(config, _ready_with_post_up(config, lambda: notify(f"ready {os.getpid()}")), serve_kwargs,
+                          serve)
             finally:
                 pidfile.release()
         except UsageError as e:

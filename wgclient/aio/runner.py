@@ -201,6 +201,21 @@ async def _start_control(config: InterfaceConfig, runner: Runner):
     return server
 
 
+def open_tun_device(name: str, mtu: int, vnet_hdr: bool):
+    """The TUN device with a virtio-net header if the kernel allows it, else without; (tun, vnet_hdr)."""
+    from .tun import open_tun
+    try:
+        return open_tun(name, mtu, vnet_hdr=vnet_hdr), vnet_hdr
+    except OSError as exc:
+        if not vnet_hdr:
+            raise UsageError(f"cannot create TUN device {name!r}: {exc.strerror or exc}") from exc
+        log.info("TUN with virtio-net header unavailable (%s); without TCP coalescing", exc)
+    try:
+        return open_tun(name, mtu), False
+    except OSError as exc2:
+        raise UsageError(f"cannot create TUN device {name!r}: {exc2.strerror or exc2}") from exc2
+
+
 async def serve(config: InterfaceConfig, *, on_ready: Callable[[], None] = lambda: None,
                 vnet_hdr: bool | None = None, derpmap=None, derp_ca_file: str | None = None) -> None:
     """Bring up the interface described by config, run until cancelled, then undo everything.
@@ -213,24 +228,13 @@ async def serve(config: InterfaceConfig, *, on_ready: Callable[[], None] = lambd
     if vnet_hdr is None:
         vnet_hdr = os.environ.get("WGC_TUN_VNET_HDR", "1") != "0"
     from . import hostsetup, netconf
-    from .tun import open_tun
     from .uapi_server import start_uapi_server
 
     cleanups: list[Callable[[], object]] = []
     mtu = config.mtu or netconf.auto_mtu([pc.endpoint[0] for pc in config.peers if pc.endpoint])
     fwmark, auto_fwmark = hostsetup.choose_fwmark(config)   # on every socket: a full tunnel's rules skip them
     try:
-        try:
-            tun = open_tun(config.name, mtu, vnet_hdr=vnet_hdr)
-        except OSError as exc:
-            if not vnet_hdr:
-                raise UsageError(f"cannot create TUN device {config.name!r}: {exc.strerror or exc}") from exc
-            log.info("TUN with virtio-net header unavailable (%s); without TCP coalescing", exc)
-            vnet_hdr = False
-            try:
-                tun = open_tun(config.name, mtu)
-            except OSError as exc2:
-                raise UsageError(f"cannot create TUN device {config.name!r}: {exc2.strerror or exc2}") from exc2
+        tun, vnet_hdr = open_tun_device(config.name, mtu, vnet_hdr)
         cleanups.append(tun.close)
         headroom = VNET_HDR_LEN if vnet_hdr else 0
         device = Device(config.private_key, random_bytes=_random_bytes, jitter=_jitter,
