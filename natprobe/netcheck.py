@@ -11,17 +11,20 @@ Rules (netcheck.md §3-§5):
 - IPv4: the first answer's mapping is GlobalV4; a later different one makes MappingVariesByDestIP true
   (sticky), an equal one false if undecided. IPv6: GlobalV6 is the latest. Every answer is counted.
 Time comes in as `now`; transaction ids from the injected `rand`.
+- The HTTPS/ICMP fallback (§6) is merged by `apply_fallback`: an HTTPS answer came from the region's DERP
+  node and is a latency of the region; an ICMP echo answer is kept apart (`Report.region_icmp_latency`) and
+  never makes a region reachable or nearest (natprobe/report.py).
 """
 from __future__ import annotations
 
 import enum
 import logging
 from dataclasses import dataclass
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Mapping
 
 from natprobe import constants as C
 from natprobe.regions import Region
-from natprobe.report import Report, hostport
+from natprobe.report import HTTPS, Report, hostport
 from natprobe.transaction import BindingSucceeded, RetransmitConfig, SendDatagram, Transactions
 
 log = logging.getLogger("natprobe.netcheck")
@@ -281,3 +284,22 @@ class NetcheckRun:
     @property
     def drops(self):
         return self._txns.drops
+
+
+FallbackResult = tuple["tuple[float, int] | None", "float | None"]   # (HTTPS (latency, family), ICMP latency)
+
+
+def apply_fallback(report: Report, results: Mapping[int, FallbackResult]) -> None:
+    """Merge the UDP-blocked fallback's results (region id -> (HTTPS (latency, family) or None, ICMP
+    latency or None)) into the report."""
+    for rid, (https, icmp_lat) in results.items():
+        if https is not None:
+            latency, family = https
+            report.add_latency(rid, latency, None, HTTPS)
+            if family == 4:
+                report.ipv4 = True
+            else:
+                report.ipv6 = True
+        if icmp_lat is not None:
+            report.add_icmp_latency(rid, icmp_lat)
+            report.ipv4 = True

@@ -5,6 +5,13 @@ JSON schema (netcheck.md §1; documented in docs/natprobe.md): `Now` RFC 3339 UT
 `PCP`, `CaptivePortal` true/false/null; `PreferredDERP` int; `RegionLatency`, `RegionV4Latency`,
 `RegionV6Latency` maps of decimal region id -> integer nanoseconds; `GlobalV4`, `GlobalV6` "ip:port"
 strings ("" when unknown); `GlobalV4Counters`, `GlobalV6Counters` maps of "ip:port" -> count.
+
+What counts as a region's latency (the rule that decides the nearest region): only a probe that reached the
+region's relay service, a STUN answer or an HTTPS answer from its DERP node. An ICMP echo answer only shows
+that the node's address is up (any host may answer it, relay or not), so unlike Tailscale it is kept apart:
+`RegionICMPLatency` (same form) holds it, and it never enters `RegionLatency`, the history or the choice of
+the nearest region. `RegionLatencyProbe` maps region id -> "STUN" or "HTTPS", the probe that measured its
+`RegionLatency`; both are additions to Tailscale's schema.
 """
 from __future__ import annotations
 
@@ -14,6 +21,10 @@ from typing import Any
 
 from natprobe.errors import ParseError
 from natprobe.regions import Region
+
+
+STUN, HTTPS, ICMP = "STUN", "HTTPS", "ICMP"
+RELAY_PROBES = (STUN, HTTPS)
 
 
 def hostport(ip: str, port: int) -> str:
@@ -45,14 +56,32 @@ class Report:
     global_v4_counters: dict[str, int] = field(default_factory=dict)
     global_v6_counters: dict[str, int] = field(default_factory=dict)
     captive_portal: bool | None = None
+    region_probe: dict[int, str] = field(default_factory=dict)         # region -> "STUN" | "HTTPS"
+    region_icmp_latency: dict[int, float] = field(default_factory=dict)  # echo answers: never "nearest"
 
-    def add_latency(self, region_id: int, latency: float, family: int | None) -> None:
-        """Record one latency sample (family 4/6 for STUN, None for HTTPS/ICMP): keeps minima (§4)."""
-        for table in (self.region_latency,
-                      self.region_v4_latency if family == 4 else
-                      self.region_v6_latency if family == 6 else None):
-            if table is not None and (region_id not in table or latency < table[region_id]):
-                table[region_id] = latency
+    def add_latency(self, region_id: int, latency: float, family: int | None, probe: str = STUN) -> None:
+        """Record one latency sample of a probe that reached the region's relay (STUN with family 4/6,
+        HTTPS with family None); keeps minima (§4) and which probe measured each."""
+        if probe not in RELAY_PROBES:
+            raise ValueError(f"{probe!r} does not reach a relay: use add_icmp_latency")
+        if region_id not in self.region_latency or latency < self.region_latency[region_id]:
+            self.region_latency[region_id] = latency
+            self.region_probe[region_id] = probe
+        table = self.region_v4_latency if family == 4 else self.region_v6_latency if family == 6 else None
+        if table is not None and (region_id not in table or latency < table[region_id]):
+            table[region_id] = latency
+
+    def add_icmp_latency(self, region_id: int, latency: float) -> None:
+        """An ICMPv4 echo answer from a region's node: shown, but it does not make the region reachable."""
+        if region_id not in self.region_icmp_latency or latency < self.region_icmp_latency[region_id]:
+            self.region_icmp_latency[region_id] = latency
+        self.icmpv4 = True
+
+    def probe_of(self, region_id: int) -> str | None:
+        """Which probe measured the latency shown for a region: STUN, HTTPS, ICMP, or None (no answer)."""
+        if region_id in self.region_latency:
+            return self.region_probe.get(region_id, STUN)
+        return ICMP if region_id in self.region_icmp_latency else None
 
     def to_json(self) -> dict[str, Any]:
         def ns(table: dict[int, float]) -> dict[str, int]:
@@ -75,6 +104,8 @@ class Report:
             "GlobalV4Counters": dict(self.global_v4_counters),
             "GlobalV6Counters": dict(self.global_v6_counters),
             "CaptivePortal": self.captive_portal,
+            "RegionLatencyProbe": {str(k): self.region_probe.get(k, STUN) for k in sorted(self.region_latency)},
+            "RegionICMPLatency": ns(self.region_icmp_latency),
         }
 
     @classmethod
@@ -102,9 +133,17 @@ class Report:
                 global_v4=str(data.get("GlobalV4") or ""), global_v6=str(data.get("GlobalV6") or ""),
                 global_v4_counters={str(k): int(v) for k, v in (data.get("GlobalV4Counters") or {}).items()},
                 global_v6_counters={str(k): int(v) for k, v in (data.get("GlobalV6Counters") or {}).items()},
-                captive_portal=tri("CaptivePortal"))
+                captive_portal=tri("CaptivePortal"),
+                region_probe={int(k): _probe(v) for k, v in (data.get("RegionLatencyProbe") or {}).items()},
+                region_icmp_latency=lat("RegionICMPLatency"))
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise ParseError(f"not a netcheck report: {exc}") from exc
+
+
+def _probe(name) -> str:
+    if name not in RELAY_PROBES:
+        raise ValueError(f"RegionLatencyProbe holds {str(name)[:20]!r}")
+    return name
 
 
 # --- human output (netcheck.md §10) ---------------------------------------------------------------------
@@ -169,23 +208,30 @@ def format_human(report: Report, regions: dict[int, Region], *, verbose: bool = 
         lines.append(f"\t* PortMapping: {', '.join(found)}")
     if report.captive_portal is not None:
         lines.append(f"\t* CaptivePortal: {_tri(report.captive_portal)}")
-    if not report.region_latency:
+    lat = report.region_latency
+    if not lat and not report.region_icmp_latency:
         lines.append("\t* Nearest DERP: unknown (no response to latency probes)")
         return "\n".join(lines) + "\n"
-    pref = report.preferred_derp
-    if pref == 0:
-        nearest = "[none]"
-    elif pref in regions:
-        nearest = regions[pref].name
-    else:
-        nearest = f"{pref} (region not found in map)"
-    lines.append(f"\t* Nearest DERP: {nearest}")
+    lines.append(f"\t* Nearest DERP: {nearest_name(report, regions)}")
     lines.append("\t* DERP latency:")
-    lat = report.region_latency
-    order = sorted(regions, key=lambda r: (r not in lat, lat.get(r, 0.0), r))
+    icmp = report.region_icmp_latency
+    order = sorted(regions, key=lambda r: (0, lat[r], r) if r in lat else (1, icmp[r], r) if r in icmp else (2, 0.0, r))
     for rid in order:
         region = regions[rid]
-        shown = go_duration(lat[rid]) if rid in lat else ""
+        probe = report.probe_of(rid)
+        shown = go_duration(lat[rid] if rid in lat else icmp[rid]) if probe else ""
         prefix = f"derp{rid}, " if verbose else ""
-        lines.append(f"\t\t- {region.code:>3}: {shown:<7} ({prefix}{region.name})")
+        lines.append(f"\t\t- {region.code:>3}: {shown:<7} {probe or '':<5} ({prefix}{region.name})")
+    if any(rid not in lat for rid in icmp):
+        lines.append("\t* ICMP: only the node's address answered a ping, not its relay: never the nearest DERP")
     return "\n".join(lines) + "\n"
+
+
+def nearest_name(report: Report, regions: dict[int, Region]) -> str:
+    """The "Nearest DERP" text: only a region whose relay answered (a STUN or HTTPS latency) is named."""
+    pref = report.preferred_derp
+    if pref == 0 or pref not in report.region_latency:
+        return "unknown (no relay answered STUN or HTTPS)" if not report.region_latency else "[none]"
+    if pref in regions:
+        return regions[pref].name
+    return f"{pref} (region not found in map)"

@@ -205,7 +205,19 @@ def check_status(obj: JSON) -> dict:
             _fields(p["relay"], _REGION, f"{where}.relay")
         if p["rx_bytes"] < 0 or p["tx_bytes"] < 0:
             raise ParseError(f"{where} has negative byte counts")
+    _check_load(obj)
     return obj
+
+
+def _check_load(obj: dict) -> None:
+    """The optional load fields: under_load, under_load_episodes, drops ({reason: count})."""
+    if not isinstance(obj.get("under_load", False), bool):
+        raise ParseError("status.under_load has the wrong type")
+    episodes, drops = obj.get("under_load_episodes", 0), obj.get("drops", {})
+    if not (_integer(episodes) and episodes >= 0):
+        raise ParseError("status.under_load_episodes has the wrong type")
+    if not isinstance(drops, dict) or not all(_integer(v) and v >= 0 for v in drops.values()):
+        raise ParseError("status.drops is not an object of counts")
 
 
 _PONG = {"latency": _NUM, "via": _STR, "addr": _OSTR, "region": _OINT, "region_code": _OSTR}
@@ -223,6 +235,10 @@ def check_pong(obj: JSON) -> dict | None:
 
 
 # --- choosing a peer ------------------------------------------------------------------------------------
+
+
+class NoSuchPeer(UsageError):
+    """What the user typed names no peer (as opposed to naming several)."""
 
 
 def _label(p: dict) -> str:
@@ -264,12 +280,42 @@ def select_peer(peers: list[dict], text: str) -> dict:
                 best.append(p)
         if best:
             return _pick(best, text, "tunnel IP")
-        raise UsageError(f"no peer has {text} in its AllowedIPs")
+        raise NoSuchPeer(f"no peer has {text} in its AllowedIPs")
     matches = [p for p in peers if p["public_key"].startswith(text)]
     if matches:
         return _pick(matches, text, "key prefix")
     known = ", ".join(sorted(_label(p) for p in peers)[:20]) or "none"
-    raise UsageError(f"no peer matches {text!r} by name, tunnel IP or key prefix (peers: {known})")
+    raise NoSuchPeer(f"no peer matches {text!r} by name, tunnel IP or key prefix (peers: {known})")
+
+
+def select_interface_peer(statuses: dict[str, dict], text: str, name_one: str) -> tuple[str, dict]:
+    """(interface, peer) for what the user typed when several interfaces run and none was named: the one
+    interface that has such a peer. Several that have it, or one where it is ambiguous, is a UsageError
+    naming them (`name_one` tells how to pick an interface, e.g. "-i NAME"); none is a NoSuchPeer."""
+    if len(statuses) == 1:
+        (name, status), = statuses.items()
+        return name, select_peer(status["peers"], text)
+    found: dict[str, dict] = {}
+    ambiguous: dict[str, UsageError] = {}
+    for name in sorted(statuses):
+        try:
+            found[name] = select_peer(statuses[name]["peers"], text)
+        except NoSuchPeer:
+            continue
+        except UsageError as e:
+            if not text.strip():
+                raise
+            ambiguous[name] = e
+    having = sorted(set(found) | set(ambiguous))
+    if len(having) > 1:
+        which = ", ".join(f"{n}: {_label(printable(found[n]))}" if n in found else f"{n}: several" for n in having)
+        raise UsageError(f"{text.strip()!r} is a peer on {len(having)} interfaces ({which}); name one with {name_one}")
+    if ambiguous:
+        name, error = next(iter(ambiguous.items()))
+        raise UsageError(f"on interface {name}: {error}")
+    if found:
+        return next(iter(found.items()))
+    raise NoSuchPeer(f"no peer matches {text.strip()!r} on the running interfaces ({', '.join(sorted(statuses))})")
 
 
 def _network(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
@@ -345,6 +391,15 @@ def format_path(peer: dict) -> str:
     return "none" if path in ("none", "direct") else path
 
 
+# How a DERP region is reached, in words: the status's "transport" names the DERP client's dial mode, and
+# wgc always dials DERP nodes over TLS (derp.aio.targets), so "upgrade" is DERP's HTTP Upgrade inside TLS.
+TRANSPORT_WORDS = {"upgrade": "TLS", "websocket": "WebSocket (TLS)"}
+
+
+def transport_words(transport: str) -> str:
+    return TRANSPORT_WORDS.get(transport, transport)
+
+
 def _yes_no(v: bool | None) -> str:
     return "unknown" if v is None else ("yes" if v else "no")
 
@@ -358,7 +413,7 @@ def format_header(status: dict, now: float) -> list[str]:
                      else "home region: none yet")
     else:
         row = next((r for r in status["regions"] if r["id"] == home["id"]), None)
-        how = ("connected" + (f" over {row['transport']}" if row["transport"] else "")
+        how = ("connected" + (f" over {transport_words(row['transport'])}" if row["transport"] else "")
                if row and row["connected"] else "not connected")
         lines.append(f'home region: "{home["code"] or home["id"]}" ({home["id"]}), {how}')
     others = [f'"{r["code"] or r["id"]}"' for r in status["regions"] if not r["home"]]
@@ -376,6 +431,21 @@ def format_header(status: dict, now: float) -> list[str]:
                      f"IPv4 {nc['ipv4'] or 'no'}, IPv6 {nc['ipv6'] or 'no'}")
         lines.append(f"  NAT maps ports per destination: {_yes_no(nc['mapping_varies_by_dest_ip'])}; "
                      f"nearest region: {nearest}")
+    return lines + format_load(status)
+
+
+def format_load(status: dict) -> list[str]:
+    """The handshake-load line (only once the device has been under load) and the drop counters."""
+    lines = []
+    episodes = status.get("under_load_episodes", 0)
+    if status.get("under_load") or episodes:
+        state = "under load now (cookies demanded, handshakes limited per source)" if status.get("under_load") \
+            else "normal"
+        lines.append(f"handshake load: {state}; {episodes} episode{'' if episodes == 1 else 's'} "
+                     "under load since start")
+    drops = status.get("drops") or {}
+    if drops:
+        lines.append("drops: " + ", ".join(f"{n} {reason}" for reason, n in drops.items()))
     return lines
 
 

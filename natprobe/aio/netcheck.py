@@ -26,7 +26,8 @@ from natprobe.aio.portmap import probe_portmap
 from natprobe.aio.sockmark import mark
 from natprobe.errors import UsageError
 from natprobe.home import History, select_home
-from natprobe.netcheck import NetcheckConfig, NetcheckRun, SendStun, State, make_full_plan, make_incremental_plan
+from natprobe.netcheck import (NetcheckConfig, NetcheckRun, SendStun, State, apply_fallback, make_full_plan,
+                               make_incremental_plan)
 from natprobe.regions import Node, Region
 from natprobe.report import Report
 
@@ -303,14 +304,4 @@ def _merge(report: Report, tasks: dict[str, asyncio.Task], options: NetcheckOpti
     if "portmap" in tasks:
         report.upnp, report.pmp, report.pcp = (pm.upnp, pm.pmp, pm.pcp) if pm else (False, False, False)
     report.captive_portal = result("captive")
-    for rid, (https, icmp_lat) in (result("fallback") or {}).items():
-        if https is not None:
-            latency, family = https
-            report.add_latency(rid, latency, None)
-            if family == 4:
-                report.ipv4 = True
-            else:
-                report.ipv6 = True
-        if icmp_lat is not None:
-            report.add_latency(rid, icmp_lat, None)
-            report.icmpv4 = report.ipv4 = True
+    apply_fallback(report, result("fallback") or {})

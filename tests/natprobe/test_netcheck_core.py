@@ -8,7 +8,8 @@ import pytest
 
 from natprobe import stun
 from natprobe.home import History, select_home
-from natprobe.netcheck import (NetcheckConfig, NetcheckRun, State, make_full_plan, make_incremental_plan)
+from natprobe.netcheck import (NetcheckConfig, NetcheckRun, State, apply_fallback, make_full_plan,
+                               make_incremental_plan)
 from natprobe.regions import Node, Region
 from natprobe.report import Report
 
@@ -131,6 +132,29 @@ def test_udp_blocked_ends_at_the_stun_timeout():
     assert not run.report.udp and run.report.region_latency == {}
     assert run.done_reason == "stun timeout" and end == pytest.approx(2.0)
     assert run.report.ipv4_can_send and run.report.ipv6_can_send
+
+
+def test_only_icmp_answered_no_region_is_nearest():
+    """UDP blocked, no HTTPS answer, but an ICMP echo came back (from a host with no relay, 600 µs): the
+    region is shown with its ICMP latency but is neither reachable nor the nearest (home) region."""
+    regions = [region(1), region(2)]
+    run = NetcheckRun(make_full_plan(regions, have_v4=True, have_v6=False), 0.0, 1e9, rand_counter(), full=True,
+                      config=NetcheckConfig(stun_timeout=2.0))
+    run.on_timer(0.0), run.on_timer(0.1), run.on_timer(0.2)     # every STUN probe goes unanswered
+    run.on_timer(2.0)
+    assert run.state is State.DONE and not run.report.udp
+    report = run.report
+    apply_fallback(report, {1: (None, 0.0006), 2: (None, None)})
+    history = History()
+    history.add(report, True)
+    assert report.region_latency == {} and report.region_icmp_latency == {1: 0.0006} and report.icmpv4
+    assert select_home(history, report) == 0
+    assert report.probe_of(1) == "ICMP" and report.probe_of(2) is None
+    assert history.entries[-1].latency == {}                    # nor does it enter the history
+    # an HTTPS answer from region 2's DERP node does count, and wins over region 1's faster ping
+    apply_fallback(report, {2: ((0.030, 4), None)})
+    history.add(report, True)
+    assert select_home(history, report) == 2 and report.probe_of(2) == "HTTPS"
 
 
 def test_region_down_ends_by_the_enough_regions_timer():
@@ -276,6 +300,7 @@ reports = st.builds(
     mapping_varies_by_dest_ip=st.none() | st.booleans(), upnp=st.none() | st.booleans(),
     preferred_derp=st.integers(0, 2**31),
     region_latency=st.dictionaries(st.integers(1, 2**31), st.integers(1, 10**10).map(lambda ns: ns / 1e9)),
+    region_icmp_latency=st.dictionaries(st.integers(1, 2**31), st.integers(1, 10**10).map(lambda ns: ns / 1e9)),
     global_v4=st.sampled_from(["", "203.0.113.7:41641"]),
     global_v4_counters=st.dictionaries(st.sampled_from(["1.2.3.4:5", "[2001:db8::1]:7"]), st.integers(1, 99)))
 

@@ -159,3 +159,24 @@ def test_endpoint_names_resolve_like_wg():
     from wgclient.cli.main import resolve_endpoint
     host, port = resolve_endpoint("localhost", 51820)     # /etc/hosts: no DNS traffic
     assert host in ("127.0.0.1", "::1") and port == 51820
+
+
+def test_version_comes_from_the_package_metadata_and_matches_pyproject():
+    import tomllib
+    with open(os.path.join(ROOT, "pyproject.toml"), "rb") as f:
+        project = tomllib.load(f)["project"]
+    result = wgc("--version")
+    assert result.returncode == 0 and result.stderr == b""
+    assert result.stdout.decode() == f"wgc {project['version']}\n"
+    assert b"--version" in wgc("--help").stdout
+
+
+def test_license_file_matches_pyproject():
+    import tomllib
+    with open(os.path.join(ROOT, "pyproject.toml"), "rb") as f:
+        project = tomllib.load(f)["project"]
+    assert project["license"] == {"text": "MIT"}
+    with open(os.path.join(ROOT, "LICENSE")) as f:
+        text = f.read()
+    assert text.startswith("MIT License\n") and "Copyright (c) 2026 the wgc authors\n" in text
+    assert "THE SOFTWARE IS PROVIDED \"AS IS\", WITHOUT WARRANTY OF ANY KIND" in text

@@ -10,10 +10,11 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 
 import pytest
 
-from tests.support.control_target import ScriptedTarget, derp_pong, direct_pong, key, sample_status
+from tests.support.control_target import ScriptedTarget, derp_pong, direct_pong, key, peer, sample_status
 from tests.support.prereq import require_root
 from wgclient.aio.control_server import start_control_server
 from wgclient.errors import UsageError
@@ -89,7 +90,7 @@ def test_status_text_json_and_why(env, daemons):
     out = wgc(env, "status")
     assert out.returncode == 0 and out.stderr == ""
     lines = out.stdout.splitlines()
-    assert lines[1] == 'home region: "fra" (901), connected over upgrade'
+    assert lines[1] == 'home region: "fra" (901), connected over TLS'
     assert lines[4] == '  NAT maps ports per destination: yes; nearest region: "fra" 12ms'
     assert lines[6].split() == ["PEER", "ADDRESSES", "KEY", "PATH", "LATENCY", "HANDSHAKE", "RX", "TX"]
     laptop = lines[7].split()
@@ -142,7 +143,7 @@ def test_ping_count_timeouts_and_exit_codes(env, daemons):
 
 
 def test_ping_user_mistakes(env, daemons):
-    one_line_error(wgc(env, "ping", "laptop"), "no wgc interface is running")
+    one_line_error(wgc(env, "ping", "laptop", "--timeout", "0.2"), "no wgc interface is running")
     daemons.start("wgt0", pinging())
     one_line_error(wgc(env, "ping", "A"), "'A' matches 2 peers by key prefix: laptop (AgICAgIC), phone (AwMDAwMD)")
     one_line_error(wgc(env, "ping", "192.0.2.1"), "no peer has 192.0.2.1 in its AllowedIPs")
@@ -151,11 +152,68 @@ def test_ping_user_mistakes(env, daemons):
     one_line_error(wgc(env, "ping", "laptop", "-c", "0"), "-c/--count must be at least 1")
     one_line_error(wgc(env, "ping", "laptop", "--timeout", "0"), "must be in (0, 60]")
     one_line_error(wgc(env, "ping"), "the following arguments are required: peer")
-    one_line_error(wgc(env, "ping", "laptop", "-i", "wgz"), "wgc interface 'wgz' is not running")
+    one_line_error(wgc(env, "ping", "laptop", "-i", "wgz", "--timeout", "0.2"), "wgc interface 'wgz' is not running")
+
+
+def two_interfaces(daemons) -> None:
+    """wga: the sample peers (laptop, phone, ...); wgb: desk and another peer also called laptop."""
+    daemons.start("wga", pinging())
+    other = sample_status("wgb")
+    other["peers"] = [peer(6, "desk", ["100.65.0.6/32"], "direct", direct="192.0.2.6:41641"),
+                      peer(7, "laptop", ["100.65.0.7/32"], "relay", relay=(901, "fra"))]
+    daemons.start("wgb", ScriptedTarget(other, pongs={key(6): [direct_pong(0.002, "192.0.2.6:41641")]}))
+
+
+def test_peer_picks_the_one_interface_that_has_it(env, daemons):
+    two_interfaces(daemons)
+    out = wgc(env, "ping", "desk", "-c", "1")
+    assert (out.returncode, out.stderr) == (0, ""), out.stderr
+    assert out.stdout == "pong from desk (100.65.0.6) via 192.0.2.6:41641 in 2ms\n"
+    assert wgc(env, "ping", "100.64.0.3", "-c", "1").stdout == "pong from phone (100.64.0.3) via DERP(fra) in 25ms\n"
+    why = wgc(env, "status", "--why", "desk")
+    assert (why.returncode, why.stdout) == (0, "desk (BgYGBgYG): direct 192.0.2.6:41641\ndirect (scripted)\n")
+    assert wgc(env, "status", "--why", "phone").stdout.startswith('phone (AwMDAwMD): relay "fra"\n')
+    # several interfaces have it: say so and name them
+    one_line_error(wgc(env, "ping", "laptop", "-c", "1"),
+                   "'laptop' is a peer on 2 interfaces (wga: laptop (AgICAgIC), wgb: laptop (BwcHBwcH)); "
+                   "name one with -i NAME")
+    one_line_error(wgc(env, "status", "--why", "laptop"),
+                   "'laptop' is a peer on 2 interfaces (wga: laptop (AgICAgIC), wgb: laptop (BwcHBwcH)); "
+                   "name one with wgc status NAME --why PEER")
+    assert wgc(env, "status", "wgb", "--why", "laptop").stdout.startswith('laptop (BwcHBwcH): relay "fra"\n')
+    one_line_error(wgc(env, "ping", "A", "-c", "1"), "on interface wga: 'A' matches 2 peers by key prefix")
+    one_line_error(wgc(env, "ping", "nobody", "-c", "1"), "no peer matches 'nobody' on the running interfaces (wga, wgb)")
+    one_line_error(wgc(env, "status"), "several wgc interfaces are running (wga, wgb); name one")
+
+
+def test_ping_waits_for_an_interface_that_is_coming_up(env, daemons):
+    """`wgc ping` started before the daemon's control socket exists waits for it (within --timeout)."""
+    for args in (("laptop",), ("laptop", "-i", "wgt0")):
+        proc = subprocess.Popen([sys.executable, "-m", "wgclient.cli.main", "ping", *args, "-c", "1",
+                                 "--timeout", "20"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True)
+        try:
+            time.sleep(0.5)
+            assert proc.poll() is None, proc.communicate()        # still waiting, not failed
+            server = daemons.start("wgt0", pinging())
+            out, err = proc.communicate(timeout=25)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        assert (proc.returncode, err) == (0, ""), err
+        assert out == "pong from laptop (100.64.0.2) via DERP(fra) in 12ms\n"
+        asyncio.run_coroutine_threadsafe(_close(server), daemons.loop).result(5)
+        daemons.servers.remove(server)
+
+
+async def _close(server) -> None:
+    server.close()
 
 
 def test_not_root_gets_a_permission_error(daemons, monkeypatch):
-    """The control socket is mode 0600 in a 0700 directory: another user is refused, in one line."""
+    """The control socket is mode 0600 in a 0700 (or 0755) directory: another user is told to run as root,
+    naming the socket, in one line (never "no wgc interface is running")."""
     require_root()
     import wgclient.cli.ping  # noqa: F401  (loaded before the fork: the child cannot read /root's files)
     import wgclient.cli.status  # noqa: F401
@@ -188,12 +246,14 @@ def test_not_root_gets_a_permission_error(daemons, monkeypatch):
             return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]), err
 
         assert os.stat(ctl).st_mode & 0o777 == 0o700
+        sock = f"{ctl}/wgt0.ctl"
         code, err = as_nobody("status")
-        assert (code, err) == (1, f"wgc: permission denied reading {ctl}: the control socket is for root only\n")
+        assert (code, err) == (1, f"wgc: permission denied: run as root (control directory {ctl})\n")
         code, err = as_nobody("ping", "laptop", "-i", "wgt0")
-        assert code == 1 and err.startswith(f"wgc: permission denied opening {ctl}/wgt0.ctl"), err
-        os.chmod(ctl, 0o755)                    # even with a readable directory the socket itself says no
-        code, err = as_nobody("status", "wgt0")
-        assert code == 1 and err.startswith(f"wgc: permission denied opening {ctl}/wgt0.ctl"), err
+        assert (code, err) == (1, f"wgc: permission denied: run as root (control socket {sock})\n")
+        os.chmod(ctl, 0o755)                    # a readable directory: the socket itself says no
+        for args in (("status",), ("status", "wgt0"), ("status", "--why", "laptop"), ("ping", "laptop")):
+            code, err = as_nobody(*args)
+            assert (code, err) == (1, f"wgc: permission denied: run as root (control socket {sock})\n"), args
     finally:
         shutil.rmtree(base, ignore_errors=True)

@@ -6,6 +6,8 @@ import base64
 import copy
 import ipaddress
 import json
+import os
+import re
 
 import pytest
 from hypothesis import assume, given
@@ -216,7 +218,7 @@ def test_sample_status_text():
     text = control.format_status(control.check_status(sample_status()), NOW)
     assert text.splitlines()[:5] == [
         f"interface wgt0: public key {b64(1)}, UDP port 51820",
-        'home region: "fra" (901), connected over upgrade',
+        'home region: "fra" (901), connected over TLS',
         'other regions: "ams"',
         "netcheck (40s ago): UDP yes, IPv4 198.51.100.7:41641, IPv6 no",
         '  NAT maps ports per destination: yes; nearest region: "fra" 12ms']
@@ -227,6 +229,18 @@ def test_sample_status_text():
     assert rows[2] == ["phone", "100.64.0.3/32", "AwMDAwMD", 'relay "fra"', "25ms", "5m ago", "2.00 KiB", "1.00 KiB"]
     assert rows[3][3] == 'direct 203.0.113.5:1234 (lapsing, also relay "ams")' and rows[3][5] == "never"
     assert rows[4][3] == "none"
+
+
+def test_header_names_the_transport_in_words():
+    """The home region's transport reads TLS or WebSocket, never the client's mode name "upgrade"."""
+    s = sample_status()
+    assert control.format_header(s, NOW)[1] == 'home region: "fra" (901), connected over TLS'
+    s["regions"][0]["transport"] = "websocket"
+    assert control.format_header(s, NOW)[1] == 'home region: "fra" (901), connected over WebSocket (TLS)'
+    s["regions"][0]["transport"] = None
+    assert control.format_header(s, NOW)[1] == 'home region: "fra" (901), connected'
+    s["regions"][0]["connected"] = False
+    assert control.format_header(s, NOW)[1] == 'home region: "fra" (901), not connected'
 
 
 def test_header_without_derp_map():
@@ -344,3 +358,58 @@ def test_tunnel_ip_prefers_a_host_route():
     assert control.tunnel_ip({"allowed_ips": ["10.9.0.0/24", "100.64.0.4/32"]}) == "100.64.0.4"
     assert control.tunnel_ip({"allowed_ips": ["10.9.0.0/24"]}) == "10.9.0.0"
     assert control.tunnel_ip({"allowed_ips": []}) is None
+
+
+# --- docs/control.md's samples are what the code prints ------------------------------------------------
+
+DOC = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "docs",
+                   "control.md")
+
+
+def _doc_output(pattern: str) -> tuple[str, list[str]]:
+    """The first `$ wgc ...` command of the doc that matches pattern, and the lines shown after it (up to the
+    next prompt or the end of the block)."""
+    with open(DOC) as f:
+        lines = f.read().splitlines()
+    start = next(i for i, line in enumerate(lines) if re.fullmatch(pattern, line.split("#")[0].strip()))
+    out = []
+    for line in lines[start + 1:]:
+        if line.startswith("$ ") or line == "```":
+            break
+        out.append(line)
+    while out and not out[-1]:
+        out.pop()
+    return lines[start].split("#")[0].strip(), out
+
+
+def test_doc_why_sample_is_what_the_code_prints():
+    """The `--why` sample (peers behind symmetric NATs, relayed in "r1") is format_why of the path
+    manager's own explanation for that situation, line for line."""
+    import random
+
+    from wgclient import keys
+    from wgclient.path import disco
+    from wgclient.path.discokeys import derive_pair
+    from wgclient.path.manager import NetInfo, PathManager
+
+    ka, kb = keys.clamp(bytes(range(32))), keys.clamp(bytes(range(7, 39)))
+    a, b = keys.public_key(ka), keys.public_key(kb)
+    m = PathManager(ka, random_bytes=random.Random(1).randbytes)
+    m.add_peer(b)
+    m.set_regions({901: "r1", 902: "r2"}, 0.0)
+    info = disco.NodeInfo(901, disco.NI_UDP | disco.NI_MAPPING_KNOWN | disco.NI_HARD_NAT)
+    m.on_disco(derive_pair(kb, a).box.seal(info.encode(), b"n" * 24), 1.0, region=901, derp_src=b)
+    m.on_netcheck(NetInfo(901, {901: 0.01, 902: 0.04}, True, True, (("198.19.3.2", 41641),)), 1.0)
+    command, shown = _doc_output(r"\$ wgc status --why \S+")
+    assert len(shown) == 2, shown
+    short = shown[0].split("(")[1].split(")")[0]
+    peer = {"name": command.split()[-1], "short": short, "path": "relay", "direct": None, "relay": {"id": 901, "code": "r1"},
+            "why": m.why(b, 1.0)}
+    assert control.format_why(peer).splitlines() == shown
+
+
+def test_doc_status_sample_uses_the_transport_words():
+    _, header = _doc_output(r"\$ wgc status( \w+)?")
+    assert header[1] == 'home region: "r1" (901), connected over TLS'
+    with open(DOC) as f:
+        assert "over upgrade" not in f.read()

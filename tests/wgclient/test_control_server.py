@@ -175,6 +175,32 @@ def test_silent_client_is_cut_and_does_not_block_others(ctl_dir):
     run(main())
 
 
+def test_client_that_never_reads_is_cut(ctl_dir):
+    """Status requests flooded by a client that reads no reply: the stalled drain is cut after the timeout
+    and the queued replies are dropped; other clients are served meanwhile."""
+    async def main():
+        server = await start_control_server("wgt0", ScriptedTarget(), request_timeout=0.3)
+        try:
+            r, w = await asyncio.open_unix_connection(server.path)
+
+            async def flood():
+                try:
+                    while True:
+                        w.write(b'{"cmd":"status"}\n' * 256)
+                        await w.drain()
+                except (ConnectionError, OSError):
+                    return
+            task = asyncio.create_task(flood())
+            await asyncio.sleep(0.1)
+            assert (await raw(server.path, b'{"cmd":"status"}\n'))[0]["ok"] is True
+            await asyncio.wait_for(task, 10)
+            assert server.counters["timeout: idle client"] == 1 and not server._writers
+            w.close()
+        finally:
+            server.close()
+    run(main())
+
+
 def test_many_clients_at_once_and_the_limit(ctl_dir):
     async def main():
         target = ScriptedTarget(pongs={key(2): [direct_pong()]}, delay=0.3)

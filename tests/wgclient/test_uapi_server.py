@@ -123,3 +123,61 @@ def test_bad_clients_do_not_hurt_others(run_dir):
             server.close()
         assert not os.path.exists(server.path)
     asyncio.run(main())
+
+
+def test_connection_limit(run_dir):
+    """Beyond max_clients a connection is closed at once; the held ones and later ones still work."""
+    async def main():
+        server = await start_uapi_server("wgt5", MemoryTarget(listen_port=5), max_clients=4)
+        try:
+            held = [await asyncio.open_unix_connection(server.path) for _ in range(4)]
+            await asyncio.sleep(0.1)
+            r, w = await asyncio.open_unix_connection(server.path)
+            assert await asyncio.wait_for(r.read(), 5) == b""          # refused: closed without a reply
+            w.close()
+            assert server.counters["refused: too many clients"] == 1
+            hr, hw = held[0]
+            hw.write(b"get=1\n\n")
+            assert await asyncio.wait_for(hr.readuntil(b"\n\n"), 5) == b"listen_port=5\nerrno=0\n\n"
+            for _, hw in held:
+                hw.close()
+            await asyncio.sleep(0.1)
+            assert await request(server.path, b"get=1\n\n") == b"listen_port=5\nerrno=0\n\n"
+        finally:
+            server.close()
+    asyncio.run(main())
+
+
+def test_idle_clients_are_cut(run_dir):
+    """A client that stops sending mid-request, or stops reading its replies, is closed after idle_timeout;
+    a busy client beside them is served throughout."""
+    async def main():
+        server = await start_uapi_server("wgt6", MemoryTarget(listen_port=6), idle_timeout=0.3)
+        try:
+            loop = asyncio.get_running_loop()
+            silent_r, silent_w = await asyncio.open_unix_connection(server.path)
+            silent_w.write(b"set=1\nfwmark=")                          # half a request, then nothing
+            # a client that floods requests and never reads: its replies fill the socket, the drain stalls
+            deaf_r, deaf_w = await asyncio.open_unix_connection(server.path)
+            flood = asyncio.create_task(_write_until_closed(deaf_w, b"get=1\n\n" * 4096))
+            t0 = loop.time()
+            assert await asyncio.wait_for(silent_r.read(), 10) == b""   # closed by the server
+            assert loop.time() - t0 >= 0.25
+            assert await request(server.path, b"get=1\n\n") == b"listen_port=6\nerrno=0\n\n"
+            await asyncio.wait_for(flood, 10)                           # the server closed it too
+            assert server.counters["timeout: idle client"] == 2
+            assert len(server._writers) == 0
+            silent_w.close()
+            deaf_w.close()
+        finally:
+            server.close()
+    asyncio.run(main())
+
+
+async def _write_until_closed(writer: asyncio.StreamWriter, chunk: bytes) -> None:
+    try:
+        while True:
+            writer.write(chunk)
+            await writer.drain()
+    except (ConnectionError, OSError):
+        return

@@ -6,7 +6,7 @@ one is a UsageError. Each connection sends JSON request lines (wgclient/control.
 each; a connection is cut when no complete line arrives within REQUEST_TIMEOUT or a line exceeds
 MAX_LINE. Garbage gets an error reply and is counted in `server.counters`; nothing a client does reaches
 beyond its own connection. At most MAX_CLIENTS connections are served at once, the rest are refused with
-an error line. `close()` stops listening, drops open connections and removes the socket if still ours.
+an error line (the limit and the idle cut are the shared wgclient/aio/unixsock.py server's). `close()` stops listening, drops open connections and removes the socket if still ours.
 
 The target is the running interface (wgclient/aio/control_target.py):
 ``status() -> dict`` and ``async ping(key, timeout) -> dict | None``.
@@ -21,7 +21,7 @@ from typing import Protocol
 
 from .. import control
 from ..errors import Error, ParseError, UsageError
-from .unixsock import UnixStreamServer, listen_unix, socket_is_live
+from .unixsock import UnixStreamServer, listen_unix, probe_socket
 
 log = logging.getLogger(__name__)
 
@@ -49,52 +49,30 @@ def socket_path(name: str) -> str:
 
 class ControlServer(UnixStreamServer):
     stream_limit = control.MAX_LINE + 1
+    what = "control"
 
     def __init__(self, path: str, sock: socket.socket, target: ControlTarget, *,
                  request_timeout: float = REQUEST_TIMEOUT, max_clients: int = MAX_CLIENTS) -> None:
-        super().__init__(path, sock)
-        self.request_timeout = request_timeout
-        self.max_clients = max_clients
+        super().__init__(path, sock, max_clients=max_clients, idle_timeout=request_timeout)
         self.target = target
-        self.counters: dict[str, int] = {}
 
-    def _count(self, what: str) -> None:
-        self.counters[what] = self.counters.get(what, 0) + 1
+    @property
+    def request_timeout(self) -> float:
+        return self.idle_timeout
 
-    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        if len(self._writers) >= self.max_clients:
-            self._count("refused: too many clients")
-            writer.write(control.encode_error("too many control connections; try again"))
-            writer.close()
-            return
-        self._writers.add(writer)
-        if task is not None:
-            self._tasks.add(task)
-        try:
-            first = True
-            while await self._one(reader, writer, first):
-                first = False
-        except (ConnectionError, OSError) as e:
-            log.debug("control client went away: %s", e)
-        except asyncio.CancelledError:
-            # close() or the loop's shutdown: end quietly (a task that ends cancelled makes asyncio's stream
-            # callback log a traceback on Python 3.11)
-            return
-        except Exception:  # a bug in one request never takes the server down
-            self._count("internal error")
-            log.exception("control client handler failed")
-        finally:
-            self._writers.discard(writer)
-            if task is not None:
-                self._tasks.discard(task)
-            writer.close()
+    def _refuse(self, writer: asyncio.StreamWriter) -> None:
+        writer.write(control.encode_error("too many control connections; try again"))
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        first = True
+        while await self._one(reader, writer, first):
+            first = False
 
     async def _one(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, first: bool) -> bool:
         """Serve one request line; False when the connection is to be closed. An idle connection is cut
         with an error line if it never sent a request, silently after it did (no stray reply line)."""
         try:
-            line = await asyncio.wait_for(reader.readuntil(b"\n"), self.request_timeout)
+            line = await self._idle(reader.readuntil(b"\n"))
         except asyncio.IncompleteReadError as e:
             if not e.partial.strip():
                 return False              # a clean end (or a liveness probe)
@@ -134,10 +112,9 @@ class ControlServer(UnixStreamServer):
             log.exception("control request %s failed", type(request).__name__)
             return control.encode_error(f"internal error in the daemon: {type(e).__name__}")
 
-    @staticmethod
-    async def _send(writer: asyncio.StreamWriter, data: bytes) -> None:
+    async def _send(self, writer: asyncio.StreamWriter, data: bytes) -> None:
         writer.write(data)
-        await writer.drain()
+        await self._idle(writer.drain())
 
 
 
@@ -163,21 +140,51 @@ async def start_control_server(name: str, target: ControlTarget, *, request_time
 # --- the client side (wgc status, wgc ping) -------------------------------------------------------------
 
 
+def denied(what: str, path: str) -> UsageError:
+    return UsageError(f"permission denied: run as root ({what} {path})")
+
+
 def running_interfaces() -> list[str]:
-    """Names of the interfaces with a live control socket in the control directory, sorted."""
+    """Names of the interfaces with a live control socket in the control directory, sorted. When there are
+    control sockets but this user may open none of them, that is said (a UsageError), not "none running"."""
     directory = control_dir()
     try:
         entries = os.listdir(directory)
     except FileNotFoundError:
         return []
     except PermissionError:
-        raise UsageError(f"permission denied reading {directory}: the control socket is for root only") from None
-    names = []
+        raise denied("control directory", directory) from None
+    names, refused = [], []
     for entry in sorted(entries):
         path = os.path.join(directory, entry)
-        if entry.endswith(SUFFIX) and len(entry) > len(SUFFIX) and socket_is_live(path):
-            names.append(entry[:-len(SUFFIX)])
+        if entry.endswith(SUFFIX) and len(entry) > len(SUFFIX):
+            live = probe_socket(path)
+            if live:
+                names.append(entry[:-len(SUFFIX)])
+            elif live is None:
+                refused.append(path)
+    if not names and refused:
+        raise denied("control socket", ", ".join(refused))
     return names
+
+
+async def wait_for_interfaces(name: str | None, timeout: float, poll: float = 0.05) -> list[str]:
+    """The running interfaces (`[name]` if one is named), waiting up to timeout seconds for a control
+    socket to come up (an interface that `wgc up` is still starting); [] if none came."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        if name:
+            live = probe_socket(socket_path(name))
+            if live is None:
+                raise denied("control socket", socket_path(name))
+            if live:
+                return [name]
+        elif names := running_interfaces():
+            return names
+        if loop.time() >= deadline:
+            return []
+        await asyncio.sleep(min(poll, max(0.0, deadline - loop.time())))
 
 
 def choose_interface(name: str | None) -> str:
@@ -207,7 +214,7 @@ class ControlClient:
             reader, writer = await asyncio.wait_for(
                 asyncio.open_unix_connection(path, limit=control.MAX_REPLY + 1), timeout)
         except PermissionError:
-            raise UsageError(f"permission denied opening {path}: the control socket is for root only") from None
+            raise denied("control socket", path) from None
         except (FileNotFoundError, ConnectionRefusedError):
             raise UsageError(f"wgc interface {name!r} is not running (no control socket {path})") from None
         except asyncio.TimeoutError:
@@ -239,4 +246,4 @@ class ControlClient:
 
 
 __all__ = ["ControlServer", "ControlClient", "ControlTarget", "start_control_server", "running_interfaces",
-           "choose_interface", "control_dir", "socket_path"]
+           "wait_for_interfaces", "choose_interface", "control_dir", "socket_path"]

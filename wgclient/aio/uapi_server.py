@@ -5,7 +5,9 @@ bytes. As wireguard-go's ipc/uapi_unix.go: the directory is created with mode 07
 under umask 077 (so only root may configure the device), a stale socket (nothing accepts on it) is
 removed first, and a socket a live daemon still answers on is left alone: that is a UsageError. `close()`
 stops listening, drops open connections and removes the socket if it is still ours. The directory can be
-moved with the environment variable WGC_RUN_DIR (for tests that are not root).
+moved with the environment variable WGC_RUN_DIR (for tests that are not root). Unlike wireguard-go, at most
+MAX_CLIENTS connections are served at once and one that neither sends nor reads for IDLE_TIMEOUT seconds
+is closed (wgclient/aio/unixsock.py), so a stuck local client cannot pile up connections in the daemon.
 """
 from __future__ import annotations
 
@@ -22,6 +24,8 @@ log = logging.getLogger(__name__)
 
 DEFAULT_RUN_DIR = "/var/run/wireguard"
 READ_SIZE = 65536
+MAX_CLIENTS = 32
+IDLE_TIMEOUT = 30.0     # seconds; `wg` writes its request at once and reads the answer at once
 
 
 def run_dir() -> str:
@@ -35,40 +39,35 @@ def socket_path(name: str) -> str:
 
 
 class UapiServer(UnixStreamServer):
-    def __init__(self, path: str, sock: socket.socket, target: UapiTarget) -> None:
-        super().__init__(path, sock)
+    what = "UAPI"
+
+    def __init__(self, path: str, sock: socket.socket, target: UapiTarget, *, max_clients: int = MAX_CLIENTS,
+                 idle_timeout: float = IDLE_TIMEOUT) -> None:
+        super().__init__(path, sock, max_clients=max_clients, idle_timeout=idle_timeout)
         self.target = target
 
-    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self._writers.add(writer)
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         conn = UapiConnection(self.target)
-        try:
-            while True:
-                data = await reader.read(READ_SIZE)
-                if not data:
-                    break
-                reply, close = conn.feed(data)
-                if reply:
-                    writer.write(reply)
-                    await writer.drain()
-                if close:
-                    break
-        except (ConnectionError, OSError) as e:
-            log.debug("uapi client went away: %s", e)
-        except Exception:  # one broken client never takes the server down
-            log.exception("uapi client handler failed")
-        finally:
-            self._writers.discard(writer)
-            writer.close()
+        while True:
+            data = await self._idle(reader.read(READ_SIZE))
+            if not data:
+                break
+            reply, close = conn.feed(data)
+            if reply:
+                writer.write(reply)
+                await self._idle(writer.drain())
+            if close:
+                break
 
 
-
-async def start_uapi_server(name: str, target: UapiTarget) -> UapiServer:
-    """Listen on `<run dir>/<name>.sock` and serve the UAPI for target."""
+async def start_uapi_server(name: str, target: UapiTarget, *, max_clients: int = MAX_CLIENTS,
+                            idle_timeout: float = IDLE_TIMEOUT) -> UapiServer:
+    """Listen on `<run dir>/<name>.sock` and serve the UAPI for target (at most max_clients connections at
+    once, each closed after idle_timeout seconds without progress)."""
     path = socket_path(name)
     sock = listen_unix(path, what="UAPI socket", dir_mode=0o755, sock_mode=None, backlog=16,
                        live_error=f"interface {name!r} is already run by a live daemon (socket {path})")
-    server = UapiServer(path, sock, target)
+    server = UapiServer(path, sock, target, max_clients=max_clients, idle_timeout=idle_timeout)
     try:
         await server._start()
     except BaseException:

@@ -4,13 +4,15 @@
 of input, same exit codes). `up CONFIG` parses the wg-quick style file before anything is created,
 warns when the file is readable by group or others, then runs the interface in the foreground or as a
 daemon (wgclient.aio.daemon). `down NAME` stops it. As with wg-quick, CONFIG may be a bare interface
-name, found as /etc/wireguard/NAME.conf or /etc/wgc/NAME.conf; `strip`/`save` are in cli/wgquick.py. A user mistake (UsageError, ConfigError) is one line
-on stderr and exit code 1, never a traceback.
+name, found as /etc/wireguard/NAME.conf or /etc/wgc/NAME.conf; `strip`/`save` are in cli/wgquick.py.
+`--version` prints the version of the installed package (its metadata, i.e. pyproject.toml). A user
+mistake (UsageError, ConfigError) is one line on stderr and exit code 1, never a traceback.
 """
 from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.metadata
 import os
 import socket
 import stat
@@ -23,6 +25,15 @@ from ..config import find_config, interface_name_from_path, load_config, valid_i
 from ..errors import ParseError, UsageError
 
 PROG = "wgc"
+DIST = "wgc"        # the distribution name in pyproject.toml
+
+
+def version() -> str:
+    """The installed package's version (from its metadata, which pyproject.toml sets)."""
+    try:
+        return importlib.metadata.version(DIST)
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown (the wgc package is not installed: pip install .)"
 
 
 def resolve_endpoint(host: str, port: int) -> tuple[str, int]:
@@ -81,6 +92,7 @@ class _Parser(argparse.ArgumentParser):
 
 def parser() -> argparse.ArgumentParser:
     p = _Parser(prog=PROG, description="Userspace WireGuard client with DERP relay fallback.")
+    p.add_argument("--version", action="store_true", help="print the version of wgc and exit")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     sub.add_parser("genkey", help="print a new private key (like `wg genkey`)")
     sub.add_parser("pubkey", help="read a private key on stdin, print its public key (like `wg pubkey`)")
@@ -194,6 +206,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if argv and argv[0] == "derper":
             return dispatch("derp.aio.derper", argv[1:], "derper")
         args = parser().parse_args(argv)
+        if args.version:
+            print(f"{PROG} {version()}")
+            return 0
         if args.command == "up":
             return cmd_up(args)
         if args.command == "down":

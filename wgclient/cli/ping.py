@@ -1,6 +1,8 @@
 """`wgc ping PEER [-c N] [--until-direct] [--timeout S] [-i NAME]`: disco pings through a running interface.
 
-PEER is a name, a tunnel IP or the start of a base64 key (wgclient.control.select_peer). Each ping goes
+PEER is a name, a tunnel IP or the start of a base64 key (wgclient.control.select_peer); without -i it is
+looked up on every running interface and the one that has it is used. An interface that is still coming up
+(no control socket yet) is waited for up to --timeout. Each ping goes
 over the daemon's control socket, which sends one disco ping over the peer's current path (DERP and/or
 direct) and reports the first pong: `pong from laptop (100.64.0.2) via DERP(fra) in 12ms` or `... via
 198.51.100.7:41641 in 3ms`. Pings are about --interval (1 s) apart; with --until-direct it stops at the
@@ -13,11 +15,11 @@ import asyncio
 import sys
 from typing import Sequence
 
-from ..aio.control_server import ControlClient, choose_interface
-from ..control import MAX_PING_TIMEOUT, format_pong, format_timeout, printable, select_peer
+from ..aio.control_server import ControlClient
+from ..control import MAX_PING_TIMEOUT, format_pong, format_timeout, printable
 from ..errors import Error, UsageError
 from ..keys import key_from_base64
-from .status import ArgParser, fetch_status
+from .status import ArgParser, find_peer
 
 
 def _positive(limit: float):
@@ -40,9 +42,11 @@ def parser() -> ArgParser:
     p.add_argument("--until-direct", action="store_true",
                    help="stop at the first direct pong; exit 0 only if one came")
     p.add_argument("--timeout", type=_positive(MAX_PING_TIMEOUT), default=5.0,
-                   help="seconds to wait for each pong (default 5)")
+                   help="seconds to wait for each pong, and for the interface's control socket if it is "
+                        "still coming up (default 5)")
     p.add_argument("--interval", type=_positive(60.0), default=1.0, help="seconds between pings (default 1)")
-    p.add_argument("-i", "--interface", metavar="NAME", help="interface (default: the only one running)")
+    p.add_argument("-i", "--interface", metavar="NAME",
+                   help="interface (default: the one running interface that has PEER)")
     return p
 
 
@@ -56,8 +60,7 @@ async def ping_once(name: str, key: bytes, timeout: float) -> dict | None:
 
 
 async def ping_loop(args) -> int:
-    name = choose_interface(args.interface)
-    peer = select_peer((await fetch_status(name))["peers"], args.peer)
+    name, peer = await find_peer(args.interface, args.peer, "-i NAME", wait=args.timeout)
     key = key_from_base64(peer["public_key"])
     loop = asyncio.get_running_loop()
     got = direct = False

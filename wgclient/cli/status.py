@@ -3,7 +3,8 @@
 Text like `tailscale status`: the node's home region and netcheck summary, then one row per peer (name,
 tunnel addresses, short key, path, latency, last handshake, bytes in/out). NAME may be left out when exactly
 one interface runs. `--json` prints the daemon's snapshot as it came (schema in docs/control.md); `--why
-PEER` explains that peer's path. A user mistake is one line on stderr and exit 1.
+PEER` explains that peer's path (without NAME: on the one running interface that has PEER, `find_peer`,
+which `wgc ping` uses too). A user mistake is one line on stderr and exit 1.
 """
 from __future__ import annotations
 
@@ -14,8 +15,8 @@ import sys
 import time
 from typing import Sequence
 
-from ..aio.control_server import ControlClient, choose_interface
-from ..control import format_status, format_why, select_peer
+from ..aio.control_server import ControlClient, choose_interface, running_interfaces, wait_for_interfaces
+from ..control import format_status, format_why, select_interface_peer
 from ..errors import Error, UsageError
 
 
@@ -42,14 +43,32 @@ async def fetch_status(name: str | None) -> dict:
         client.close()
 
 
+async def find_peer(name: str | None, text: str, name_one: str, wait: float = 0.0) -> tuple[str, dict]:
+    """(interface, peer) for PEER as the user typed it: on interface `name`, else on the one running
+    interface that has such a peer. With `wait`, wait up to that many seconds for a control socket to come
+    up (an interface still starting). `name_one` says how to name an interface when several have PEER."""
+    if wait:
+        names = await wait_for_interfaces(name, wait)
+    else:
+        names = [name] if name else running_interfaces()
+    if name and not names:
+        names = [name]                 # connecting says why it is not there
+    if not names:
+        raise UsageError("no wgc interface is running")
+    statuses = await asyncio.gather(*(fetch_status(n) for n in names))
+    return select_interface_peer(dict(zip(names, statuses)), text, name_one)
+
+
 def run(argv: Sequence[str]) -> int:
     args = parser().parse_args(list(argv))
+    if args.why is not None and not args.json:
+        _, peer = asyncio.run(find_peer(args.name, args.why, "wgc status NAME --why PEER"))
+        sys.stdout.write(format_why(peer))
+        return 0
     status = asyncio.run(fetch_status(args.name))
     if args.json:
         json.dump(status, sys.stdout, indent=2)
         sys.stdout.write("\n")
-    elif args.why is not None:
-        sys.stdout.write(format_why(select_peer(status["peers"], args.why)))
     else:
         sys.stdout.write(format_status(status, time.time()))
     return 0
