@@ -230,9 +230,10 @@ class DerpClient:
                 ctx = self._ssl_contexts[ident] = make_ssl_context(target, self.ca_file)
         stream = _Stream(self, target, websocket)
         sni = target.server_name or target.host
+        raw = None
         try:
-            sock = await asyncio.wait_for(self._tcp_connect(target), self.node_timeout)
-            transport, _ = await loop.create_connection(lambda: stream, sock=sock, ssl=ctx,
+            raw = await asyncio.wait_for(self._tcp_connect(target), self.node_timeout)
+            transport, _ = await loop.create_connection(lambda: stream, sock=raw, ssl=ctx,
                                                         server_hostname=sni if ctx is not None else None)
             sock = transport.get_extra_info("socket")
             if sock is not None:  # the server's KeepAlive frames reset the read timer; TCP keepalive as well
@@ -245,6 +246,8 @@ class DerpClient:
         except BaseException:
             stream._finish("dial failed")
             raise
+        finally:  # until here set_fwmark finds the socket among those being dialed
+            self._dialing.discard(raw)
         return stream
 
     async def _tcp_connect(self, target: DialTarget) -> socket.socket:
@@ -261,13 +264,13 @@ class DerpClient:
                 await loop.sock_connect(sock, addr)
                 return sock
             except OSError as exc:
+                self._dialing.discard(sock)
                 sock.close()
                 last = exc
             except BaseException:
+                self._dialing.discard(sock)
                 sock.close()
                 raise
-            finally:
-                self._dialing.discard(sock)
         raise last
 
     # ---- sending ------------------------------------------------------------------------------------------

@@ -144,7 +144,8 @@ def test_wg_quick_userspace_full_tunnel_through_derp_with_udp_cut(tmp_path):
             assert ok.returncode == 0, f"{ok.stdout}\n{log[-3000:]}\n{pl.report()}"
             status = pl.wgc(other, "status", other.name, "--json")
             assert '"path": "relay"' in status.stdout, status.stdout
-            sockets = ns.run("ss", "-tnep").stdout
+            # the DERP connection carrying the tunnel is marked (opened before wg-quick set the mark)
+            sockets = ns.run("ss", "-tnep", "state", "established").stdout
             derp = [ln for ln in sockets.splitlines() if "198.18.1.2:443" in ln]
             assert derp and all("fwmark:0xca6c" in ln for ln in derp), sockets
         finally:

@@ -196,7 +196,7 @@ class Paths:
     # -- netcheck -------------------------------------------------------------------------------------------
     async def _netcheck(self) -> None:
         options = NetcheckOptions(portmap=False, captive_portal=False, force_full=False,
-                                  fwmark=self.runner.udp.fwmark)
+                                  fwmark=lambda: self.runner.udp.fwmark)
         scores = dict(self.derpmap.home_params.region_score or {}) if self.derpmap.home_params else None
         report = await run_netcheck(self.regions, history=self.history, options=options, scores=scores,
                                     shared=self, derp_heard=dict(self.derp_heard))
