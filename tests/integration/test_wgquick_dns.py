@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import subprocess
 import sys
 import time
 
@@ -149,3 +150,33 @@ def test_interface_order_prefix(tmp_path):
     order.write_text("lo.inet*\nlo.dnsmasq\ntun*\ntap*\nhso*\nwg*\n*\n")
     assert dns.iface_prefix(str(order)) == "tun."
     assert dns.iface_prefix(str(tmp_path / "missing")) == ""
+
+
+def test_dns_through_resolvectl_when_systemd_resolved_runs(dnslab):
+    """systemd-resolved is made to look present in a private mount namespace (a tmpfs on /run/systemd
+    holding its varlink socket's name); a recording `resolvectl` first on PATH. The host's /run/systemd
+    is not touched."""
+    require_binary("unshare", "mount")
+    if not os.path.isdir("/run/systemd"):
+        pytest.skip("no /run/systemd to mount a tmpfs on")
+    ns = dnslab.make()
+    name = unique_name("wgn")
+    conf = write_conf(dnslab, name, DNS)
+    bindir = dnslab.tmp / "rbin"
+    bindir.mkdir()
+    calls = dnslab.tmp / "resolvectl.calls"
+    (bindir / "resolvectl").write_text(f"#!/bin/sh\nprintf '%s\\n' \"$*\" >> {calls}\n")
+    os.chmod(bindir / "resolvectl", 0o755)
+    env = dict(ns.env, PATH=f"{bindir}:{ns.env['PATH']}")
+    up = " ".join(ns.argv(sys.executable, "-m", "wgclient.cli", "up", conf))
+    script = ("mount -t tmpfs wgctest /run/systemd && mkdir /run/systemd/resolve && "
+              f"touch /run/systemd/resolve/io.systemd.Resolve && exec {up}")
+    res = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
+                         capture_output=True, text=True, timeout=40, env=env)
+    assert res.returncode == 0, res.stderr
+    assert calls.read_text().replace(name, "NAME").splitlines() == [
+        "dns NAME 10.67.0.53 fd67::53", "domain NAME ~. corp.example lab.internal"]
+    assert wgc(ns, "down", name).returncode == 0
+    assert calls.read_text().replace(name, "NAME").splitlines()[2:] == ["revert NAME"]
+    assert ns.resolv.calls() == [] and ns.resolv.text() == ORIGINAL     # resolvconf was not used
+    assert not os.path.exists("/run/systemd/resolve/io.systemd.Resolve")
