@@ -201,6 +201,21 @@ async def _start_control(config: InterfaceConfig, runner: Runner):
     return server
 
 
+async def undo_all(cleanups: list[Callable[[], object]], quiet_errnos: tuple[int, ...] = ()) -> None:
+    """Run the undo steps newest first (coroutines awaited); a failing step is logged and the rest go on
+    (OSErrors with one of `quiet_errnos`, e.g. a TUN already deleted, are not even logged)."""
+    for undo in reversed(cleanups):
+        try:
+            result = undo()
+            if asyncio.iscoroutine(result):
+                await result
+        except OSError as e:
+            if e.errno not in quiet_errnos:
+                log.exception("teardown step failed")
+        except Exception:  # teardown must go on; say what failed
+            log.exception("teardown step failed")
+
+
 def open_tun_device(name: str, mtu: int, vnet_hdr: bool):
     """The TUN device with a virtio-net header if the kernel allows it, else without; (tun, vnet_hdr)."""
     from .tun import open_tun
@@ -286,10 +301,4 @@ async def serve(config: InterfaceConfig, *, on_ready: Callable[[], None] = lambd
         on_ready()
         await asyncio.Event().wait()
     finally:
-        for undo in reversed(cleanups):
-            try:
-                result = undo()
-                if asyncio.iscoroutine(result):
-                    await result
-            except Exception:  # teardown must go on; say what failed
-                log.exception("teardown step failed")
+        await undo_all(cleanups)

@@ -106,7 +106,7 @@ async def serve_userspace(config, *, on_ready: Callable[[], None] = lambda: None
                           derp_ca_file: str | None = None, tun_fd: int | None = None,
                           log_level: int | None = None) -> None:
     """Run the userspace device `config.name` until the interface is deleted or the task is cancelled."""
-    from .runner import Runner, _jitter, _random_bytes, _start_control, open_tun_device
+    from .runner import Runner, _jitter, _random_bytes, _start_control, open_tun_device, undo_all
     from .uapi_server import start_uapi_server
     from .udp import UdpPort
 
@@ -154,13 +154,4 @@ async def serve_userspace(config, *, on_ready: Callable[[], None] = lambda: None
         on_ready()
         await _watch(name, device)
     finally:
-        for undo in reversed(cleanups):
-            try:
-                result = undo()
-                if asyncio.iscoroutine(result):
-                    await result
-            except OSError as e:
-                if e.errno not in (errno.EBADF, errno.EBADFD, errno.ENODEV):
-                    log.exception("teardown step failed")
-            except Exception:  # teardown must go on; say what failed
-                log.exception("teardown step failed")
+        await undo_all(cleanups, (errno.EBADF, errno.EBADFD, errno.ENODEV))   # the link may be gone already
