@@ -187,7 +187,8 @@ def add(name: str, mark: int, families: list[int], addresses: dict[int, list[str
         script = "".join(nft_script(name, mark, f, addresses.get(f, [])) for f in families)
         res = _nft(script)
         if res.returncode:
-            raise UsageError(f"nftables rules for {name} failed: {res.stderr.strip().splitlines()[-1:]}")
+            why = res.stderr.strip().splitlines()
+            raise UsageError(f"nftables rules for {name} failed: {why[0] if why else f'exit code {res.returncode}'}")
     except BaseException:
         remove(policy)
         raise
