@@ -150,8 +150,9 @@ def not_tunnel_traffic(lines: list[str]) -> list[str]:
 
 def check_tunnel(pl, name: str, tl: Timeline) -> None:
     assert ping(pl.client_ns, LAN_HOST), f"no ping to the LAN host behind the server: {tl}"
+    tl.note(f"{name}: ping to the LAN host")
     transfer_ok(pl)
-    tl.note("ping + 20 MiB to the LAN host")
+    tl.note(f"{name}: 20 MiB to the LAN host")
     lines = uplink_capture_while(pl, lambda: ping(pl.client_ns, INTERNET_HOST, count=4) or
                                  pytest.fail(f"no ping to the lab internet through the tunnel: {tl}"))
     assert any(f".{PORT} > " in line for line in lines), f"the capture missed the tunnel itself: {lines}"
@@ -194,6 +195,7 @@ def test_wgc_full_tunnel_relayed_then_direct(lab):
         assert pl.peer_status(client, pl.server, fast=True)["path"] == "direct"
         assert ping(pl.client_ns, SERVER_IP6), "no IPv6 through the tunnel"
         RESULTS["wgc"] = {"rule4": during["rule4"], "rule6": during["rule6"]}
+        print(tl)
     finally:
         pl.lab.restore_udp(1)
         pl.stop_peer(client)
