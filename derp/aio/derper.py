@@ -15,9 +15,8 @@ import os
 import random
 import signal
 import sys
-import tempfile
 
-from derp.aio.tls import server_context
+from derp.aio import acme
 from derp.aio.client import DialTarget
 from derp.aio.server import DerpServer, ServerOptions
 from derp.derpmap import parse_derpmap
@@ -54,7 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-a", "--addr", default=":443", help="listen address (:port, ip:port, [ip]:port); default :443")
     p.add_argument("--hostname", default="localhost", help="TLS name of this server (certificate name)")
     p.add_argument("--certmode", default="manual", choices=["manual", "selfsigned", "letsencrypt", "none"],
-                   help="manual: <certdir>/<hostname>.crt/.key; selfsigned: generated at start; none: plain HTTP")
+                   help="manual: <certdir>/<hostname>.crt/.key, re-read when they change; selfsigned: generated "
+                        "once into certdir; letsencrypt: ACME (--acme-*); none: plain HTTP")
     p.add_argument("--certdir", default=os.path.join(os.environ.get("XDG_CACHE_HOME") or
                                                      os.path.expanduser("~/.cache"), "wgc", "derper-certs"))
     p.add_argument("-c", "--config", default="", help="server key file (JSON, created if missing); "
@@ -85,6 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tls-engine", default="lean", choices=["lean", "asyncio"],
                    help="lean: non-blocking SSL sockets (less memory per client); asyncio: the loop's SSL")
     p.add_argument("-v", "--verbose", action="store_true")
+    acme.add_flags(p)
     return p
 
 
@@ -140,11 +141,19 @@ def load_derpmap_bytes(path: str) -> bytes | None:
 
 
 def tls_context(args: argparse.Namespace):
+    """The relay's CertStore (None for --certmode none): manual files (watched), the self-signed pair kept in
+    --certdir, or an ACME manager (started with the listeners)."""
     if args.certmode == "none":
         return None
+    from derp.aio.certstore import CertStore, leaf_sha256, selfsigned_files
+    store = CertStore(args.hostname)
     if args.certmode == "letsencrypt":
-        raise UsageError("--certmode letsencrypt is not supported by wgc derper (it needs ACME over the "
-                         "internet); use --certmode manual with your own certificate, or selfsigned")
+        from derp.aio.acme import AcmeManager, config_from_args
+        manager = AcmeManager(config_from_args(args), store)
+        manager.load_cached()
+        store.on_start.append(manager.start)
+        store.on_hup = manager.renew_now
+        return store
     if args.certmode == "manual":
         crt = os.path.join(args.certdir, args.hostname + ".crt")
         key = os.path.join(args.certdir, args.hostname + ".key")
@@ -152,22 +161,19 @@ def tls_context(args: argparse.Namespace):
             if not os.path.exists(path):
                 raise UsageError(f"--certmode manual needs {path} (certificate and key named after --hostname)")
         try:
-            return server_context(crt, key)
+            store.watch_files(crt, key)
         except (OSError, ValueError) as exc:
             raise UsageError(f"cannot load {crt} / {key}: {exc}") from None
-    from derp.aio import certs  # cryptography is only needed to generate the self-signed certificate
-    pair = certs.make_cert([args.hostname])
-    tmp = tempfile.mkdtemp(prefix="derper-")
-    crt, key = os.path.join(tmp, "cert.pem"), os.path.join(tmp, "key.pem")
-    certs.write_pair(pair, crt, key)
-    ctx = server_context(crt, key)
-    os.unlink(key)
-    os.unlink(crt)
-    os.rmdir(tmp)
+        return store
+    try:
+        crt, key = selfsigned_files(args.certdir, args.hostname)
+        store.load_files(crt, key)
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"self-signed certificate in {args.certdir}: {getattr(exc, 'strerror', None) or exc}") from None
     node = {"Name": "custom", "RegionID": 900, "HostName": args.hostname,
-            "CertName": "sha256-raw:" + pair.leaf_sha256()}
+            "CertName": "sha256-raw:" + leaf_sha256(crt)}
     log.info("self-signed certificate; DERP map node: %s", json.dumps(node))
-    return ctx
+    return store
 
 
 def mesh_targets(spec: str, tls: bool) -> list[DialTarget]:
@@ -201,7 +207,8 @@ async def serve(args: argparse.Namespace) -> int:
     if args.mesh_with and mesh_key is None:
         raise UsageError("--mesh-with needs --mesh-psk-file")
     host, port = split_addr(args.addr, 443)
-    ssl_ctx = tls_context(args)
+    certs = tls_context(args)
+    ssl_ctx = certs.current if certs is not None else None
     config = ServerConfig(max_clients=args.max_clients, open_relay=args.open_relay,
                           keepalive_interval=args.keepalive_interval)
     relay = Relay(private, config, acl, random.random, mesh_key)
@@ -210,6 +217,7 @@ async def serve(args: argparse.Namespace) -> int:
                             metrics_token=args.metrics_token, derpmap_json=load_derpmap_bytes(args.derpmap_file),
                             send_queue_depth=args.send_queue_depth, tls_engine=args.tls_engine)
     server = DerpServer(relay, options, ssl_ctx)
+    server.certs = certs
     bound = await server.listen(host, port)
     extras = []
     if ssl_ctx is not None and args.http_port >= 0:
@@ -218,6 +226,8 @@ async def serve(args: argparse.Namespace) -> int:
         except OSError as exc:
             raise UsageError(f"cannot listen on HTTP port {args.http_port}: {exc.strerror} "
                              "(--http-port -1 disables it)") from None
+    if certs is not None:
+        certs.start()
     stun = None
     if args.stun:
         try:
@@ -258,7 +268,9 @@ async def serve(args: argparse.Namespace) -> int:
 
 def reload(args: argparse.Namespace, server: DerpServer) -> None:
     """SIGHUP: re-read the allowed keys (allowed clients stay, removed ones are closed) and the DERP map;
-    keep the old settings if a new file is bad."""
+    keep the old settings if a new file is bad. Also re-reads --certmode manual certificates."""
+    if server.certs is not None:
+        server.certs.reload()
     try:
         if args.allowed_keys_file:
             server.relay.acl.allowed = load_acl(args).allowed

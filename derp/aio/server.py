@@ -74,6 +74,7 @@ class DerpServer:
         self.closing = False
         self._tick: asyncio.Task | None = None
         self.mesh_links: list[Any] = []
+        self.certs: Any = None        # derp.aio.certstore.CertStore of a TLS relay (ACME HTTP-01, metrics)
 
     # ---- lifecycle ----------------------------------------------------------------------------------
     async def listen(self, host: str | None, port: int) -> int:
@@ -261,7 +262,10 @@ class HttpConn(asyncio.Protocol):
             self._reply(429, b"too many connections from your address; slow down\n", {"Retry-After": "1"})
             return
         if self.port80 and req.path != "/generate_204":
-            if req.method not in ("GET", "HEAD"):
+            answer = self.server.certs.http01_answer(req.path) if self.server.certs is not None else None
+            if answer is not None:
+                self._reply(200, answer, {"Content-Type": "application/octet-stream"})
+            elif req.method not in ("GET", "HEAD"):
                 self._reply(400, b"Use HTTPS\n")
             else:
                 host = req.header("host") or "localhost"
