@@ -76,7 +76,7 @@ class CertStore:
         self.not_before: float | None = None
         self.not_after: float | None = None
         self.counters = {"reloads": 0, "reload_failures": 0, "acme_ok": 0, "acme_failed": 0,
-                         "alpn_validations": 0}
+                         "alpn_validations": 0, "http01_validations": 0}
         self.alpn_contexts: dict[str, ssl.SSLContext] = {}
         self.http_tokens: dict[str, bytes] = {}
         self.files: tuple[str, str] | None = None
@@ -188,7 +188,10 @@ class CertStore:
     def http01_answer(self, path: str) -> bytes | None:
         if not path.startswith(HTTP01_PREFIX):
             return None
-        return self.http_tokens.get(path[len(HTTP01_PREFIX):])
+        answer = self.http_tokens.get(path[len(HTTP01_PREFIX):])
+        if answer is not None:
+            self.counters["http01_validations"] += 1
+        return answer
 
     # ---- metrics ------------------------------------------------------------------------------------
     def collect(self):
@@ -207,6 +210,11 @@ class CertStore:
         acme.add_metric(["ok"], self.counters["acme_ok"])
         acme.add_metric(["failed"], self.counters["acme_failed"])
         yield acme
+        answered = CounterMetricFamily("derp_acme_validations", "ACME validation requests answered, by "
+                                       "challenge type", labels=["challenge"])
+        answered.add_metric(["tls-alpn-01"], self.counters["alpn_validations"])
+        answered.add_metric(["http-01"], self.counters["http01_validations"])
+        yield answered
 
 
 def leaf_sha256(cert_path: str) -> str:
