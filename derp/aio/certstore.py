@@ -12,6 +12,7 @@ validation context (no SNI callback, so it stays). HTTP-01 tokens are answered o
 """
 from __future__ import annotations
 
+import argparse
 import asyncio
 import datetime
 import hashlib
@@ -29,6 +30,11 @@ from derp.tlshello import ClientHello
 log = logging.getLogger("derper.certs")
 HTTP01_PREFIX = "/.well-known/acme-challenge/"
 WATCH_INTERVAL = 2.0
+
+
+def add_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--cert-watch-interval", default="2s", metavar="DURATION",
+                   help="--certmode manual: look for changed certificate files this often (0: only on SIGHUP)")
 
 
 def utc_text(ts: float | None) -> str:
@@ -115,10 +121,10 @@ class CertStore:
     def has_certificate(self) -> bool:
         return self.not_after is not None
 
-    def start(self) -> None:
-        """Once the listeners are up: watch the manual files, start the ACME manager."""
-        if self.files is not None:
-            self.tasks.append(asyncio.create_task(self.run_watch()))
+    def start(self, watch_interval: float = WATCH_INTERVAL) -> None:
+        """Once the listeners are up: watch the manual files (0: only SIGHUP), start the ACME manager."""
+        if self.files is not None and watch_interval > 0:
+            self.tasks.append(asyncio.create_task(self.run_watch(watch_interval)))
         for fn in self.on_start:
             fn()
 

@@ -16,10 +16,11 @@ import random
 import signal
 import sys
 
-from derp.aio import acme
+from derp.aio import acme, certstore
 from derp.aio.client import DialTarget
 from derp.aio.server import DerpServer, ServerOptions
 from derp.derpmap import parse_derpmap
+from derp.duration import parse_duration
 from derp.errors import Error, ParseError, UsageError
 from derp.keys import parse_private_key, private_key_from_random, privkey_text, public_key_of
 from derp.server import AccessList, Relay, ServerConfig, parse_allowed_keys
@@ -85,6 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tls-engine", default="lean", choices=["lean", "asyncio"],
                    help="lean: non-blocking SSL sockets (less memory per client); asyncio: the loop's SSL")
     p.add_argument("-v", "--verbose", action="store_true")
+    certstore.add_flags(p)
     acme.add_flags(p)
     return p
 
@@ -207,6 +209,7 @@ async def serve(args: argparse.Namespace) -> int:
     if args.mesh_with and mesh_key is None:
         raise UsageError("--mesh-with needs --mesh-psk-file")
     host, port = split_addr(args.addr, 443)
+    watch_interval = parse_duration(args.cert_watch_interval)
     certs = tls_context(args)
     ssl_ctx = certs.current if certs is not None else None
     config = ServerConfig(max_clients=args.max_clients, open_relay=args.open_relay,
@@ -227,7 +230,7 @@ async def serve(args: argparse.Namespace) -> int:
             raise UsageError(f"cannot listen on HTTP port {args.http_port}: {exc.strerror} "
                              "(--http-port -1 disables it)") from None
     if certs is not None:
-        certs.start()
+        certs.start(watch_interval)
     stun = None
     if args.stun:
         try:
