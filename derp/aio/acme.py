@@ -90,6 +90,13 @@ def config_from_args(args: argparse.Namespace) -> AcmeConfig:
         raise UsageError("--acme-challenge http-01 answers on --http-port; it cannot be -1")
     if args.acme_challenge == "tls-alpn-01" and args.tls_engine != "lean":
         raise UsageError("--acme-challenge tls-alpn-01 needs --tls-engine lean (or use --acme-challenge http-01)")
+    try:
+        os.makedirs(args.certdir, mode=0o700, exist_ok=True)
+        if not os.access(args.certdir, os.W_OK):
+            raise PermissionError(13, "not writable")
+    except OSError as exc:
+        raise UsageError(f"--certdir {args.certdir!r} must be a writable directory for the ACME account and "
+                         f"certificates: {exc.strerror}") from None
     before, fraction = parse_renew_before(args.acme_renew_before)
     retry = parse_duration(args.acme_retry)
     renewal = RenewalConfig(renew_before=before, renew_fraction=fraction, retry_min=max(1.0, retry),
@@ -282,7 +289,6 @@ class AcmeManager:
         return True
 
     def start(self) -> None:
-        os.makedirs(self.cfg.certdir, mode=0o700, exist_ok=True)
         self.task = asyncio.create_task(self.run())
 
     def renew_now(self) -> None:

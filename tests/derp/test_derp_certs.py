@@ -259,6 +259,7 @@ def test_http01_answer_on_the_http_port(tmp_path) -> None:
     (["--hostname", "derp.example.net", "--acme-retry", "soon"], "bad duration"),
     (["--hostname", "derp.example.net", "--acme-directory", "http://ca.example/dir"], "https://"),
     (["--hostname", "derp.example.net", "--acme-ca-file", "/nonexistent.pem"], "--acme-ca-file"),
+    (["--hostname", "derp.example.net", "--certdir", "/proc/nope"], "must be a writable directory"),
 ])
 def test_acme_usage_errors(args, words, tmp_path) -> None:
     out = subprocess.run([sys.executable, "-m", "derp", "--no-stun", "--open-relay", "--metrics-addr", "off",
