@@ -276,3 +276,23 @@ def test_bad_watch_interval_is_one_line(derper, manual_certs) -> None:
                           str(certdir), "--cert-watch-interval", "often"], capture_output=True, text=True, timeout=20)
     assert out.returncode == 2 and "bad duration 'often'" in out.stderr and "Traceback" not in out.stderr
     json.dumps(out.stderr)
+
+
+def test_documented_derper_command_lines_parse() -> None:
+    """Every `wgc derper` line in the README and docs/derp.md (continuations joined) uses real flags."""
+    import pathlib
+    import shlex
+    from derp.aio.derper import build_parser
+    root = pathlib.Path(__file__).resolve().parents[2]
+    seen = 0
+    for path in (root / "README.md", root / "docs" / "derp.md"):
+        text = path.read_text().replace("\\\n", " ")
+        for line in text.splitlines():
+            line = line.split("#", 1)[0].strip()
+            if not line.startswith("wgc derper ") or "..." in line:
+                continue
+            args = build_parser().parse_args(shlex.split(line)[2:])
+            seen += 1
+            if args.certmode == "letsencrypt":
+                assert args.acme_email and args.hostname != "localhost"
+    assert seen >= 4
