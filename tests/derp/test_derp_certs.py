@@ -126,10 +126,11 @@ def test_manual_certificate_is_reread_when_the_files_change_without_dropping_con
     assert re.search(r"cannot reload \S+127\.0\.0\.1\.crt .*still serving the certificate valid until", srv.log())
 
 
-def test_sighup_rereads_manual_certificates(derper, manual_certs) -> None:
+@pytest.mark.parametrize("engine", ["lean", "asyncio"])
+def test_sighup_rereads_manual_certificates(derper, manual_certs, engine) -> None:
     ca, certdir, first, _ = manual_certs
     srv = derper("--open-relay", "--certmode", "manual", "--hostname", "127.0.0.1", "--certdir", str(certdir),
-                 "--cert-watch-interval", "0", tls=False)   # no polling: only SIGHUP can reload
+                 "--cert-watch-interval", "0", "--tls-engine", engine, tls=False)   # only SIGHUP can reload
     second = make_cert(["127.0.0.1"], ca)
     replace_pair(certdir, second)
     time.sleep(0.5)
