@@ -1,6 +1,6 @@
 """`wgc derper`: the self-hostable DERP relay's command line (flags named as Tailscale's derper where it has
 them), startup (key, certificates, access list, STUN, mesh, metrics) and signals (SIGTERM graceful
-shutdown, SIGHUP reload of the allowed keys and DERP map files).
+shutdown, SIGHUP reload of the allowed keys, DERP map and manual certificate files).
 
 On start it prints one line to stdout: `derper ready addr=<host:port> metrics=<host:port|off>
 key=nodekey:<hex> tls=<yes|no>` so scripts and tests can find ephemeral ports.
