@@ -15,10 +15,14 @@ MAX_CLIENT_INFO_FRAME = 256 << 10        # §4.1 step 4
 MAX_SERVER_FRAME = KEY_LEN * 2 + MAX_PACKET_SIZE  # §11: largest ForwardPacket payload (server side bound)
 SERVER_KEY_READ_LIMIT = 1 << 10          # §4.1 step 2: a client reads at most 1 KiB of ServerKey
 MIN_CLIENT_INFO_LEN = KEY_LEN + NONCE_LEN  # §4.1 step 4
+MAX_SEND_PACKET_FRAME = KEY_LEN + MAX_PACKET_SIZE      # §5.1: 65,568 = destination key + 64 KiB
 
 KEEPALIVE_INTERVAL = 60.0                # §2: server KeepAlive period ...
 KEEPALIVE_JITTER = 5.0                   # ... plus random [0, 5 s)
 CLIENT_READ_TIMEOUT = 120.0              # §2: no frame for this long => connection dead
+CLIENT_KEEPALIVE_INTERVAL = 10.0         # ours, not Go's: an idle client Pings after this much silence ...
+CLIENT_KEEPALIVE_MISSES = 3              # ... and gives the link up after this many silent intervals
+RECONNECT_HEALTHY_AFTER = 10.0           # ours: a link must last this long before the backoff starts over
 HANDSHAKE_TIMEOUT = 10.0                 # §4.1 step 4 / §7.2
 PING_TIMEOUT = 5.0                       # §5.3: derphttp.Client.Ping waits <= 5 s
 PING_MIN_LEN, PING_MAX_LEN = 8, 1000     # §5.3 server accepts 8..1000, echoes the first 8
@@ -28,6 +32,12 @@ NOT_HERE_RATE, NOT_HERE_BURST = 1.0, 3   # §5.1: PeerGone(NotHere) per sending 
 RECONNECT_MAX_DELAY = 5.0                # §10: min(n^2 * 10 ms, 5 s) * U[0.5, 1.5)
 DISCO_MAGIC = b"TS\xf0\x9f\x92\xac"      # §5.1: disco packets start with this ...
 DISCO_MIN_LEN = 62                       # ... and are at least this long
+
+# Our relay's own limits (not from derp.md): what one client may cost the relay.
+FRAMES_PER_TURN = 64                     # frames handled per connection per event-loop turn ...
+BYTES_PER_TURN = 256 << 10               # ... or payload bytes, whichever comes first (mesh peers: no limit)
+FRAME_READ_TIMEOUT = 10.0                # a frame whose header arrived must be complete within this
+MAX_CONNS_PER_IP = 100                   # concurrent DERP connections from one client address (0: no limit)
 
 FAST_START_HEADER = "Derp-Fast-Start"    # §7.3
 IDEAL_NODE_HEADER = "Ideal-Node"         # §7.2
@@ -72,6 +82,20 @@ class PeerPresentFlags(enum.IntFlag):
     MESH_PEER = 0x02
     PROBER = 0x04
     NOT_IDEAL = 0x08
+
+
+def server_frame_limits() -> list[int]:
+    """The largest payload the server accepts per frame type, indexed by type byte, checked at the header
+    (§5): SendPacket key + 64 KiB, ForwardPacket two keys + 64 KiB, Ping/Pong 1000, NotePreferred 1,
+    ClosePeer 32, WatchConns 0; unknown and ignored types may carry up to MAX_SERVER_FRAME."""
+    limits = [MAX_SERVER_FRAME] * 256
+    limits[FrameType.SEND_PACKET] = MAX_SEND_PACKET_FRAME
+    limits[FrameType.FORWARD_PACKET] = MAX_SERVER_FRAME
+    limits[FrameType.PING] = limits[FrameType.PONG] = PING_MAX_LEN
+    limits[FrameType.NOTE_PREFERRED] = 1
+    limits[FrameType.CLOSE_PEER] = KEY_LEN
+    limits[FrameType.WATCH_CONNS] = 0
+    return limits
 
 
 def is_disco(packet: bytes | memoryview) -> bool:

@@ -1,7 +1,8 @@
 """DERP frame codec: encoders for every frame type, typed parsers, and an incremental stream decoder.
 
 Pure. `FrameDecoder.feed(data)` splits a byte stream into `(type, payload)` pairs however the bytes arrive
-(one at a time or many frames at once) and raises ParseError for a frame over its size bound.
+(one at a time or many frames at once), raises ParseError for a frame over its type's size bound as soon as
+its header arrives, and can hand frames out in budgets (the server's fair share per event-loop turn).
 `parse_frame(type, payload)` turns a pair into a typed frame (unknown types become `UnknownFrame`, which
 callers skip, derp.md §3). The sealed ClientInfo/ServerInfo bodies use a NaCl box; the nonce comes from
 the caller (randomness is injected, never read here).
@@ -259,47 +260,79 @@ def parse_frame(ftype: int, payload: bytes) -> Frame:
 
 
 class FrameDecoder:
-    """Incremental splitter of a DERP byte stream into (type, payload) pairs, bounded by `max_frame`."""
+    """Incremental splitter of a DERP byte stream into (type, payload) pairs.
 
-    __slots__ = ("_buf", "_need", "max_frame")
+    Every frame is bounded by `limits[type]` (default: `max_frame` for every type), checked as soon as its
+    header arrives, so a partial frame never holds more than its type's maximum. `feed` may be given a
+    budget (`max_frames`, `max_bytes` of payload): complete frames beyond it stay here, without a copy,
+    until the next call (`ready()` says some wait); `feed()` with no data then continues."""
 
-    def __init__(self, max_frame: int = MAX_CLIENT_FRAME) -> None:
-        self._buf = bytearray()
-        self._need = 0   # bytes the buffered partial frame needs in all (0: unknown, header incomplete)
+    __slots__ = ("_buf", "_need", "_rest", "_pos", "max_frame", "limits")
+
+    def __init__(self, max_frame: int = MAX_CLIENT_FRAME, limits: list[int] | None = None) -> None:
+        self._buf = bytearray()   # an incomplete frame (only ever that)
+        self._need = 0            # bytes that frame needs in all (0: header incomplete)
+        self._rest: bytes | None = None   # data holding complete frames deferred by the budget ...
+        self._pos = 0                     # ... from this offset
         self.max_frame = max_frame
+        self.limits = list(limits) if limits is not None else [max_frame] * 256
 
-    def feed(self, data: bytes) -> list[tuple[int, bytes]]:
-        buf = self._buf
-        if buf:
-            buf += data
-            if len(buf) < self._need:  # still inside one large frame: no re-copy
-                return []
-            data = bytes(buf)
-            buf.clear()
-        elif type(data) is not bytes:
-            data = bytes(data)
-        out: list[tuple[int, bytes]] = []
+    def feed(self, data: bytes = b"", max_frames: int = 0, max_bytes: int = 0) -> list[tuple[int, bytes]]:
         pos = 0
+        rest = self._rest
+        if rest is not None:
+            self._rest = None
+            if data:
+                data = rest[self._pos:] + bytes(data)
+            else:
+                data, pos = rest, self._pos
+        else:
+            buf = self._buf
+            if buf:
+                buf += data
+                if len(buf) < self._need:  # still inside one large frame: no re-copy
+                    return []
+                data = bytes(buf)
+                buf.clear()
+            elif type(data) is not bytes:
+                data = bytes(data)
+        max_frames = max_frames or 1 << 62
+        max_bytes = max_bytes or 1 << 62
+        taken = 0
+        out: list[tuple[int, bytes]] = []
         end = len(data)
         unpack = _HDR.unpack_from
-        max_frame = self.max_frame
+        limits = self.limits
         while end - pos >= FRAME_HEADER_LEN:
             ftype, length = unpack(data, pos)
-            if length > max_frame:
-                raise ParseError(f"frame type 0x{ftype:02x} of {length} bytes exceeds the {max_frame}-byte limit")
+            if length > limits[ftype]:
+                raise ParseError(f"frame type 0x{ftype:02x} of {length} bytes exceeds the {limits[ftype]}-byte "
+                                 "limit")
             stop = pos + FRAME_HEADER_LEN + length
             if stop > end:
                 break
+            if len(out) >= max_frames or taken >= max_bytes:  # budget spent: the rest waits, uncopied
+                self._rest, self._pos = data, pos
+                return out
             out.append((ftype, data[pos + FRAME_HEADER_LEN:stop]))
+            taken += length
             pos = stop
         if pos < end:
-            buf += data[pos:]
+            self._buf += memoryview(data)[pos:]
             self._need = FRAME_HEADER_LEN + unpack(data, pos)[1] if end - pos >= FRAME_HEADER_LEN else 0
         return out
 
+    def ready(self) -> bool:
+        """Complete frames are waiting (the budget of the last `feed` stopped before them)."""
+        return self._rest is not None
+
+    def partial(self) -> bool:
+        """The start of a frame has arrived but not all of it."""
+        return bool(self._buf)
+
     def pending(self) -> int:
-        """Bytes held that do not yet form a whole frame."""
-        return len(self._buf)
+        """Bytes held that were not yet returned as frames."""
+        return len(self._buf) + (len(self._rest) - self._pos if self._rest is not None else 0)
 
 
 # ---- sealed info messages --------------------------------------------------------------------------------

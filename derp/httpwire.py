@@ -1,10 +1,12 @@
 """Minimal HTTP/1.1 framing for the DERP server and client: request/response heads, built and parsed.
 
 Pure. Only what DERP needs: one request head per connection (no bodies), bounded in size, and the
-response head of an Upgrade. ParseError for anything malformed.
+response head of an Upgrade. ParseError for anything malformed. `client_address` picks the client's
+address out of a trusted proxy's header (the entry the proxy added, never one the client could forge).
 """
 from __future__ import annotations
 
+import ipaddress
 import re
 from dataclasses import dataclass, field
 
@@ -110,3 +112,31 @@ def request(method: str, path: str, host: str, headers: dict[str, str] | None = 
     lines = [f"{method} {path} HTTP/1.1", f"Host: {host}"]
     lines.extend(f"{k}: {v}" for k, v in (headers or {}).items())
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
+def _address(entry: str) -> str | None:
+    """An IP address from one forwarding-header entry (`ip`, `ip:port`, `[v6]` or `[v6]:port`), normalized
+    (IPv4-mapped IPv6 as IPv4); None when it is not one."""
+    entry = entry.strip()
+    if entry.startswith("["):
+        entry = entry[1:].partition("]")[0]
+    elif entry.count(":") == 1:
+        entry = entry.partition(":")[0]
+    try:
+        ip = ipaddress.ip_address(entry)
+    except ValueError:
+        return None
+    mapped = getattr(ip, "ipv4_mapped", None)
+    return str(mapped or ip)
+
+
+def client_address(req: Head, peer: str, header: str = "X-Forwarded-For", hops: int = 1) -> str:
+    """The client address a trusted proxy reported in `header`: the `hops`-th entry from the right (1: the
+    one the last proxy appended; each proxy appends the address it was connected from, so entries further
+    left may be anything the client sent). With fewer entries than `hops`, the leftmost, which a trusted
+    proxy still added. No header, or an entry that is not an address: `peer` (the proxy itself)."""
+    value = req.header(header)
+    if not value:
+        return peer
+    entries = value.split(",")
+    return _address(entries[max(0, len(entries) - max(1, hops))]) or peer

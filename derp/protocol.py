@@ -7,7 +7,11 @@ Rules:
 With a server key known in advance (fast start) ClientInfo goes out in `start()` and the ServerKey that
 the server still sends is ignored. Packets may be sent right after ClientInfo (as the Go client does).
 Time comes in as `now`; randomness (nonces, ping ids) from the injected `random_bytes(n)`.
-Unknown frame types are skipped. Every frame received resets the read timer (120 s).
+Unknown frame types are skipped. Every frame received resets the read timer.
+Liveness (CONNECTED): after `keepalive_interval` without any frame the client sends a Ping of its own (a
+relay answers with Pong; its own KeepAlive comes only every 60 s); after `keepalive_misses` such silent
+intervals (at most `read_timeout`, derp.md §2's 120 s) the connection is declared dead. A relay that
+stalls is therefore noticed within ~3 intervals (30 s by default), not after 120 s.
 """
 from __future__ import annotations
 
@@ -17,7 +21,8 @@ from dataclasses import dataclass, field
 from typing import Callable, Union
 
 from derp import frames as F
-from derp.constants import (CLIENT_READ_TIMEOUT, KEY_LEN, MAX_CLIENT_FRAME, MAX_PACKET_SIZE, PING_TIMEOUT,
+from derp.constants import (CLIENT_KEEPALIVE_INTERVAL, CLIENT_KEEPALIVE_MISSES, CLIENT_READ_TIMEOUT, KEY_LEN,
+                            MAX_CLIENT_FRAME, MAX_PACKET_SIZE, PING_TIMEOUT, RECONNECT_HEALTHY_AFTER,
                             SERVER_KEY_READ_LIMIT, FrameType)
 from derp.errors import ParseError, UsageError
 from derp.keys import public_key_of, short
@@ -35,6 +40,11 @@ class ClientState(enum.Enum):
 @dataclass(frozen=True)
 class ClientConfig:
     read_timeout: float = CLIENT_READ_TIMEOUT
+    keepalive_interval: float = CLIENT_KEEPALIVE_INTERVAL   # silence before our own Ping; 0 = none
+    keepalive_misses: int = CLIENT_KEEPALIVE_MISSES         # silent intervals before the link is dead
+    # the asyncio client's (derp.aio.client), not the core's:
+    healthy_after: float = RECONNECT_HEALTHY_AFTER  # a link that lasted this long resets the reconnect backoff
+    log_interval: float = 30.0                      # a repeated log line (connect failure) at most this often
     ping_timeout: float = PING_TIMEOUT
     mesh_key: str = field(default="", repr=False)   # 64 hex, only for mesh peers / tools
     is_prober: bool = False
@@ -122,6 +132,8 @@ class ClientConnection:
         self.state = ClientState.AWAIT_SERVER_KEY
         self._decoder = F.FrameDecoder(MAX_CLIENT_FRAME)
         self._last_rx = now
+        self._probed = now          # when our last keepalive Ping went out
+        self.keepalive_pings = 0
         self._pings: dict[bytes, float] = {}
         self.server_info: F.ServerInfo | None = None
         self.health = ""
@@ -259,10 +271,25 @@ class ClientConnection:
         return data, F.Ping(data).encode()
 
     # ---- time -------------------------------------------------------------------------------------------
+    def silence_limit(self) -> float:
+        """Seconds without any frame after which the connection is dead."""
+        cfg = self.config
+        if cfg.keepalive_interval > 0:
+            return min(cfg.read_timeout, cfg.keepalive_interval * max(1, cfg.keepalive_misses))
+        return cfg.read_timeout
+
+    def _next_probe(self) -> float | None:
+        if self.config.keepalive_interval <= 0 or self.state != ClientState.CONNECTED:
+            return None
+        return max(self._last_rx, self._probed) + self.config.keepalive_interval
+
     def next_deadline(self) -> float | None:
         if self.state == ClientState.CLOSED:
             return None
-        deadline = self._last_rx + self.config.read_timeout
+        deadline = self._last_rx + self.silence_limit()
+        probe = self._next_probe()
+        if probe is not None and probe < deadline:
+            deadline = probe
         if self._pings:
             deadline = min(deadline, min(self._pings.values()) + self.config.ping_timeout)
         return deadline
@@ -275,6 +302,13 @@ class ClientConnection:
             if now >= sent + self.config.ping_timeout:
                 del self._pings[data]
                 out.append(PingTimedOut(data))
-        if now >= self._last_rx + self.config.read_timeout:
-            out.extend(self._fail(f"no frame from the server for {self.config.read_timeout:g} s"))
+        limit = self.silence_limit()
+        if now >= self._last_rx + limit:
+            out.extend(self._fail(f"no frame from the server for {limit:g} s"))
+            return out
+        probe = self._next_probe()
+        if probe is not None and now >= probe:  # silent for an interval: ask for a Pong (not reported)
+            self._probed = now
+            self.keepalive_pings += 1
+            out.append(Transmit(F.Ping(self._random(8)).encode()))
         return out

@@ -35,11 +35,11 @@ def parse_renew_before(text: str) -> tuple[float | None, float]:
         except ValueError:
             pct = -1.0
         if not 0 < pct < 100:
-            raise UsageError(f"bad --acme-renew-before {text!r}: a percentage must be between 0 and 100")
+            raise UsageError(f"bad share {text!r}: a percentage must be between 0 and 100")
         return None, pct / 100
     seconds = parse_duration(s)
     if seconds <= 0:
-        raise UsageError(f"bad --acme-renew-before {text!r}: must be more than 0")
+        raise UsageError(f"bad duration {text!r}: must be more than 0")
     return seconds, RenewalConfig.renew_fraction
 
 

@@ -12,7 +12,11 @@ Relay rules (§5, §6):
   * ForwardPacket, WatchConns and ClosePeer need the mesh key; forwarded packets are never re-forwarded;
   * watchers get PeerPresent for every client on WatchConns and on each new connection, PeerGone when a
     key's last connection leaves (or a mesh route to it goes away); clients a departing key sent packets to get PeerGone(Disconnected);
-  * KeepAlive to each connection every 60 s + per-connection jitter; Ping is answered with Pong;
+  * KeepAlive to each connection every 60 s + per-connection jitter; Ping is answered with Pong, but only
+    one Pong may be pending per connection: Pings arriving while one is are ignored (§5.3; the adapter
+    clears `pong_pending` once the Pong is written);
+  * refused admissions are counted in `refused` by reason; packets are counted relayed by the adapter once
+    it really queued or wrote them (drops by reason in `drops`), forwarded by the mesh link that wrote them;
   * any frame breaking its type's rules closes only that connection, with a reason.
 """
 from __future__ import annotations
@@ -127,7 +131,7 @@ class Conn:
     """A registered client connection as the relay sees it; `sink` is the adapter's object for it."""
 
     __slots__ = ("id", "key", "ip", "port", "is_mesh", "is_prober", "not_ideal", "sink", "preferred",
-                 "watcher", "nh_tokens", "nh_time", "next_keepalive", "closed", "can_ack_pings")
+                 "watcher", "nh_tokens", "nh_time", "next_keepalive", "closed", "can_ack_pings", "pong_pending")
 
     def __init__(self, key: bytes, ip: str, port: int, is_mesh: bool, sink: Any, is_prober: bool = False,
                  not_ideal: bool = False, can_ack_pings: bool = False) -> None:
@@ -141,6 +145,7 @@ class Conn:
         self.nh_time = 0.0
         self.next_keepalive = 0.0
         self.closed = False
+        self.pong_pending = False
 
     def __repr__(self) -> str:
         return f"<Conn #{self.id} {short(self.key)} {self.ip}:{self.port}>"
@@ -218,8 +223,9 @@ class Relay:
         self.sent_to: dict[bytes, set[bytes]] = {}
         self.counters: dict[str, int] = {
             "accepted": 0, "packets_relayed": 0, "bytes_relayed": 0, "packets_forwarded_out": 0,
-            "packets_forwarded_in": 0, "home_clients": 0}
+            "packets_forwarded_in": 0, "home_clients": 0, "got_ping": 0, "sent_pong": 0}
         self.drops: dict[str, int] = {}
+        self.refused: dict[str, int] = {}
         self._ids = itertools.count(1)
         self._heap: list[tuple[float, int, Conn]] = []
         self.n_regular = 0
@@ -227,7 +233,15 @@ class Relay:
 
     # ---- admission & registry ---------------------------------------------------------------------
     def admit(self, key: bytes, info: F.ClientInfo) -> bool:
-        """True if the client holds the mesh key; raises Rejected when it may not connect."""
+        """True if the client holds the mesh key; raises Rejected (counted in `refused`) when it may not
+        connect."""
+        try:
+            return self._admit(key, info)
+        except Rejected as exc:
+            self.refused[exc.counter] = self.refused.get(exc.counter, 0) + 1
+            raise
+
+    def _admit(self, key: bytes, info: F.ClientInfo) -> bool:
         if info.mesh_key and self.mesh_key is not None:
             try:
                 given = bytes.fromhex(info.mesh_key.strip())
@@ -336,14 +350,10 @@ class Relay:
                 self.sent_to[conn.key] = seen = set()
             if dst not in seen:
                 seen.add(dst)
-            c = self.counters
-            c["packets_relayed"] += 1
-            c["bytes_relayed"] += n - KEY_LEN
             disco = n >= KEY_LEN + DISCO_MIN_LEN and payload[KEY_LEN:KEY_LEN + 6] == DISCO_MAGIC
             return Deliver(target, b"".join((_HDR.pack(_RECV, n), conn.key, memoryview(payload)[KEY_LEN:])), disco)
         link = self.mesh_routes.get(dst)
         if link is not None:
-            self.counters["packets_forwarded_out"] += 1
             return Forward(link, _HDR.pack(_FWD, n + KEY_LEN) + conn.key + payload)
         return self._not_here(conn, dst, payload[KEY_LEN:], now, "unknown_dest")
 
@@ -375,6 +385,11 @@ class Relay:
         if ftype == FrameType.PING:
             if not PING_MIN_LEN <= len(payload) <= PING_MAX_LEN:
                 raise ParseError(f"Ping of {len(payload)} bytes (want 8..1000)")
+            self.counters["got_ping"] += 1
+            if conn.pong_pending:
+                return []  # pinging faster than it reads the Pongs: ignored (§5.3)
+            conn.pong_pending = True
+            self.counters["sent_pong"] += 1
             return [Write(conn, F.Pong(payload[:8]).encode())]
         if ftype == FrameType.NOTE_PREFERRED:
             pref = F.parse_frame(ftype, payload)
@@ -433,4 +448,4 @@ class Relay:
     def stats(self) -> dict[str, Any]:
         return {"clients": self.n_regular, "mesh_peers": self.n_mesh, "keys": len(self.clients),
                 "watchers": len(self.watchers), "mesh_routes": len(self.mesh_routes), **self.counters,
-                "drops": dict(self.drops)}
+                "drops": dict(self.drops), "refused": dict(self.refused)}

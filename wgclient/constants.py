@@ -47,6 +47,12 @@ UNDER_LOAD_THRESHOLD = HANDSHAKE_QUEUE_SIZE // 8
 UNDER_LOAD_AFTER = 1.0
 HANDSHAKES_PER_SECOND = 20
 HANDSHAKE_BURST = 5
+# Ours (wireguard-go bounds the same work by its handshake queue and workers): handshake messages processed
+# per received batch at most (a batch is up to 32 reads); and the least time between two "under load"
+# log lines.
+HANDSHAKE_BUDGET = 16
+HANDSHAKE_BUDGET_UNDER_LOAD = 4
+LOAD_LOG_INTERVAL = 60.0
 
 # Anti-replay window (wireguard-go replay/replay.go): 128 blocks of 64 bits, one block kept free.
 REPLAY_BLOCK_BITS = 64

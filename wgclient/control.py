@@ -205,7 +205,19 @@ def check_status(obj: JSON) -> dict:
             _fields(p["relay"], _REGION, f"{where}.relay")
         if p["rx_bytes"] < 0 or p["tx_bytes"] < 0:
             raise ParseError(f"{where} has negative byte counts")
+    _check_load(obj)
     return obj
+
+
+def _check_load(obj: dict) -> None:
+    """The optional load fields: under_load, under_load_episodes, drops ({reason: count})."""
+    if not isinstance(obj.get("under_load", False), bool):
+        raise ParseError("status.under_load has the wrong type")
+    episodes, drops = obj.get("under_load_episodes", 0), obj.get("drops", {})
+    if not (_integer(episodes) and episodes >= 0):
+        raise ParseError("status.under_load_episodes has the wrong type")
+    if not isinstance(drops, dict) or not all(_integer(v) and v >= 0 for v in drops.values()):
+        raise ParseError("status.drops is not an object of counts")
 
 
 _PONG = {"latency": _NUM, "via": _STR, "addr": _OSTR, "region": _OINT, "region_code": _OSTR}
@@ -419,6 +431,21 @@ def format_header(status: dict, now: float) -> list[str]:
                      f"IPv4 {nc['ipv4'] or 'no'}, IPv6 {nc['ipv6'] or 'no'}")
         lines.append(f"  NAT maps ports per destination: {_yes_no(nc['mapping_varies_by_dest_ip'])}; "
                      f"nearest region: {nearest}")
+    return lines + format_load(status)
+
+
+def format_load(status: dict) -> list[str]:
+    """The handshake-load line (only once the device has been under load) and the drop counters."""
+    lines = []
+    episodes = status.get("under_load_episodes", 0)
+    if status.get("under_load") or episodes:
+        state = "under load now (cookies demanded, handshakes limited per source)" if status.get("under_load") \
+            else "normal"
+        lines.append(f"handshake load: {state}; {episodes} episode{'' if episodes == 1 else 's'} "
+                     "under load since start")
+    drops = status.get("drops") or {}
+    if drops:
+        lines.append("drops: " + ", ".join(f"{n} {reason}" for reason, n in drops.items()))
     return lines
 
 

@@ -2,8 +2,10 @@
 
 Written for throughput: one call handles a whole batch; messages are sealed and opened in place in the
 `Outputs` buffers with `encrypt_into`/`decrypt_into` (no per-packet bytes objects); timer hooks and
-roaming run once per peer per batch, not once per packet. The rules are those of
-shared/protocol/wireguard.md §7; the handshake side lives in device.py.
+roaming run once per peer per batch, not once per packet. The other datagrams of a batch (handshake
+messages, anything foreign) are set aside and handed to the device after the transport messages, so a
+flood of handshakes never delays the data that came with it (handshake_gate.py bounds their work). The
+rules are those of shared/protocol/wireguard.md §7; the handshake side lives in device.py.
 """
 from __future__ import annotations
 
@@ -199,11 +201,13 @@ def open_datagrams(dev: "Device", datagrams: Iterable, now: float) -> None:
     lookup6 = dev.allowed_ips.v6.lookup_cached
     drops = dev.drops
     tun_append = out.tun.append
+    pending: list = []  # the datagrams that are not transport messages, for dev.receive_control
+    pending_append = pending.append
     # Per keypair: [source of its last packet, data received?, that packet's position in the batch].
     # Runs of packets under one keypair (the usual case) keep their state in locals, folded in by _settle.
     touched: dict = {}
     kp = None
-    receiver_cached = -1  # the receiver index kp belongs to; -1 after anything that may change the table
+    receiver_cached = -1  # the receiver index kp belongs to
     source_at = position_at = None
     data_seen = False
     rx = rx_data = 0
@@ -220,15 +224,11 @@ def open_datagrams(dev: "Device", datagrams: Iterable, now: float) -> None:
             position += 1
             size = len(data)
             if size < TRANSPORT_MIN_SIZE or data[0] != MSG_TRANSPORT:
-                dev.receive_control(data, source, now)
-                receiver_cached = -1
-                addr4 = -1
+                pending_append((data, source))  # handshake or foreign: after the transport messages
                 continue
             kind, receiver, counter = _unpack_header(data)
             if kind != MSG_TRANSPORT:
-                dev.receive_control(data, source, now)
-                receiver_cached = -1
-                addr4 = -1
+                pending_append((data, source))
                 continue
             if receiver != receiver_cached:
                 new = keypairs.get(receiver)
@@ -341,6 +341,8 @@ def open_datagrams(dev: "Device", datagrams: Iterable, now: float) -> None:
             seen[3].append(kp)
     for peer, (source, _, data, kps) in by_peer.items():
         _after_receive(dev, peer, source, data, kps, now)
+    if pending:
+        dev.receive_control(pending, now)
 
 
 def _settle(touched: dict, kp: "Keypair", source, data: bool, position, rx: int, rx_data: int) -> None:

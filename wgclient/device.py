@@ -8,7 +8,10 @@ Inputs are method calls with the time passed in (`now`, monotonic seconds; wall-
 Protocol rules (shared/protocol/wireguard.md §3-§9) and where they live here:
 - handshake initiation is rate limited to one per REKEY_TIMEOUT per peer (`_send_initiation`);
 - the responder confirms keys on the first transport packet under them (`_after_receive`);
-- mac1 is always checked; under load mac2 too, with cookie replies and a per-IP rate limit (`_control`);
+- handshake messages wait until the batch's transport messages are done, and the gate bounds how many
+  are processed (handshake_gate.py: a budget per batch; under load one per source);
+- mac1 is always checked, before any DH; under load mac2 too, with cookie replies and a per-IP rate
+  limit (`_receive_handshake`);
 - a peer's endpoint follows the source of its latest authenticated packet (roaming);
 - inbound packets are dropped unless their inner source maps to the sending peer (datapath.py).
 Garbage never raises out of an input: it is dropped and counted in `drops` by reason.
@@ -16,18 +19,18 @@ Garbage never raises out of an input: it is dropped and counted in `drops` by re
 from __future__ import annotations
 
 import collections
-import ipaddress
 import logging
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
 from . import datapath
 from .allowedips import AllowedIPs
-from .constants import (DEFAULT_MTU, HANDSHAKE_BURST, HANDSHAKE_INITIATION_RATE, HANDSHAKES_PER_SECOND,
-                        KEEPALIVE_TIMEOUT, KEY_ZERO_AFTER, MAX_PEERS, MAX_TIMER_HANDSHAKES, MSG_COOKIE_REPLY,
-                        MSG_INITIATION, MSG_RESPONSE, REKEY_TIMEOUT, REKEY_TIMEOUT_JITTER_MAX,
-                        UNDER_LOAD_AFTER, UNDER_LOAD_THRESHOLD)
+from .constants import (DEFAULT_MTU, HANDSHAKE_BUDGET, HANDSHAKE_BUDGET_UNDER_LOAD, HANDSHAKE_INITIATION_RATE,
+                        KEEPALIVE_TIMEOUT, KEY_ZERO_AFTER, LOAD_LOG_INTERVAL, MAX_PEERS, MAX_TIMER_HANDSHAKES,
+                        MSG_COOKIE_REPLY, MSG_INITIATION, MSG_TRANSPORT, REKEY_TIMEOUT,
+                        REKEY_TIMEOUT_JITTER_MAX, UNDER_LOAD_THRESHOLD)
 from .errors import ParseError, UsageError
+from .handshake_gate import COOKIE_SENT, RATE_LIMITED, HandshakeGate
 from .keypair import Keypair
 from .noise import handshake as noise
 from .noise.cookie import CookieChecker, source_bytes
@@ -43,8 +46,11 @@ log = logging.getLogger("wgc.device")
 class DeviceConfig:
     mtu: int = DEFAULT_MTU
     # Handshake messages within one second that put the device "under load" (wireguard-go: a handshake
-    # queue 1/8 full). Our handshakes are handled as they arrive, so the backlog is measured as a rate.
+    # queue 1/8 full); so does a batch with more than handshake_budget of them (handshake_gate.py).
     under_load_threshold: int = UNDER_LOAD_THRESHOLD
+    handshake_budget: int = HANDSHAKE_BUDGET  # handshake messages processed per batch, at most
+    handshake_budget_under_load: int = HANDSHAKE_BUDGET_UNDER_LOAD  # the same while under load
+    load_log_interval: float = LOAD_LOG_INTERVAL  # at most one "under load" log line per this many seconds
     tun_headroom: int = 0  # free bytes kept before each decrypted packet (virtio-net header room)
     flood_interval: float = HANDSHAKE_INITIATION_RATE
 
@@ -69,10 +75,9 @@ class Device:
         self.collect_foreign = False
         self._armed: set[Peer] = set()  # peers that armed a timer since the last deadline query
         self.out = Outputs()
-        self._load_second = 0
-        self._load_count = 0
-        self._under_load_until = -1.0
-        self._buckets: dict[bytes, list[float]] = {}
+        self.gate = HandshakeGate(self.drops, budget=config.handshake_budget,
+                                  budget_under_load=config.handshake_budget_under_load,
+                                  threshold=config.under_load_threshold, log_interval=config.load_log_interval)
         if private_key is not None:
             self.set_private_key(private_key)
 
@@ -171,9 +176,10 @@ class Device:
         return self.out
 
     def next_deadline(self) -> float | None:
-        """The earliest timer of any peer (scans them all)."""
+        """The earliest timer of any peer (scans them all), or the end of being under load."""
         self._armed.clear()
-        best = None
+        self.gate.armed = False
+        best = self.gate.deadline()
         for peer in self.peers.values():
             t = peer.timers.next_deadline()
             if t is not None and (best is None or t < best):
@@ -184,6 +190,9 @@ class Device:
         """The earliest timer among peers that armed one since the last query: after an input, the
         only way the device's next deadline can have moved earlier. O(peers touched), not O(peers)."""
         best = None
+        if self.gate.armed:  # the device went under load: its end is a deadline
+            self.gate.armed = False
+            best = self.gate.deadline()
         for peer in self._armed:
             t = peer.timers.next_deadline()
             if t is not None and (best is None or t < best):
@@ -192,6 +201,7 @@ class Device:
         return best
 
     def on_timer(self, now: float) -> Outputs:
+        self.gate.on_timer(now)
         for peer in list(self.peers.values()):
             for timer in peer.timers.expired(now):
                 self._timer_expired(peer, timer, now)
@@ -331,30 +341,6 @@ class Device:
         self.out.events.append(HandshakeCompleted(peer))
 
     # -- receiving handshake messages -------------------------------------------------------------------
-    def _under_load(self, now: float) -> bool:
-        second = int(now)
-        if second != self._load_second:
-            self._load_second, self._load_count = second, 0
-        self._load_count += 1
-        if self._load_count >= self.config.under_load_threshold:
-            self._under_load_until = now + UNDER_LOAD_AFTER
-        return now < self._under_load_until
-
-    def _rate_limited(self, ip: bytes, now: float) -> bool:
-        """Token bucket per source IP: HANDSHAKES_PER_SECOND, burst HANDSHAKE_BURST."""
-        bucket = self._buckets.get(ip)
-        if bucket is None:
-            if len(self._buckets) > 4096:
-                self._buckets.clear()
-            bucket = self._buckets[ip] = [float(HANDSHAKE_BURST), now]
-        tokens = min(float(HANDSHAKE_BURST), bucket[0] + (now - bucket[1]) * HANDSHAKES_PER_SECOND)
-        bucket[1] = now
-        if tokens < 1.0:
-            bucket[0] = tokens
-            return True
-        bucket[0] = tokens - 1.0
-        return False
-
     def note_source(self, peer: Peer, source: Endpoint) -> None:
         """Roaming: the peer is now where its latest authenticated packet came from (or, for a managed
         peer, the source is reported to the path manager through Outputs.heard)."""
@@ -363,43 +349,55 @@ class Device:
         else:
             peer.endpoint = source
 
-    def receive_control(self, data: bytes, source: Endpoint, now: float) -> None:
-        kind = message_type(data)
-        if kind == 0:
-            if self.collect_foreign:
-                self.out.foreign.append((bytes(data), source))
+    def receive_control(self, pending: list, now: float) -> None:
+        """The datagrams of a batch that are not transport messages, after its transport messages (so
+        data goes first): foreign ones to Outputs.foreign, handshake messages through the gate, which
+        bounds how many are processed (handshake_gate.py). The cheap checks (type and exact size here,
+        mac1 in _receive_handshake) come before any DH."""
+        handshakes = []
+        for data, source in pending:
+            kind = message_type(data)
+            if kind == 0 or kind == MSG_TRANSPORT:  # a transport message here is one with a bad header
+                if self.collect_foreign and kind == 0:
+                    self.out.foreign.append((bytes(data), source))
+                else:
+                    self.drops["not wireguard"] += 1
             else:
-                self.drops["not wireguard"] += 1
+                handshakes.append((data, kind, source))
+        if not handshakes:
             return
         if self.identity is None:
-            self.drops["no private key"] += 1
+            self.drops["no private key"] += len(handshakes)
             return
-        data = bytes(data)
-        try:
-            if kind == MSG_COOKIE_REPLY:
-                self._receive_cookie_reply(data, now)
+        for data, kind, source in self.gate.admit(handshakes, now):
+            try:
+                self._receive_handshake(bytes(data), kind, source, now)
+            except ParseError as exc:
+                self.drops[f"handshake: {exc}"] += 1
+
+    def _receive_handshake(self, data: bytes, kind: int, source: Endpoint, now: float) -> None:
+        if kind == MSG_COOKIE_REPLY:
+            self._receive_cookie_reply(data, now)
+            return
+        if not self.cookie_checker.check_mac1(data):
+            self.drops["bad mac1"] += 1
+            return
+        gate = self.gate
+        if gate.under_load(now):
+            src = source_bytes(source, gate.packed_ip(source[0]))
+            if not self.cookie_checker.check_mac2(data, src, now):
+                sender = int.from_bytes(data[4:8], "little")
+                reply = self.cookie_checker.create_reply(data, sender, src, now)
+                self.out.datagrams.append((source, reply.encode()))
+                self.drops[COOKIE_SENT] += 1
                 return
-            if not self.cookie_checker.check_mac1(data):
-                self.drops["bad mac1"] += 1
+            if gate.rate_limited(source[0], now):
+                self.drops[RATE_LIMITED] += 1
                 return
-            if self._under_load(now):
-                ip = ipaddress.ip_address(source[0].split("%")[0]).packed
-                src = source_bytes(source, ip)
-                if not self.cookie_checker.check_mac2(data, src, now):
-                    sender = int.from_bytes(data[4:8], "little")
-                    reply = self.cookie_checker.create_reply(data, sender, src, now)
-                    self.out.datagrams.append((source, reply.encode()))
-                    self.drops["under load: cookie sent"] += 1
-                    return
-                if self._rate_limited(ip, now):
-                    self.drops["under load: rate limited"] += 1
-                    return
-            if kind == MSG_INITIATION:
-                self._receive_initiation(data, source, now)
-            elif kind == MSG_RESPONSE:
-                self._receive_response(data, source, now)
-        except ParseError as exc:
-            self.drops[f"handshake: {exc}"] += 1
+        if kind == MSG_INITIATION:
+            self._receive_initiation(data, source, now)
+        else:
+            self._receive_response(data, source, now)
 
     def _receive_cookie_reply(self, data: bytes, now: float) -> None:
         reply = parse_cookie_reply(data)

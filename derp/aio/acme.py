@@ -30,30 +30,14 @@ from typing import Any, Callable
 from derp.aio.certstore import CertStore, context_from_pem, utc_text, write_atomic
 from derp.aio.tls import server_context
 from derp.certpem import pem_certificates, validity
-from derp.duration import parse_duration
 from derp.errors import ParseError, UsageError
-from derp.renewal import Renewal, RenewalConfig, parse_renew_before
+from derp.renewal import Renewal, RenewalConfig
 
 log = logging.getLogger("derper.acme")
 LETSENCRYPT = "https://acme-v02.api.letsencrypt.org/directory"
 CHALLENGES = ("tls-alpn-01", "http-01")
 ID_PE_ACME_IDENTIFIER = "1.3.6.1.5.5.7.1.31"   # RFC 8737 6.1
 USER_AGENT = "wgc-derper"
-
-
-def add_flags(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("--certmode letsencrypt (ACME)")
-    g.add_argument("--acme-email", default="", help="contact address for the ACME account (optional)")
-    g.add_argument("--acme-directory", default=LETSENCRYPT, metavar="URL",
-                   help="ACME directory (default: Let's Encrypt's production one)")
-    g.add_argument("--acme-ca-file", default=None, metavar="FILE",
-                   help="CA bundle that verifies the ACME directory's HTTPS (default: the system's)")
-    g.add_argument("--acme-challenge", default="tls-alpn-01", choices=CHALLENGES,
-                   help="tls-alpn-01 on the DERP port (default, as derper) or http-01 on --http-port")
-    g.add_argument("--acme-renew-before", default="33%", metavar="PCT|DURATION",
-                   help="renew when less than this share of the lifetime (33%%) or this long (720h) remains")
-    g.add_argument("--acme-retry", default="1m", metavar="DURATION",
-                   help="first retry after a failed order; doubles up to 1h")
 
 
 @dataclass(frozen=True)
@@ -97,8 +81,8 @@ def config_from_args(args: argparse.Namespace) -> AcmeConfig:
     except OSError as exc:
         raise UsageError(f"--certdir {args.certdir!r} must be a writable directory for the ACME account and "
                          f"certificates: {exc.strerror}") from None
-    before, fraction = parse_renew_before(args.acme_renew_before)
-    retry = parse_duration(args.acme_retry)
+    before, fraction = args.acme_renew_before        # typed by the parser (derp.renewal.parse_renew_before)
+    retry = args.acme_retry
     renewal = RenewalConfig(renew_before=before, renew_fraction=fraction, retry_min=max(1.0, retry),
                             retry_max=max(3600.0, retry))
     return AcmeConfig(host, args.certdir, args.acme_directory, args.acme_email, args.acme_ca_file,

@@ -1,7 +1,8 @@
 """TLS certificates for the DERP server: self-signed lab certificates, a private CA for tests, and loading.
 
 Generation uses `cryptography` (ECDSA P-256, SAN = the host name or IP). `derper --certmode selfsigned`
-and the tests use it; `manual` mode loads `<certdir>/<hostname>.crt` and `.key` as Tailscale's derper does.
+(`derp.aio.certstore.selfsigned_files`, kept in --certdir) and the tests use it; `manual` mode loads
+`<certdir>/<hostname>.crt` and `.key` as Tailscale's derper does (`derp.aio.tls.load_server_context`).
 """
 from __future__ import annotations
 

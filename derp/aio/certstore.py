@@ -12,7 +12,6 @@ validation context (no SNI callback, so it stays). HTTP-01 tokens are answered o
 """
 from __future__ import annotations
 
-import argparse
 import asyncio
 import datetime
 import hashlib
@@ -22,19 +21,14 @@ import ssl
 import tempfile
 from typing import Any, Callable
 
-from derp.aio.tls import server_context
+from derp.aio.tls import load_server_context, server_context
 from derp.certpem import pem_certificates, validity
-from derp.errors import ParseError
+from derp.errors import ParseError, UsageError
 from derp.tlshello import ClientHello
 
 log = logging.getLogger("derper.certs")
 HTTP01_PREFIX = "/.well-known/acme-challenge/"
 WATCH_INTERVAL = 2.0
-
-
-def add_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--cert-watch-interval", default="2s", metavar="DURATION",
-                   help="--certmode manual: look for changed certificate files this often (0: only on SIGHUP)")
 
 
 def utc_text(ts: float | None) -> str:
@@ -111,11 +105,16 @@ class CertStore:
             self.not_before = self.not_after = None
         self.current = self._adopt(ctx)
 
-    def load_files(self, cert_path: str, key_path: str) -> None:
-        """Load and serve a certificate/key pair; raises OSError/ValueError/ssl.SSLError and keeps the old."""
-        with open(cert_path, "rb") as fh:
-            pem = fh.read()
-        self.install(server_context(cert_path, key_path), pem)
+    def load_files(self, cert_path: str, key_path: str, hint: str = "") -> None:
+        """Load and serve a certificate/key pair; on any problem raise a one-line UsageError naming the file
+        (`derp.aio.tls.load_server_context`, `hint` added to 'does not exist') and keep the old pair."""
+        ctx = load_server_context(cert_path, key_path, hint)
+        try:
+            with open(cert_path, "rb") as fh:
+                pem = fh.read()
+        except OSError as exc:
+            raise UsageError(f"cannot read certificate {cert_path}: {(exc.strerror or str(exc)).lower()}") from None
+        self.install(ctx, pem)
 
     @property
     def has_certificate(self) -> bool:
@@ -129,10 +128,10 @@ class CertStore:
             fn()
 
     # ---- manual certificates: watched files and SIGHUP ------------------------------------------------
-    def watch_files(self, cert_path: str, key_path: str) -> None:
+    def watch_files(self, cert_path: str, key_path: str, hint: str = "") -> None:
         self.files = (cert_path, key_path)
         self._files_sig = self._signature()
-        self.load_files(cert_path, key_path)
+        self.load_files(cert_path, key_path, hint)
 
     def _signature(self) -> Any:
         assert self.files is not None
@@ -155,10 +154,10 @@ class CertStore:
         cert_path, key_path = self.files
         try:
             self.load_files(cert_path, key_path)
-        except (OSError, ValueError, ssl.SSLError) as exc:
+        except UsageError as exc:
             self.counters["reload_failures"] += 1
-            log.error("cannot reload %s / %s (%s), still serving the certificate valid until %s: %s",
-                      cert_path, key_path, why, utc_text(self.not_after), getattr(exc, "strerror", None) or exc)
+            log.error("cannot reload %s (%s), still serving the certificate valid until %s: %s",
+                      cert_path, why, utc_text(self.not_after), exc)
             return False
         self.counters["reloads"] += 1
         log.info("reloaded %s (%s); new handshakes get the certificate valid until %s", cert_path, why,
@@ -235,7 +234,7 @@ def selfsigned_files(certdir: str, hostname: str) -> tuple[str, str]:
     crt = os.path.join(certdir, hostname + ".crt")
     key = os.path.join(certdir, hostname + ".key")
     if os.path.exists(crt) and os.path.exists(key):
-        log.info("self-signed certificate: using %s", crt)
+        log.debug("self-signed certificate: using %s", crt)   # the map node line follows once it loads
         return crt, key
     from derp.aio import certs   # cryptography is only needed to generate the certificate
     pair = certs.make_cert([hostname])

@@ -2,243 +2,47 @@
 WebSocket), runs the `derp.protocol.ClientConnection` core on the stream, and keeps the connection up
 (reconnect with backoff and jitter, honouring Restarting by moving to the same or the next node).
 
+One connection on the wire (upgrade, frames, read budget) is `derp.aio.clientconn`.
 Targets come from a DERP map region/node (HostName, IPv4/IPv6, DERPPort, InsecureForTests, CertName pins)
 or a URL. TLS uses the system CA store plus an optional `ca_file`, ALPN http/1.1 only.
-Packets arrive through `on_packet(src, data)` (fast path) or the `events` queue; other events
-(Connected, Disconnected, PeerGoneReceived, PeerPresentReceived, HealthChanged, RestartingReceived) go to
-`events` (and `on_event` if given).
+Packets arrive through `on_packet(src, data)` (fast path), other events (Connected, Disconnected,
+PeerGoneReceived, PeerPresentReceived, HealthChanged, RestartingReceived) through `on_event`; whatever has
+no callback goes to the bounded `events` queue (`recv`), which exists only then.
+
+Robustness (the knobs are `ClientConfig` fields):
+* the reconnect backoff starts over only after a link that lasted `healthy_after` seconds: a relay that
+  completes the handshake and hangs up at once is redialed ever more slowly (up to 5 s), not 70 times a
+  second;
+* a connect failure is a WARNING naming the target and the reason ("DERP region 1 (derp1.example): TLS
+  certificate verify failed: self-signed certificate"), at most once per `log_interval` per reason;
+* a stalled relay is given up after a few keepalive intervals (the core's own Pings, derp.protocol);
+* one read callback feeds the core at most READ_BUDGET bytes (derp.aio.clientconn), so a relay flooding
+  frames cannot starve the UDP data path.
 """
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
-import os
 import random
 import socket
 import ssl
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from websockets.client import ClientProtocol
-from websockets.frames import Opcode
-from websockets.uri import parse_uri
-
-from derp import httpwire
 from derp import protocol as P
-from derp.constants import MAX_CLIENT_FRAME
+from derp.aio.clientconn import ConnectError, UpgradeRefused, _Stream, describe_error  # noqa: F401
 from derp.aio.targets import (DialTarget, backoff_delay, cert_matches, make_ssl_context,  # noqa: F401
                                targets_for_node, targets_for_region, targets_for_url)
-from derp.errors import Error, ParseError, UsageError
+from derp.errors import UsageError
 from derp.keys import short
+from derp.ratelog import RateLimitedLog
 
 log = logging.getLogger(__name__)
-_ws_log = logging.getLogger("derp.aio.client.websocket")
-_ws_log.setLevel(logging.WARNING)
-WRITE_LIMIT = 1 << 20
-
-
-class ConnectError(Error):
-    """No connection could be made to any target."""
-
-
-class UpgradeRefused(ConnectError):
-    def __init__(self, status: int) -> None:
-        super().__init__(f"server answered HTTP {status} to the upgrade")
-        self.status = status
 
 
 @dataclass(frozen=True)
 class Disconnected:
     reason: str
-
-
-class _Stream(asyncio.Protocol):
-    """One TCP/TLS connection: the HTTP (or WebSocket) upgrade, then DERP frames through the core."""
-
-    def __init__(self, client: "DerpClient", target: DialTarget, websocket: bool) -> None:
-        self.client = client
-        self.target = target
-        self.websocket = websocket
-        self.transport: Any = None
-        loop = asyncio.get_running_loop()
-        self.upgraded: asyncio.Future = loop.create_future()
-        self.done: asyncio.Future = loop.create_future()
-        self.core: P.ClientConnection | None = None
-        self.buf = bytearray()
-        self.ws: ClientProtocol | None = None
-        self.timer: asyncio.TimerHandle | None = None
-        self.received_any = False
-        self.restarting: P.RestartingReceived | None = None
-        self.pings: dict[bytes, asyncio.Future] = {}
-
-    def connection_made(self, transport: Any) -> None:
-        self.transport = transport
-        t = self.target
-        if self.websocket:
-            self.ws = ClientProtocol(parse_uri(t.url(ws=True)), subprotocols=["derp"],
-                                     max_size=MAX_CLIENT_FRAME + 1024, logger=_ws_log)
-            req = self.ws.connect()
-            if t.ideal_node:
-                req.headers["Ideal-Node"] = t.ideal_node
-            self.ws.send_request(req)
-            transport.writelines(self.ws.data_to_send())
-        else:
-            hdrs = {"Upgrade": "DERP", "Connection": "Upgrade"}
-            if t.ideal_node:
-                hdrs["Ideal-Node"] = t.ideal_node
-            transport.write(httpwire.request("GET", "/derp", t.host_header, hdrs))
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        reason = f"connection lost: {exc}" if exc else "connection closed by the server"
-        if not self.upgraded.done():
-            self.upgraded.set_exception(ConnectError(reason))
-        self._finish(reason)
-
-    def _finish(self, reason: str) -> None:
-        if self.timer:
-            self.timer.cancel()
-        for fut in self.pings.values():
-            if not fut.done():
-                fut.set_exception(ConnectionError(reason))
-        if not self.done.done():
-            self.done.set_result(reason)
-        if self.transport is not None:
-            self.transport.close()
-
-    def data_received(self, data: bytes) -> None:
-        try:
-            if self.ws is not None:
-                data = self._ws_data(data)
-                if not data:
-                    return
-            if self.core is None:
-                data = self._http_data(data)
-                if not data:
-                    return
-            self._frames(data)
-        except (ParseError, ConnectError) as exc:
-            if not self.upgraded.done():
-                self.upgraded.set_exception(exc if isinstance(exc, ConnectError) else ConnectError(str(exc)))
-            self._finish(f"bad input from the server: {exc}")
-
-    def _ws_data(self, data: bytes) -> bytes:
-        ws = self.ws
-        assert ws is not None
-        ws.receive_data(data)
-        out = []
-        for ev in ws.events_received():
-            if hasattr(ev, "status_code"):  # the handshake response
-                if ev.status_code != 101 or ws.subprotocol != "derp":
-                    raise UpgradeRefused(ev.status_code if ev.status_code != 101 else 400)
-                self._begin()
-            elif ev.opcode in (Opcode.BINARY, Opcode.CONT, Opcode.TEXT):
-                out.append(ev.data)
-        if ws.handshake_exc is not None and not self.upgraded.done():
-            raise ConnectError(f"WebSocket handshake failed: {ws.handshake_exc}")
-        pending = ws.data_to_send()
-        if pending:
-            self.transport.writelines(pending)
-        if ws.close_expected():
-            self._finish("WebSocket closed by the server")
-        return b"".join(out)
-
-    def _http_data(self, data: bytes) -> bytes:
-        self.buf += data
-        end = httpwire.find_head_end(self.buf)
-        if end < 0:
-            return b""
-        head = httpwire.parse_response(bytes(self.buf[:end]))
-        rest = bytes(self.buf[end:])
-        self.buf = bytearray()
-        if head.status != 101:
-            raise UpgradeRefused(head.status)
-        self._begin()
-        return rest
-
-    def _begin(self) -> None:
-        c = self.client
-        loop = asyncio.get_running_loop()
-        self.core = P.ClientConnection(c.private_key, os.urandom, loop.time(), c.config)
-        self._carry(self.core.start(loop.time()))
-        self._arm()
-
-    def _arm(self) -> None:
-        if self.core is None:
-            return
-        deadline = self.core.next_deadline()
-        if deadline is None:
-            return
-        if self.timer:
-            self.timer.cancel()
-        self.timer = asyncio.get_running_loop().call_at(deadline, self._on_timer)
-
-    def _on_timer(self) -> None:
-        assert self.core is not None
-        self._carry(self.core.on_timer(asyncio.get_running_loop().time()))
-        self._arm()
-
-    def _frames(self, data: bytes) -> None:
-        assert self.core is not None
-        outs = self.core.receive_data(data, asyncio.get_running_loop().time())
-        if outs:
-            self.received_any = True
-            self._carry(outs)
-
-    def _carry(self, outs: list) -> None:
-        client = self.client
-        for out in outs:
-            kind = type(out)
-            if kind is P.PacketReceived:
-                client._packet(out.src, out.data)
-            elif kind is P.Transmit:
-                self.write(out.data)
-            elif kind is P.Connected:
-                if not self.upgraded.done():
-                    self.upgraded.set_result(out)
-                client._event(out)
-            elif kind is P.PongReceived:
-                fut = self.pings.pop(out.data, None)
-                if fut and not fut.done():
-                    fut.set_result(out.rtt)
-            elif kind is P.PingTimedOut:
-                fut = self.pings.pop(out.data, None)
-                if fut and not fut.done():
-                    fut.set_exception(TimeoutError("DERP ping timed out"))
-            elif kind is P.Closed:
-                if not self.upgraded.done():
-                    self.upgraded.set_exception(ConnectError(out.reason))
-                self._finish(out.reason)
-            else:
-                if kind is P.RestartingReceived:
-                    self.restarting = out
-                client._event(out)
-        if self.restarting is not None and not self.done.done():
-            self._finish("server is restarting")
-
-    def write(self, data: bytes) -> bool:
-        if self.transport is None or self.transport.is_closing():
-            return False
-        if self.transport.get_write_buffer_size() > WRITE_LIMIT:
-            return False
-        if self.ws is not None:
-            self.ws.send_binary(data)
-            self.transport.writelines(self.ws.data_to_send())
-        else:
-            self.transport.write(data)
-        return True
-
-    def verify_pin(self) -> None:
-        if self.target.cert_name and self.target.pin is None and not self.target.insecure:
-            sslobj = self.transport.get_extra_info("ssl_object")
-            if sslobj is None or not cert_matches(sslobj.getpeercert() or {}, self.target.cert_name):
-                raise ConnectError(f"server certificate is not valid for CertName {self.target.cert_name!r}")
-        if self.target.pin is None:
-            return
-        sslobj = self.transport.get_extra_info("ssl_object")
-        der = sslobj.getpeercert(binary_form=True) if sslobj else None
-        if der is None or hashlib.sha256(der).digest() != self.target.pin:
-            raise ConnectError("server certificate does not match the pinned sha256-raw CertName")
 
 
 @dataclass
@@ -249,7 +53,8 @@ class ClientStats:
     dropped_backpressure: int = 0
     dropped_queue_full: int = 0
     connects: int = 0
-    failures: int = 0
+    failures: int = 0          # dials that did not connect
+    short_lived: int = 0       # connections that ended before `healthy_after`
     extra: dict[str, int] = field(default_factory=dict)
 
 
@@ -261,7 +66,7 @@ class DerpClient:
                  on_packet: Callable[[bytes, bytes], None] | None = None,
                  on_event: Callable[[Any], None] | None = None, reconnect: bool = True,
                  connect_timeout: float = 10.0, node_timeout: float = 1.5, preferred: bool = False,
-                 watch_conns: bool = False,
+                 watch_conns: bool = False, label: str = "",
                  rng: random.Random | None = None, queue_size: int = 4096) -> None:
         if not targets:
             raise UsageError("no DERP node to connect to (all nodes STUN-only or disabled?)")
@@ -280,7 +85,10 @@ class DerpClient:
         self.preferred = preferred
         self.watch_conns = watch_conns
         self.rng = rng or random.Random()
-        self.events: asyncio.Queue = asyncio.Queue(queue_size)
+        self.label = label                       # "region 1": how log lines name this client
+        # a queue only for what has no callback: nobody would read it otherwise
+        self.events: asyncio.Queue | None = None if on_packet and on_event else asyncio.Queue(queue_size)
+        self._log = RateLimitedLog(log, config.log_interval)
         self.stats = ClientStats()
         self.stream: _Stream | None = None
         self.target_index = 0
@@ -288,6 +96,7 @@ class DerpClient:
         self._connected = asyncio.Event()
         self._closing = False
         self.websocket_fallbacks = 0
+        self.backoff_step = 0   # failed or short-lived connections in a row: the reconnect delay grows with it
         self._ssl_contexts: dict[tuple, ssl.SSLContext] = {}
 
     def __repr__(self) -> str:
@@ -322,7 +131,8 @@ class DerpClient:
                 pass
 
     async def _run(self) -> None:
-        failures = 0
+        loop = asyncio.get_running_loop()
+        self.backoff_step = 0
         while not self._closing:
             try:
                 stream = await self.connect_once()
@@ -330,10 +140,11 @@ class DerpClient:
                 if isinstance(exc, UsageError) or not self.reconnect:
                     self._event(Disconnected(str(exc)))
                     return
-                failures += 1
+                self.backoff_step += 1
                 self.stats.failures += 1
-                await asyncio.sleep(backoff_delay(failures, self.rng))
+                await asyncio.sleep(backoff_delay(self.backoff_step, self.rng))
                 continue
+            since = loop.time()
             reason = await stream.done
             self.stream = None
             self._connected.clear()
@@ -341,11 +152,25 @@ class DerpClient:
             if not self.reconnect or self._closing:
                 return
             if stream.restarting is not None:
-                failures = 0
+                self.backoff_step = 0
                 await asyncio.sleep(stream.restarting.reconnect_in)
                 continue
-            failures = 1 if stream.received_any else failures + 1
-            await asyncio.sleep(backoff_delay(failures, self.rng))
+            if loop.time() - since >= self.config.healthy_after:
+                self.backoff_step = 1     # it worked for a while: come back quickly
+            else:                         # a handshake alone proves nothing: keep backing off
+                self.backoff_step += 1
+                self.stats.short_lived += 1
+            await asyncio.sleep(backoff_delay(self.backoff_step, self.rng))
+
+    def _name(self, target: DialTarget) -> str:
+        host = target.server_name or target.host
+        return f"{self.label} ({host})" if self.label else f"{host}:{target.port}"
+
+    def _dial_failed(self, target: DialTarget, exc: BaseException, errors: list[str]) -> None:
+        what = describe_error(exc)
+        errors.append(f"{target.host}:{target.port}: {what}")
+        self._log.log(logging.WARNING, (target.host, target.port, type(exc).__name__),
+                      asyncio.get_running_loop().time(), "DERP %s: %s", self._name(target), what)
 
     async def connect_once(self) -> _Stream:
         """One pass over the targets starting at the current one; the first that completes wins."""
@@ -359,12 +184,14 @@ class DerpClient:
                 try:
                     stream = await asyncio.wait_for(self._dial(target, websocket), self.connect_timeout)
                 except UpgradeRefused as exc:
-                    errors.append(f"{target.host}:{target.port}: {exc}")
                     if not websocket and len(modes) > 1:
-                        self.websocket_fallbacks += 1
+                        self.websocket_fallbacks += 1   # expected behind proxies: no warning yet
+                        errors.append(f"{target.host}:{target.port}: {exc}")
+                    else:
+                        self._dial_failed(target, exc, errors)
                     continue
                 except (ConnectError, OSError, asyncio.TimeoutError, ssl.SSLError) as exc:
-                    errors.append(f"{target.host}:{target.port}: {exc or type(exc).__name__}")
+                    self._dial_failed(target, exc, errors)
                     break  # a transport failure: WebSocket on the same target would not help
                 if self._closing:
                     stream._finish("closed while connecting")
@@ -483,20 +310,29 @@ class DerpClient:
     def _event(self, ev: Any) -> None:
         if self.on_event is not None and type(ev) is not P.PacketReceived:
             self.on_event(ev)
+            return
+        if self.events is None:
+            return
         try:
             self.events.put_nowait(ev)
         except asyncio.QueueFull:
             self.stats.dropped_queue_full += 1
 
+    def _queue(self) -> asyncio.Queue:
+        if self.events is None:
+            raise UsageError("this DERP client hands everything to its callbacks; it has no event queue")
+        return self.events
+
     async def recv(self, timeout: float | None = None) -> Any:
-        return await asyncio.wait_for(self.events.get(), timeout)
+        return await asyncio.wait_for(self._queue().get(), timeout)
 
     async def recv_packet(self, timeout: float | None = None) -> P.PacketReceived:
         """The next packet, skipping other events."""
         loop = asyncio.get_running_loop()
+        queue = self._queue()
         deadline = None if timeout is None else loop.time() + timeout
         while True:
             left = None if deadline is None else max(0.0, deadline - loop.time())
-            ev = await asyncio.wait_for(self.events.get(), left)
+            ev = await asyncio.wait_for(queue.get(), left)
             if type(ev) is P.PacketReceived:
                 return ev

@@ -43,8 +43,9 @@ def details(server: Any) -> dict[str, Any]:
 def _debug_page(server: Any) -> bytes:
     d = details(server)
     rows = []
-    flat = {**{f"relay.{k}": v for k, v in d["relay"].items() if k != "drops"},
+    flat = {**{f"relay.{k}": v for k, v in d["relay"].items() if k not in ("drops", "refused")},
             **{f"drops.{k}": v for k, v in d["relay"]["drops"].items()},
+            **{f"refused.{k}": v for k, v in d["relay"]["refused"].items()},
             **{f"http.{k}": v for k, v in d["http"].items()}}
     for key, value in sorted(flat.items()):
         rows.append(f"<tr><td>{html.escape(key)}</td><td>{html.escape(str(value))}</td></tr>")

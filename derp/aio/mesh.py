@@ -56,13 +56,12 @@ class MeshLink:
                 log.info("mesh link to %s (%s) up", self.target.host_header, short(ev.server_key))
         elif kind is Disconnected:
             self.apply(self.relay.remove_link(self))
-        # drain the queue: the mesh link consumes events through this callback only
-        while not self.client.events.empty():
-            self.client.events.get_nowait()
 
     def forward(self, frame: bytes) -> None:
+        """A ForwardPacket frame: counted forwarded once written to the link, else dropped (mesh_write)."""
         if self.client.write_raw(frame):
             self.forwarded += 1
+            self.relay.counters["packets_forwarded_out"] += 1
         else:
             self.dropped += 1
             self.relay.drops["mesh_write"] = self.relay.drops.get("mesh_write", 0) + 1

@@ -1,5 +1,9 @@
 """Prometheus metrics for the derper (prometheus-client), collected from the relay's counters on scrape
 (nothing is updated per packet), served by a tiny asyncio HTTP listener at `/metrics` on --metrics-addr.
+
+Where a metric mirrors one of Tailscale's derper it is also exported under derper's name (derp_packets_sent,
+derp_bytes_sent, derp_current_connections, derp_current_home_connections, derp_got_ping, derp_sent_pong,
+derp_sclient_write_timeouts; counters with Prometheus' `_total` suffix); our older names stay.
 """
 from __future__ import annotations
 
@@ -24,16 +28,25 @@ class RelayCollector:
                                 value=stats["clients"])
         yield GaugeMetricFamily("derp_home_clients", "Clients that said this is their home node",
                                 value=stats["home_clients"])
+        yield GaugeMetricFamily("derp_current_connections", "Connected clients and mesh peers (derper's name)",
+                                value=stats["clients"] + stats["mesh_peers"])
+        yield GaugeMetricFamily("derp_current_home_connections", "Same as derp_home_clients (derper's name)",
+                                value=stats["home_clients"])
         yield GaugeMetricFamily("derp_mesh_peers", "Connected mesh peers (inbound)", value=stats["mesh_peers"])
         up = sum(1 for link in self.server.mesh_links if link.client.connected)
         yield GaugeMetricFamily("derp_mesh_links_up", "Outbound mesh links that are connected", value=up)
         yield GaugeMetricFamily("derp_mesh_routes", "Keys reachable through a mesh peer",
                                 value=stats["mesh_routes"])
         yield CounterMetricFamily("derp_accepts", "DERP connections admitted", value=stats["accepted"])
-        yield CounterMetricFamily("derp_packets_relayed", "Packets relayed to local clients",
-                                  value=stats["packets_relayed"])
-        yield CounterMetricFamily("derp_bytes_relayed", "Packet bytes relayed to local clients",
-                                  value=stats["bytes_relayed"])
+        for name in ("derp_packets_relayed", "derp_packets_sent"):
+            yield CounterMetricFamily(name, "Packets queued or written to local clients (drops not included)",
+                                      value=stats["packets_relayed"])
+        for name in ("derp_bytes_relayed", "derp_bytes_sent"):
+            yield CounterMetricFamily(name, "Packet bytes queued or written to local clients",
+                                      value=stats["bytes_relayed"])
+        yield CounterMetricFamily("derp_got_ping", "Ping frames received", value=stats["got_ping"])
+        yield CounterMetricFamily("derp_sent_pong", "Pong frames sent (Pings beyond one pending Pong are ignored)",
+                                  value=stats["sent_pong"])
         yield CounterMetricFamily("derp_packets_forwarded_out", "Packets forwarded to mesh peers",
                                   value=stats["packets_forwarded_out"])
         yield CounterMetricFamily("derp_packets_forwarded_in", "Packets received from mesh peers",
@@ -42,7 +55,14 @@ class RelayCollector:
         for reason, count in sorted(stats["drops"].items()):
             drops.add_metric([reason], count)
         yield drops
+        refused = CounterMetricFamily("derp_admission_refused", "Clients refused after their ClientInfo, by reason",
+                                      labels=["reason"])
+        for reason, count in sorted(stats["refused"].items()):
+            refused.add_metric([reason], count)
+        yield refused
         http = self.server.http_counters
+        yield CounterMetricFamily("derp_sclient_write_timeouts", "Clients cut for stalled writes (derper's name)",
+                                  value=http["write_timeouts"])
         yield CounterMetricFamily("derp_conn_rate_limited", "Connections refused by the per-IP rate limit (429)",
                                   value=http["rate_limited"])
         events = CounterMetricFamily("derp_http_events", "HTTP-level events", labels=["event"])

@@ -95,6 +95,7 @@ class TlsTransport(asyncio.Transport):
         self.dead = False
         self.reading = False
         self.writing = False
+        self.read_paused = False
         self.timer = self.loop.call_later(listener.handshake_timeout, self._handshake_timeout)
         self._handshake()
 
@@ -240,6 +241,26 @@ class TlsTransport(asyncio.Transport):
 
     def get_write_buffer_size(self) -> int:
         return self.pending_size
+
+    def pause_reading(self) -> None:
+        if self.reading and not self.read_paused:
+            self.read_paused = True
+            self.loop.remove_reader(self.fd)
+            self.reading = False
+
+    def resume_reading(self) -> None:
+        if self.read_paused and not (self.dead or self.closing):
+            self.read_paused = False
+            self.loop.add_reader(self.fd, self._on_readable)
+            self.reading = True
+            self.loop.call_soon(self._drain_pending)  # OpenSSL may hold records the socket no longer signals
+
+    def is_reading(self) -> bool:
+        return self.reading
+
+    def _drain_pending(self) -> None:
+        if self.reading and not self.dead and self.sock.pending():
+            self._on_readable()
 
     def is_closing(self) -> bool:
         return self.closing or self.dead

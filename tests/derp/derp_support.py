@@ -56,6 +56,37 @@ async def http_get(port: int, path: str, headers: dict[str, str] | None = None, 
     return int(status_line.split()[1]), hdrs, body
 
 
+async def metric(srv, name: str) -> float:
+    """One sample of a `wgc derper`'s /metrics, by its exact name and labels (0 when absent)."""
+    _, _, body = await http_get(int(srv.metrics.rsplit(":", 1)[1]), "/metrics")
+    for line in body.decode().splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[-1])
+    return 0.0
+
+
+async def dropped(srv) -> float:
+    """All packet drops, whatever the reason."""
+    _, _, body = await http_get(int(srv.metrics.rsplit(":", 1)[1]), "/metrics")
+    return sum(float(ln.split()[-1]) for ln in body.decode().splitlines()
+               if ln.startswith("derp_packets_dropped_total{"))
+
+
+async def fill_until_queue_full(sender: DerpClient, srv, dst: bytes, tries: int = 2000) -> int:
+    """Send 60 kB packets to `dst` (a client that reads nothing) until the relay drops some as queue_full;
+    returns how many the sender accepted."""
+    payload = os.urandom(60000)
+    sent = 0
+    for i in range(tries):  # up to 120 MB
+        if sender.send_packet(dst, payload):
+            sent += 1
+        else:
+            await asyncio.sleep(0.005)
+        if i % 50 == 49 and await metric(srv, 'derp_packets_dropped_total{reason="queue_full"}') > 0:
+            break
+    return sent
+
+
 class RawDerp:
     """A hand-driven DERP connection over plain HTTP, for tests that misbehave on purpose."""
 
@@ -98,4 +129,4 @@ class RawDerp:
         self.writer.close()
 
 
-__all__ = ["F", "new_key", "client", "exchange", "http_get", "RawDerp"]
+__all__ = ["F", "new_key", "client", "exchange", "http_get", "metric", "dropped", "fill_until_queue_full", "RawDerp"]

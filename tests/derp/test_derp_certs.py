@@ -252,6 +252,42 @@ def test_http01_answer_on_the_http_port(tmp_path) -> None:
     run(main())
 
 
+def test_selfsigned_certdir_problems_are_one_line(tmp_path) -> None:
+    """A kept pair that no longer loads names the file; a --certdir that cannot be made says why."""
+    garbage = tmp_path / "garbage"
+    garbage.mkdir()
+    (garbage / "127.0.0.1.crt").write_bytes(b"not a certificate\n")
+    (garbage / "127.0.0.1.key").write_bytes(make_cert(["127.0.0.1"]).key_pem)
+    (tmp_path / "plainfile").write_text("x")
+    for certdir, words in ((garbage, f"certificate {garbage}/127.0.0.1.crt is not PEM"),
+                           (tmp_path / "plainfile" / "sub", "--certdir")):
+        out = subprocess.run([sys.executable, "-m", "derp", "--no-stun", "--open-relay", "--metrics-addr", "off",
+                              "-a", "127.0.0.1:0", "--http-port", "-1", "--certmode", "selfsigned", "--hostname",
+                              "127.0.0.1", "--certdir", str(certdir)], capture_output=True, text=True, timeout=20)
+        assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+        lines = out.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("wgc: ") and words in lines[0], out.stderr
+    assert "not a directory" in lines[0]
+
+
+def test_letsencrypt_relay_is_up_before_its_first_certificate(derper, tmp_path) -> None:
+    """All listeners bound and `derper ready` printed with no certificate yet; the order (to a directory
+    on a closed loopback port) starts after that, fails, is logged and counted; the relay keeps running."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]
+    srv = derper("--open-relay", "--certmode", "letsencrypt", "--hostname", "derp.example.net", "--certdir",
+                 str(tmp_path / "acme"), "--acme-directory", f"https://127.0.0.1:{closed}/dir", "--acme-retry",
+                 "1h", tls=False)
+    assert srv.tls and " http=" in srv.ready
+    wait_for("the failed order counted", lambda: metric(srv, 'derp_acme_orders_total{result="failed"}') >= 1, 20,
+             srv.log)
+    assert "cannot get a certificate for derp.example.net (TLS handshakes fail until one is issued)" in srv.log()
+    with pytest.raises((ssl.SSLError, OSError)):
+        served_leaf(srv.port, sni="derp.example.net")
+    assert srv.proc.poll() is None
+
+
 @pytest.mark.parametrize("args, words", [
     (["--hostname", "192.0.2.1"], "public DNS name"),
     (["--hostname", "derp.example.net", "--acme-challenge", "http-01", "--http-port", "-1"], "--http-port"),

@@ -82,7 +82,7 @@ def test_client_events_and_skips_unknown() -> None:
 
 
 def test_client_read_timeout_and_ping_timer() -> None:
-    c, k, _ = handshake(key(1), now=100.0)
+    c, k, _ = handshake(key(1), now=100.0, config=P.ClientConfig(keepalive_interval=0))  # derp.md's 120 s only
     assert c.next_deadline() == 220.0
     data, frame = c.ping(110.0)
     assert frame == F.Ping(data).encode() and c.next_deadline() == 115.0
@@ -95,6 +95,33 @@ def test_client_read_timeout_and_ping_timer() -> None:
     outs = c.on_timer(237.0)
     assert len(outs) == 1 and isinstance(outs[0], P.Closed) and c.state == P.ClientState.CLOSED
     assert c.receive_data(F.KeepAlive().encode(), 238) == [] and c.next_deadline() is None
+
+
+def test_client_pings_a_silent_relay_and_gives_it_up_after_three_intervals() -> None:
+    """A relay that sends nothing (not even KeepAlive) is dead after 3 keepalive intervals, not 120 s."""
+    c, k, _ = handshake(key(1), now=100.0, config=P.ClientConfig(keepalive_interval=2.0))
+    c.receive_data(F.server_info_frame(SERVER, k, rnd(24), F.ServerInfo()), 100.0)
+    assert c.silence_limit() == 6.0 and c.next_deadline() == 102.0
+    assert c.on_timer(101.9) == []
+    [ping] = c.on_timer(102.0)
+    assert isinstance(ping, P.Transmit) and ping.data[0] == FrameType.PING and c.next_deadline() == 104.0
+    assert c.receive_data(F.Pong(ping.data[5:]).encode(), 103.0) == []   # our keepalive's Pong: not an event
+    assert c.next_deadline() == 105.0                                    # silence counts from the Pong
+    [ping2] = c.on_timer(105.0)
+    [ping3] = c.on_timer(107.0)
+    assert ping2.data[0] == ping3.data[0] == FrameType.PING and c.keepalive_pings == 3
+    assert c.next_deadline() == 109.0 and c.state == P.ClientState.CONNECTED
+    [closed] = c.on_timer(109.0)
+    assert isinstance(closed, P.Closed) and "6 s" in closed.reason and c.state == P.ClientState.CLOSED
+
+
+def test_traffic_means_no_keepalive_ping() -> None:
+    c, k, _ = handshake(key(1), now=0.0, config=P.ClientConfig(keepalive_interval=2.0))
+    c.receive_data(F.server_info_frame(SERVER, k, rnd(24), F.ServerInfo()), 0.0)
+    for t in range(1, 20):
+        c.receive_data(F.RecvPacket(key(2), b"x").encode(), float(t))
+        assert c.on_timer(float(t) + 0.5) == []
+    assert c.keepalive_pings == 0
 
 
 @pytest.mark.parametrize("stream, words", [
@@ -159,7 +186,7 @@ def test_relay_routes_and_tracks_senders() -> None:
     b, _ = conn(r, key(2))
     out = r.send_packet(a, send(a, b, b"hi"), 1.0)
     assert out == Deliver(b, F.RecvPacket(a.key, b"hi").encode(), False)
-    assert r.counters["packets_relayed"] == 1 and r.counters["bytes_relayed"] == 2
+    assert r.counters["packets_relayed"] == 0  # counted by the adapter once it really queued the packet
     assert r.send_packet(a, send(a, public_key_of(key(9)), b"x"), 1.0) is None
     assert r.drops == {"unknown_dest": 1}
     assert r.unregister(a) == [Write(b, F.PeerGone(a.key, PeerGoneReason.DISCONNECTED).encode())]
@@ -309,3 +336,24 @@ def test_revoke_disallowed_after_acl_change() -> None:
     m, _ = conn(r, key(50), mesh=True)
     r.acl.allowed = frozenset({b.key})
     assert r.revoke_disallowed() == [CloseConn(a, "key no longer allowed")]
+
+
+def test_one_pong_pending_further_pings_ignored() -> None:
+    r = relay()
+    a, _ = conn(r, key(1))
+    pong = Write(a, F.Pong(b"ping0001").encode())
+    assert r.handle_frame(a, FrameType.PING, b"ping0001", 0) == [pong]
+    for _ in range(100):  # a flood while that Pong is not yet written: ignored, not answered
+        assert r.handle_frame(a, FrameType.PING, b"ping0002", 0) == []
+    a.pong_pending = False  # the adapter wrote the Pong
+    assert r.handle_frame(a, FrameType.PING, b"ping0003", 0) == [Write(a, F.Pong(b"ping0003").encode())]
+    assert r.counters["got_ping"] == 102 and r.counters["sent_pong"] == 2
+
+
+def test_refusals_are_counted_as_refused_admissions_not_packet_drops() -> None:
+    r = relay(acl=AccessList(frozenset()), max_clients=1, mesh_key=bytes(range(32)))
+    for info in (F.ClientInfo(), F.ClientInfo(mesh_key="00" * 32)):
+        with pytest.raises(Rejected):
+            r.admit(public_key_of(key(1)), info)
+    assert r.refused == {"acl": 1, "bad_mesh_key": 1} and r.drops == {}
+    assert r.stats()["refused"] == {"acl": 1, "bad_mesh_key": 1}

@@ -182,12 +182,11 @@ def test_selfsigned_server_dialed_from_a_derp_map_with_pinned_cert(derper) -> No
     run(main())
 
 
-def test_stun_key_file_and_trust_proxy(derper, tmp_path) -> None:
+def test_stun_and_key_file(derper, tmp_path) -> None:
     import socket
     import struct
     keyfile = tmp_path / "derper.key"
-    srv = derper("--open-relay", "--stun", "--stun-port", "0", "-c", str(keyfile), "--trust-proxy",
-                 "--conn-rate", "1", "--conn-burst", "2", tls=False)
+    srv = derper("--open-relay", "--stun", "--stun-port", "0", "-c", str(keyfile), tls=False)
     saved = json.loads(keyfile.read_text())
     assert saved["PrivateKey"].startswith("privkey:") and (keyfile.stat().st_mode & 0o777) == 0o600
     stun_port = int(re.search(r"stun=(\d+)", srv.ready).group(1))
@@ -197,17 +196,6 @@ def test_stun_key_file_and_trust_proxy(derper, tmp_path) -> None:
         s.sendto(struct.pack(">HHI", 1, 0, 0x2112A442) + txid, ("127.0.0.1", stun_port))
         reply, _ = s.recvfrom(2048)
     assert reply[:2] == b"\x01\x01" and reply[8:20] == txid  # Binding success for our transaction
-
-    async def main():
-        # each forwarded client address has its own bucket: 6 requests from 6 "clients" all pass
-        for i in range(6):
-            st, _, _ = await http_get(srv.port, "/derp/probe", {"X-Forwarded-For": f"198.51.100.{i}, 10.0.0.1"})
-            assert st == 200
-        statuses = [r[0] for r in await asyncio.gather(
-            *(http_get(srv.port, "/derp/probe", {"X-Forwarded-For": "198.51.100.77"}) for _ in range(6)))]
-        assert 2 <= statuses.count(200) <= 3 and statuses.count(429) >= 3  # burst 2 (+ refill at 1/s)
-
-    run(main())
     srv.proc.send_signal(signal.SIGTERM)
     srv.proc.wait(10)
     again = derper("--open-relay", "-c", str(keyfile), tls=False)

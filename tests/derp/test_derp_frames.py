@@ -1,11 +1,13 @@
 """DERP frame codec: byte vectors from derp.md, RFC 7748 key vector, round trips, garbage and stream splitting."""
 from __future__ import annotations
 
+import struct
+
 import pytest
 from hypothesis import given, strategies as st
 
 from derp import frames as F
-from derp.constants import MAGIC, MAX_PACKET_SIZE, FrameType, PeerGoneReason, is_disco
+from derp.constants import MAGIC, MAX_PACKET_SIZE, FrameType, PeerGoneReason, is_disco, server_frame_limits
 from derp.errors import ParseError
 from derp.keys import clamp, parse_private_key, parse_public_key, public_key_of
 
@@ -200,3 +202,39 @@ def test_garbage_info_raises_only_parse_error(blob) -> None:
         F.unseal(bytes(32), bytes(32), blob)
     except ParseError:
         pass
+
+
+# ---- the server's limits: per frame type at the header, and a budget per call -----------------------------
+
+SERVER_LIMITS = server_frame_limits()
+
+
+@pytest.mark.parametrize("ftype, biggest", [
+    (FrameType.SEND_PACKET, 65568), (FrameType.FORWARD_PACKET, 65600), (FrameType.PING, 1000),
+    (FrameType.PONG, 1000), (FrameType.NOTE_PREFERRED, 1), (FrameType.CLOSE_PEER, 32), (FrameType.WATCH_CONNS, 0),
+    (0x7F, 65600)])
+def test_server_frame_limit_is_checked_at_the_header(ftype, biggest) -> None:
+    if biggest:
+        dec = F.FrameDecoder(limits=SERVER_LIMITS)
+        assert dec.feed(struct.pack(">BI", ftype, biggest) + b"x" * (biggest - 1)) == []  # allowed: waits for more
+        assert dec.partial() and dec.pending() == 5 + biggest - 1
+    with pytest.raises(ParseError, match="exceeds"):  # one byte more: refused before any payload arrives
+        F.FrameDecoder(limits=SERVER_LIMITS).feed(struct.pack(">BI", ftype, biggest + 1))
+
+
+@given(st.lists(frames, max_size=12), st.integers(1, 5), st.integers(1, 400), st.data())
+def test_budgeted_feeds_give_the_same_frames_in_order(frs, max_frames, max_bytes, data) -> None:
+    stream = b"".join(f.encode() for f in frs)
+    whole = F.FrameDecoder().feed(stream)
+    dec = F.FrameDecoder()
+    got, last = [], 0
+    for cut in sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=4))) + [len(stream)]:
+        batch = dec.feed(stream[last:cut], max_frames, max_bytes)
+        last = cut
+        assert len(batch) <= max_frames and sum(len(p) for _, p in batch[:-1]) < max_bytes
+        got.extend(batch)
+        while dec.ready():  # the frames beyond the budget wait for later calls
+            batch = dec.feed(b"", max_frames, max_bytes)
+            assert batch and len(batch) <= max_frames
+            got.extend(batch)
+    assert got == whole and not dec.ready() and dec.pending() == 0

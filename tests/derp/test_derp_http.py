@@ -65,3 +65,32 @@ def test_limiter_never_exceeds_burst_plus_rate(events) -> None:
             allowed[key] = allowed.get(key, 0) + 1
     for count in allowed.values():
         assert count <= 10 + 5 * now + 1e-9
+
+
+def _head(*headers: str) -> httpwire.Head:
+    return httpwire.parse_request(("GET /derp HTTP/1.1\r\n" + "".join(h + "\r\n" for h in headers)).encode())
+
+
+def test_client_address_is_the_entry_the_trusted_proxy_added() -> None:
+    forged = _head("X-Forwarded-For: 198.51.100.7, 203.0.113.9")  # client sent the first, the proxy appended
+    assert httpwire.client_address(forged, "10.0.0.1") == "203.0.113.9"
+    assert httpwire.client_address(forged, "10.0.0.1", hops=2) == "198.51.100.7"  # two proxies in front
+    assert httpwire.client_address(forged, "10.0.0.1", hops=5) == "198.51.100.7"  # fewer entries: leftmost
+    lines = _head("X-Forwarded-For: 198.51.100.7", "X-Forwarded-For: 203.0.113.9:4711")  # appended as a line
+    assert httpwire.client_address(lines, "10.0.0.1") == "203.0.113.9"
+    assert httpwire.client_address(_head("X-Forwarded-For: [2001:db8::5]:80"), "p") == "2001:db8::5"
+    assert httpwire.client_address(_head("X-Forwarded-For: ::ffff:192.0.2.4"), "p") == "192.0.2.4"
+    assert httpwire.client_address(_head("X-Forwarded-For: 1.2.3.4, not-an-ip"), "10.0.0.1") == "10.0.0.1"
+    assert httpwire.client_address(_head(), "10.0.0.1") == "10.0.0.1"
+    fly = _head("Fly-Client-IP: 192.0.2.8", "X-Forwarded-For: 198.51.100.7")
+    assert httpwire.client_address(fly, "10.0.0.1") == "198.51.100.7"  # only the header the operator named
+    assert httpwire.client_address(fly, "10.0.0.1", "Fly-Client-IP") == "192.0.2.8"
+    assert httpwire.client_address(_head("X-Forwarded-For: 192.0.2.8"), "10.0.0.1", "X-Real-IP") == "10.0.0.1"
+
+
+@given(st.text(max_size=80), st.integers(1, 4))
+def test_client_address_never_raises(value, hops) -> None:
+    import ipaddress
+    req = httpwire.Head(("GET", "/", "HTTP/1.1"), {"x-forwarded-for": value})
+    got = httpwire.client_address(req, "peer", hops=hops)
+    assert got == "peer" or ipaddress.ip_address(got)

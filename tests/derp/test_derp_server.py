@@ -16,7 +16,7 @@ from derp import protocol as P
 from derp.aio.client import ConnectError, DerpClient, Disconnected, targets_for_url
 from derp.constants import PeerGoneReason
 
-from derp_support import RawDerp, client, exchange, http_get, new_key
+from derp_support import RawDerp, client, dropped, exchange, fill_until_queue_full, http_get, metric, new_key
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -66,7 +66,7 @@ def test_untrusted_certificate_is_refused(derper) -> None:
 
     async def main():
         c = client(srv.url, new_key()[0], None, reconnect=False)
-        with pytest.raises(ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
+        with pytest.raises(ConnectError, match="TLS certificate verify failed: unable to get local issuer"):
             await c.connect_once()
 
     run(main())
@@ -125,6 +125,9 @@ def test_acl_refusal_and_sighup_reload(derper, tmp_path) -> None:
         b = client(srv.url, kb, reconnect=False)
         with pytest.raises(ConnectError):
             await b.connect_once()
+        text = (await http_get(int(srv.metrics.rsplit(":", 1)[1]), "/metrics"))[2].decode()
+        assert 'derp_admission_refused_total{reason="acl"} 1.0' in text  # a refused admission ...
+        assert not [ln for ln in text.splitlines() if ln.startswith("derp_packets_dropped_total")]  # ... no drop
         keys.write_text(keys.read_text() + base64.b64encode(pb).decode() + "\n")
         srv.proc.send_signal(signal.SIGHUP)
         b = client(srv.url, kb)
@@ -162,6 +165,8 @@ def test_refuses_to_start_without_acl_or_open_relay() -> None:
     (["--certmode", "none", "--mesh-with", "127.0.0.1:1"], "--mesh-psk-file"),
     (["--certmode", "none", "-a", "127.0.0.1:notaport"], "bad port"),
     (["--certmode", "none", "--derpmap-file", "/nonexistent.json"], "cannot read DERP map file"),
+    (["--certmode", "none", "--trust-proxy-hops", "0"], "--trust-proxy-hops: 0 is out of range"),
+    (["--certmode", "none", "--max-conns-per-ip", "-1"], "--max-conns-per-ip: -1 is out of range"),
 ])
 def test_cli_usage_errors(args, words) -> None:
     out = subprocess.run([sys.executable, "-m", "derp", "--no-stun", "--open-relay", "--metrics-addr", "off",
@@ -211,6 +216,8 @@ def test_max_clients(derper) -> None:
     b"\x04\x00\x00\x00\x05short",                 # SendPacket shorter than a key
     b"\x04\x7f\x00\x00\x00",                      # a 2 GiB frame
     b"\x10\x00\x00\x00\x00",                      # WatchConns without the mesh key
+    b"\x04\x00\x10\x00\x00" + bytes(4000),         # a 1 MiB SendPacket: refused at its header
+    b"\x12\x00\x00\x03\xe9",                      # a Ping header claiming 1001 bytes (no body needed)
 ])
 def test_malformed_frame_closes_only_that_client(derper, garbage) -> None:
     srv = derper("--open-relay", tls=False)
@@ -269,14 +276,6 @@ def test_slowloris_is_cut_and_others_unaffected(derper, pki, tls) -> None:
     run(main())
 
 
-async def metric(srv, name: str) -> float:
-    _, _, body = await http_get(int(srv.metrics.rsplit(":", 1)[1]), "/metrics")
-    for line in body.decode().splitlines():
-        if line.startswith(name + " "):
-            return float(line.split()[-1])
-    return 0.0
-
-
 @pytest.mark.parametrize("tls", [False, True])
 def test_slow_reader_is_bounded_and_does_not_stall_others(derper, pki, tls) -> None:
     srv = derper("--open-relay", "--tcp-write-timeout", "2", tls=tls)
@@ -289,14 +288,16 @@ def test_slow_reader_is_bounded_and_does_not_stall_others(derper, pki, tls) -> N
         await b.start()
         slow = await RawDerp.connect(srv.port, ks, ca=ca)  # never reads again
         try:
-            payload = os.urandom(60000)
-            full = 'derp_packets_dropped_total{reason="queue_full"}'
-            for i in range(2000):  # up to 120 MB at a client that reads nothing
-                if not a.send_packet(ps, payload):
-                    await asyncio.sleep(0.005)
-                if i % 50 == 49 and await metric(srv, full) > 0:
+            sent = await fill_until_queue_full(a, srv, ps)
+            # dropped and counted rather than queued without bound
+            assert await metric(srv, 'derp_packets_dropped_total{reason="queue_full"}') > 0
+            for _ in range(50):  # each packet counted once: relayed (really queued) or dropped by reason
+                relayed = await metric(srv, "derp_packets_relayed_total")
+                if relayed + await dropped(srv) >= sent:
                     break
-            assert await metric(srv, full) > 0  # dropped and counted rather than queued without bound
+                await asyncio.sleep(0.1)
+            assert relayed + await dropped(srv) == sent
+            assert await metric(srv, "derp_packets_sent_total") == relayed  # derper's name for it
             await exchange(a, b, pb, b"not stalled")
             for _ in range(50):  # the stalled writer is cut after --tcp-write-timeout
                 if await metric(srv, 'derp_http_events_total{event="write_timeouts"}') >= 1:

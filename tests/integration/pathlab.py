@@ -8,6 +8,7 @@ DERP map file, and `wgc up --derpmap` peers behind chosen NATs; `wgc status`/`wg
         pl.wgc_ping(a, b.name, until_direct=True) # `wgc ping NAME -i IFACE --until-direct`
         pl.stop_derper(1); pl.start_derper(1)     # a relay restart
         pl.lab.cut_udp(1); pl.lab.remap(2)        # lab events (tools/natlab/lab.py)
+        pl.launch(a, b); pl.wait_up([a, b])       # start peers at the same moment; when both were up
 
 Everything made here (namespaces, derpers, proxies, wgc processes, control sockets, temp files) is
 removed by `close()`, also after a failure; a failing test gets the peers' logs printed (`report()`).
@@ -106,7 +107,8 @@ class PathPeer(WgcPeer):
     def config_text(self) -> str:
         return super().config_text() + "\n" + "\n\n".join(self.peer_sections) + "\n"
 
-    def start(self) -> "PathPeer":
+    def launch(self) -> "PathPeer":
+        """Write the config and start `wgc up`, without waiting for it (PathLab.wait_up waits)."""
         path = os.path.join(self.workdir, f"{self.name}.conf")
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
@@ -115,6 +117,10 @@ class PathPeer(WgcPeer):
             self.proc = self.ns.popen(sys.executable, "-c", WGC_MAIN, "up", path, "--foreground", "--derpmap",
                                       self.derpmap_file, "-v", env=self.pl.env, cwd=ROOT, stdout=log,
                                       stderr=subprocess.STDOUT)
+        return self
+
+    def start(self) -> "PathPeer":
+        self.launch()
         self._wait_for_socket("wgc up --derpmap")
         self._wait_for_addresses()
         return self
@@ -238,6 +244,43 @@ class PathLab:
         for p in peers:
             self.wait_home(p)
         return peers
+
+    def launch(self, *peers: PathPeer) -> None:
+        """Start `wgc up` for each peer back to back (a few ms apart), without waiting."""
+        for p in peers:
+            p.launch()
+
+    def home_connected(self, p: PathPeer) -> bool:
+        """Does p's control socket answer, with its home DERP region connected?"""
+        try:
+            st = self.status_raw(p)
+        except (OSError, ValueError, LabError):
+            return False  # not listening (or not answering) yet
+        home = st["home_region"]
+        return bool(home) and any(r["id"] == home["id"] and r["connected"] for r in st["regions"])
+
+    def wait_up(self, peers: list[PathPeer], timeout: float = 20.0, on_up=None) -> dict[str, float]:
+        """Poll launched peers until each one's control socket answers with its home region connected;
+        `on_up(p)` runs as each comes up. Returns name -> monotonic time taken just before the status
+        request that first saw it up: no later than the truth, so intervals measured from the latest of
+        these are never shorter than the real ones, however slowly a loaded machine answers."""
+        up: dict[str, float] = {}
+        deadline = time.monotonic() + timeout
+        while len(up) < len(peers):
+            for p in peers:
+                if p.name in up:
+                    continue
+                if p.proc is not None and p.proc.poll() is not None:
+                    raise LabError(f"wgc up for {p.name} exited with {p.proc.returncode}: {p.log_tail()}")
+                asked = time.monotonic()
+                if self.home_connected(p):
+                    up[p.name] = asked
+                    if on_up is not None:
+                        on_up(p)
+            if time.monotonic() > deadline:
+                raise LabError(f"not up after {timeout} s: {sorted(set(q.name for q in peers) - set(up))}")
+            time.sleep(0.02)
+        return up
 
     def wait_home(self, p: PathPeer, timeout: float = 8.0) -> dict:
         """Wait until the peer's home DERP region is connected (packets sent to a peer that is not yet on

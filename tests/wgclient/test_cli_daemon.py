@@ -96,9 +96,11 @@ def test_up_daemon_wg_show_down(lab):
             break
         time.sleep(0.05)
     assert (lab.tmp / f"post-up-{name}").exists()
-    # a second up of the same interface is refused, and does not disturb the first
+    # a second up of the same interface is refused in one line, and does not disturb the first (nor its log)
+    log_before = (lab.tmp / "log" / f"{name}.log").read_text()
     again = wgc(lab, ns, "up", conf)
-    assert again.returncode == 1 and f"{name} is already up (pid {pid})" in again.stderr
+    assert again.returncode == 1 and again.stderr == f"wgc: {name} is already up (pid {pid})\n"
+    assert (lab.tmp / "log" / f"{name}.log").read_text() == log_before
     assert name in links(ns)
     down = wgc(lab, ns, "down", name)
     assert down.returncode == 0, down.stderr

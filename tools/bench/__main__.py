@@ -1,7 +1,8 @@
-"""Benchmark entry point: `python3 -m tools.bench wg|derp [options]`.
+"""Benchmark entry point: `python3 -m tools.bench wg|derp|flood [options]`.
 
-Dispatches to tools/bench/wg.py (WireGuard data plane) or tools/bench/derp.py (DERP relay), each
-imported only when asked for so one benchmark's prerequisites never block the other.
+Dispatches to tools/bench/wg.py (WireGuard data plane), tools/bench/derp.py (DERP relay) or
+tools/bench/flood.py (tunnel loss under a handshake flood), each imported only when asked for so one
+benchmark's prerequisites never block another.
 """
 from __future__ import annotations
 
@@ -9,11 +10,12 @@ import importlib
 import sys
 
 BENCHES = {"wg": "WireGuard data plane: veth, wireguard-go and wgc pairs (iperf3)",
-           "derp": "DERP relay throughput and latency"}
+           "derp": "DERP relay throughput and latency",
+           "flood": "ping loss through a tunnel under a handshake flood: wgc vs wireguard-go"}
 
 
 def usage() -> str:
-    lines = ["usage: python3 -m tools.bench {wg,derp} [options]   (--help after a name for its options)"]
+    lines = ["usage: python3 -m tools.bench {wg,derp,flood} [options]   (--help after a name for its options)"]
     lines += [f"  {name:<5} {text}" for name, text in BENCHES.items()]
     return "\n".join(lines)
 

@@ -45,6 +45,7 @@ def raise_nofile() -> None:
 class Derper:
     def __init__(self, tls: bool, pki: dict[str, str], extra: list[str] | None = None) -> None:
         argv = [sys.executable, "-m", "derp", "-a", "127.0.0.1:0", "--no-stun", "--open-relay", "--conn-rate", "0",
+                "--max-conns-per-ip", "0",
                 "--metrics-addr", "off", "--shutdown-timeout", "1", "--http-port", "-1"]
         argv += (["--certmode", "manual", "--hostname", "127.0.0.1", "--certdir", pki["certdir"]] if tls
                  else ["--certmode", "none"])

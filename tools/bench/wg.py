@@ -196,10 +196,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--udp-bitrate", default="1G", help="iperf3 -b for the UDP runs (default 1G)")
     ap.add_argument("--json", metavar="FILE", help="also write the results as JSON to FILE")
     opts = ap.parse_args(argv)
-    opts.pair_list = [p.strip() for p in opts.pairs.split(",") if p.strip()]
-    unknown = [p for p in opts.pair_list if p not in PAIRS]
-    if unknown or not opts.pair_list:
-        ap.error(f"unknown pair(s) {', '.join(unknown) or '(none given)'}; choose from {', '.join(PAIRS)}")
+    opts.pair_list = parse_pairs(ap, opts.pairs, PAIRS)
     if not 1 <= opts.time <= 600:  # iperf3 takes whole seconds; -t 0 would mean "forever"
         ap.error("--time must be between 1 and 600 seconds")
     if not 1 <= opts.repeat <= 20:
@@ -207,15 +204,31 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return opts
 
 
+def parse_pairs(ap: argparse.ArgumentParser, text: str, pairs: dict) -> list[str]:
+    """The comma-separated pair names of --pairs, each one of `pairs` (else a usage error)."""
+    chosen = [p.strip() for p in text.split(",") if p.strip()]
+    unknown = [p for p in chosen if p not in pairs]
+    if unknown or not chosen:
+        ap.error(f"unknown pair(s) {', '.join(unknown) or '(none given)'}; choose from {', '.join(pairs)}")
+    return chosen
+
+
+def missing_prerequisites(bench: str, programs: list[str]) -> str | None:
+    """None when running as root with every program on PATH, else the one line that says what is missing."""
+    if os.geteuid() != 0:
+        return f"tools.bench {bench}: needs root (network namespaces, TUN devices)"
+    missing = [b for b in programs if shutil.which(b) is None]
+    if missing:
+        return f"tools.bench {bench}: missing programs {', '.join(missing)} (run tools/setup.sh)"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     opts = parse_args(sys.argv[1:] if argv is None else argv)
-    if os.geteuid() != 0:
-        print("tools.bench wg: needs root (network namespaces, TUN devices)", file=sys.stderr)
-        return 2
     need = ["iperf3", "ping", "ip"] + (["wireguard-go", "wg"] if opts.pair_list != ["veth"] else [])
-    missing = [b for b in need if shutil.which(b) is None]
-    if missing:
-        print(f"tools.bench wg: missing programs {', '.join(missing)} (run tools/setup.sh)", file=sys.stderr)
+    problem = missing_prerequisites("wg", need)
+    if problem:
+        print(problem, file=sys.stderr)
         return 2
     results = []
     for pair in opts.pair_list:

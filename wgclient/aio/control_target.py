@@ -74,7 +74,22 @@ class NodeControl:
                 "home_region": home,
                 "netcheck": paths.netcheck_summary() if paths is not None else None,
                 "regions": paths.region_list() if paths is not None else [],
-                "peers": peers}
+                "peers": peers,
+                "under_load": dev.gate.under_load(now), "under_load_episodes": dev.gate.episodes,
+                "drops": self.drops()}
+
+    def drops(self) -> dict[str, int]:
+        """Every drop counter of the interface by reason (wgc up has no metrics endpoint: this is it)."""
+        runner = self.runner
+        drops = dict(runner.device.drops)
+        for reason, n in (("udp: send errors", runner.udp.send_errors),
+                          ("tun: write errors", runner.tun_write_errors)):
+            if n:
+                drops[reason] = n
+        if runner.paths is not None:
+            for prefix, counts in (("paths: ", runner.paths.drops), ("path manager: ", runner.paths.pm.drops)):
+                drops.update((prefix + reason, n) for reason, n in counts.items())
+        return dict(sorted(drops.items(), key=lambda kv: (-kv[1], kv[0])))
 
     async def ping(self, key: bytes, timeout: float) -> dict | None:
         paths = self.runner.paths

@@ -7,6 +7,11 @@
   `<log dir>/<name>.log` (default /var/log/wgc, env WGC_LOG_DIR), and tells the waiting parent over a
   pipe either "ready" or the one-line error that stopped it, so `wgc up` exits 0 only once the
   interface is up, and 1 with the reason otherwise.
+* The pid file is locked by `wgc up` itself before it forks (the daemon inherits the lock), so a second
+  `up` of a running interface fails in its own process with one line and never touches the running
+  daemon's log.
+* The log is rotated at LOG_MAX_BYTES (NAME.log, NAME.log.1 .. .LOG_BACKUPS); stdout and stderr follow
+  the current file, so output from outside `logging` (hooks, a crash) lands there too.
 * SIGTERM and SIGINT cancel `serve()`, whose `finally` undoes everything; the pid file goes last.
 * wg-quick hooks: PreUp before `serve()`, PostUp once ready, PreDown on the stop signal before the
   teardown, PostDown after it; run by bash with `%i` replaced by the interface name, as wg-quick does.
@@ -20,6 +25,7 @@ import asyncio
 import fcntl
 import inspect
 import logging
+import logging.handlers
 import os
 import select
 import signal
@@ -40,6 +46,8 @@ DEFAULT_LOG_DIR = "/var/log/wgc"
 READY_TIMEOUT = 60.0
 STOP_TIMEOUT = 20.0
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+LOG_MAX_BYTES = 10 << 20      # the daemon log is rotated at 10 MiB ...
+LOG_BACKUPS = 2               # ... keeping NAME.log.1 and NAME.log.2: at most ~30 MiB in all
 
 
 def pid_path(name: str) -> str:
@@ -74,6 +82,18 @@ class PidFile:
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self.fd = fd
 
+    def claim(self) -> None:
+        """The lock passed to this process (a fork): write our pid."""
+        assert self.fd is not None
+        os.ftruncate(self.fd, 0)
+        os.pwrite(self.fd, f"{os.getpid()}\n".encode(), 0)
+
+    def detach(self) -> None:
+        """Close our descriptor only: the lock stays with the process we forked."""
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
     def release(self) -> None:
         if self.fd is not None:
             try:
@@ -82,6 +102,31 @@ class PidFile:
                 pass
             os.close(self.fd)
             self.fd = None
+
+
+class DaemonLogHandler(logging.handlers.RotatingFileHandler):
+    """The daemon's log file (mode 0640), rotated at `max_bytes`; after each rotation the descriptors in
+    `follow` (stdout, stderr) are pointed at the new file."""
+
+    def __init__(self, path: str, max_bytes: int = LOG_MAX_BYTES, backups: int = LOG_BACKUPS,
+                 follow: tuple[int, ...] = (1, 2)) -> None:
+        self.follow = follow
+        super().__init__(path, maxBytes=max_bytes, backupCount=backups, encoding="utf-8")
+        self._redirect()
+
+    def _open(self):
+        fd = os.open(self.baseFilename, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o640)
+        return open(fd, "a", encoding=self.encoding, errors=self.errors)
+
+    def doRollover(self) -> None:
+        super().doRollover()
+        self._redirect()
+
+    def _redirect(self) -> None:
+        if self.stream is not None:
+            self.stream.flush()
+            for fd in self.follow:
+                os.dup2(self.stream.fileno(), fd)
 
 
 def running_pid(name: str) -> int | None:
@@ -229,11 +274,14 @@ def run_foreground(config: InterfaceConfig, serve_kwargs: dict, *, verbose: bool
 
 def run_daemon(config: InterfaceConfig, serve_kwargs: dict, *, verbose: bool = False) -> int:
     """Fork a daemon; in the parent wait for "ready" or its error. Returns the daemon's pid."""
-    logfile = log_path(config.name)
+    pidfile = PidFile(config.name)
+    pidfile.acquire()   # here, not in the daemon: "already up" is this process's error, not the log's
+    logfile = os.path.abspath(log_path(config.name))   # the daemon changes to /
     try:
         os.makedirs(os.path.dirname(logfile), mode=0o755, exist_ok=True)
-        log_fd = os.open(logfile, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
+        os.close(os.open(logfile, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640))
     except OSError as e:
+        pidfile.release()
         raise UsageError(f"cannot open log file {logfile}: {e.strerror}") from None
     sys.stdout.flush()
     sys.stderr.flush()
@@ -241,7 +289,7 @@ def run_daemon(config: InterfaceConfig, serve_kwargs: dict, *, verbose: bool = F
     first = os.fork()
     if first:
         os.close(wfd)
-        os.close(log_fd)
+        pidfile.detach()
         os.waitpid(first, 0)
         return _wait_ready(rfd, config.name, logfile)
     # first child
@@ -249,7 +297,7 @@ def run_daemon(config: InterfaceConfig, serve_kwargs: dict, *, verbose: bool = F
     os.setsid()
     if os.fork():
         os._exit(0)
-    _daemon_child(config, serve_kwargs, wfd, log_fd, verbose)
+    _daemon_child(config, serve_kwargs, wfd, logfile, pidfile, verbose)
     os._exit(0)  # pragma: no cover - _daemon_child exits
 
 
@@ -275,20 +323,19 @@ def _wait_ready(rfd: int, name: str, logfile: str) -> int:
     raise UsageError(f"the {name} daemon exited during start; see {logfile}")
 
 
-def _daemon_child(config: InterfaceConfig, serve_kwargs: dict, wfd: int, log_fd: int, verbose: bool) -> None:
+def _daemon_child(config: InterfaceConfig, serve_kwargs: dict, wfd: int, logfile: str, pidfile: PidFile,
+                  verbose: bool) -> None:
     code = 0
     try:
+        pidfile.claim()
         devnull = os.open(os.devnull, os.O_RDWR)
         os.dup2(devnull, 0)
-        os.dup2(log_fd, 1)
-        os.dup2(log_fd, 2)
         os.close(devnull)
-        os.close(log_fd)
         os.chdir("/")
         _quiet_libraries()
-        logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format=LOG_FORMAT, stream=sys.stderr,
-                            force=True)
-        pidfile = PidFile(config.name)
+        handler = DaemonLogHandler(logfile)   # also points stdout and stderr at the log
+        handler.setFormatter(logging.Formatter(LOG_FORMAT))
+        logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=[handler], force=True)
 
         def notify(message: str) -> None:
             nonlocal wfd
@@ -301,7 +348,6 @@ def _daemon_child(config: InterfaceConfig, serve_kwargs: dict, wfd: int, log_fd:
                 wfd = -1
 
         try:
-            pidfile.acquire()
             try:
                 _run_loop(config, _ready_with_post_up(config, lambda: notify(f"ready {os.getpid()}")), serve_kwargs)
             finally:

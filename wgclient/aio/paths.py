@@ -10,7 +10,9 @@ It owns what `wgc up --derpmap` adds to a plain interface:
 - where authenticated WireGuard packets came from (`Outputs.heard`) → `on_wireguard_from`;
 - netcheck at start, every ~23 s and when local addresses change; the manager's single timer.
 Packets received over DERP enter the device with the source `("127.3.3.40", region)`, Tailscale's
-magic DERP address, so the core needs no new type of endpoint.
+magic DERP address, so the core needs no new type of endpoint; what came over DERP and is neither
+WireGuard nor disco is dropped at once and counted (and logged, rate-limited) under its region.
+Lines that a flapping relay would repeat (region up/down, home changes) are rate-limited per region.
 """
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ from derp import protocol as DP
 from derp.aio.client import DerpClient, Disconnected
 from derp.aio.targets import targets_for_region
 from derp.derpmap import DerpMap
+from derp.ratelog import RateLimitedLog
 from natprobe.aio.netcheck import NetcheckOptions, run_netcheck
 from natprobe.home import History
 
@@ -34,7 +37,7 @@ from ..keys import short
 from ..path import demux, disco
 from ..path.inputs import NetInfo
 from ..path.manager import PathManager
-from ..path.peerstate import (CloseRegion, ConnectRegion, PathChanged, PingResult, SendDisco, SetHome)
+from ..path.peerstate import (CloseRegion, ConnectRegion, PathChanged, PingResult, Route, SendDisco, SetHome)
 
 if TYPE_CHECKING:  # pragma: no cover
     from .runner import Runner
@@ -47,6 +50,7 @@ PENDING_PER_REGION = 64        # packets held for a DERP region while its connec
 PENDING_TIMEOUT = 5.0          # ... for at most this long
 CONNECT_GRACE = 3.0            # a region not connected this long after the dial started counts as down
 ADDRESS_POLL_INTERVAL = 5.0    # local addresses are compared this often (a change runs netcheck at once)
+LOG_INTERVAL = 30.0            # a line a flapping relay or a flood would repeat: at most this often per region
 
 
 class PathEndpoint:
@@ -114,13 +118,15 @@ class Paths:
         self._derp_drain_scheduled = False
         self._pings: dict[bytes, list[asyncio.Future]] = {}
         self._pending: dict[int, collections.deque] = {}
-        self._relay_of: dict[bytes, int] = {}    # peer -> the relay region its packets last went to
+        self._route_of: dict[bytes, Route] = {}  # peer -> the route of its last PathChanged
         self._tasks: list[asyncio.Task] = []
         self._netcheck_now = asyncio.Event()
         self._addresses: list[str] = []
         self._closing = False
         self.drops: dict[str, int] = {}
         self.endpoints: dict[bytes, PathEndpoint] = {}
+        self._rlog = RateLimitedLog(log, LOG_INTERVAL)
+        self._garbage_keys: dict[int, str] = {}  # region -> its drop counter's name (not formatted per packet)
 
     # -- peers ---------------------------------------------------------------------------------------------
     def add_peer(self, key: bytes, *, psk: bytes | None = None, name: str | None = None, region_hint: int = 0,
@@ -138,6 +144,7 @@ class Paths:
     def remove_peer(self, key: bytes) -> None:
         self.pm.remove_peer(key)
         self.endpoints.pop(key, None)
+        self._route_of.pop(key, None)
 
     def direct_endpoint(self, key: bytes) -> tuple | None:
         """The UDP address packets to the peer go to now (None while only relayed): for `wg show`."""
@@ -239,8 +246,12 @@ class Paths:
 
     # -- from the runner -----------------------------------------------------------------------------------
     def on_foreign(self, datagrams: list, now: float) -> None:
-        """Datagrams on the WireGuard port that are not WireGuard: disco or STUN."""
+        """Datagrams the device did not take as WireGuard: disco or STUN from UDP; from DERP only garbage
+        that looked like WireGuard (the rest was sorted out on arrival)."""
         for data, source in datagrams:
+            if source[0] == DERP_MAGIC_IP:
+                self._derp_garbage(source[1], None, now)
+                continue
             kind = demux.classify(data)
             if kind == demux.DISCO:
                 log.debug("disco in via UDP from %s", source)
@@ -357,7 +368,7 @@ class Paths:
         client = DerpClient(self.device.identity.private_key, targets_for_region(reg), ca_file=self.ca_file,
                             on_packet=lambda src, data, r=region: self._on_derp_packet(r, src, data),
                             on_event=lambda ev, r=region: self._on_derp_event(r, ev),
-                            preferred=(region == self.home))
+                            preferred=(region == self.home), label=f"region {region}")
         self.clients[region] = client
         self._tasks.append(asyncio.create_task(client.start(wait=False)))
         self._tasks.append(asyncio.create_task(self._watch_connect(region, client)))
@@ -376,14 +387,27 @@ class Paths:
 
     def _on_derp_packet(self, region: int, src: bytes, data: bytes) -> None:
         self.derp_heard[region] = self.loop.time()
-        if disco.is_disco(data):
+        kind = demux.classify(data)
+        if kind == demux.WIREGUARD:
+            self._derp_in.append((data, (DERP_MAGIC_IP, region)))
+            if not self._derp_drain_scheduled:
+                self._derp_drain_scheduled = True
+                self.loop.call_soon(self._drain_derp)
+        elif kind == demux.DISCO:
             log.debug("disco in via DERP %d from %s (drops %s)", region, short(src), self.pm.drops)
             self._apply(self.pm.on_disco(data, time.monotonic(), region=region, derp_src=src))
-            return
-        self._derp_in.append((data, (DERP_MAGIC_IP, region)))
-        if not self._derp_drain_scheduled:
-            self._derp_drain_scheduled = True
-            self.loop.call_soon(self._drain_derp)
+        else:
+            self._derp_garbage(region, src, time.monotonic())
+
+    def _derp_garbage(self, region: int, src: bytes | None, now: float) -> None:
+        """A packet over DERP that is neither WireGuard nor disco: counted under its region, cheaply."""
+        name = self._garbage_keys.get(region)
+        if name is None:
+            name = self._garbage_keys[region] = f"derp region {region}: not WireGuard or disco"
+        self.drops[name] = self.drops.get(name, 0) + 1
+        self._rlog.log(logging.INFO, ("garbage", region), now,
+                       "DERP region %d: dropping packets that are neither WireGuard nor disco (last from %s)",
+                       region, short(src) if src else "?")
 
     def _drain_derp(self) -> None:
         """WireGuard packets that came over DERP, in one batch into the device."""
@@ -400,19 +424,22 @@ class Paths:
             self.derp_heard[region] = self.loop.time()
             stream = client.stream if client is not None else None
             self.transports[region] = "websocket" if stream is not None and stream.websocket else "upgrade"
-            log.info("DERP region %d connected (%s)", region, self.transports[region])
+            self._rlog.log(logging.INFO, ("up", region), now, "DERP region %d connected (%s)", region,
+                           self.transports[region])
             if client is not None:
                 client.note_preferred(region == self.home)
             self._apply(self.pm.on_region_up(region, now), now)
         elif isinstance(ev, Disconnected):
             if self.transports.pop(region, None) is not None:
-                log.info("DERP region %d disconnected: %s", region, ev.reason)
+                self._rlog.log(logging.INFO, ("down", region), now, "DERP region %d disconnected: %s", region,
+                               ev.reason)
                 self._apply(self.pm.on_region_down(region, now), now)
         elif isinstance(ev, DP.PeerGoneReceived):
             if ev.key in self.pm.peers:
                 self._apply(self.pm.on_peer_gone(ev.key, region, now), now)
         elif isinstance(ev, DP.HealthChanged) and ev.problem:
-            log.warning("DERP region %d reports a problem: %s", region, ev.problem)
+            self._rlog.log(logging.WARNING, ("health", region), now, "DERP region %d reports a problem: %s",
+                           region, ev.problem)
 
     # -- manager outputs -----------------------------------------------------------------------------------
     def _apply(self, outs: list, now: float | None = None) -> None:
@@ -436,7 +463,8 @@ class Paths:
                     self._tasks.append(asyncio.create_task(client.close()))
             elif kind is SetHome:
                 self.home = o.region
-                log.info("home DERP region: %s (%d)", self.pm.home.code(o.region), o.region)
+                self._rlog.log(logging.INFO, ("home", o.region), time.monotonic(), "home DERP region: %s (%d)",
+                               self.pm.home.code(o.region), o.region)
                 for rid, client in self.clients.items():
                     client.note_preferred(rid == o.region)
                 if o.region and o.region not in self.clients:
@@ -446,14 +474,14 @@ class Paths:
                     if not fut.done():
                         fut.set_result(o)
             elif kind is PathChanged:  # the manager logged it; status reads the manager
-                if o.route.relay is not None and self._relay_of.get(o.peer) != o.route.relay:
-                    if o.peer in self._relay_of:
-                        self.loop.call_soon(self._resend_handshake, o.peer)
-                    self._relay_of[o.peer] = o.route.relay
+                if o.peer in self._route_of and self._route_of[o.peer] != o.route:
+                    self.loop.call_soon(self._resend_handshake, o.peer)
+                self._route_of[o.peer] = o.route
         self._rearm()
 
     def _resend_handshake(self, key: bytes) -> None:
-        """A handshake that went to the old relay region may be lost: send it on the new path now."""
+        """A handshake that went by the old route may be lost (e.g. to a DERP region the peer had not
+        joined yet, as when both start at once): send it on the new path (direct, another region) now."""
         peer = self.device.peers.get(key)
         if peer is not None and not self._closing:
             self.device.resend_handshake(peer, time.monotonic())

@@ -43,6 +43,12 @@ GOOD_ENOUGH_LATENCY = 0.005           # goodEnoughLatency
 UPGRADE_UDP_DIRECT_INTERVAL = 60.0    # upgradeUDPDirectInterval
 MAX_PONG_HISTORY = 64                 # pongHistoryCount
 
+# wgc (issue 9): after a discovery round that follows new information (first traffic, the peer's new
+# CallMeMaybe, new endpoints of ours, the peer appearing on DERP, trust lapsing) got no pong, it is
+# repeated after these delays, then the steady ~5 s rounds go on. A first ping often meets the peer's NAT
+# before the peer has punched it; waiting for the next round made first contact take 3-5 s.
+PUNCH_BACKOFF = (0.25, 0.5, 1.0, 2.0)
+
 # DERP client behaviour (derp.md §10): idle non-home regions close after 60 s without writes.
 REGION_IDLE_TIMEOUT = 60.0
 # Issue 5: a dead home region is replaced by the next one within 5 s.

@@ -19,6 +19,7 @@ class PathConfig:
     upgrade_interval: float = C.UPGRADE_UDP_DIRECT_INTERVAL
     candidate_expiry: float = C.SESSION_ACTIVE_TIMEOUT
     reply_ping_interval: float = 1.0
+    punch_backoff: tuple[float, ...] = C.PUNCH_BACKOFF
     region_idle_timeout: float = C.REGION_IDLE_TIMEOUT
     home_failover_delay: float = C.HOME_FAILOVER_DELAY
     derp_heard_window: float = C.SESSION_ACTIVE_TIMEOUT

@@ -9,11 +9,9 @@ Rules (shared/protocol/disco.md §5-§7, derp.md §10; timings in `PathConfig`):
   peer last reached us over DERP (recently), else the home region it announced (wgc NodeInfo), else its
   config hint, else our regions home first then by latency; a region that answered PeerGone or left a
   DERP ping unanswered is skipped for a while, so regions are tried in order until one works;
-- while a peer is active (we sent it data within 45 s) a heartbeat runs every 3 s: it pings the best
-  address and, unless a trusted direct path is good enough, runs a discovery round: a disco Ping to every
-  candidate not pinged within 5 s, and over DERP a CallMeMaybe with our endpoints (and NodeInfo) when a
-  ping went out or no candidate is known (at most every 5 s). This goes on for as long as the peer is
-  relayed, so an upgrade is always retried;
+- while a peer is active a heartbeat runs discovery rounds (disco pings to its candidates, our endpoints
+  in a CallMeMaybe over DERP) for as long as it is relayed; a round after new information is repeated
+  on a short backoff until a pong (discovery.py owns when pings and announcements go out);
 - a CallMeMaybe (accepted only over DERP from the peer's own node key) replaces the peer's CallMeMaybe
   candidates and pings all candidates at once (simultaneous hole punching);
 - a Ping is answered with a Pong on the path it came by; a UDP ping's source becomes a candidate and,
@@ -38,11 +36,12 @@ from wgclient.keys import public_key, short
 from . import constants as C
 from . import disco
 from .discokeys import derive_pair
+from .discovery import Discovery
 from .home import HomeTracker
 from .inputs import NetInfo, PathConfig
 from .peerstate import (FROM_CMM, FROM_CONFIG, FROM_PING, FROM_WG, Addr, Candidate, CloseRegion,
-                        ConnectRegion, PathChanged, PathState, PeerPath, PingResult, Route, SendDisco,
-                        SentPing, SetHome, better_addr)
+                        ConnectRegion, PathChanged, PathState, PeerPath, PingResult, Route, SetHome,
+                        better_addr)
 from .why import describe, explain
 
 log = logging.getLogger("wgclient.path")
@@ -55,7 +54,7 @@ def _pingable(addr: Addr) -> bool:
                                   or (ip.version == 6 and ip.is_link_local))
 
 
-class PathManager:
+class PathManager(Discovery):
     def __init__(self, private_key: bytes, *, random_bytes: Callable[[int], bytes],
                  config: PathConfig = PathConfig()) -> None:
         self.config = config
@@ -115,20 +114,6 @@ class PathManager:
         self._endpoints_changed(before, now)
         return self._finish(now)
 
-    def _endpoints_changed(self, before: tuple, now: float) -> None:
-        """New endpoints of ours (UDP came back, a new mapping or address): active peers without a trusted
-        path hear them at once (CallMeMaybe) instead of at the next ~5 s retry."""
-        if self.endpoints() == before:
-            return
-        for p in self.peers.values():
-            if p.relay and not p.trusted(now) and p.active(now, self.config.session_active_timeout):
-                p.last_cmm_sent = None
-                self._discover(p, now)
-                if p.last_cmm_sent is None:   # its candidates were pinged < 5 s ago: no CallMeMaybe went
-                    p.last_cmm_sent = now
-                    self._send(p, disco.CallMeMaybe(self.endpoints()), region=p.relay)
-                    self._send(p, self._node_info(), region=p.relay)
-
     def endpoints(self) -> tuple:
         """Our candidate endpoints as advertised in CallMeMaybe: STUN-mapped first, then local ones."""
         seen: dict = {}
@@ -169,6 +154,7 @@ class PathManager:
         p.next_heartbeat = now + self.config.heartbeat_interval
         if not p.trusted(now):
             self._discover(p, now)
+            self._start_punching(p, now)
         return self._finish(now)
 
     def on_wireguard_from(self, key: bytes, now: float, *, addr: Addr | None = None,
@@ -184,9 +170,9 @@ class PathManager:
                 return []
             self._candidate(p, disco.canonical_addr(addr), FROM_WG, now)
         elif region is not None:
-            known = region in p.derp_heard
-            self._heard_via(p, region, now)
-            if known and region == p.relay:
+            if self._heard_via(p, region, now):
+                self._peer_appeared(p, region, now)
+            elif region == p.relay:
                 return []
         return self._finish(now)
 
@@ -206,10 +192,11 @@ class PathManager:
             message = disco.parse_message(p.pair.box.open(packet))
         except ParseError:
             return self._drop("bad box or body")
+        appeared = False
         if region is not None:
             if derp_src != p.key:
                 return self._drop("DERP source is not the peer")
-            self._heard_via(p, region, now)
+            appeared = self._heard_via(p, region, now)
         elif addr is None:
             raise UsageError("on_disco needs addr or region")
         else:
@@ -226,6 +213,8 @@ class PathManager:
             p.announced_home, p.peer_flags = message.home_region, message.flags
         else:
             self._drop("unknown message type")
+        if appeared:
+            self._peer_appeared(p, region, now)
         return self._finish(now)
 
     def ping(self, key: bytes, now: float) -> list:
@@ -240,9 +229,7 @@ class PathManager:
                 self._send_ping(p, now, "cli", addr=cand.addr)
             # Like `tailscale ping`, an idle peer's ping also asks it to punch: CallMeMaybe (rate-limited).
             if p.relay and (p.last_cmm_sent is None or now - p.last_cmm_sent >= self.config.disco_ping_interval):
-                p.last_cmm_sent = now
-                self._send(p, disco.CallMeMaybe(self.endpoints()), region=p.relay)
-                self._send(p, self._node_info(), region=p.relay)
+                self._announce(p, now)
         return self._finish(now)
 
     # --- queries -------------------------------------------------------------------------------------
@@ -268,6 +255,8 @@ class PathManager:
         for p in self.peers.values():
             if p.next_heartbeat is not None:
                 times.append(p.next_heartbeat)
+            if p.punch_at is not None:
+                times.append(p.punch_at)
             if p.state is PathState.DIRECT:
                 times.append(p.trust_until)
             if p.pings:
@@ -281,6 +270,8 @@ class PathManager:
             self._home_changed(now)
         for p in self.peers.values():
             self._expire_pings(p, now)
+            if p.punch_at is not None and now >= p.punch_at:
+                self._punch_retry(p, now)
             if p.next_heartbeat is not None and now >= p.next_heartbeat:
                 self._heartbeat(p, now)
         return self._finish(now)
@@ -339,10 +330,12 @@ class PathManager:
         if sent.addr == p.best:
             p.best_latency = latency
             p.trust_until = now + self.config.trust_duration
+            p.punch_at = None  # the round got its pong
             self._refresh(p, now, reason)
 
     def _on_call_me_maybe(self, p: PeerPath, m: disco.CallMeMaybe, now: float) -> None:
         p.cmm_received += 1
+        known = {a for a, c in p.candidates.items() if FROM_CMM in c.sources}
         listed = set()
         for a in m.endpoints[:C.MAX_CALL_ME_MAYBE_ENDPOINTS]:
             a = disco.canonical_addr(a)
@@ -358,53 +351,13 @@ class PathManager:
         for cand in list(p.candidates.values()):
             cand.last_ping = None
             self._send_ping(p, now, "discovery", addr=cand.addr)
+        if listed - known:
+            self._start_punching(p, now)  # new addresses: our first pings may meet a NAT not yet open
         # With no control server the caller may not know our endpoints yet: answer with ours (at most
         # every 5 s, so two CallMeMaybes never echo back and forth), so both sides punch at once.
         if p.relay and not p.trusted(now) and (p.last_cmm_sent is None
                                                or now - p.last_cmm_sent >= self.config.disco_ping_interval):
-            p.last_cmm_sent = now
-            self._send(p, disco.CallMeMaybe(self.endpoints()), region=p.relay)
-            self._send(p, self._node_info(), region=p.relay)
-
-    # --- internals: discovery and heartbeat ----------------------------------------------------------
-
-    def _heartbeat(self, p: PeerPath, now: float) -> None:
-        cfg = self.config
-        if not p.active(now, cfg.session_active_timeout):
-            p.next_heartbeat = None
-            return
-        p.next_heartbeat = now + cfg.heartbeat_interval
-        self._expire_candidates(p, now)
-        if p.best is not None:
-            self._send_ping(p, now, "heartbeat", addr=p.best)
-        if (p.best is None or p.last_full is None or not p.trusted(now)
-                or (p.best_latency > cfg.good_enough_latency and now - p.last_full >= cfg.upgrade_interval)):
-            self._discover(p, now)
-
-    def _discover(self, p: PeerPath, now: float) -> None:
-        cfg = self.config
-        p.last_full = now
-        sent_any = False
-        for cand in list(p.candidates.values()):
-            if cand.last_ping is None or now - cand.last_ping >= cfg.disco_ping_interval:
-                self._send_ping(p, now, "discovery", addr=cand.addr)
-                sent_any = True
-        if not p.relay:
-            return
-        if not any(s.region is not None for s in p.pings.values()) \
-                and now - p.derp_heard.get(p.relay, float("-inf")) > cfg.derp_heard_window:
-            self._send_ping(p, now, "probe", region=p.relay)  # is the peer connected in that region?
-        if (sent_any or not p.candidates) and (p.last_cmm_sent is None
-                                               or now - p.last_cmm_sent >= cfg.disco_ping_interval):
-            p.last_cmm_sent = now
-            self._send(p, disco.CallMeMaybe(self.endpoints()), region=p.relay)
-            self._send(p, self._node_info(), region=p.relay)
-
-    def _node_info(self) -> disco.NodeInfo:
-        flags = disco.NI_UDP if self.netinfo.udp else 0
-        if self.netinfo.mapping_varies is not None:
-            flags |= disco.NI_MAPPING_KNOWN | (disco.NI_HARD_NAT if self.netinfo.mapping_varies else 0)
-        return disco.NodeInfo(self.home.home, flags)
+            self._announce(p, now)
 
     def _expire_pings(self, p: PeerPath, now: float) -> None:
         for tx_id, sent in list(p.pings.items()):
@@ -416,13 +369,6 @@ class PathManager:
             if sent.addr is not None and sent.addr == p.best and not p.trusted(now):
                 p.best, p.best_latency = None, 0.0
                 self._refresh(p, now, f"ping to {sent.addr[0]}:{sent.addr[1]} timed out")
-
-    def _expire_candidates(self, p: PeerPath, now: float) -> None:
-        for addr, cand in list(p.candidates.items()):
-            if cand.sources & {FROM_CONFIG, FROM_CMM}:
-                continue
-            if now - cand.seen > self.config.candidate_expiry:
-                del p.candidates[addr]
 
     # --- internals: helpers ---------------------------------------------------------------------------
 
@@ -439,27 +385,12 @@ class PathManager:
         cand.sources.add(source)
         cand.seen = now
 
-    def _heard_via(self, p: PeerPath, region: int, now: float) -> None:
-        p.derp_heard.pop(region, None)  # re-insert: arrival order breaks ties between equal times
+    def _heard_via(self, p: PeerPath, region: int, now: float) -> bool:
+        """Note a packet from the peer over DERP `region`; True when it was not heard there lately."""
+        last = p.derp_heard.pop(region, None)  # re-insert: arrival order breaks ties between equal times
         p.derp_heard[region] = now
         p.skip_region.pop(region, None)
-
-    def _send_ping(self, p: PeerPath, now: float, purpose: str, *, addr: Addr | None = None,
-                   region: int | None = None) -> None:
-        tx_id = self._random(C.TXID_LEN)
-        p.pings[tx_id] = SentPing(addr, region, now, purpose)
-        if addr is not None:
-            p.udp_pings_sent += 1
-            cand = p.candidates.get(addr)
-            if cand is not None:
-                cand.last_ping = now
-        self._send(p, disco.Ping(tx_id, self.node_key), addr=addr, region=region)
-
-    def _send(self, p: PeerPath, message, *, addr: Addr | None = None, region: int | None = None) -> None:
-        packet = p.pair.box.seal(message.encode(), self._random(C.NONCE_LEN))
-        self._out.append(SendDisco(p.key, packet, addr, region))
-        if region is not None:
-            self._written.add(region)  # a write keeps (or makes) the region's connection wanted
+        return last is None or now - last > self.config.derp_heard_window
 
     def _drop(self, reason: str) -> list:
         self.drops[reason] = self.drops.get(reason, 0) + 1
@@ -507,6 +438,7 @@ class PathManager:
         p.state, p.relay = state, relay
         if state is PathState.LAPSING and p.next_heartbeat is not None:
             self._discover(p, now)  # trust lapsed: restart discovery at once
+            self._start_punching(p, now)
         self._out.append(PathChanged(p.key, state, self.route(p.key, now), reason))
 
     def _finish(self, now: float) -> list:

@@ -121,6 +121,9 @@ class PeerPath:
     next_heartbeat: float | None = None
     last_full: float | None = None
     last_cmm_sent: float | None = None
+    cmm_unconfirmed: bool = False         # our last CallMeMaybe went to a region the peer was not heard in
+    punch_at: float | None = None         # the next retry of a discovery round on the short backoff
+    punch_step: int = 0                   # index into PathConfig.punch_backoff
     cmm_received: int = 0
     derp_heard: dict = field(default_factory=dict)          # region -> last time the peer reached us there
     skip_region: dict = field(default_factory=dict)         # region -> until (PeerGone / unanswered probe)

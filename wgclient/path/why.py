@@ -46,6 +46,8 @@ def _reason(m: "PathManager", p: PeerPath, now: float) -> str:
         if ours_hard:
             return ("our NAT maps ports per destination (hard NAT) and the peer's filters unknown senders; "
                     "forward a UDP port on either side")
+    if p.last_send is None:
+        return "nothing has been sent to the peer yet, so no hole punching is running"
     if not p.active(now, m.config.session_active_timeout):
         return "no traffic to the peer in the last 45 s, so no hole punching is running"
     if not p.candidates:
@@ -67,7 +69,9 @@ def explain(m: "PathManager", p: PeerPath, now: float) -> str:
     if p.state is PathState.LAPSING and p.best is not None:
         return (f"{head} and {_fmt(p.best)} at once: the direct path stopped answering pings "
                 "(trust expired); re-checking it")
-    return f"{head}: {_reason(m, p, now)}. Direct-path attempts continue every few seconds."
+    if p.active(now, m.config.session_active_timeout):
+        return f"{head}: {_reason(m, p, now)}. Direct-path attempts continue every few seconds."
+    return f"{head}: {_reason(m, p, now)}. Direct-path attempts start when traffic goes to the peer."
 
 
 def path_text(m: "PathManager", p: PeerPath, now: float) -> str:

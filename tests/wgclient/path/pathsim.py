@@ -6,8 +6,11 @@ NAT kinds: "none" (public address), "cone" (endpoint-independent mapping, addres
 "port-restricted" (endpoint-independent mapping, address-and-port-dependent filtering), "symmetric" (a new
 port per destination, address-and-port-dependent filtering), "blocked" (no UDP at all). Every kind but
 "none" needs both sides to send first (simultaneous opening). DERP sends wait in a per-region queue
-(32 deep, as the adapter's) while the connection is being made. Application traffic is modelled as a data packet every `data_interval` seconds
-from each node to each peer, sent the way `route()` says, and delivered as `on_wireguard_from`.
+(32 deep, as the adapter's) while the connection is being made; a node started later (`start(at=...)`)
+is on no region until then, so what reaches DERP for it is answered with PeerGone. Application traffic
+is modelled as a data packet every `data_interval` seconds from each node (or only the `senders`) to each
+peer, sent the way `route()` says, and delivered as `on_wireguard_from`; a node that is not a sender
+answers each packet with one of its own (as a ping's echo reply) unless `echo` is off.
 """
 from __future__ import annotations
 
@@ -69,6 +72,7 @@ class Node:
     nat: Nat
     region_latency: dict
     connected: set = field(default_factory=set)
+    up_at: float | None = None                          # when its home region first connected
     queued: dict = field(default_factory=dict)         # region -> DERP sends waiting for the connection
     homes: list = field(default_factory=list)          # (time, region) of every SetHome
     changes: list = field(default_factory=list)        # (time, PathChanged)
@@ -81,7 +85,7 @@ class Node:
 
 class Sim:
     def __init__(self, regions: dict[int, str] | None = None, config: PathConfig = PathConfig(),
-                 data_interval: float = 0.5, seed: int = 1) -> None:
+                 data_interval: float = 0.5, seed: int = 1, senders: set[str] | None = None, echo: bool = True) -> None:
         self.now = 0.0
         self.regions = regions or {1: "fra"}
         self.region_up = {r: True for r in self.regions}
@@ -96,6 +100,8 @@ class Sim:
         self._data_seq = itertools.count()
         self.data_sent: list = []              # (time, seq, src name, dst name)
         self.traffic = True
+        self.senders = senders                 # None: every node sends; else the others only echo
+        self.echo = echo
 
     # --- set-up ----------------------------------------------------------------------------------
 
@@ -113,19 +119,27 @@ class Sim:
         self.by_public[nat.public_ip] = node
         return node
 
-    def start(self) -> None:
-        """Peers know each other (as from a wg-quick config); regions, endpoints and netcheck arrive."""
+    def start(self, at: dict[str, float] | None = None) -> None:
+        """Peers know each other (as from a wg-quick config); regions, endpoints and netcheck arrive, at
+        once or for node NAME at time `at[NAME]`."""
         for node in self.nodes:
             for other in self.nodes:
                 if other is not node:
                     node.manager.add_peer(other.key, name=other.name)
         for node in self.nodes:
-            m = node.manager
-            self._apply(node, m.set_regions(self.regions, self.now))
-            self._apply(node, m.set_local_endpoints([node.private_addr], self.now))
-            self.netcheck(node)
-            if self.traffic:
-                self.at(self.now, lambda n=node: self._data_tick(n))
+            t = (at or {}).get(node.name, self.now)
+            if t <= self.now:
+                self._start_node(node)
+            else:
+                self.at(t, lambda n=node: self._start_node(n))
+
+    def _start_node(self, node: Node) -> None:
+        m = node.manager
+        self._apply(node, m.set_regions(self.regions, self.now))
+        self._apply(node, m.set_local_endpoints([node.private_addr], self.now))
+        self.netcheck(node)
+        if self.traffic and (self.senders is None or node.name in self.senders):
+            self.at(self.now, lambda: self._data_tick(node))
 
     def netcheck(self, node: Node) -> None:
         mapped = node.nat.outbound(node.private_addr, STUN_SERVER)
@@ -194,6 +208,8 @@ class Sim:
     def _connect(self, node: Node, region: int) -> None:
         if self.region_up.get(region):
             node.connected.add(region)
+            if node.up_at is None and region == node.manager.home.home:
+                node.up_at = self.now
             for send in node.queued.pop(region, []):
                 send()
             self._apply(node, node.manager.on_region_up(region, self.now))
@@ -246,23 +262,27 @@ class Sim:
 
     def _data_tick(self, node: Node) -> None:
         for peer in self.nodes:
-            if peer is node:
-                continue
-            self._apply(node, node.manager.on_data_sent(peer.key, self.now))
-            route = node.manager.route(peer.key, self.now)
-            seq = next(self._data_seq)
-            self.data_sent.append((self.now, seq, node.name, peer.name))
-            if route.direct is not None:
-                self._udp(node, route.direct, lambda dst, src, s=seq: self._data_in(dst, node, s, addr=src))
-            if route.relay is not None:
-                self._derp(node, peer.key, route.relay,
-                           lambda dst, s=seq, r=route.relay: self._data_in(dst, node, s, region=r))
+            if peer is not node:
+                self._send_data(node, peer)
         if self.traffic:
             self.at(self.now + self.data_interval, lambda: self._data_tick(node))
+
+    def _send_data(self, node: Node, peer: Node) -> None:
+        self._apply(node, node.manager.on_data_sent(peer.key, self.now))
+        route = node.manager.route(peer.key, self.now)
+        seq = next(self._data_seq)
+        self.data_sent.append((self.now, seq, node.name, peer.name))
+        if route.direct is not None:
+            self._udp(node, route.direct, lambda dst, src, s=seq: self._data_in(dst, node, s, addr=src))
+        if route.relay is not None:
+            self._derp(node, peer.key, route.relay,
+                       lambda dst, s=seq, r=route.relay: self._data_in(dst, node, s, region=r))
 
     def _data_in(self, dst: Node, src: Node, seq: int, *, addr=None, region=None) -> None:
         dst.received.append((self.now, seq, "udp" if addr else region))
         self._apply(dst, dst.manager.on_wireguard_from(src.key, self.now, addr=addr, region=region))
+        if self.traffic and self.echo and self.senders is not None and dst.name not in self.senders:
+            self._send_data(dst, src)  # the echo reply
 
     def delivered(self, dst: str, src: str, start: float, end: float) -> list:
         """Data packets src -> dst sent in [start, end) that arrived (by any path)."""

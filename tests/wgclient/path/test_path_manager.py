@@ -386,3 +386,82 @@ def test_new_endpoints_are_announced_even_when_candidates_were_just_pinged():
     out = m.on_netcheck(NetInfo(preferred=1, latency={1: 0.01}, endpoints=(A_ADDR,)), 3.3)
     [cmm] = [opened(s) for s in sends(out) if isinstance(opened(s), disco.CallMeMaybe)]
     assert A_ADDR in cmm.endpoints
+
+
+def _run_timers(m: PathManager, until: float) -> list[tuple[float, SendDisco]]:
+    """Step the manager from deadline to deadline up to `until`; every SendDisco with its time."""
+    sent = []
+    while (t := m.next_deadline()) is not None and t <= until:
+        sent += [(t, s) for s in sends(m.on_timer(t))]
+    return sent
+
+
+def test_unanswered_first_round_is_retried_on_the_short_backoff_then_every_five_seconds():
+    """Issue 9: the peer's CallMeMaybe brings its address; our pings get no pong (its NAT is not open
+    for us yet): they are repeated 0.25, 0.5, 1 and 2 s apart, then only by the ~5 s rounds."""
+    m = manager()
+    m.on_data_sent(B, 0.0)
+    out = m.on_disco(from_b(disco.CallMeMaybe((B_ADDR,))), 0.1, region=1, derp_src=B)
+    assert [s.addr for s in sends(out) if isinstance(opened(s), disco.Ping)] == [B_ADDR]
+    pings = [t for t, s in _run_timers(m, 40.0) if s.addr == B_ADDR]
+    assert pings[:4] == pytest.approx([0.35, 0.85, 1.85, 3.85])
+    gaps = [y - x for x, y in zip(pings[4:], pings[5:])]
+    assert pings[4] - pings[3] >= 5.0 and gaps and min(gaps) >= 5.0  # the steady rounds: no new backoff
+
+
+def test_backoff_stops_at_the_first_pong():
+    m = manager()
+    m.on_data_sent(B, 0.0)
+    out = m.on_disco(from_b(disco.CallMeMaybe((B_ADDR,))), 0.1, region=1, derp_src=B)
+    [t1] = [t for t, s in _run_timers(m, 0.4) if s.addr == B_ADDR]
+    assert t1 == pytest.approx(0.35)
+    retry = [s for s in sends(out) if s.addr == B_ADDR][0]
+    m.on_disco(from_b(disco.Pong(opened(retry).tx_id, A_ADDR)), 0.45, addr=B_ADDR)
+    assert m.route(B, 0.5) == Route(B_ADDR, None)
+    # From here on only heartbeats (every 3 s) ping the direct address, until its trust (6.5 s) lapses
+    # unanswered: that restarts discovery with the backoff.
+    pings = [t for t, s in _run_timers(m, 9.0) if s.addr == B_ADDR]
+    assert pings == pytest.approx([3.0, 6.0, 7.2, 7.7, 8.7])
+
+
+def test_call_me_maybe_sent_before_the_peer_was_on_derp_is_sent_again_when_it_appears():
+    """Issue 9: our first CallMeMaybe reached the region before the peer did (DERP drops it, PeerGone);
+    when the peer turns up there (its NodeInfo), our endpoints go out at once, not at the 5 s retry."""
+    m = manager()
+    m.on_netcheck(NetInfo(1, {1: 0.01}, True, False, (A_ADDR,)), 0.0)
+    first = m.on_data_sent(B, 0.0)
+    assert any(isinstance(opened(s), disco.CallMeMaybe) for s in sends(first) if s.region == 1)
+    m.on_peer_gone(B, 1, 0.05)
+    _run_timers(m, 4.5)  # the backoff's retries go out and are lost as well
+    out = m.on_disco(from_b(disco.NodeInfo(1, disco.NI_UDP)), 4.6, region=1, derp_src=B)
+    assert disco.CallMeMaybe((A_ADDR,)) in [opened(s) for s in sends(out) if s.region == 1]
+    # Heard in the region now: a later NodeInfo (e.g. its home changed) does not repeat ours.
+    out = m.on_disco(from_b(disco.NodeInfo(1, disco.NI_UDP), b"2" * 24), 5.0, region=1, derp_src=B)
+    assert not [s for s in sends(out) if isinstance(opened(s), disco.CallMeMaybe)]
+
+
+def test_call_me_maybe_to_a_peer_already_heard_is_not_repeated_when_it_speaks():
+    m = manager()
+    m.on_disco(from_b(disco.NodeInfo(1, disco.NI_UDP)), 0.5, region=1, derp_src=B)  # b is on region 1
+    m.on_data_sent(B, 1.0)
+    out = m.on_disco(from_b(disco.Pong(b"x" * 12, ("127.3.3.40", 1))), 1.1, region=1, derp_src=B)
+    assert not [s for s in sends(out) if isinstance(opened(s), disco.CallMeMaybe)]
+    assert not [s for t, s in _run_timers(m, 4.0) if s.region == 1 and isinstance(opened(s), disco.CallMeMaybe)]
+
+
+def test_why_right_after_start_does_not_promise_attempts_that_are_not_running():
+    m = manager()
+    m.on_netcheck(NetInfo(1, {1: 0.01}, True, False, (A_ADDR,)), 0.0)
+    idle = m.why(B, 0.5)
+    assert "nothing has been sent to the peer yet, so no hole punching is running" in idle
+    assert "continue every few seconds" not in idle
+    assert idle.endswith("Direct-path attempts start when traffic goes to the peer.")
+    m.on_data_sent(B, 1.0)
+    busy = m.why(B, 1.5)
+    assert "no hole punching is running" not in busy and busy.endswith("continue every few seconds.")
+    later = m.why(B, 60.0)  # 45 s without traffic: discovery stopped again
+    assert "no traffic to the peer in the last 45 s" in later and "continue every few seconds" not in later
+    # A peer blocked for a deeper reason, idle: the attempts still wait for traffic.
+    m.on_disco(from_b(disco.NodeInfo(1, 0)), 60.0, region=1, derp_src=B)
+    assert m.why(B, 60.0).endswith("blocks UDP; allow outbound UDP there to get a direct path. "
+                                   "Direct-path attempts start when traffic goes to the peer.")

@@ -1,6 +1,6 @@
 """Two (or three) path managers exchanging disco over a simulated network with NATs and DERP regions, in
-virtual time: direct within 5 s behind cone NATs, relayed (and why() says why) behind symmetric NATs or a
-UDP block, fallback to DERP without a gap when UDP dies, upgrade retried while relayed, home failover,
+virtual time: direct within 5 s behind cone NATs, first contact within 2 s of both being up whichever
+starts first, relayed (and why() says why) behind symmetric NATs or a UDP block, fallback to DERP without a gap when UDP dies, upgrade retried while relayed, home failover,
 regions tried in order until the peer is found, and data delivered throughout."""
 from __future__ import annotations
 
@@ -238,3 +238,26 @@ def test_peer_roaming_behind_a_new_nat_mapping():
     assert regained <= roam + 10.0
     lapse = roam + 6.5
     assert sim.delivered("a", "b", lapse + 0.1, roam + 14.0) == sim.sent("a", "b", lapse + 0.1, roam + 14.0)
+
+
+@pytest.mark.parametrize("kind", ["cone", "port-restricted"])
+@pytest.mark.parametrize("senders,echo", [({"a"}, True), (None, True), ({"a"}, False)],
+                         ids=["a-pings-b", "both-send", "b-silent"])
+@pytest.mark.parametrize("lead", [-4.0, -1.0, -0.05, 0.0, 0.01, 0.05, 0.2, 1.0, 2.5, 4.0])
+def test_simultaneous_start_direct_within_two_seconds_of_both_up(kind, senders, echo, lead):
+    """Issue 9 point 3: whichever node starts first (a by `lead` seconds; negative: b first), both are
+    direct within 2 s of the later one's home region connecting, with traffic both ways, only a's pings
+    (b answering each), or b silent (as when a's first handshake went to DERP before b was there, so b
+    sends nothing until WireGuard retries it 5 s later). Before the fix: 3 s (b's first ping met a's
+    closed NAT and waited for the next heartbeat) or 5-6 s (a's CallMeMaybe reached DERP before b did
+    and waited for the 5 s retry)."""
+    sim = Sim(senders=senders, echo=echo)
+    a = sim.add_node("a", kind)
+    b = sim.add_node("b", kind)
+    sim.start(at={"a": max(0.0, -lead), "b": max(0.0, lead)})
+    sim.run_until(abs(lead) + 10.0)
+    both_up = max(a.up_at, b.up_at)
+    for me, peer in ((a, b), (b, a)):
+        t = first_direct(me)
+        assert t is not None and t - both_up <= 2.0, (me.name, t, both_up, me.manager.why(peer.key, sim.now))
+        assert me.manager.route(peer.key, sim.now).relay is None
