@@ -85,6 +85,19 @@ def make_cert(hostnames: list[str], ca: CertPair | None = None) -> CertPair:
     return CertPair(cert.public_bytes(serialization.Encoding.PEM), _key_pem(key))
 
 
+def cert_not_after(path: str) -> float | None:
+    """The notAfter of the first certificate in PEM file `path` as Unix time, or None when the file cannot
+    be read or holds no certificate (derp_tls_cert_expiry_seconds)."""
+    try:
+        with open(path, "rb") as fh:
+            cert = x509.load_pem_x509_certificate(fh.read())
+    except (OSError, ValueError):
+        return None
+    if hasattr(cert, "not_valid_after_utc"):  # cryptography >= 42
+        return cert.not_valid_after_utc.timestamp()
+    return cert.not_valid_after.replace(tzinfo=datetime.timezone.utc).timestamp()
+
+
 def write_pair(pair: CertPair, cert_path: str, key_path: str) -> None:
     with open(cert_path, "wb") as fh:
         fh.write(pair.cert_pem)

@@ -344,6 +344,8 @@ async def serve(args: argparse.Namespace) -> int:
                             metrics_token=args.metrics_token, derpmap_json=load_derpmap_bytes(args.derpmap_file),
                             send_queue_depth=args.send_queue_depth, tls_engine=args.tls_engine)
     server = DerpServer(relay, options, ssl_ctx)
+    if args.certmode == "manual":  # derp_tls_cert_expiry_seconds reads this file's notAfter on scrape
+        server.tls_cert_file = os.path.join(args.certdir, args.hostname + ".crt")
     up = await start_listeners(args, server, host, port, metrics_at)
     extras = [f"http={up.http_port}"] if up.http_port is not None else []
     if up.stun is not None:

@@ -4,10 +4,13 @@
 Where a metric mirrors one of Tailscale's derper it is also exported under derper's name (derp_packets_sent,
 derp_bytes_sent, derp_current_connections, derp_current_home_connections, derp_got_ping, derp_sent_pong,
 derp_sclient_write_timeouts; counters with Prometheus' `_total` suffix); our older names stay.
+`derp_tls_cert_expiry_seconds` is the served certificate's notAfter (Unix time), read from the file named by
+`server.tls_cert_file` when it changes (absent when there is no such file).
 """
 from __future__ import annotations
 
 import asyncio
+import os
 from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -20,6 +23,21 @@ from derp.errors import ParseError
 class RelayCollector:
     def __init__(self, server: Any) -> None:
         self.server = server
+        self._cert: tuple[Any, float | None] = (None, None)   # ((path, mtime, size), notAfter)
+
+    def cert_expiry(self) -> float | None:
+        path = getattr(self.server, "tls_cert_file", None)
+        if not path:
+            return None
+        try:
+            st = os.stat(path)
+        except OSError:
+            return None
+        stamp = (path, st.st_mtime_ns, st.st_size)
+        if self._cert[0] != stamp:
+            from derp.aio.certs import cert_not_after  # cryptography only when a certificate file is served
+            self._cert = (stamp, cert_not_after(path))
+        return self._cert[1]
 
     def collect(self):
         relay = self.server.relay
@@ -69,6 +87,10 @@ class RelayCollector:
         for name, count in sorted(http.items()):
             events.add_metric([name], count)
         yield events
+        expiry = self.cert_expiry()
+        if expiry is not None:
+            yield GaugeMetricFamily("derp_tls_cert_expiry_seconds",
+                                    "notAfter of the served TLS certificate, as Unix time", value=expiry)
 
 
 def make_registry(server: Any) -> CollectorRegistry:
