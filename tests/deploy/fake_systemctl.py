@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import pwd
 import re
 import shlex
 import shutil
@@ -30,6 +31,7 @@ import time
 import zlib
 
 UNIT_DIR = "/etc/systemd/system"
+UNIT_PATH = (UNIT_DIR, "/lib/systemd/system")
 STATE = "/run/fake-systemd"
 SERVICE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin"
 LIST_KEYS = {"Environment", "EnvironmentFile", "LoadCredential", "ExecStartPre", "ExecStart", "ExecReload",
@@ -76,9 +78,10 @@ def parse_unit(path: str) -> dict[str, dict[str, list[str]]]:
 class Unit:
     def __init__(self, arg: str) -> None:
         self.name, self.file, self.instance = split_name(arg)
-        self.path = os.path.join(UNIT_DIR, self.file)
-        if not os.path.exists(self.path):
+        found = [os.path.join(d, self.file) for d in UNIT_PATH if os.path.exists(os.path.join(d, self.file))]
+        if not found:
             raise Fail(f"Unit {self.name} not found.")
+        self.path = found[0]
         self.sections = parse_unit(self.path)
         self.service = self.sections.get("Service", {})
         self.prefix = self.name.split("@")[0].removesuffix(".service")
@@ -107,7 +110,7 @@ class Unit:
     @property
     def uid(self) -> int:
         if not self.yes("DynamicUser"):
-            return 0
+            return pwd.getpwnam(self.user).pw_uid if self.get("User") else 0
         return 61184 + zlib.crc32(self.user.encode()) % 4000
 
     def state_file(self, what: str) -> str:
@@ -195,7 +198,8 @@ class Unit:
         bounding = [c.lower().removeprefix("cap_") for c in self.words("CapabilityBoundingSet")]
         priv = ["setpriv"]
         if self.uid:
-            priv += [f"--reuid={self.uid}", f"--regid={self.uid}", "--clear-groups"]
+            gid = self.uid if self.yes("DynamicUser") else pwd.getpwuid(self.uid).pw_gid
+            priv += [f"--reuid={self.uid}", f"--regid={gid}", "--clear-groups"]
         if caps:
             spec = "-all," + ",".join("+" + c for c in caps)
             priv += [f"--inh-caps={spec}", f"--ambient-caps={spec}"]
@@ -215,7 +219,7 @@ class Unit:
 
     # -- verbs -----------------------------------------------------------------------------------------
     def verify(self) -> None:
-        target = self.path if not self.instance else os.path.join(UNIT_DIR, self.name)
+        target = self.path if not self.instance else os.path.join(os.path.dirname(self.path), self.name)
         done = subprocess.run(["systemd-analyze", "verify", target], capture_output=True, text=True, timeout=60)
         if done.returncode or done.stderr.strip():
             raise Fail(f"systemd-analyze verify {self.name}:\n{done.stderr.strip()}")
