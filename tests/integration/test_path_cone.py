@@ -12,6 +12,7 @@ import pytest
 
 from tests.integration.pathlab import PathLab, Timeline
 from tests.integration.peers import start_transfer
+from tests.support.patterns import DURATION
 from tests.support.prereq import require_binary, require_root
 from tools.natlab.lab import RegionSpec
 
@@ -65,7 +66,7 @@ def test_relayed_at_once_then_direct(pl, peers) -> None:
         assert entry["rx_bytes"] > 0 and entry["last_handshake"], entry
     assert pl.status(a)["home_region"]["code"] == "r1"
     res = pl.wgc_ping(a, "peer2", count=2)
-    assert res.returncode == 0 and re.fullmatch(r"(pong from peer2 \(100\.90\.0\.2\) via DERP\(r1\) in \d+ms\n){2}",
+    assert res.returncode == 0 and re.fullmatch(rf"(pong from peer2 \(100\.90\.0\.2\) via DERP\(r1\) in {DURATION}\n){{2}}",
                                                 res.stdout), res.stdout + res.stderr
     pl.lab.restore_udp(2)
     t0 = time.monotonic()

@@ -18,6 +18,7 @@ import pytest
 
 from tests.integration.pathlab import PathLab
 from tests.integration.peers import start_transfer
+from tests.support.patterns import DURATION
 from tests.support.prereq import require_binary, require_root
 from tools.natlab.lab import RegionSpec
 
@@ -68,7 +69,7 @@ def test_symmetric_relayed_and_why(pl, pair, on_failure) -> None:
     assert why.returncode == 0
     assert "per destination" in why.stdout and "hard NAT" in why.stdout, why.stdout
     res = pl.wgc_ping(a, "peer2", count=2, interval=0.3)
-    assert res.returncode == 0 and all(re.fullmatch(r"pong from peer2 \(100\.90\.0\.2\) via DERP\(r1\) in \d+ms", line)
+    assert res.returncode == 0 and all(re.fullmatch(rf"pong from peer2 \(100\.90\.0\.2\) via DERP\(r1\) in {DURATION}", line)
                                        for line in res.stdout.splitlines()), res.stdout
     res = pl.wgc_ping(a, "peer2", count=2, interval=0.3, until_direct=True)
     assert res.returncode == 1, "no direct path exists: --until-direct must fail"
