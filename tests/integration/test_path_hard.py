@@ -18,6 +18,7 @@ import pytest
 
 from tests.integration.pathlab import PathLab
 from tests.integration.peers import start_transfer
+from tests.support.capture import start_tcpdump, wait_captured
 from tests.support.patterns import DURATION
 from tests.support.prereq import require_binary, require_root
 from tools.natlab.lab import RegionSpec
@@ -132,13 +133,8 @@ def test_relay_never_sees_the_plaintext(pl, pair, on_failure, tmp_path) -> None:
     control = "CAPTURE-CONTROL-" + os.urandom(6).hex()
     iface = _wan_iface(pl, "region1", "198.18.1.2")
     pcap = str(tmp_path / "relay.pcap")
-    dump = pl.lab.popen("region1", "tcpdump", "-i", iface, "-n", "-s", "0", "-U", "-w", pcap, "tcp",
-                        text=True)
+    dump = start_tcpdump(pl.lab.ns("region1"), pcap, "-i", iface, "-n", "-s", "0", "tcp", text=True)
     try:
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline and not (os.path.exists(pcap) and os.path.getsize(pcap) > 0):
-            time.sleep(0.05)  # tcpdump writes the file header once it is attached
-        time.sleep(0.3)
         rx = b.ns.popen(sys.executable, "-c", MARKER_RX, b.ip, "20", marker, text=True)
         assert rx.stdout.readline().strip() == "ready"
         send = ("import socket,time,sys\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n"
@@ -150,9 +146,7 @@ def test_relay_never_sees_the_plaintext(pl, pair, on_failure, tmp_path) -> None:
                  " c.sendall(sys.argv[1].encode()); c.close()", control, timeout=10)
         # tcpdump drops what the kernel still buffers when it is stopped: wait until the control (sent
         # last, so everything before it was written too) is in the file
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and control.encode() not in open(pcap, "rb").read():
-            time.sleep(0.1)
+        wait_captured(pcap, control.encode())
     finally:
         dump.send_signal(signal.SIGINT)
         dump.communicate(timeout=10)
