@@ -10,6 +10,7 @@ import pytest
 from tests.support.prereq import require_binary, require_root
 
 pytestmark = [pytest.mark.netns, pytest.mark.timeout(60)]
+SLACK_MS = 30     # what a loaded machine may add to the best of three pings through the lab's delayer
 
 
 def _natlab_namespaces(prefix: str = "natlab-") -> set[str]:
@@ -19,8 +20,9 @@ def _natlab_namespaces(prefix: str = "natlab-") -> set[str]:
 
 
 def _rtt_ms(lab, node: str, ip: str) -> float:
+    """The best of three round trips: the lab's added delay plus the least a loaded machine adds to it."""
     out = lab.run(node, "ping", "-c3", "-i0.2", "-W2", ip).stdout
-    return float(re.search(r"= [\d.]+/([\d.]+)/", out).group(1))
+    return float(re.search(r"= ([\d.]+)/[\d.]+/", out).group(1))
 
 
 def test_delays_nat_types_and_teardown():
@@ -33,9 +35,9 @@ def test_delays_nat_types_and_teardown():
         mine = f"natlab-{lab.name}-"
         assert len(_natlab_namespaces(mine)) == len(lab.nodes) == 9
         near, far = _rtt_ms(lab, "client1", lab.region_ip(1)), _rtt_ms(lab, "client1", lab.region_ip(2))
-        assert 10 <= near < 25 and 40 <= far < 55, (near, far)
-        lab.set_delay(1, 50)
-        assert 50 <= _rtt_ms(lab, "client1", lab.region_ip(1)) < 65
+        assert 10 <= near < 10 + SLACK_MS and 40 <= far < 40 + SLACK_MS and near < far, (near, far)
+        lab.set_delay(1, 70)
+        assert 70 <= _rtt_ms(lab, "client1", lab.region_ip(1)) < 70 + SLACK_MS
         # udp-blocked: TCP goes out, UDP does not.
         server = lab.popen("region2", sys.executable, "-c",
                            "import socket,sys\n"
