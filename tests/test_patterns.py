@@ -8,20 +8,26 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from natprobe.report import go_duration
-from tests.support.patterns import DURATION
+from tests.support.patterns import DURATION, seconds
 from wgclient.control import format_ms
 
 SECONDS = st.floats(min_value=0, max_value=600, allow_nan=False)
 
 
 @given(SECONDS)
-def test_every_wgc_latency_matches(seconds: float) -> None:
-    assert re.fullmatch(DURATION, format_ms(seconds * 1e3))
+def test_every_wgc_latency_matches(secs: float) -> None:
+    assert re.fullmatch(DURATION, format_ms(secs * 1e3))
 
 
 @given(SECONDS)
-def test_every_netcheck_latency_matches(seconds: float) -> None:
-    assert re.fullmatch(DURATION, go_duration(seconds))
+def test_every_netcheck_latency_matches(secs: float) -> None:
+    assert re.fullmatch(DURATION, go_duration(secs))
+
+
+@given(SECONDS)
+def test_printed_durations_read_back(secs: float) -> None:
+    assert abs(seconds(go_duration(secs)) - secs) <= 0.00005 + 1e-9
+    assert abs(seconds(format_ms(secs * 1e3)) - secs) <= max(0.0005, secs * 0.01)
 
 
 def test_the_forms_of_each_speed() -> None:

@@ -353,11 +353,38 @@ class PathLab:
 
     def wgc_ping(self, p: PathPeer, target: str, *, count: int = 5, until_direct: bool = False,
                  timeout: float = 2.0, interval: float = 1.0) -> subprocess.CompletedProcess:
+        """`wgc ping`; the result also has `line_times`, the time.monotonic() at which each stdout line
+        came (wgc ping flushes every line), so a test can time pongs without the CLI's start-up and exit."""
+        import select
         args = ["ping", target, "-i", p.name, "-c", str(count), "--timeout", str(timeout),
                 "--interval", str(interval)]
         if until_direct:
             args.append("--until-direct")
-        return self.wgc(p, *args, timeout=count * (timeout + 1.5) + 10)
+        limit = count * (timeout + 1.5) + 10
+        proc = p.ns.popen(sys.executable, "-c", WGC_MAIN, *args, env=self.env, cwd=ROOT, text=True)
+        lines: list[str] = []
+        times: list[float] = []
+        deadline = time.monotonic() + limit
+        try:
+            while select.select([proc.stdout], [], [], max(0.0, deadline - time.monotonic()))[0]:
+                line = proc.stdout.readline()
+                if not line:
+                    break
+                times.append(time.monotonic())
+                lines.append(line)
+            else:
+                raise subprocess.TimeoutExpired(proc.args, limit)
+            err = proc.stderr.read()
+            proc.wait(max(1.0, deadline - time.monotonic()))
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            proc.stdout.close()
+            proc.stderr.close()
+        res = subprocess.CompletedProcess(proc.args, proc.returncode, "".join(lines), err)
+        res.line_times = times
+        return res
 
     def ping_tunnel(self, src: PathPeer, dst: PathPeer, count: int = 3, deadline: float = 10.0,
                     interval: float = 0.2) -> tuple[bool, float]:
