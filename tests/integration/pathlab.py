@@ -282,7 +282,7 @@ class PathLab:
             time.sleep(0.02)
         return up
 
-    def wait_home(self, p: PathPeer, timeout: float = 8.0) -> dict:
+    def wait_home(self, p: PathPeer, timeout: float = 20.0) -> dict:
         """Wait until the peer's home DERP region is connected (packets sent to a peer that is not yet on
         its relay are dropped by the relay, and WireGuard retries a handshake only after 5 s)."""
         deadline = time.monotonic() + timeout
@@ -345,7 +345,7 @@ class PathLab:
                 return entry
             time.sleep(0.1)
 
-    def wait_direct(self, p: PathPeer, other: PathPeer, timeout: float = 6.0) -> dict:
+    def wait_direct(self, p: PathPeer, other: PathPeer, timeout: float = 15.0) -> dict:
         """Tunnel traffic (discovery runs while a peer is active, as in Tailscale), then wait for the
         direct path; returns p's status entry for `other`."""
         self.ping_tunnel(p, other, count=2, deadline=3, interval=0.2)
