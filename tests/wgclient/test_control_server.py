@@ -179,7 +179,8 @@ def test_client_that_never_reads_is_cut(ctl_dir):
     """Status requests flooded by a client that reads no reply: the stalled drain is cut after the timeout
     and the queued replies are dropped; other clients are served meanwhile."""
     async def main():
-        server = await start_control_server("wgt0", ScriptedTarget(), request_timeout=0.3)
+        # 1 s: the other client's request must not meet the timeout while the flood keeps the loop busy
+        server = await start_control_server("wgt0", ScriptedTarget(), request_timeout=1.0)
         try:
             r, w = await asyncio.open_unix_connection(server.path)
 
