@@ -8,7 +8,9 @@ file in the same directory, fsync, rename), so a crash leaves the old copy or th
 """
 from __future__ import annotations
 
+import http.client
 import os
+import socket
 import ssl
 import tempfile
 import urllib.error
@@ -35,11 +37,47 @@ def _ssl_context(ca_file: str | None, insecure: bool) -> ssl.SSLContext:
     return ctx
 
 
-def _fetch_url(url: str, ca_file: str | None, timeout: float, insecure: bool) -> bytes:
+def _marked_opener(ctx: ssl.SSLContext | None, fwmark: int) -> urllib.request.OpenerDirector:
+    """urllib whose connections put SO_MARK on their socket before connecting."""
+    def create(address, timeout=socket._GLOBAL_DEFAULT_TIMEOUT, source_address=None, *_):
+        last: OSError = OSError(f"no address for {address[0]}")
+        for family, kind, proto, _, addr in socket.getaddrinfo(address[0], address[1], 0, socket.SOCK_STREAM):
+            sock = socket.socket(family, kind, proto)
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, fwmark)
+                if timeout is not socket._GLOBAL_DEFAULT_TIMEOUT:
+                    sock.settimeout(timeout)
+                sock.connect(addr)
+                return sock
+            except OSError as exc:
+                sock.close()
+                last = exc
+        raise last
+
+    def marked(cls):
+        class Marked(cls):
+            def __init__(self, *args, **kwargs) -> None:
+                super().__init__(*args, **kwargs)
+                self._create_connection = create
+        return Marked
+
+    class Http(urllib.request.HTTPHandler):
+        def http_open(self, req):
+            return self.do_open(marked(http.client.HTTPConnection), req)
+
+    class Https(urllib.request.HTTPSHandler):
+        def https_open(self, req):
+            return self.do_open(marked(http.client.HTTPSConnection), req, context=ctx)
+    return urllib.request.build_opener(Http, Https)
+
+
+def _fetch_url(url: str, ca_file: str | None, timeout: float, insecure: bool, fwmark: int = 0) -> bytes:
     ctx = _ssl_context(ca_file, insecure) if url.lower().startswith("https:") else None
     request = urllib.request.Request(url, headers={"User-Agent": "wgc-derp"})
+    open_url = _marked_opener(ctx, fwmark).open if fwmark else \
+        (lambda req, timeout: urllib.request.urlopen(req, timeout=timeout, context=ctx))
     try:
-        with urllib.request.urlopen(request, timeout=timeout, context=ctx) as resp:
+        with open_url(request, timeout=timeout) as resp:
             if resp.status != 200:
                 raise UsageError(f"DERP map URL {url} answered HTTP {resp.status}")
             body = resp.read(MAX_MAP_BYTES + 1)
@@ -54,12 +92,14 @@ def _fetch_url(url: str, ca_file: str | None, timeout: float, insecure: bool) ->
     return body
 
 
-def read_source(source: str, *, ca_file: str | None = None, timeout: float = 5.0, insecure: bool = False) -> bytes:
-    """The bytes of a DERP map source: a file path or an http(s) URL (UsageError naming it on failure)."""
+def read_source(source: str, *, ca_file: str | None = None, timeout: float = 5.0, insecure: bool = False,
+                fwmark: int = 0) -> bytes:
+    """The bytes of a DERP map source: a file path or an http(s) URL (UsageError naming it on failure),
+    a URL fetched on a socket with SO_MARK `fwmark`, when given, like every socket of a full tunnel's owner."""
     if not source:
         raise UsageError("no DERP map source given (a file path or an http(s) URL)")
     if source.lower().startswith(("http://", "https://")):
-        return _fetch_url(source, ca_file, timeout, insecure)
+        return _fetch_url(source, ca_file, timeout, insecure, fwmark)
     try:
         with open(source, "rb") as fh:
             data = fh.read(MAX_MAP_BYTES + 1)
@@ -71,9 +111,10 @@ def read_source(source: str, *, ca_file: str | None = None, timeout: float = 5.0
 
 
 def load_derpmap(source: str, *, ca_file: str | None = None, timeout: float = 5.0,
-                 insecure: bool = False, warnings: list[str] | None = None) -> DerpMap:
-    """Load and parse a DERP map from a file path or an http(s) URL."""
-    return parse_derpmap(read_source(source, ca_file=ca_file, timeout=timeout, insecure=insecure), warnings)
+                 insecure: bool = False, fwmark: int = 0, warnings: list[str] | None = None) -> DerpMap:
+    """Load and parse a DERP map from a file path or an http(s) URL (see `read_source` for `fwmark`)."""
+    data = read_source(source, ca_file=ca_file, timeout=timeout, insecure=insecure, fwmark=fwmark)
+    return parse_derpmap(data, warnings)
 
 
 def save_cached_map(path: str, dm: DerpMap) -> None:

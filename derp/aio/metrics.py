@@ -5,6 +5,8 @@
 Where a metric mirrors one of Tailscale's derper it is also exported under derper's name (derp_packets_sent,
 derp_bytes_sent, derp_current_connections, derp_current_home_connections, derp_got_ping, derp_sent_pong,
 derp_sclient_write_timeouts; counters with Prometheus' `_total` suffix); our older names stay.
+The certificate metrics (`derp_tls_cert_expiry_timestamp_seconds`, reloads, ACME orders) come from the
+relay's CertStore (derp/aio/certstore.py).
 """
 from __future__ import annotations
 
@@ -74,6 +76,9 @@ class RelayCollector:
                                 value=relay.config.max_clients)
         yield GaugeMetricFamily("derp_start_time_seconds", "Wall time the relay started",
                                 value=self.server.started)
+        certs = getattr(self.server, "certs", None)
+        if certs is not None:
+            yield from certs.collect()
 
 
 def make_registry(server: Any) -> CollectorRegistry:

@@ -168,3 +168,17 @@ def test_up_flags_are_refused_before_anything_is_created(tmp_path) -> None:
                        "--derpmap", str(tmp_path / "missing.json"), env=env))
     assert "127.0.0.1:1" in err and "missing.json" in err and "no cached map" in err
     assert not (tmp_path / "pid" / "wgdm0.pid").exists() and not (tmp_path / "state").exists()
+
+
+def test_up_fetches_the_map_with_the_interfaces_firewall_mark(tmp_path) -> None:
+    """The map `up` loads before anything exists, and every refresh until the UDP port is up, carry the mark
+    the interface's sockets will (FwMark here; a full tunnel's chosen mark otherwise)."""
+    from wgclient.cli.derpmap import up_serve_kwargs
+    from wgclient.cli.main import parser
+    from wgclient.config import parse_config
+    (tmp_path / "map.json").write_text(map_text(900))
+    config = parse_config("[Interface]\nPrivateKey = yAnz5TF+lXXJte14tji3zlMNq+hd2rYUIgJBgB3fBmk=\nFwMark = 0x77\n",
+                          "wgdm0.conf")
+    args = parser().parse_args(["up", "wgdm0.conf", "--derpmap", str(tmp_path / "map.json"), "--derpmap-cache", "off"])
+    source = up_serve_kwargs(args, config)["derpmap_source"]
+    assert source.fwmark() == 0x77

@@ -1,6 +1,7 @@
 """The path adapter applying a new DERP map (issue 10 §5) with a stand-in device and stand-in DERP clients:
 a removed region's connection is closed and its late events ignored, the manager learns the new regions,
-a changed region is redialed with its new node, and the next netcheck measures every region."""
+a changed region is redialed with its new node (with the UDP port's firewall mark), and the next netcheck
+measures every region; map refreshes are fetched with the UDP port's current mark."""
 from __future__ import annotations
 
 import asyncio
@@ -9,8 +10,10 @@ import os
 from types import SimpleNamespace
 
 from derp.aio.client import ClientStats, Disconnected
+from derp.aio.derpmap_loader import load_derpmap
 from derp.derpmap import parse_derpmap
 from wgclient import keys
+from wgclient.aio.derpmap_source import DerpMapSource
 from wgclient.aio.paths import Paths
 
 
@@ -30,9 +33,13 @@ class FakeClient:
         pass
 
 
-def paths(derpmap) -> Paths:
+MARK = 0x77
+
+
+def paths(derpmap, source=None) -> Paths:
     device = SimpleNamespace(identity=SimpleNamespace(private_key=keys.genkey(os.urandom)))
-    return Paths(SimpleNamespace(device=device, flush=lambda: None), derpmap, interface="wgtest0")
+    runner = SimpleNamespace(device=device, flush=lambda: None, udp=SimpleNamespace(fwmark=MARK))
+    return Paths(runner, derpmap, interface="wgtest0", source=source)
 
 
 def test_removed_region_closed_changed_region_redialed() -> None:
@@ -51,6 +58,7 @@ def test_removed_region_closed_changed_region_redialed() -> None:
         assert set(p.pm.home.regions) == {902} and p.home == 902
         assert p.clients[902] is not old[902]              # redialed ...
         assert p.clients[902].targets[0].host == "127.0.0.2"   # ... to the new node
+        assert p.clients[902].fwmark == MARK                    # ... marked like the UDP port
         assert p.net._full                                 # the next netcheck measures every region
         p.transports[902] = "upgrade"
         p._on_derp_event(902, Disconnected("closed"), old[902])   # the old connection's last words
@@ -59,3 +67,25 @@ def test_removed_region_closed_changed_region_redialed() -> None:
         assert p.clients[902] is not old[902]
         await p.close()
     asyncio.run(main())
+
+
+def test_map_refreshes_are_fetched_with_the_udp_ports_current_mark(tmp_path) -> None:
+    """`wg set NAME fwmark M` after `up`: the next map fetch carries M, as the DERP links do."""
+    (tmp_path / "map.json").write_text(json.dumps({"Regions": {"901": {"RegionID": 901, "RegionCode": "r", "Nodes": [
+        {"Name": "901a", "RegionID": 901, "HostName": "127.0.0.1", "DERPPort": 9}]}}}))
+    marks = []
+
+    def load(source, **kw):
+        marks.append(kw["fwmark"])
+        return load_derpmap(source, **kw)
+    source = DerpMapSource([str(tmp_path / "map.json")], cache_path=None, fwmark=5, load=load)
+    source.load_initial()
+
+    async def main():
+        p = paths(source.current.derpmap, source)
+        await source.refresh()
+        p.runner.udp.fwmark = MARK + 1
+        await source.refresh()
+        await p.close()
+    asyncio.run(main())
+    assert marks == [5, MARK, MARK + 1]

@@ -10,7 +10,9 @@ gives a usable map (it parses and has a region with a DERP node) wins.
   RETRY_INTERVAL), and at once on `request_refresh()` (SIGHUP). A map that differs from the current one is
   handed to `on_change(map, change)` and cached; a round where every source fails keeps the current map,
   is counted, and is logged once per streak of failures.
-Loads run in a worker thread (urllib is synchronous), each bounded by `timeout`. The cache is
+Loads run in a worker thread (urllib is synchronous), each bounded by `timeout`, a URL fetched on a socket
+carrying the interface's firewall mark (`fwmark`: the mark `up` will use, then, once the interface is up,
+the UDP port's current one through `follow_fwmark`, so a full tunnel's rules let the fetch out). The cache is
 `$WGC_STATE_DIR/NAME.derpmap.json` (default /var/lib/wgc), or `--derpmap-cache FILE`.
 """
 from __future__ import annotations
@@ -58,7 +60,7 @@ class DerpMapSource:
     """See the module docstring. `load` and `clock` are injectable for tests."""
 
     def __init__(self, sources: list[str], *, cache_path: str | None, ca_file: str | None = None,
-                 interval: float = DEFAULT_INTERVAL, timeout: float = LOAD_TIMEOUT,
+                 interval: float = DEFAULT_INTERVAL, timeout: float = LOAD_TIMEOUT, fwmark: int = 0,
                  load: Callable[..., DerpMap] = load_derpmap, clock: Callable[[], float] = time.time) -> None:
         if not sources:
             raise UsageError("no DERP map source given (a file path or an http(s) URL)")
@@ -67,6 +69,7 @@ class DerpMapSource:
         self.ca_file = ca_file
         self.interval = interval
         self.timeout = timeout
+        self.fwmark: Callable[[], int] = lambda: fwmark
         self._load = load
         self._clock = clock
         self.current: Loaded | None = None
@@ -78,12 +81,16 @@ class DerpMapSource:
         self._wake_early = False
 
     # -- loading -------------------------------------------------------------------------------------------
+    def follow_fwmark(self, mark: Callable[[], int]) -> None:
+        """Fetch with the mark `mark()` gives at each load (the UDP port's, which `wg set fwmark` changes)."""
+        self.fwmark = mark
+
     def try_sources(self) -> tuple[Loaded | None, list[str]]:
         """The first usable map of the sources in order, and the failures before it ("source: reason")."""
         errors = []
         for source in self.sources:
             try:
-                dm = self._load(source, ca_file=self.ca_file, timeout=self.timeout)
+                dm = self._load(source, ca_file=self.ca_file, timeout=self.timeout, fwmark=self.fwmark())
             except DerpError as exc:
                 text = str(exc)
                 errors.append(text if source in text else f"{source}: {text}")

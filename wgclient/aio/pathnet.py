@@ -86,7 +86,8 @@ class NetWatch:
 
     async def run(self) -> None:
         paths = self.paths
-        options = NetcheckOptions(portmap=False, captive_portal=False, force_full=self._full)
+        options = NetcheckOptions(portmap=False, captive_portal=False, force_full=self._full,
+                                  fwmark=lambda: paths.runner.udp.fwmark)
         self._full = False
         dm = paths.derpmap
         scores = dict(dm.home_params.region_score or {}) if dm.home_params else None

@@ -75,6 +75,8 @@ class Paths:
         self.device = runner.device
         self.derpmap = derpmap
         self.source = source
+        if source is not None:   # map refreshes are fetched with the UDP port's mark, as the DERP links
+            source.follow_fwmark(lambda: runner.udp.fwmark)
         self.interface = interface
         self.ca_file = ca_file
         self.pm = PathManager(self.device.identity.private_key, random_bytes=random_bytes)
@@ -116,6 +118,11 @@ class Paths:
         self.pm.remove_peer(key)
         self.endpoints.pop(key, None)
         self._route_of.pop(key, None)
+
+    def set_fwmark(self, mark: int) -> None:
+        """`wg set NAME fwmark M`: the DERP connections follow the UDP port (netcheck reads it per run)."""
+        for client in self.clients.values():
+            client.set_fwmark(mark)
 
     def direct_endpoint(self, key: bytes) -> tuple | None:
         """The UDP address packets to the peer go to now (None while only relayed): for `wg show`."""
@@ -298,7 +305,8 @@ class Paths:
         client = DerpClient(self.device.identity.private_key, targets_for_region(reg), ca_file=self.ca_file,
                             on_packet=lambda src, data, r=region: self._on_derp_packet(r, src, data),
                             on_event=lambda ev, r=region: self._on_derp_event(r, ev, me[0]),
-                            preferred=(region == self.home), label=f"region {region}")
+                            preferred=(region == self.home), label=f"region {region}",
+                            fwmark=self.runner.udp.fwmark)
         me.append(client)
         self.clients[region] = client
         self._tasks.append(asyncio.create_task(client.start(wait=False)))

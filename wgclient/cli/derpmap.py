@@ -76,10 +76,12 @@ def up_serve_kwargs(args: argparse.Namespace, config: Any) -> dict:
             raise UsageError("--derpmap-cache and --derpmap-refresh need --derpmap")
         return kwargs
     from ..aio.derpmap_source import DEFAULT_INTERVAL, DerpMapSource, default_cache_path
+    from ..aio.hostsetup import choose_fwmark
     from ..derpregions import region_hints
     cache = args.derpmap_cache or default_cache_path(config.name)
     source = DerpMapSource(args.derpmap, cache_path=None if cache == "off" else cache, ca_file=args.derp_ca_file,
-                           interval=DEFAULT_INTERVAL if args.derpmap_refresh is None else args.derpmap_refresh)
+                           interval=DEFAULT_INTERVAL if args.derpmap_refresh is None else args.derpmap_refresh,
+                           fwmark=choose_fwmark(config)[0])   # marked like the interface's sockets will be
     derpmap = source.load_initial()        # loaded and checked before anything is created (and before forking)
     if source.cache_warning():
         print(f"wgc: warning: {source.cache_warning()}", file=sys.stderr)
