@@ -55,3 +55,4 @@ def test_demo_relay_then_direct_and_cleanup() -> None:
     for who in ("alice", "bob"):
         assert not os.path.exists(f"/var/run/wireguard/{who}{tag}.sock")
         assert not os.path.exists(f"/var/run/wgc/{who}{tag}.ctl")
+        assert not os.path.exists(f"/var/lib/wgc/{who}{tag}.derpmap.json"), "demo left a cached DERP map behind"
