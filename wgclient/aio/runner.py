@@ -233,6 +233,7 @@ async def serve(config: InterfaceConfig, *, on_ready: Callable[[], None] = lambd
         headroom = VNET_HDR_LEN if vnet_hdr else 0
         device = Device(config.private_key, random_bytes=_random_bytes, jitter=_jitter,
                         config=DeviceConfig(mtu=config.mtu, tun_headroom=headroom))
+        device.enable_relay(config.relay)   # `Relay = true`: forward between the peers (relaynode.py)
         now = time.monotonic()
         for pc in config.peers:
             peer = device.add_peer(pc.public_key)
