@@ -12,6 +12,7 @@ import errno
 import logging
 import os
 import random
+import signal
 import time
 from typing import Callable
 
@@ -19,7 +20,9 @@ from ..config import InterfaceConfig
 from ..constants import REKEY_TIMEOUT_JITTER_MAX
 from ..device import Device, DeviceConfig
 from ..errors import UsageError
+from ..path.relaychoice import peer_policy
 from ..tcpgro import VNET_HDR_LEN, TcpCoalescer
+from . import relaykeys
 from .udp import UdpPort
 from .uapi_target import DeviceTarget
 
@@ -131,6 +134,8 @@ class Runner:
             now = time.monotonic()
             if out.heard:
                 paths.on_heard(out.heard, now)
+            if out.via:
+                paths.on_via(out.via, now)
             if out.foreign:
                 paths.on_foreign(out.foreign, now)
             for endpoint, data in out.datagrams:
@@ -255,8 +260,10 @@ async def serve(config: InterfaceConfig, *, on_ready: Callable[[], None] = lambd
             hints = region_hints(config, derpmap)
             paths = runner.paths = Paths(runner, derpmap, interface=config.name, ca_file=derp_ca_file)
             for pc in config.peers:
-                paths.add_peer(pc.public_key, psk=pc.preshared_key, name=pc.name,
-                               region_hint=hints.get(pc.public_key, 0), endpoint=pc.endpoint)
+                if relaykeys.managed(config, pc):   # `Path = direct`: plain WireGuard (docs/relaynode.md)
+                    paths.add_peer(pc.public_key, psk=pc.preshared_key, name=pc.name,
+                                   region_hint=hints.get(pc.public_key, 0), endpoint=pc.endpoint,
+                                   relay_node=pc.relay_node, policy=peer_policy(config, pc))
         applied = netconf.configure(config.name, config.addresses, config.mtu,
                                     [n for p in config.peers for n in p.allowed_ips], table=config.table)
         cleanups.append(lambda: netconf.unconfigure(applied))
@@ -265,6 +272,10 @@ async def serve(config: InterfaceConfig, *, on_ready: Callable[[], None] = lambd
         if paths is not None:
             cleanups.append(paths.close)
             await paths.start()
+        if paths is not None or config.relay:   # SIGHUP re-reads the relay keys of the config
+            loop = asyncio.get_running_loop()
+            loop.add_signal_handler(signal.SIGHUP, relaykeys.reload, runner, config.path)
+            cleanups.append(lambda: loop.remove_signal_handler(signal.SIGHUP))
         # The UAPI socket appears last: whoever waits for it finds addresses and routes in place.
         uapi = await start_uapi_server(config.name, DeviceTarget(runner))
         cleanups.append(uapi.close)

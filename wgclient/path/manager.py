@@ -103,11 +103,16 @@ class PathManager(Discovery, RelayNodes):
         return self._finish(now)
 
     def remove_peer(self, key: bytes) -> None:
+        """(Then `refresh(now)` lets the peers it was the relay node of choose again.)"""
         p = self.peers.pop(key, None)
         if p is not None:
             self._by_disco.pop(p.pair.peer_public, None)
         if key in self.relay_nodes:
             self.relay_nodes.remove(key)
+
+    def refresh(self, now: float) -> list:
+        """Recompute every peer's path now (after a configuration change)."""
+        return self._finish(now)
 
     def set_regions(self, regions: Mapping[int, str], now: float, own: Iterable[int] | None = None) -> list:
         """The DERP map's regions (id -> code); `own`: those of the operator's configured map (default:

@@ -93,3 +93,13 @@ def derp_order(regions: Sequence[int], own_regions: Iterable[int] = ()) -> list[
     the order it came in (home first, then by latency, as the home tracker lists them)."""
     own = set(own_regions)
     return [r for r in regions if is_own_region(r, own)] + [r for r in regions if not is_own_region(r, own)]
+
+
+def peer_policy(interface, peer) -> Policy:
+    """A peer's effective policy from its config (`Path`/`AvoidPath` as `pin`/`avoid` attributes): its
+    own keys, else the interface's (which do not apply to relay nodes)."""
+    if peer.pin or peer.avoid:
+        return Policy(peer.pin, frozenset(peer.avoid))
+    if peer.relay_node:
+        return AUTO
+    return Policy(interface.pin, frozenset(interface.avoid))

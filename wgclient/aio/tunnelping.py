@@ -1,0 +1,65 @@
+"""An ICMP echo through the tunnel, for `wgc ping` to a peer reached through a relay node (disco pings do
+not cross a relay node: it forwards IP packets, not disco). The daemon sends an echo request from the
+interface's own address to the peer's tunnel address through the kernel (so it takes the TUN, the core's
+cryptokey route and the relay node, like any packet) and waits for the matching reply on a raw ICMP
+socket (the daemon runs as root). IPv4 only; one socket per ping, closed at once.
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import struct
+import time
+
+ECHO_REQUEST, ECHO_REPLY = 8, 0
+
+
+def _checksum(data: bytes) -> int:
+    if len(data) % 2:
+        data += b"\0"
+    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
+
+
+def echo_request(ident: int, seq: int, payload: bytes) -> bytes:
+    header = struct.pack("!BBHHH", ECHO_REQUEST, 0, 0, ident, seq)
+    return struct.pack("!BBHHH", ECHO_REQUEST, 0, _checksum(header + payload), ident, seq) + payload
+
+
+def is_reply(packet: bytes, source: str, ident: int, seq: int) -> bool:
+    """Is this raw IPv4 packet (header included) the echo reply from `source` to our request?"""
+    if len(packet) < 28 or packet[0] >> 4 != 4:
+        return False
+    ihl = (packet[0] & 0x0F) * 4
+    if len(packet) < ihl + 8 or socket.inet_ntoa(packet[12:16]) != source:
+        return False
+    kind, _, _, rid, rseq = struct.unpack_from("!BBHHH", packet, ihl)
+    return kind == ECHO_REPLY and rid == ident and rseq == seq
+
+
+async def icmp_echo(src: str, dst: str, timeout: float) -> float | None:
+    """Round-trip seconds of one ICMP echo from src to dst, or None when no reply came in time."""
+    loop = asyncio.get_running_loop()
+    sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+    sock.setblocking(False)
+    try:
+        sock.bind((src, 0))
+        ident, seq = int.from_bytes(os.urandom(2), "big"), 1
+        started = time.monotonic()
+        await loop.sock_sendto(sock, echo_request(ident, seq, b"wgc ping via relay node"), (dst, 0))
+        deadline = started + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            try:
+                packet = await asyncio.wait_for(loop.sock_recv(sock, 2048), left)
+            except asyncio.TimeoutError:
+                return None
+            if is_reply(packet, dst, ident, seq):
+                return time.monotonic() - started
+    finally:
+        sock.close()
