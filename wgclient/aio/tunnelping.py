@@ -49,7 +49,7 @@ async def icmp_echo(src: str, dst: str, timeout: float) -> float | None:
         sock.bind((src, 0))
         ident, seq = int.from_bytes(os.urandom(2), "big"), 1
         started = time.monotonic()
-        await loop.sock_sendto(sock, echo_request(ident, seq, b"wgc ping via relay node"), (dst, 0))
+        sock.sendto(echo_request(ident, seq, b"wgc ping via relay node"), (dst, 0))  # (uvloop has no sock_sendto)
         deadline = started + timeout
         while True:
             left = deadline - time.monotonic()
