@@ -63,7 +63,7 @@ class NodeControl:
                 if p.via is not None:
                     entry["path"] = "relay-node"
                     entry["relay_node"] = {"name": self._name(p.via), "short": short(p.via)}
-                    entry["reason"] = p.choice_reason
+                    entry["reason"] = paths.pm.reason(key, now)
             else:
                 ep = peer.endpoint
                 entry["path"] = "direct" if ep is not None else "none"

@@ -148,7 +148,6 @@ class PeerPath:
     is_relay_node: bool = False
     policy: Policy = AUTO
     choice: Choice = Choice(None)
-    choice_reason: str = ""
 
     @property
     def via(self) -> bytes | None:

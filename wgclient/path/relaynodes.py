@@ -64,6 +64,10 @@ class RelayNodes:
                 self._start_punching(p, now)
         return self._finish(now)
 
+    def reason(self, key: bytes, now: float) -> str:
+        """Why the rule chose the peer's current path, now (`wgc status` shows it beside relay-node NAME)."""
+        return choice_reason(self, self._peer(key), now)
+
     def _probe_relay_nodes(self, now: float) -> None:
         for key in self.relay_nodes:
             p = self.peers[key]
@@ -79,11 +83,11 @@ class RelayNodes:
         if choice.kind != p.choice.kind or choice.relay_node != p.choice.relay_node:
             previous = p.choice
             p.choice = choice
-            p.choice_reason = choice_reason(self, p, now)
+            reason = choice_reason(self, p, now)
             if choice.relay_node is not None or previous.relay_node is not None:
                 log.info("[peer:%s] relay node %s (%s)", short(p.key),
-                         self._node_name(choice.relay_node) if choice.relay_node else "none", p.choice_reason)
-                self._out.append(RelayNodeChanged(p.key, choice.relay_node, p.choice_reason))
+                         self._node_name(choice.relay_node) if choice.relay_node else "none", reason)
+                self._out.append(RelayNodeChanged(p.key, choice.relay_node, reason))
         else:
             p.choice = choice
 

@@ -8,6 +8,7 @@ ping/pong counters) and returns one paragraph. The first matching reason wins, m
 """
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING
 
 from wgclient.keys import short as key_short
@@ -67,9 +68,10 @@ def _reason(m: "PathManager", p: PeerPath, now: float) -> str:
 
 
 def _short(text: str) -> str:
-    """The first clause of a reason: 'both NATs map ports per destination (hard NAT), so ...' -> 'both
-    NATs map ports per destination'."""
-    cut = min((i for i in (text.find(" ("), text.find(";"), text.find(", so")) if i > 0), default=len(text))
+    """The gist of a reason, for one status line: parenthesised asides dropped, cut before the advice
+    ('both NATs map ports per destination (hard NAT), so ...' -> 'both NATs map ports per destination')."""
+    text = re.sub(r" \([^)]*\)", "", text)
+    cut = min((i for i in (text.find(";"), text.find(", so"), text.find(":")) if i > 0), default=len(text))
     return text[:cut]
 
 
@@ -112,9 +114,9 @@ def explain(m: "PathManager", p: PeerPath, now: float) -> str:
     if p.is_relay_node and p.choice.kind == DIRECT and p.best is not None:
         return f"relay node, {_direct_text(m, p, now)}"
     if p.choice.kind == RELAY_NODE:
-        return f'relay-node "{_node_name(m, p.choice.relay_node)}": {p.choice_reason}. {rule_text(m, p)}'
+        return f'relay-node "{_node_name(m, p.choice.relay_node)}": {choice_reason(m, p, now)}. {rule_text(m, p)}'
     if p.choice.kind is None and (p.policy.pin or p.policy.avoid):
-        return f"no path: {p.choice_reason}. {rule_text(m, p)}"
+        return f"no path: {choice_reason(m, p, now)}. {rule_text(m, p)}"
     text = _explain_plain(m, p, now)
     if m.relay_nodes or p.policy.pin or p.policy.avoid:
         text += " " + rule_text(m, p)
