@@ -450,12 +450,14 @@ class PathManager(Discovery, RelayNodes):
         else:
             state = PathState.RELAY
         relay = self._pick_region(p, now)
-        self._choose(p, relay, now)
-        policy = p.policy
-        best = p.best if policy.allowed(DIRECT) else None
-        region = (relay or None) if policy.allowed(DERP) and p.choice.kind is not None else None
-        if p.choice.kind is None:
-            best = None   # pinned or avoided into having no path: nothing is sent
+        best, region = p.best, relay or None
+        if self.relay_nodes or p.policy != AUTO or p.via is not None:   # (else the rule is DERP/direct)
+            self._choose(p, relay, now)
+            policy = p.policy
+            if p.choice.kind is None or not policy.allowed(DIRECT):
+                best = None   # kept off direct paths, or pinned into having no path: nothing is sent
+            if p.choice.kind is None or not policy.allowed(DERP):
+                region = None
         if p.route_trusted.direct != best:
             p.route_trusted = Route(best, None)
         if p.route_untrusted != (best, region):
