@@ -215,6 +215,7 @@ def open_datagrams(dev: "Device", datagrams: Iterable, now: float) -> None:
     tun_append = out.tun.append
     # A relay node (relaynode.py) seals packets for its other peers instead of writing them to the TUN.
     forwarding = dev.forwarder is not None
+    destination_peer = relaynode.destination_peer
     forwarded: list = []
     forward_append = forwarded.append
     pending: list = []  # the datagrams that are not transport messages, for dev.receive_control
@@ -320,14 +321,6 @@ def open_datagrams(dev: "Device", datagrams: Iterable, now: float) -> None:
                     # (the widened rule: from a relay node, the sources of peers routed through it)
                     drops["transport: source address not allowed for peer"] += 1
                     continue
-                if forwarding:
-                    dst = _u32(buf, pkt + 16)[0]
-                    target = cache4.get(dst) or lookup4(dst)
-                    if target is not None and target is not owner:
-                        forward_append((pkt, pkt + length, owner, target))
-                        start = pkt + length
-                        rx_data += 1
-                        continue
             elif version == 6:
                 if plen < 40:
                     drops["transport: short IPv6 packet"] += 1
@@ -341,20 +334,18 @@ def open_datagrams(dev: "Device", datagrams: Iterable, now: float) -> None:
                 if source_peer is not owner and (source_peer is None or source_peer.send_to is not owner):
                     drops["transport: source address not allowed for peer"] += 1
                     continue
-                if forwarding:
-                    dst = _from(mv[pkt + 24:pkt + 40], "big")
-                    target = cache6.get(dst) or lookup6(dst)
-                    if target is not None and target is not owner:
-                        forward_append((pkt, pkt + length, owner, target))
-                        start = pkt + length
-                        rx_data += 1
-                        continue
             else:
                 drops["transport: not IPv4/IPv6"] += 1
                 continue
             end = pkt + length
-            tun_append((start, end))
             rx_data += 1
+            if forwarding:
+                target = destination_peer(dev.allowed_ips, buf, pkt, version)
+                if target is not None and target is not owner:
+                    forward_append((pkt, end, owner, target))
+                    start = end
+                    continue
+            tun_append((start, end))
             start = end
     finally:
         mv.release()

@@ -17,6 +17,7 @@ relay's own addresses, unknown destinations) goes to the TUN as on any node. Pur
 """
 from __future__ import annotations
 
+import struct
 from typing import TYPE_CHECKING
 
 from . import datapath
@@ -25,6 +26,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .device import Device
 
 TTL_EXPIRED = "forward: TTL expired"
+_u32 = struct.Struct("!I").unpack_from
 
 
 class PairCount:
@@ -52,6 +54,15 @@ class Forwarder:
     def forget_peer(self, key: bytes) -> None:
         for pair in [p for p in self.pairs if key in p]:
             del self.pairs[pair]
+
+
+def destination_peer(allowed_ips, buf: bytearray, pkt: int, version: int):
+    """The peer whose AllowedIPs hold the destination of the checked packet at buf[pkt:] (or None)."""
+    if version == 4:
+        family, dst = allowed_ips.v4, _u32(buf, pkt + 16)[0]
+    else:
+        family, dst = allowed_ips.v6, int.from_bytes(buf[pkt + 24:pkt + 40], "big")
+    return family.cache.get(dst) or family.lookup_cached(dst)
 
 
 def forward(dev: "Device", buf: bytearray, items: list, now: float) -> None:

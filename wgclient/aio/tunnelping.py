@@ -2,42 +2,26 @@
 not cross a relay node: it forwards IP packets, not disco). The daemon sends an echo request from the
 interface's own address to the peer's tunnel address through the kernel (so it takes the TUN, the core's
 cryptokey route and the relay node, like any packet) and waits for the matching reply on a raw ICMP
-socket (the daemon runs as root). IPv4 only; one socket per ping, closed at once.
+socket (the daemon runs as root). IPv4 only; one socket per ping, closed at once. The ICMP messages are
+natprobe's (natprobe/icmp.py).
 """
 from __future__ import annotations
 
 import asyncio
 import os
 import socket
-import struct
 import time
 
-ECHO_REQUEST, ECHO_REPLY = 8, 0
+from natprobe.icmp import echo_request, is_echo_reply
 
-
-def _checksum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
-
-
-def echo_request(ident: int, seq: int, payload: bytes) -> bytes:
-    header = struct.pack("!BBHHH", ECHO_REQUEST, 0, 0, ident, seq)
-    return struct.pack("!BBHHH", ECHO_REQUEST, 0, _checksum(header + payload), ident, seq) + payload
+PAYLOAD = b"wgc ping via relay node"
 
 
 def is_reply(packet: bytes, source: str, ident: int, seq: int) -> bool:
     """Is this raw IPv4 packet (header included) the echo reply from `source` to our request?"""
-    if len(packet) < 28 or packet[0] >> 4 != 4:
+    if len(packet) < 20 or packet[0] >> 4 != 4 or socket.inet_ntoa(packet[12:16]) != source:
         return False
-    ihl = (packet[0] & 0x0F) * 4
-    if len(packet) < ihl + 8 or socket.inet_ntoa(packet[12:16]) != source:
-        return False
-    kind, _, _, rid, rseq = struct.unpack_from("!BBHHH", packet, ihl)
-    return kind == ECHO_REPLY and rid == ident and rseq == seq
+    return is_echo_reply(packet, seq, PAYLOAD, ident=ident)
 
 
 async def icmp_echo(src: str, dst: str, timeout: float) -> float | None:
@@ -49,7 +33,7 @@ async def icmp_echo(src: str, dst: str, timeout: float) -> float | None:
         sock.bind((src, 0))
         ident, seq = int.from_bytes(os.urandom(2), "big"), 1
         started = time.monotonic()
-        sock.sendto(echo_request(ident, seq, b"wgc ping via relay node"), (dst, 0))  # (uvloop has no sock_sendto)
+        sock.sendto(echo_request(ident, seq, PAYLOAD), (dst, 0))  # (uvloop has no sock_sendto)
         deadline = started + timeout
         while True:
             left = deadline - time.monotonic()
