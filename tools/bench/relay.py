@@ -48,7 +48,14 @@ def measure(pl: PathLab, a, b, opts) -> tuple[float, float]:
     runs = {"a->b": [], "b->a": []}
     for _ in range(opts.repeat):
         for name, args in (("a->b", []), ("b->a", ["-R"])):
-            report = iperf(a.ns, b.ip, args, opts.time)
+            for attempt in range(3):   # an iperf3 control connection is now and then reset: run it again
+                try:
+                    report = iperf(a.ns, b.ip, args, opts.time)
+                    break
+                except RuntimeError as exc:
+                    if attempt == 2:
+                        raise
+                    print(f"  {name}: {exc}; again", file=sys.stderr, flush=True)
             runs[name].append(report["end"]["sum_received"]["bits_per_second"])
     return statistics.median(runs["a->b"]), statistics.median(runs["b->a"])
 
