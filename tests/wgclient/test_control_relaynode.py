@@ -82,3 +82,22 @@ def test_icmp_echo_reply_matching() -> None:
     assert not tunnelping.is_reply(ip + bytes(reply), "100.90.0.3", 0x1235, 1)
     assert not tunnelping.is_reply(ip + req, "100.90.0.3", 0x1234, 1), "our own request is no reply"
     assert not tunnelping.is_reply(b"\x45" + bytes(10), "100.90.0.3", 0x1234, 1)
+
+
+from hypothesis import given, strategies as st  # noqa: E402
+
+json_values = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
+                           lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner,
+                                                                                        max_size=3), max_leaves=8)
+
+
+@given(forwarding=json_values, relay_node=json_values, reason=json_values)
+def test_property_garbage_relay_fields_raise_only_parse_error(forwarding, relay_node, reason) -> None:
+    s = copy.deepcopy(relayed_status())
+    s["forwarding"] = forwarding
+    s["peers"][1].update(relay_node=relay_node, reason=reason)
+    try:
+        checked = control.check_status(s)
+    except ParseError:
+        return
+    control.format_status(checked, NOW)   # what passes the check renders

@@ -78,3 +78,20 @@ def test_property_the_choice_is_the_first_allowed_available_kind(direct, relay_n
     assert c.kind == expected
     assert (c.relay_node is not None) == (expected == RELAY_NODE)
     assert len(c.skipped) == (KINDS.index(expected) if expected else len(KINDS))
+
+
+def test_the_manager_tries_own_regions_before_others_when_nothing_is_known_of_the_peer() -> None:
+    import os
+
+    from wgclient import keys
+    from wgclient.path.inputs import NetInfo
+    from wgclient.path.manager import PathManager
+    pm = PathManager(keys.genkey(os.urandom), random_bytes=os.urandom)
+    peer = keys.public_key(keys.genkey(os.urandom))
+    pm.add_peer(peer)
+    pm.set_regions({1: "public", 2: "public2", 901: "ours"}, 0.0, own=[901])
+    pm.on_netcheck(NetInfo(preferred=2, latency={1: 0.005, 2: 0.001, 901: 0.050}), 0.0)
+    assert pm.home.home == 2, "home still follows latency"
+    assert pm.route(peer, 0.0).relay == 901, "an unknown peer is looked for in the operator's region first"
+    pm.set_regions({1: "public", 2: "public2", 901: "ours"}, 1.0)   # own: every region of the map
+    assert pm.route(peer, 1.0).relay == 2
