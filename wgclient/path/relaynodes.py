@@ -4,7 +4,7 @@ the selection rule's choice per peer (relaychoice.py; docs/relaynode.md).
 Rules:
 - a relay node is *reachable* while the manager trusts a direct path to it (a pong within the trust
   window); relay nodes are probed always (their heartbeat never stops), so that is known before a peer
-  needs one, and a dead one is noticed within the trust window (6.5 s) plus a ping timeout;
+  needs one, and a dead one stops being used when its last pong's trust runs out (6.5 s after it);
 - every refresh of a peer applies the rule; a change of relay node is logged and returned as a
   `RelayNodeChanged` output, which the adapter turns into `Device.route_through`;
 - marking a peer as a relay node, or changing a policy, takes effect at once (runtime changes: `wg set`
