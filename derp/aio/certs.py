@@ -1,8 +1,8 @@
 """TLS certificates for the DERP server: self-signed lab certificates, a private CA for tests, and loading.
 
 Generation uses `cryptography` (ECDSA P-256, SAN = the host name or IP). `derper --certmode selfsigned`
-(`selfsigned_context`) and the tests use it; `manual` mode loads `<certdir>/<hostname>.crt` and `.key` as
-Tailscale's derper does (`derp.aio.tls.load_server_context`).
+(`derp.aio.certstore.selfsigned_files`, kept in --certdir) and the tests use it; `manual` mode loads
+`<certdir>/<hostname>.crt` and `.key` as Tailscale's derper does (`derp.aio.tls.load_server_context`).
 """
 from __future__ import annotations
 
@@ -10,8 +10,6 @@ import datetime
 import hashlib
 import ipaddress
 import os
-import ssl
-import tempfile
 from dataclasses import dataclass
 
 from cryptography import x509
@@ -19,7 +17,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from derp.aio.tls import server_context
+from derp.aio.tls import server_context  # noqa: F401  (re-exported for callers of this module)
 
 
 @dataclass(frozen=True)
@@ -62,8 +60,8 @@ def make_ca(common_name: str = "wgc test CA") -> CertPair:
     return CertPair(cert.public_bytes(serialization.Encoding.PEM), _key_pem(key))
 
 
-def make_cert(hostnames: list[str], ca: CertPair | None = None) -> CertPair:
-    """A leaf certificate for `hostnames`, signed by `ca` or self-signed when ca is None."""
+def make_cert(hostnames: list[str], ca: CertPair | None = None, days: int = 90) -> CertPair:
+    """A leaf certificate for `hostnames` valid for `days`, signed by `ca` or self-signed when ca is None."""
     key = ec.generate_private_key(ec.SECP256R1())
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostnames[0])])
     now = datetime.datetime.now(datetime.timezone.utc)
@@ -76,7 +74,7 @@ def make_cert(hostnames: list[str], ca: CertPair | None = None) -> CertPair:
     builder = (x509.CertificateBuilder().subject_name(subject).issuer_name(issuer)
                .public_key(key.public_key()).serial_number(x509.random_serial_number())
                .not_valid_before(now - datetime.timedelta(hours=1))
-               .not_valid_after(now + datetime.timedelta(days=90))
+               .not_valid_after(now + datetime.timedelta(days=days))
                .add_extension(x509.SubjectAlternativeName([_san(h) for h in hostnames]), critical=False)
                .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
                .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]),
@@ -85,26 +83,22 @@ def make_cert(hostnames: list[str], ca: CertPair | None = None) -> CertPair:
     return CertPair(cert.public_bytes(serialization.Encoding.PEM), _key_pem(key))
 
 
+def cert_not_after(path: str) -> float | None:
+    """The notAfter of the first certificate in PEM file `path` as Unix time, or None when the file cannot
+    be read or holds no certificate."""
+    try:
+        with open(path, "rb") as fh:
+            cert = x509.load_pem_x509_certificate(fh.read())
+    except (OSError, ValueError):
+        return None
+    if hasattr(cert, "not_valid_after_utc"):  # cryptography >= 42
+        return cert.not_valid_after_utc.timestamp()
+    return cert.not_valid_after.replace(tzinfo=datetime.timezone.utc).timestamp()
+
+
 def write_pair(pair: CertPair, cert_path: str, key_path: str) -> None:
     with open(cert_path, "wb") as fh:
         fh.write(pair.cert_pem)
     fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as fh:
         fh.write(pair.key_pem)
-
-
-def selfsigned_context(hostname: str) -> tuple[ssl.SSLContext, str]:
-    """A server context with a fresh self-signed certificate for `hostname`, and the certificate's SHA-256
-    (for a DERP map node's `CertName: sha256-raw:<hex>`). The key only touches a private temporary directory
-    while ssl loads it."""
-    pair = make_cert([hostname])
-    tmp = tempfile.mkdtemp(prefix="derper-")
-    crt, key = os.path.join(tmp, "cert.pem"), os.path.join(tmp, "key.pem")
-    try:
-        write_pair(pair, crt, key)
-        return server_context(crt, key), pair.leaf_sha256()
-    finally:
-        for path in (key, crt):
-            if os.path.exists(path):
-                os.unlink(path)
-        os.rmdir(tmp)

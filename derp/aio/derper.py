@@ -1,9 +1,10 @@
 """`wgc derper`: the self-hostable DERP relay's command line (flags named as Tailscale's derper where it has
 them), startup (key, certificates, access list, STUN, mesh, metrics) and signals (SIGTERM graceful
-shutdown, SIGHUP reload of the allowed keys and DERP map files).
+shutdown, SIGHUP reload of the allowed keys, DERP map and manual certificate files).
 
 Everything read from flags and files is checked before any port is bound; then the DERP, HTTP, STUN and
-metrics listeners are bound in turn (`derp.aio.derper_listen`) and a failure closes the ones already bound.
+metrics listeners are bound in turn (`derp.aio.derper_listen`) and a failure closes the ones already bound;
+only then do the certificate file watch and ACME orders start (`derp.aio.certstore`, `derp.aio.acme`).
 A user mistake is one line `wgc: ...` on stderr and exit 2; a port that cannot be bound is one line
 `wgc: cannot listen on <addr> (<what>): <reason>` and exit 1. The node key (`-c`) is never logged; a key or
 token file that other users may read gets a one-line warning.
@@ -26,13 +27,16 @@ import sys
 from typing import Any
 
 from derp.aio.derper_listen import ListenError, os_reason, show_addr, start_listeners
-from derp.aio.tls import load_server_context
+from derp.aio.acme import CHALLENGES, LETSENCRYPT
+from derp.aio.certstore import WATCH_INTERVAL
 from derp.aio.client import DialTarget
 from derp.aio.server import DerpServer, ServerOptions
 from derp.constants import MAX_CONNS_PER_IP
 from derp.derpmap import parse_derpmap
+from derp.duration import parse_duration
 from derp.errors import Error, ParseError, UsageError
 from derp.keys import parse_private_key, private_key_from_random, privkey_text, public_key_of
+from derp.renewal import parse_renew_before
 from derp.server import AccessList, Relay, ServerConfig, parse_allowed_keys
 
 log = logging.getLogger("derper")
@@ -96,6 +100,16 @@ def _hostname(text: str) -> str:
     return text
 
 
+def _typed(parse):
+    """An argparse type from a parser that raises UsageError (durations, --acme-renew-before)."""
+    def typed(text: str):
+        try:
+            return parse(text)
+        except UsageError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+    return typed
+
+
 PORT = _number(int, 0, 65535)
 SECONDS = _number(float, 0)
 
@@ -109,16 +123,21 @@ def build_parser() -> argparse.ArgumentParser:
                    help="this server's name: the certificate name (manual: <certdir>/<hostname>.crt) and the "
                         "HostName of the map node that selfsigned logs")
     p.add_argument("--certmode", default="manual", choices=["manual", "selfsigned", "letsencrypt", "none"],
-                   help="manual: <certdir>/<hostname>.crt/.key; selfsigned: generated at start; none: plain HTTP; "
-                        "letsencrypt: not supported")
+                   help="manual: <certdir>/<hostname>.crt/.key, re-read when they change; selfsigned: generated "
+                        "once into --certdir and kept; letsencrypt: ACME (--acme-*); none: plain HTTP")
     p.add_argument("--certdir", default=os.path.join(os.environ.get("XDG_CACHE_HOME") or
                                                      os.path.expanduser("~/.cache"), "wgc", "derper-certs"),
-                   metavar="DIR", help="directory of <hostname>.crt and <hostname>.key for --certmode manual")
+                   metavar="DIR", help="certificate directory: <hostname>.crt and .key (manual, selfsigned), "
+                                       "the acme-* files (letsencrypt)")
+    p.add_argument("--cert-watch-interval", type=_typed(parse_duration), default=f"{WATCH_INTERVAL:g}s",
+                   metavar="DURATION", help="--certmode manual: look for changed certificate files this often "
+                                            "(0: only on SIGHUP)")
     p.add_argument("-c", "--config", default="", metavar="FILE",
                    help='node key file (JSON {"PrivateKey": "privkey:<hex>"}, created mode 0600 if missing; '
                         "default: a fresh key each start)")
     p.add_argument("--http-port", type=_number(int, -1, 65535), default=80, metavar="PORT",
-                   help="plain-HTTP port beside a TLS relay (/generate_204, redirects to https); -1 disables")
+                   help="plain-HTTP port beside a TLS relay (/generate_204, ACME HTTP-01, redirects to https); "
+                        "-1 disables")
     p.add_argument("--stun", action=argparse.BooleanOptionalAction, default=True,
                    help="run the STUN server on --stun-port (UDP, same address as --addr)")
     p.add_argument("--stun-port", type=PORT, default=3478, metavar="PORT", help="UDP port of the STUN server")
@@ -171,7 +190,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tls-engine", default="lean", choices=["lean", "asyncio"],
                    help="lean: non-blocking SSL sockets (less memory per client); asyncio: the loop's SSL")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    add_acme_flags(p)
     return p
+
+
+def add_acme_flags(p: argparse.ArgumentParser) -> None:
+    """The flags of --certmode letsencrypt, in a group of their own in --help."""
+    g = p.add_argument_group("--certmode letsencrypt (ACME)")
+    g.add_argument("--acme-email", default="", metavar="ADDR",
+                   help="contact address for the ACME account (default: none)")
+    g.add_argument("--acme-directory", default=LETSENCRYPT, metavar="URL",
+                   help="ACME directory URL (https://; the default is Let's Encrypt's)")
+    g.add_argument("--acme-ca-file", default=None, metavar="FILE",
+                   help="CA bundle that verifies the ACME directory's HTTPS (default: the system CAs)")
+    g.add_argument("--acme-challenge", default="tls-alpn-01", choices=CHALLENGES,
+                   help="tls-alpn-01 on the DERP port (as Tailscale's derper) or http-01 on --http-port")
+    g.add_argument("--acme-renew-before", type=_typed(parse_renew_before), default="33%",
+                   metavar="PCT|DURATION",
+                   help="renew when less than this share of the lifetime (e.g. 33%%) or this long (e.g. 720h) "
+                        "remains")
+    g.add_argument("--acme-retry", type=_typed(parse_duration), default="1m", metavar="DURATION",
+                   help="first retry after a failed order; doubles up to 1h")
 
 
 def _read(path: str, what: str) -> str:
@@ -258,18 +297,32 @@ def load_derpmap_bytes(path: str) -> bytes | None:
 
 
 def tls_context(args: argparse.Namespace) -> tuple[Any, str | None]:
-    """(server SSL context or None for plain HTTP, SHA-256 of a self-signed certificate or None)."""
+    """(the relay's CertStore or None for plain HTTP, SHA-256 of the self-signed certificate or None).
+    The store serves the manual files (watched), the self-signed pair kept in --certdir, or what an ACME
+    manager gets; its watchers and the manager start once the listeners are bound."""
     if args.certmode == "none":
         return None, None
+    from derp.aio.certstore import CertStore, leaf_sha256, selfsigned_files
+    store = CertStore(args.hostname)
     if args.certmode == "letsencrypt":
-        raise UsageError("--certmode letsencrypt is not supported by wgc derper (it needs ACME over the "
-                         "internet); use --certmode manual with your own certificate, or selfsigned")
+        from derp.aio.acme import AcmeManager, config_from_args
+        manager = AcmeManager(config_from_args(args), store)
+        manager.load_cached()
+        store.on_start.append(manager.start)
+        store.on_hup = manager.renew_now
+        return store, None
     if args.certmode == "manual":
         crt = os.path.join(args.certdir, args.hostname + ".crt")
         key = os.path.join(args.certdir, args.hostname + ".key")
-        return load_server_context(crt, key, " (--certmode manual needs <certdir>/<hostname>.crt and .key)"), None
-    from derp.aio import certs  # cryptography is only needed to generate the self-signed certificate
-    return certs.selfsigned_context(args.hostname)
+        store.watch_files(crt, key, " (--certmode manual needs <certdir>/<hostname>.crt and .key)")
+        return store, None
+    try:
+        crt, key = selfsigned_files(args.certdir, args.hostname)
+    except OSError as exc:
+        raise UsageError(f"cannot keep the self-signed certificate in --certdir {args.certdir}: "
+                         f"{os_reason(exc)}") from None
+    store.load_files(crt, key)
+    return store, leaf_sha256(crt)
 
 
 def _is_ip(text: str) -> bool:
@@ -332,7 +385,8 @@ async def serve(args: argparse.Namespace) -> int:
     if args.metrics_addr != "off":
         mhost, mport = split_addr(args.metrics_addr, 9090)
         metrics_at = (mhost or "127.0.0.1", mport)
-    ssl_ctx, pin = tls_context(args)
+    certs, pin = tls_context(args)
+    ssl_ctx = certs.current if certs is not None else None
     targets = mesh_targets(args.mesh_with, ssl_ctx is not None)
     config = ServerConfig(max_clients=args.max_clients, open_relay=args.open_relay,
                           keepalive_interval=args.keepalive_interval)
@@ -344,7 +398,10 @@ async def serve(args: argparse.Namespace) -> int:
                             metrics_token=args.metrics_token, derpmap_json=load_derpmap_bytes(args.derpmap_file),
                             send_queue_depth=args.send_queue_depth, tls_engine=args.tls_engine)
     server = DerpServer(relay, options, ssl_ctx)
+    server.certs = certs
     up = await start_listeners(args, server, host, port, metrics_at)
+    if certs is not None:   # only now: nothing to stop when a bind fails
+        certs.start(args.cert_watch_interval)
     extras = [f"http={up.http_port}"] if up.http_port is not None else []
     if up.stun is not None:
         extras.append(f"stun={up.stun.port}")
@@ -373,7 +430,9 @@ async def serve(args: argparse.Namespace) -> int:
 
 def reload(args: argparse.Namespace, server: DerpServer) -> None:
     """SIGHUP: re-read the allowed keys (allowed clients stay, removed ones are closed) and the DERP map;
-    keep the old settings if a new file is bad."""
+    keep the old settings if a new file is bad. Also re-reads --certmode manual certificates."""
+    if server.certs is not None:
+        server.certs.reload()
     try:
         if args.allowed_keys_file:
             server.relay.acl.allowed = load_acl(args).allowed

@@ -5,6 +5,8 @@ message naming the source; a body that is not a valid map raises `derp.errors.Pa
 """
 from __future__ import annotations
 
+import http.client
+import socket
 import ssl
 import urllib.error
 import urllib.request
@@ -30,11 +32,47 @@ def _ssl_context(ca_file: str | None, insecure: bool) -> ssl.SSLContext:
     return ctx
 
 
-def _fetch_url(url: str, ca_file: str | None, timeout: float, insecure: bool) -> bytes:
+def _marked_opener(ctx: ssl.SSLContext | None, fwmark: int) -> urllib.request.OpenerDirector:
+    """urllib whose connections put SO_MARK on their socket before connecting."""
+    def create(address, timeout=socket._GLOBAL_DEFAULT_TIMEOUT, source_address=None, *_):
+        last: OSError = OSError(f"no address for {address[0]}")
+        for family, kind, proto, _, addr in socket.getaddrinfo(address[0], address[1], 0, socket.SOCK_STREAM):
+            sock = socket.socket(family, kind, proto)
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, fwmark)
+                if timeout is not socket._GLOBAL_DEFAULT_TIMEOUT:
+                    sock.settimeout(timeout)
+                sock.connect(addr)
+                return sock
+            except OSError as exc:
+                sock.close()
+                last = exc
+        raise last
+
+    def marked(cls):
+        class Marked(cls):
+            def __init__(self, *args, **kwargs) -> None:
+                super().__init__(*args, **kwargs)
+                self._create_connection = create
+        return Marked
+
+    class Http(urllib.request.HTTPHandler):
+        def http_open(self, req):
+            return self.do_open(marked(http.client.HTTPConnection), req)
+
+    class Https(urllib.request.HTTPSHandler):
+        def https_open(self, req):
+            return self.do_open(marked(http.client.HTTPSConnection), req, context=ctx)
+    return urllib.request.build_opener(Http, Https)
+
+
+def _fetch_url(url: str, ca_file: str | None, timeout: float, insecure: bool, fwmark: int = 0) -> bytes:
     ctx = _ssl_context(ca_file, insecure) if url.lower().startswith("https:") else None
     request = urllib.request.Request(url, headers={"User-Agent": "wgc-derp"})
+    open_url = _marked_opener(ctx, fwmark).open if fwmark else \
+        (lambda req, timeout: urllib.request.urlopen(req, timeout=timeout, context=ctx))
     try:
-        with urllib.request.urlopen(request, timeout=timeout, context=ctx) as resp:
+        with open_url(request, timeout=timeout) as resp:
             if resp.status != 200:
                 raise UsageError(f"DERP map URL {url} answered HTTP {resp.status}")
             body = resp.read(MAX_MAP_BYTES + 1)
@@ -50,13 +88,14 @@ def _fetch_url(url: str, ca_file: str | None, timeout: float, insecure: bool) ->
 
 
 def load_derpmap(source: str, *, ca_file: str | None = None, timeout: float = 5.0,
-                 insecure: bool = False) -> DerpMap:
-    """Load and parse a DERP map from a file path or an http(s) URL."""
+                 insecure: bool = False, fwmark: int = 0) -> DerpMap:
+    """Load and parse a DERP map from a file path or an http(s) URL (fetched on a socket with SO_MARK
+    `fwmark`, when given, like every socket of a full tunnel's owner)."""
     if not source:
         raise UsageError("no DERP map source given (a file path or an http(s) URL)")
     lowered = source.lower()
     if lowered.startswith(("http://", "https://")):
-        data = _fetch_url(source, ca_file, timeout, insecure)
+        data = _fetch_url(source, ca_file, timeout, insecure, fwmark)
     else:
         try:
             with open(source, "rb") as fh:

@@ -4,10 +4,13 @@
 Where a metric mirrors one of Tailscale's derper it is also exported under derper's name (derp_packets_sent,
 derp_bytes_sent, derp_current_connections, derp_current_home_connections, derp_got_ping, derp_sent_pong,
 derp_sclient_write_timeouts; counters with Prometheus' `_total` suffix); our older names stay.
+The certificate metrics (`derp_tls_cert_expiry_timestamp_seconds`, reloads, ACME orders) come from the
+relay's CertStore (derp/aio/certstore.py).
 """
 from __future__ import annotations
 
 import asyncio
+import os
 from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -69,6 +72,9 @@ class RelayCollector:
         for name, count in sorted(http.items()):
             events.add_metric([name], count)
         yield events
+        certs = getattr(self.server, "certs", None)
+        if certs is not None:
+            yield from certs.collect()
 
 
 def make_registry(server: Any) -> CollectorRegistry:

@@ -282,7 +282,7 @@ class PathLab:
             time.sleep(0.02)
         return up
 
-    def wait_home(self, p: PathPeer, timeout: float = 8.0) -> dict:
+    def wait_home(self, p: PathPeer, timeout: float = 20.0) -> dict:
         """Wait until the peer's home DERP region is connected (packets sent to a peer that is not yet on
         its relay are dropped by the relay, and WireGuard retries a handshake only after 5 s)."""
         deadline = time.monotonic() + timeout
@@ -345,7 +345,7 @@ class PathLab:
                 return entry
             time.sleep(0.1)
 
-    def wait_direct(self, p: PathPeer, other: PathPeer, timeout: float = 6.0) -> dict:
+    def wait_direct(self, p: PathPeer, other: PathPeer, timeout: float = 15.0) -> dict:
         """Tunnel traffic (discovery runs while a peer is active, as in Tailscale), then wait for the
         direct path; returns p's status entry for `other`."""
         self.ping_tunnel(p, other, count=2, deadline=3, interval=0.2)
@@ -353,11 +353,38 @@ class PathLab:
 
     def wgc_ping(self, p: PathPeer, target: str, *, count: int = 5, until_direct: bool = False,
                  timeout: float = 2.0, interval: float = 1.0) -> subprocess.CompletedProcess:
+        """`wgc ping`; the result also has `line_times`, the time.monotonic() at which each stdout line
+        came (wgc ping flushes every line), so a test can time pongs without the CLI's start-up and exit."""
+        import select
         args = ["ping", target, "-i", p.name, "-c", str(count), "--timeout", str(timeout),
                 "--interval", str(interval)]
         if until_direct:
             args.append("--until-direct")
-        return self.wgc(p, *args, timeout=count * (timeout + 1.5) + 10)
+        limit = count * (timeout + 1.5) + 10
+        proc = p.ns.popen(sys.executable, "-c", WGC_MAIN, *args, env=self.env, cwd=ROOT, text=True)
+        lines: list[str] = []
+        times: list[float] = []
+        deadline = time.monotonic() + limit
+        try:
+            while select.select([proc.stdout], [], [], max(0.0, deadline - time.monotonic()))[0]:
+                line = proc.stdout.readline()
+                if not line:
+                    break
+                times.append(time.monotonic())
+                lines.append(line)
+            else:
+                raise subprocess.TimeoutExpired(proc.args, limit)
+            err = proc.stderr.read()
+            proc.wait(max(1.0, deadline - time.monotonic()))
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            proc.stdout.close()
+            proc.stderr.close()
+        res = subprocess.CompletedProcess(proc.args, proc.returncode, "".join(lines), err)
+        res.line_times = times
+        return res
 
     def ping_tunnel(self, src: PathPeer, dst: PathPeer, count: int = 3, deadline: float = 10.0,
                     interval: float = 0.2) -> tuple[bool, float]:

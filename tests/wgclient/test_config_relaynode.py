@@ -32,8 +32,8 @@ def test_keys_parse() -> None:
 
 
 @pytest.mark.parametrize("iface, hub, spoke, line, key, fragment", [
-    ("Relay = yes", "", "", 3, "Relay", "is not true or false"),
-    ("", "RelayNode = 1", "", 6, "RelayNode", "is not true or false"),
+    ("Relay = yes", "", "", 3, "Relay", "is neither true nor false"),
+    ("", "RelayNode = 1", "", 6, "RelayNode", "is neither true nor false"),
     ("", "", "Path = tunnel", 9, "Path", "is not auto, direct, relay-node, derp"),
     ("", "", "AvoidPath = direct, udp", 9, "AvoidPath", "'udp' is not one of"),
     ("", "", "Path = derp\nAvoidPath = derp", 10, "AvoidPath", "also the pinned Path"),

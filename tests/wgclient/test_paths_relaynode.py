@@ -47,7 +47,7 @@ def setup():
         peer = dev.add_peer(pc.public_key)
         for net in pc.allowed_ips:
             dev.allowed_ips.insert(net, peer)
-    runner = SimpleNamespace(device=dev, flush=lambda: None, paths=None)
+    runner = SimpleNamespace(device=dev, flush=lambda: None, paths=None, udp=SimpleNamespace(fwmark=0))
     paths = runner.paths = Paths(runner, DERPMAP, interface="wgt0")
     for pc in config.peers:
         paths.add_peer(pc.public_key, name=pc.name, endpoint=pc.endpoint, relay_node=pc.relay_node,

@@ -152,6 +152,11 @@ class Paths:
         self._route_of.pop(key, None)
         self._apply(self.pm.refresh(time.monotonic()))  # peers it was the relay node of move at once
 
+    def set_fwmark(self, mark: int) -> None:
+        """`wg set NAME fwmark M`: the DERP connections follow the UDP port (netcheck reads it per run)."""
+        for client in self.clients.values():
+            client.set_fwmark(mark)
+
     def direct_endpoint(self, key: bytes) -> tuple | None:
         """The UDP address packets to the peer go to now (None while only relayed): for `wg show`."""
         return self.pm.route(key, time.monotonic()).direct
@@ -196,7 +201,8 @@ class Paths:
 
     # -- netcheck -------------------------------------------------------------------------------------------
     async def _netcheck(self) -> None:
-        options = NetcheckOptions(portmap=False, captive_portal=False, force_full=False)
+        options = NetcheckOptions(portmap=False, captive_portal=False, force_full=False,
+                                  fwmark=lambda: self.runner.udp.fwmark)
         scores = dict(self.derpmap.home_params.region_score or {}) if self.derpmap.home_params else None
         report = await run_netcheck(self.regions, history=self.history, options=options, scores=scores,
                                     shared=self, derp_heard=dict(self.derp_heard))
@@ -383,7 +389,8 @@ class Paths:
         client = DerpClient(self.device.identity.private_key, targets_for_region(reg), ca_file=self.ca_file,
                             on_packet=lambda src, data, r=region: self._on_derp_packet(r, src, data),
                             on_event=lambda ev, r=region: self._on_derp_event(r, ev),
-                            preferred=(region == self.home), label=f"region {region}")
+                            preferred=(region == self.home), label=f"region {region}",
+                            fwmark=self.runner.udp.fwmark)
         self.clients[region] = client
         self._tasks.append(asyncio.create_task(client.start(wait=False)))
         self._tasks.append(asyncio.create_task(self._watch_connect(region, client)))

@@ -3,7 +3,8 @@ not cross a relay node: it forwards IP packets, not disco). The daemon sends an 
 interface's own address to the peer's tunnel address through the kernel (so it takes the TUN, the core's
 cryptokey route and the relay node, like any packet) and waits for the matching reply on a raw ICMP
 socket (the daemon runs as root). IPv4 only; one socket per ping, closed at once. The ICMP messages are
-natprobe's (natprobe/icmp.py).
+natprobe's (natprobe/icmp.py). Unlike every other socket of wgc it carries no fwmark: its packets must
+take the tunnel, also under a full tunnel's policy rules.
 """
 from __future__ import annotations
 

@@ -1,11 +1,12 @@
-"""The `wgc` command line: genkey, pubkey, up, down, and the status/ping/netcheck/derper entry points.
+"""The `wgc` command line: genkey, pubkey, up, down, strip, save, and the status/ping/netcheck/derper entry points.
 
 `genkey` and `pubkey` behave byte for byte like `wg genkey`/`wg pubkey` (same output, same acceptance
 of input, same exit codes). `up CONFIG` parses the wg-quick style file before anything is created,
 warns when the file is readable by group or others, then runs the interface in the foreground or as a
-daemon (wgclient.aio.daemon). `down NAME` stops it. `--version` prints the version of the installed
-package (its metadata, i.e. pyproject.toml). A user mistake (UsageError, ConfigError) is one line on stderr
-and exit code 1, never a traceback.
+daemon (wgclient.aio.daemon). `down NAME` stops it. As with wg-quick, CONFIG may be a bare interface
+name, found as /etc/wireguard/NAME.conf or /etc/wgc/NAME.conf; `strip`/`save` are in cli/wgquick.py.
+`--version` prints the version of the installed package (its metadata, i.e. pyproject.toml). A user
+mistake (UsageError, ConfigError) is one line on stderr and exit code 1, never a traceback.
 """
 from __future__ import annotations
 
@@ -16,10 +17,11 @@ import os
 import socket
 import stat
 import sys
+from dataclasses import replace
 from typing import Sequence
 
 from .. import keys
-from ..config import load_config, valid_interface_name
+from ..config import find_config, interface_name_from_path, load_config, valid_interface_name
 from ..errors import ParseError, UsageError
 
 PROG = "wgc"
@@ -95,7 +97,7 @@ def parser() -> argparse.ArgumentParser:
     sub.add_parser("genkey", help="print a new private key (like `wg genkey`)")
     sub.add_parser("pubkey", help="read a private key on stdin, print its public key (like `wg pubkey`)")
     up = sub.add_parser("up", help="bring up the interface described by a wg-quick style file")
-    up.add_argument("config", help="path to NAME.conf; the interface is called NAME")
+    up.add_argument("config", help="path to NAME.conf, or NAME for /etc/wireguard/NAME.conf or /etc/wgc/NAME.conf")
     up.add_argument("--foreground", action="store_true", help="stay in the foreground and log to stderr")
     up.add_argument("--derpmap", metavar="URL|FILE",
                     help="DERP map (Tailscale JSON): peers are relayed through DERP until a direct path works")
@@ -103,7 +105,11 @@ def parser() -> argparse.ArgumentParser:
                     help="extra CA certificates for the DERP servers and for fetching the map")
     up.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     down = sub.add_parser("down", help="stop the interface NAME started by `wgc up`")
-    down.add_argument("name")
+    down.add_argument("name", help="NAME, or its config file")
+    sub.add_parser("strip", help="print CONFIG|NAME without wg-quick's and wgc's own keys (like wg-quick strip)",
+                   add_help=False)
+    sub.add_parser("save", help="write the running interface into its config file (like wg-quick save)",
+                   add_help=False)
     sub.add_parser("status", help="show the path, latency and traffic of each peer of a running interface",
                    add_help=False)
     sub.add_parser("ping", help="disco-ping a peer through the running interface (DERP or direct)",
@@ -113,19 +119,27 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def _fwmark(config) -> int:
+    """The mark the interface's sockets will carry (the map fetch is marked like them)."""
+    from ..aio.hostsetup import choose_fwmark
+    return choose_fwmark(config)[0]
+
+
 def cmd_up(args: argparse.Namespace) -> int:
     from ..aio import daemon
 
+    args.config = find_config(args.config)
     config = load_config(args.config, resolve=resolve_endpoint)
+    config = replace(config, path=os.path.abspath(args.config))   # the daemon works from /; SaveConfig writes here
     try:
         if os.stat(args.config).st_mode & 0o077:
             print(f"{PROG}: warning: {args.config} holds a private key and is readable by group or others "
                   f"(chmod 600 {args.config})", file=sys.stderr)
     except OSError:
         pass
-    if config.dns:
-        print(f"{PROG}: warning: DNS = {', '.join(config.dns)} is ignored (wgc does not change the resolver)",
-              file=sys.stderr)
+    if config.dns:  # no resolver manager: refused before anything is created
+        from ..aio import dns
+        dns.choose(config.name, config.dns)
     serve_kwargs = {}
     if args.derpmap:
         from derp.aio.derpmap_loader import load_derpmap
@@ -133,7 +147,8 @@ def cmd_up(args: argparse.Namespace) -> int:
 
         from ..derpregions import region_hints
         try:  # loaded and checked before anything is created (and before the daemon forks)
-            derpmap = load_derpmap(args.derpmap, ca_file=args.derp_ca_file, timeout=10.0)
+            derpmap = load_derpmap(args.derpmap, ca_file=args.derp_ca_file, timeout=10.0,
+                                   fwmark=_fwmark(config))
         except DerpError as exc:
             raise UsageError(str(exc)) from None
         if not any(r.derp_nodes() for r in derpmap.regions.values()):
@@ -155,9 +170,12 @@ def cmd_up(args: argparse.Namespace) -> int:
 def cmd_down(args: argparse.Namespace) -> int:
     from ..aio import daemon
 
-    if not valid_interface_name(args.name):
-        raise UsageError(f"invalid interface name {args.name!r}")
-    daemon.stop(args.name)
+    name = args.name
+    if name.endswith(".conf"):
+        name = interface_name_from_path(name)
+    if not valid_interface_name(name):
+        raise UsageError(f"invalid interface name {name!r}")
+    daemon.stop(name)
     return 0
 
 
@@ -182,6 +200,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return dispatch(f"wgclient.cli.{argv[0]}", argv[1:], argv[0])
         if argv and argv[0] == "netcheck":
             return dispatch("wgclient.cli.netcheck", argv[1:], "netcheck")
+        if argv and argv[0] in ("strip", "save"):
+            from . import wgquick
+            return (wgquick.cmd_strip if argv[0] == "strip" else wgquick.cmd_save)(argv[1:])
         if argv and argv[0] == "derper":
             return dispatch("derp.aio.derper", argv[1:], "derper")
         args = parser().parse_args(argv)
