@@ -87,6 +87,7 @@ class PathPeer(WgcPeer):
         self.derpmap_file = derpmap_file
         self.peer_sections: list[str] = []
         self.peer_name = f"peer{client}"
+        self.extra_args: list[str] = []         # more `wgc up` flags (--derpmap SOURCE, --metrics-addr ...)
 
     @property
     def ip(self) -> str:
@@ -115,8 +116,8 @@ class PathPeer(WgcPeer):
             f.write(self.config_text())
         with self._log() as log:
             self.proc = self.ns.popen(sys.executable, "-c", WGC_MAIN, "up", path, "--foreground", "--derpmap",
-                                      self.derpmap_file, "-v", env=self.pl.env, cwd=ROOT, stdout=log,
-                                      stderr=subprocess.STDOUT)
+                                      self.derpmap_file, *self.extra_args, "-v", env=self.pl.env, cwd=ROOT,
+                                      stdout=log, stderr=subprocess.STDOUT)
         return self
 
     def start(self) -> "PathPeer":
@@ -124,6 +125,15 @@ class PathPeer(WgcPeer):
         self._wait_for_socket("wgc up --derpmap")
         self._wait_for_addresses()
         return self
+
+    def stop_process(self) -> None:
+        """Stop `wgc up` but keep the work dir and its log, to start it again (e.g. with other flags)."""
+        from tests.integration.peers import _terminate
+        if self.proc is not None:
+            _terminate(self.proc)
+        for path in (self.sock_path, os.path.join(self.pl.control_dir, f"{self.name}.ctl")):
+            if os.path.exists(path):
+                os.unlink(path)
 
     def stop(self) -> None:
         try:
@@ -144,7 +154,8 @@ class PathLab:
         os.chmod(self.tmp, 0o700)
         self.control_dir = os.path.join(self.tmp, "ctl")
         os.mkdir(self.control_dir, 0o700)
-        extra = {"WGC_CONTROL_DIR": self.control_dir}
+        self.state_dir = os.path.join(self.tmp, "state")     # the DERP map caches (WGC_STATE_DIR)
+        extra = {"WGC_CONTROL_DIR": self.control_dir, "WGC_STATE_DIR": self.state_dir}
         if netcheck_interval is not None:
             extra["WGC_NETCHECK_INTERVAL"] = str(netcheck_interval)
         self.env = _env(**extra)
@@ -214,15 +225,20 @@ class PathLab:
         line = _wait_line(proc, "wsproxy refused=", 5, "wsproxy counters")
         return {k: int(v) for k, v in (w.split("=") for w in line.split()[1:])}
 
-    def write_derpmap(self, filename: str, *, via_proxy: bool = False) -> str:
+    def write_derpmap(self, filename: str, *, via_proxy: bool = False, only: tuple[int, ...] | None = None) -> str:
+        """The lab's DERP map as a file in the lab's temp dir (`only`: just these region indexes)."""
         dm = self.lab.derpmap(stun_port=STUN_PORT, derp_port=DERP_PORT, ipv6=False)
+        if only is not None:
+            keep = {str(self.lab.region_id(i)) for i in only}
+            dm["Regions"] = {k: v for k, v in dm["Regions"].items() if k in keep}
         if via_proxy:
             for i, region in enumerate(dm["Regions"].values(), 1):
                 for node in region["Nodes"]:
                     node.update(HostName=f"198.18.{i}.3", IPv4=f"198.18.{i}.3", DERPPort=WS_PORT)
         path = os.path.join(self.tmp, filename)
-        with open(path, "w") as fh:
+        with open(path + ".tmp", "w") as fh:   # replaced whole: a peer reloading it never reads half a file
             json.dump(dm, fh, indent=1)
+        os.replace(path + ".tmp", path)
         return path
 
     # -- peers ----------------------------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """Every kind of socket wgc opens carries the firewall mark it is given: in a namespace where a rule makes all
 unmarked traffic unreachable (`ip rule add not fwmark 0x77 unreachable`), the DERP client (TLS), the DERP
-map fetch, netcheck's STUN socket, its HTTPS connect and its ICMP echo reach a server in the next namespace
-with the mark, and fail without it (the control that shows the rule bites)."""
+map fetch (also through `wgc up`'s map sources and their refreshes), netcheck's STUN socket, its HTTPS
+connect and its ICMP echo reach a server in the next namespace with the mark, and fail without it (the
+control that shows the rule bites)."""
 from __future__ import annotations
 
 import asyncio
@@ -24,6 +25,7 @@ from natprobe.aio.netcheck import NetcheckOptions, _open_socket
 from natprobe.aio.client import StunClient
 from tests.support.prereq import require_root
 from tools.natlab.netns import Lab, link
+from wgclient.aio.derpmap_source import DerpMapSource
 from wgclient.aio.udp import UdpPort
 
 pytestmark = [pytest.mark.netns, pytest.mark.timeout(90)]
@@ -75,6 +77,12 @@ def test_derp_client_and_map_fetch_are_marked(marked_lab):
     assert load_derpmap(url, fwmark=MARK).regions[1].region_code == "m"
     with pytest.raises(DerpUsageError, match="unreachable"):
         load_derpmap(url)
+    # `wgc up --derpmap A --derpmap B`: every source is fetched with the mark, refreshes with the current one
+    missing = f"http://{SERVER}:8080/missing.json"
+    source = DerpMapSource([missing, url], cache_path=None, fwmark=MARK)
+    assert source.load_initial().regions[1].region_code == "m" and source.current.source == url
+    source.follow_fwmark(lambda: 0)
+    assert asyncio.run(source.refresh()) is None and "unreachable" in source.last_error
 
     async def derp(mark: int) -> bool:
         key = os.urandom(32)

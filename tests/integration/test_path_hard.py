@@ -47,14 +47,6 @@ def pair(pl, request):
         print(pl.report())
 
 
-@pytest.fixture
-def on_failure(pl, request):
-    failed_before = request.session.testsfailed
-    yield
-    if request.session.testsfailed > failed_before:
-        print(pl.report())
-
-
 @pytest.mark.timeout(60)
 def test_symmetric_relayed_and_why(pl, pair, on_failure) -> None:
     a, b = pair

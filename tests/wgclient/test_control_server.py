@@ -128,7 +128,7 @@ def test_garbage_is_answered_and_counted(ctl_dir):
             replies = await raw(server.path, b"\xff\x00garbage\n{\"cmd\": \"reboot\"}\n{\"cmd\":\"status\"}", eof=True)
             assert [r["ok"] for r in replies] == [False, False, True]
             assert replies[0]["error"].startswith("bad request: not a JSON line")
-            assert replies[1]["error"] == 'bad request: unknown "cmd" (status or ping)'
+            assert replies[1]["error"] == 'bad request: unknown "cmd" (status, ping or derpmap)'
             assert replies[2]["status"]["interface"] == "wgt0"   # the last request may omit its newline
             long = await raw(server.path, b"[" * 200_000, eof=True)
             assert long == [{"ok": False, "error": "request longer than 65536 bytes"}]

@@ -1,10 +1,13 @@
 """The path adapter and the config reload with relay nodes, on a real device core (no TUN, no sockets): the
 manager's choice steers the core (Device.route_through), packets sent through a relay node keep the peer
 active for discovery, removing the relay node (`wg set ... remove`) routes its peers to themselves at once,
-and a SIGHUP reload of the relay keys marks or unmarks a relay node and changes a designation."""
+a SIGHUP reload of the relay keys marks or unmarks a relay node and changes a designation, and the daemon's
+one SIGHUP handler does both the map refresh and that reload."""
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import time
 from dataclasses import replace
 from types import SimpleNamespace
@@ -113,3 +116,30 @@ def test_reload_of_a_bad_file_changes_nothing(tmp_path, caplog) -> None:
         assert paths.pm.peers[R].is_relay_node
         await paths.close()
     asyncio.run(main())
+
+
+def test_one_sighup_handler_refreshes_the_map_and_rereads_the_relay_keys(caplog) -> None:
+    """The daemon's SIGHUP handler is the only one: serve() hands it the relay-key reload (it installs no
+    handler of its own, which would replace the daemon's map refresh)."""
+    from wgclient.aio import daemon
+
+    class Source:
+        asked = 0
+
+        def request_refresh(self) -> None:
+            self.asked += 1
+
+    config = parse_config(CONFIG, "wgt0.conf")
+    src, reread = Source(), []
+
+    async def serve(config, *, on_ready, derpmap_source=None, reloads=None):
+        done = asyncio.Event()
+        reloads.append(lambda: (reread.append(True), done.set()))
+        on_ready()
+        os.kill(os.getpid(), signal.SIGHUP)
+        await asyncio.wait_for(done.wait(), 5)
+
+    with caplog.at_level("INFO", logger="wgclient.daemon"):
+        asyncio.run(daemon._main(config, lambda: None, {"derpmap_source": src}, serve))
+    assert src.asked == 1 and reread == [True]
+    assert "wgt0: got SIGHUP: reloading the DERP map and the relay keys of the config" in caplog.messages

@@ -11,8 +11,8 @@ import asyncio
 import errno
 import logging
 import os
+import functools
 import random
-import signal
 import time
 from typing import Callable
 
@@ -237,13 +237,18 @@ def open_tun_device(name: str, mtu: int, vnet_hdr: bool):
 
 
 async def serve(config: InterfaceConfig, *, on_ready: Callable[[], None] = lambda: None,
-                vnet_hdr: bool | None = None, derpmap=None, derp_ca_file: str | None = None) -> None:
+                vnet_hdr: bool | None = None, derpmap=None, derp_ca_file: str | None = None,
+                derpmap_source=None, metrics_addr: str | None = None,
+                reloads: list[Callable[[], None]] | None = None) -> None:
     """Bring up the interface described by config, run until cancelled, then undo everything.
 
     vnet_hdr (default: on unless WGC_TUN_VNET_HDR=0) opens the TUN with a virtio-net header so received
     TCP segments can be merged (tcpgro.py); without it every packet is written on its own.
     derpmap (a parsed derp.derpmap.DerpMap): every peer is reached through the path manager (DERP at
-    once, direct UDP when disco hole punching works; wgclient/aio/paths.py).
+    once, direct UDP when disco hole punching works; wgclient/aio/paths.py); derpmap_source (a
+    wgclient.aio.derpmap_source.DerpMapSource) keeps it current while up. metrics_addr: Prometheus
+    metrics there (wgclient/aio/metrics.py). reloads: the daemon's list of what its SIGHUP handler calls;
+    serve adds the relay-key reload to it while up.
     """
     if vnet_hdr is None:
         vnet_hdr = os.environ.get("WGC_TUN_VNET_HDR", "1") != "0"
@@ -279,7 +284,8 @@ async def serve(config: InterfaceConfig, *, on_ready: Callable[[], None] = lambd
             from ..derpregions import region_hints
             from .paths import Paths
             hints = region_hints(config, derpmap)
-            paths = runner.paths = Paths(runner, derpmap, interface=config.name, ca_file=derp_ca_file)
+            paths = runner.paths = Paths(runner, derpmap, interface=config.name, ca_file=derp_ca_file,
+                                         source=derpmap_source)
             for pc in config.peers:
                 if relaykeys.managed(config, pc):   # `Path = direct`: plain WireGuard (docs/relaynode.md)
                     paths.add_peer(pc.public_key, psk=pc.preshared_key, name=pc.name,
@@ -292,16 +298,20 @@ async def serve(config: InterfaceConfig, *, on_ready: Callable[[], None] = lambd
         if paths is not None:
             cleanups.append(paths.close)
             await paths.start()
-        if paths is not None or config.relay:   # SIGHUP re-reads the relay keys of the config
-            loop = asyncio.get_running_loop()
-            loop.add_signal_handler(signal.SIGHUP, relaykeys.reload, runner, config.path)
-            cleanups.append(lambda: loop.remove_signal_handler(signal.SIGHUP))
+        if reloads is not None and (paths is not None or config.relay):
+            # the daemon's one SIGHUP handler also re-reads the relay keys of the config (relaykeys.py)
+            reload = functools.partial(relaykeys.reload, runner, config.path)
+            reloads.append(reload)
+            cleanups.append(lambda: reloads.remove(reload))
         # The UAPI socket appears last: whoever waits for it finds addresses and routes in place.
         uapi = await start_uapi_server(config.name, DeviceTarget(runner))
         cleanups.append(uapi.close)
         control = await _start_control(config, runner)
         if control is not None:
             cleanups.append(control.close)
+        if metrics_addr:
+            from .metrics import start_metrics
+            cleanups.append((await start_metrics(runner, config, metrics_addr)).close)
         for pc in config.peers:
             if pc.persistent_keepalive:
                 device.set_persistent_keepalive(device.peers[pc.public_key], pc.persistent_keepalive, now)

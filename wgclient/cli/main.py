@@ -1,4 +1,5 @@
-"""The `wgc` command line: genkey, pubkey, up, down, strip, save, and the status/ping/netcheck/derper entry points.
+"""The `wgc` command line: genkey, pubkey, up, down, strip, save, and the status/ping/netcheck/derper/derpmap
+entry points.
 
 `genkey` and `pubkey` behave byte for byte like `wg genkey`/`wg pubkey` (same output, same acceptance
 of input, same exit codes). `up CONFIG` parses the wg-quick style file before anything is created,
@@ -99,8 +100,8 @@ def parser() -> argparse.ArgumentParser:
     up = sub.add_parser("up", help="bring up the interface described by a wg-quick style file")
     up.add_argument("config", help="path to NAME.conf, or NAME for /etc/wireguard/NAME.conf or /etc/wgc/NAME.conf")
     up.add_argument("--foreground", action="store_true", help="stay in the foreground and log to stderr")
-    up.add_argument("--derpmap", metavar="URL|FILE",
-                    help="DERP map (Tailscale JSON): peers are relayed through DERP until a direct path works")
+    from .derpmap import add_up_arguments
+    add_up_arguments(up)
     up.add_argument("--derp-ca-file", metavar="FILE",
                     help="extra CA certificates for the DERP servers and for fetching the map")
     up.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -116,13 +117,8 @@ def parser() -> argparse.ArgumentParser:
                    add_help=False)
     sub.add_parser("netcheck", help="report NAT type, STUN-mapped addresses and DERP latencies", add_help=False)
     sub.add_parser("derper", help="run a DERP relay server", add_help=False)
+    sub.add_parser("derpmap", help="write, validate or show a DERP map", add_help=False)
     return p
-
-
-def _fwmark(config) -> int:
-    """The mark the interface's sockets will carry (the map fetch is marked like them)."""
-    from ..aio.hostsetup import choose_fwmark
-    return choose_fwmark(config)[0]
 
 
 def cmd_up(args: argparse.Namespace) -> int:
@@ -140,24 +136,9 @@ def cmd_up(args: argparse.Namespace) -> int:
     if config.dns:  # no resolver manager: refused before anything is created
         from ..aio import dns
         dns.choose(config.name, config.dns)
-    serve_kwargs = {}
-    if args.derpmap:
-        from derp.aio.derpmap_loader import load_derpmap
-        from derp.errors import Error as DerpError
-
-        from ..derpregions import region_hints
-        try:  # loaded and checked before anything is created (and before the daemon forks)
-            derpmap = load_derpmap(args.derpmap, ca_file=args.derp_ca_file, timeout=10.0,
-                                   fwmark=_fwmark(config))
-        except DerpError as exc:
-            raise UsageError(str(exc)) from None
-        if not any(r.derp_nodes() for r in derpmap.regions.values()):
-            raise UsageError(f"the DERP map {args.derpmap} has no region with a DERP node")
-        region_hints(config, derpmap)
-        serve_kwargs["derpmap"] = derpmap
-        if args.derp_ca_file:
-            serve_kwargs["derp_ca_file"] = args.derp_ca_file
-    elif any(p.derp_region for p in config.peers):
+    from .derpmap import up_serve_kwargs
+    serve_kwargs = up_serve_kwargs(args, config)   # the DERP map is loaded and checked here, before forking
+    if not args.derpmap and any(p.derp_region for p in config.peers):
         print(f"{PROG}: warning: DerpRegion is ignored without --derpmap", file=sys.stderr)
     if args.foreground:
         daemon.run_foreground(config, serve_kwargs, verbose=args.verbose)
@@ -205,6 +186,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return (wgquick.cmd_strip if argv[0] == "strip" else wgquick.cmd_save)(argv[1:])
         if argv and argv[0] == "derper":
             return dispatch("derp.aio.derper", argv[1:], "derper")
+        if argv and argv[0] == "derpmap":
+            return dispatch("wgclient.cli.derpmap", argv[1:], "derpmap")
         args = parser().parse_args(argv)
         if args.version:
             print(f"{PROG} {version()}")

@@ -143,6 +143,8 @@ class PeerPath:
     udp_pings_sent: int = 0
     udp_pongs: int = 0
     udp_pings_received: int = 0
+    upgrades: int = 0                     # RELAY -> DIRECT
+    fallbacks: int = 0                    # DIRECT or LAPSING -> RELAY
     # Relay nodes (relaychoice.py): this peer is one (then it is always probed, as if active), the
     # peer's Path/AvoidPath, and the rule's current choice (its relay node, when that is the kind).
     is_relay_node: bool = False
