@@ -12,6 +12,9 @@ The grammar is the union of what `wg setconf` (wireguard-tools config.c) and wg-
   ``# Name = text`` (or the wgc key ``Name = text``) inside a peer section names that peer (logs,
   `wgc status`, `wgc ping NAME`). The wgc key ``DerpRegion = <region id or code>`` hints in which DERP
   region the peer is connected (used with ``wgc up --derpmap``; checked against the map at start).
+* Relay nodes (wgc keys, docs/relaynode.md): ``[Interface] Relay = true`` forwards between the peers;
+  ``[Peer] RelayNode = true`` marks a peer that does; ``Path = auto|direct|relay-node|derp`` pins a
+  peer's path kind (in ``[Interface]``: every peer's) and ``AvoidPath = KIND, ...`` keeps it off some.
 * Values of the `wg` keys may contain whitespace anywhere (`wg` removes it); wg-quick keys are trimmed.
   AllowedIPs host bits are masked, as the kernel and wireguard-go do; a bare address means /32 or /128.
 
@@ -45,9 +48,13 @@ _PEER_NAME_RE = re.compile(r"^\s*#\s*name\s*[=:]\s*(.*?)\s*$", re.IGNORECASE)
 # Canonical spelling of every key, by lower-case name.
 _INTERFACE_KEYS = {k.lower(): k for k in (
     "PrivateKey", "Address", "ListenPort", "MTU", "FwMark", "Table", "DNS",
-    "PreUp", "PostUp", "PreDown", "PostDown", "SaveConfig")}
+    "PreUp", "PostUp", "PreDown", "PostDown", "SaveConfig", "Relay", "Path", "AvoidPath")}
 _PEER_KEYS = {k.lower(): k for k in (
-    "PublicKey", "PresharedKey", "AllowedIPs", "Endpoint", "PersistentKeepalive", "Name", "DerpRegion")}
+    "PublicKey", "PresharedKey", "AllowedIPs", "Endpoint", "PersistentKeepalive", "Name", "DerpRegion",
+    "RelayNode", "Path", "AvoidPath")}
+# Path kinds a peer (or the whole interface) may be pinned to (`Path =`) or kept off (`AvoidPath =`);
+# docs/relaynode.md has the selection rule they modify.
+PATH_KINDS = ("direct", "relay-node", "derp")
 _REGION_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 _REPEATABLE = {"Address", "DNS", "PreUp", "PostUp", "PreDown", "PostDown", "AllowedIPs"}
 _WG_QUICK_TEXT = {"PreUp", "PostUp", "PreDown", "PostDown", "Name"}
@@ -65,13 +72,17 @@ class PeerConfig:
     derp_region: str | None = None   # a region id (digits) or code; resolved against the DERP map
     line: int = field(default=0, compare=False)  # of the [Peer] header; metadata, not compared
     derp_region_line: int = field(default=0, compare=False)
+    relay_node: bool = False         # wgc: this peer forwards for others (a `Relay = true` node)
+    pin: str | None = None           # wgc `Path =`: pinned path kind (PATH_KINDS), None: chosen by the rule
+    avoid: tuple[str, ...] = ()      # wgc: path kinds never used for this peer
 
     def __repr__(self) -> str:  # public key as base64, PSK never shown
         psk = "<hidden>" if self.preshared_key else None
         return (f"PeerConfig(public_key={keys.key_to_base64(self.public_key)!r}, preshared_key={psk}, "
                 f"allowed_ips={[str(n) for n in self.allowed_ips]}, endpoint={self.endpoint!r}, "
                 f"persistent_keepalive={self.persistent_keepalive}, name={self.name!r}, "
-                f"derp_region={self.derp_region!r}, line={self.line})")
+                f"derp_region={self.derp_region!r}, relay_node={self.relay_node}, pin={self.pin!r}, "
+                f"avoid={self.avoid!r}, line={self.line})")
 
 
 @dataclass(frozen=True)
@@ -91,12 +102,15 @@ class InterfaceConfig:
     post_down: tuple[str, ...] = ()
     dns: tuple[str, ...] = ()
     peers: tuple[PeerConfig, ...] = ()
+    relay: bool = False              # wgc: forward packets between the peers (a relay node)
+    pin: str | None = None           # wgc `Path =`: the pin of every peer without its own (not relay nodes)
+    avoid: tuple[str, ...] = ()
 
     def __repr__(self) -> str:  # never the private key
         return (f"InterfaceConfig(name={self.name!r}, path={self.path!r}, private_key=<hidden>, "
                 f"addresses={[str(a) for a in self.addresses]}, listen_port={self.listen_port}, "
                 f"mtu={self.mtu}, fwmark={self.fwmark}, table={self.table!r}, dns={list(self.dns)}, "
-                f"peers={list(self.peers)!r})")
+                f"relay={self.relay}, pin={self.pin!r}, avoid={self.avoid!r}, peers={list(self.peers)!r})")
 
     @property
     def public_key(self) -> bytes:
@@ -195,7 +209,18 @@ class _Parser:
                 raise self.error(self.first(s, "PublicKey")[0], "PublicKey", "this is the interface's own public key")
             seen[peer.public_key] = s.line
             peers.append(peer)
+        self.check_paths(iface, sections, peers)
         return replace(iface, peers=tuple(peers))
+
+    def check_paths(self, iface: InterfaceConfig, sections: list[_Section], peers: list[PeerConfig]) -> None:
+        """A pin to a relay node needs one; a relay node itself is never reached through one."""
+        has_relay_node = any(p.relay_node for p in peers)
+        owners = [s for s in sections if s.kind == "Interface"] + [s for s in sections if s.kind == "Peer"]
+        for s, cfg in zip(owners, [iface, *peers]):
+            if cfg.pin == "relay-node" and not has_relay_node:
+                raise self.error(self.first(s, "Path")[0], "Path", "relay-node, but no [Peer] has RelayNode = true")
+            if cfg is not iface and cfg.relay_node and cfg.pin == "relay-node":
+                raise self.error(self.first(s, "Path")[0], "Path", "a relay node is not reached through a relay node")
 
     def split(self, text: str) -> list[_Section]:
         sections: list[_Section] = []
@@ -273,18 +298,42 @@ class _Parser:
                 table = table.lower()
             elif not table.isdigit() or not 0 < int(table) < 1 << 32:
                 raise self.error(ln, "Table", "must be off, auto, main or a table number")
-        save_config = False
-        if "SaveConfig" in s.values:
-            ln, v = self.first(s, "SaveConfig")
-            if v.lower() not in ("true", "false"):
-                raise self.error(ln, "SaveConfig", f"{v!r} is neither true nor false")
-            save_config = v.lower() == "true"
         return InterfaceConfig(
             name=name, path=self.path, private_key=private_key, addresses=tuple(addresses),
-            listen_port=listen_port, mtu=mtu, fwmark=fwmark, table=table, save_config=save_config,
+            listen_port=listen_port, mtu=mtu, fwmark=fwmark, table=table, save_config=self.flag(s, "SaveConfig"),
             pre_up=self.texts(s, "PreUp"), post_up=self.texts(s, "PostUp"),
             pre_down=self.texts(s, "PreDown"), post_down=self.texts(s, "PostDown"),
-            dns=tuple(item for _, item in self.items(s, "DNS")))
+            dns=tuple(item for _, item in self.items(s, "DNS")), relay=self.flag(s, "Relay"),
+            **self.path_keys(s))
+
+    def flag(self, s: _Section, key: str) -> bool:
+        if key not in s.values:
+            return False
+        ln, v = self.first(s, key)
+        if v.lower() not in ("true", "false"):
+            raise self.error(ln, key, f"{v!r} is neither true nor false")
+        return v.lower() == "true"
+
+    def path_keys(self, s: _Section) -> dict:
+        """`Path = KIND` (a pin; `auto` is the rule) and `AvoidPath = KIND, ...`."""
+        kinds = ", ".join(PATH_KINDS)
+        path = None
+        if "Path" in s.values:
+            ln, v = self.first(s, "Path")
+            if v.lower() != "auto" and v.lower() not in PATH_KINDS:
+                raise self.error(ln, "Path", f"{v!r} is not auto, {kinds}")
+            path = None if v.lower() == "auto" else v.lower()
+        avoid: list[str] = []
+        for ln, item in self.items(s, "AvoidPath"):
+            if item.lower() not in PATH_KINDS:
+                raise self.error(ln, "AvoidPath", f"{item!r} is not one of {kinds}")
+            if item.lower() == path:
+                raise self.error(ln, "AvoidPath", f"{item} is also the pinned Path")
+            if item.lower() not in avoid:
+                avoid.append(item.lower())
+        if len(avoid) == len(PATH_KINDS):
+            raise self.error(self.first(s, "AvoidPath")[0], "AvoidPath", "avoids every kind of path")
+        return {"pin": path, "avoid": tuple(avoid)}
 
     @staticmethod
     def texts(s: _Section, key: str) -> tuple[str, ...]:
@@ -326,7 +375,8 @@ class _Parser:
                 raise self.error(region_line, "DerpRegion", f"{region!r} is not a DERP region id or code")
         return PeerConfig(public_key=public_key, preshared_key=psk, allowed_ips=tuple(allowed),
                           endpoint=endpoint, endpoint_text=endpoint_text, persistent_keepalive=keepalive,
-                          name=name, derp_region=region, line=s.line, derp_region_line=region_line)
+                          name=name, derp_region=region, line=s.line, derp_region_line=region_line,
+                          relay_node=self.flag(s, "RelayNode"), **self.path_keys(s))
 
     def key(self, ln: int, key: str, value: str) -> bytes:
         try:
@@ -411,6 +461,7 @@ def format_config(cfg: InterfaceConfig) -> str:
         out.append("DNS = " + ", ".join(cfg.dns))
     if cfg.save_config:
         out.append("SaveConfig = true")
+    out += _path_lines(cfg, "Relay" if cfg.relay else None)
     for key, cmds in (("PreUp", cfg.pre_up), ("PostUp", cfg.post_up), ("PreDown", cfg.pre_down),
                       ("PostDown", cfg.post_down)):
         out.extend(f"{key} = {c}" for c in cmds)
@@ -429,4 +480,14 @@ def format_config(cfg: InterfaceConfig) -> str:
             out.append(f"PersistentKeepalive = {p.persistent_keepalive}")
         if p.derp_region:
             out.append(f"DerpRegion = {p.derp_region}")
+        out += _path_lines(p, "RelayNode" if p.relay_node else None)
     return "\n".join(out) + "\n"
+
+
+def _path_lines(cfg: InterfaceConfig | PeerConfig, flag: str | None) -> list[str]:
+    lines = [f"{flag} = true"] if flag else []
+    if cfg.pin:
+        lines.append(f"Path = {cfg.pin}")
+    if cfg.avoid:
+        lines.append("AvoidPath = " + ", ".join(cfg.avoid))
+    return lines

@@ -3,7 +3,8 @@ part of it that `wg setconf` accepts. Pure (text in, text out).
 
 wg-quick's `save` replaces the whole [Interface] with what it reads back and every peer with
 `wg showconf`, losing comments. `save_text` edits the file instead, line by line, so comments, blank
-lines, key spelling and wgc's own keys (`Name`, `DerpRegion`, `# Name =`) stay where they were:
+lines, key spelling and wgc's own keys (`Name`, `DerpRegion`, `# Name =`, the relay-node keys `Relay`,
+`RelayNode`, `Path`, `AvoidPath`) stay where they were:
 
 * [Interface]: PrivateKey, ListenPort (written even when the file had none, as wg-quick does), FwMark
   (not when it is the mark wgc chose itself for a full tunnel), Address (the interface's addresses now)
@@ -12,7 +13,9 @@ lines, key spelling and wgc's own keys (`Name`, `DerpRegion`, `# Name =`) stay w
 * peers still running keep their section, with AllowedIPs, PresharedKey, PersistentKeepalive and
   Endpoint updated when they differ; an Endpoint given as a host name is kept (never replaced by the
   address it resolved or roamed to), and none is removed while the peer has no address (relayed);
-* peers removed with `wg set ... remove` lose their section; peers added with `wg set` are appended.
+* peers removed with `wg set ... remove` lose their section; peers added with `wg set` are appended;
+* a result the config parser would refuse is not returned (ConfigError): removing the last
+  `RelayNode = true` peer while others are pinned `Path = relay-node` needs the file edited by hand.
 
 `strip_text` is `wg-quick strip`: the lines with wg-quick's and wgc's own keys removed, each line trimmed,
 comments kept, output byte for byte as wg-quick prints it.
@@ -25,13 +28,17 @@ from ipaddress import IPv4Interface, IPv6Interface
 
 from . import keys
 from .config import format_endpoint, parse_config
+from .errors import ConfigError
 from .uapi import DeviceState, PeerState
 
 Interface = IPv4Interface | IPv6Interface
 
-# [Interface] keys that wg-quick handles itself (and `strip` drops); wgc's own [Peer] keys.
+# [Interface] keys that wg-quick handles itself; wgc's own keys of each section (`strip` drops them all:
+# `wg setconf` refuses them). The relay-node keys are docs/relaynode.md's.
 WG_QUICK_KEYS = {"address", "mtu", "dns", "table", "preup", "postup", "predown", "postdown", "saveconfig"}
-WGC_PEER_KEYS = {"name", "derpregion"}
+WGC_INTERFACE_KEYS = {"relay", "path", "avoidpath"}
+WGC_PEER_KEYS = {"name", "derpregion", "relaynode", "path", "avoidpath"}
+_STRIP = {"interface": WG_QUICK_KEYS | WGC_INTERFACE_KEYS, "peer": WGC_PEER_KEYS}
 _CANONICAL = {k.lower(): k for k in ("PrivateKey", "ListenPort", "FwMark", "Address", "MTU", "PublicKey",
                                      "PresharedKey", "AllowedIPs", "Endpoint", "PersistentKeepalive")}
 
@@ -79,7 +86,7 @@ def strip_text(text: str) -> str:
     """`wg-quick strip`: what `wg setconf` reads (wg-quick's and wgc's own keys removed)."""
     out = []
     for sec in _sections(text):
-        drop = WG_QUICK_KEYS if sec.kind == "interface" else WGC_PEER_KEYS if sec.kind == "peer" else set()
+        drop = _STRIP.get(sec.kind, set())
         out += [ln.text.strip(" \t") for ln in sec.lines if ln.key not in drop]
     return "".join(line + "\n" for line in out) + "\n"
 
@@ -177,4 +184,11 @@ def save_text(text: str, path: str, running: Running) -> str:
                 last.append(_Line(""))
             kept.append(_Section("peer", _peer_lines(p)))
     out = "\n".join(ln.text for sec in kept for ln in sec.lines)
-    return out + "\n" if out and (text.endswith("\n") or not text) else out
+    out = out + "\n" if out and (text.endswith("\n") or not text) else out
+    try:   # never a file `up` refuses: e.g. `Path = relay-node` once the last relay node was removed
+        parse_config(out, path, resolve=lambda host, port: (host, port))
+    except ConfigError as e:
+        where = f"line {e.line}: " if e.line else ""
+        raise ConfigError(path, None, None, f"not saved, the result would not load: {where}{e.key}: {e.message}") \
+            from None
+    return out

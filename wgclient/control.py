@@ -23,7 +23,7 @@ MAX_LINE = 64 * 1024            # a request or an error line; status replies may
 MAX_REPLY = 16 * 1024 * 1024    # a status of a few thousand peers stays far below this
 DEFAULT_PING_TIMEOUT = 5.0
 MAX_PING_TIMEOUT = 60.0
-PATHS = ("direct", "relay", "lapsing", "none")
+PATHS = ("direct", "relay", "lapsing", "none", "relay-node")
 
 JSON = Any
 
@@ -185,6 +185,8 @@ _REGION_ROW = {"id": _INT, "code": _OSTR, "connected": _BOOL, "home": _BOOL, "tr
 _PEER = {"public_key": _STR, "short": _STR, "name": _OSTR, "path": _STR, "direct": _OSTR,
          "latency_ms": _ONUM, "last_handshake": _ONUM, "rx_bytes": _INT, "tx_bytes": _INT, "why": _STR}
 _STATUS = {"interface": _STR, "public_key": _OSTR, "listen_port": _OINT}
+_NODE = {"name": _STR, "short": _STR}            # a peer's relay node (docs/relaynode.md)
+_FORWARD = {"from": _STR, "to": _STR, "packets": _INT, "bytes": _INT}   # what a relay node forwarded
 
 
 def _list(obj: JSON, where: str) -> list:
@@ -228,6 +230,14 @@ def check_status(obj: JSON) -> dict:
             _fields(p["relay"], _REGION, f"{where}.relay")
         if p["rx_bytes"] < 0 or p["tx_bytes"] < 0:
             raise ParseError(f"{where} has negative byte counts")
+        if p.get("relay_node") is not None:
+            _fields(p["relay_node"], _NODE, f"{where}.relay_node")
+        if not isinstance(p.get("reason", ""), str):
+            raise ParseError(f"{where}.reason has the wrong type")
+    for i, f in enumerate(_list(obj.get("forwarding", []), "forwarding")):
+        _fields(f, _FORWARD, f"forwarding[{i}]")
+        if f["packets"] < 0 or f["bytes"] < 0:
+            raise ParseError(f"forwarding[{i}] has negative counts")
     _check_load(obj)
     return obj
 
@@ -244,14 +254,17 @@ def _check_load(obj: dict) -> None:
 
 
 _PONG = {"latency": _NUM, "via": _STR, "addr": _OSTR, "region": _OINT, "region_code": _OSTR}
+PONG_VIAS = ("direct", "derp", "relay-node")
 
 
 def check_pong(obj: JSON) -> dict | None:
     if obj is None:
         return None
     _fields(obj, _PONG, "pong")
-    if obj["via"] not in ("direct", "derp"):
-        raise ParseError("pong.via is direct or derp")
+    if obj["via"] not in PONG_VIAS:
+        raise ParseError("pong.via is direct, derp or relay-node")
+    if obj["via"] == "relay-node" and not isinstance(obj.get("relay_node"), str):
+        raise ParseError("a pong via relay-node names it in \"relay_node\"")
     if obj["latency"] < 0:
         raise ParseError("pong.latency is negative")
     return obj
@@ -405,6 +418,8 @@ def format_path(peer: dict) -> str:
     relay = peer.get("relay")
     code = f'"{relay["code"] or relay["id"]}"' if relay else None
     path = peer["path"]
+    if path == "relay-node" and peer.get("relay_node"):
+        return f"relay-node {peer['relay_node']['name']}"
     if path == "direct" and peer["direct"]:
         return f"direct {peer['direct']}"
     if path == "relay":
@@ -491,7 +506,22 @@ def format_status(status: dict, now: float) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(len(PEER_COLUMNS))]
     lines.append("")
     lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + format_relay_lines(status)) + "\n"
+
+
+def format_relay_lines(status: dict) -> list[str]:
+    """After the table: each peer reached through a relay node with the reason, and on a relay node what
+    it forwarded per pair (docs/relaynode.md)."""
+    lines = []
+    relayed = [p for p in status["peers"] if p["path"] == "relay-node" and p.get("relay_node")]
+    if relayed:
+        lines.append("")
+        lines += [f"{_label(p)}: relay-node {p['relay_node']['name']}: {p.get('reason') or '-'}" for p in relayed]
+    forwarding = status.get("forwarding")
+    if forwarding is not None:
+        lines += ["", f"forwarding (relay node): {len(forwarding)} pair{'' if len(forwarding) == 1 else 's'}"]
+        lines += [f"  {f['from']} -> {f['to']}: {f['packets']} packets, {human_bytes(f['bytes'])}" for f in forwarding]
+    return lines
 
 
 def format_why(peer: dict) -> str:
@@ -510,6 +540,8 @@ def format_pong(peer: dict, pong: dict) -> str:
     peer, pong = printable(peer), printable(pong)
     if pong["via"] == "direct":
         via = pong["addr"] or "direct"
+    elif pong["via"] == "relay-node":
+        via = f"relay-node {pong['relay_node']}"
     else:
         via = f"DERP({pong['region_code'] or pong['region'] or '?'})"
     return f"pong from {peer_title(peer)} via {via} in {format_ms(pong['latency'] * 1e3)}"

@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Iterable
 
 from cryptography.exceptions import InvalidTag
 
+from . import relaynode
+
 from .constants import (MSG_TRANSPORT, REJECT_AFTER_MESSAGES, REJECT_AFTER_TIME, REPLAY_RING_BLOCKS,
                         TRANSPORT_MIN_SIZE)
 
@@ -100,6 +102,8 @@ def seal_packets(dev: "Device", packets: Iterable, now: float) -> None:
     drops = dev.drops
     touched: dict = {}  # peer -> its sending keypair, or False when its packets are staged
     out = dev.out
+    via: set = set()  # peers whose packets went to the relay node they are routed through
+    via_add = via.add
     sealed_append = out.sealed.append
     buf = out.send_buf
     mtu = dev.config.mtu
@@ -125,10 +129,16 @@ def seal_packets(dev: "Device", packets: Iterable, now: float) -> None:
                 if addr != addr4:
                     peer4 = cache4.get(addr) or lookup4(addr)
                     addr4 = addr
+                    if peer4 is not None and peer4.send_to is not peer4:  # routed through a relay node
+                        via_add(peer4)
+                        peer4 = peer4.send_to
                 peer = peer4
             elif version == 6 and n >= 40:
                 addr = _from(packet[24:40], "big")
                 peer = cache6.get(addr) or lookup6(addr)
+                if peer is not None and peer.send_to is not peer:
+                    via_add(peer)
+                    peer = peer.send_to
             else:
                 drops["tun: not IPv4/IPv6"] += 1
                 continue
@@ -183,6 +193,8 @@ def seal_packets(dev: "Device", packets: Iterable, now: float) -> None:
         if kp:
             kp.send_counter = counter
             current.tx_bytes += tx
+    if via:
+        out.via.extend(via)
     for peer, kp in touched.items():
         if kp is False or peer.staged:
             dev._send_staged(peer, now)
@@ -201,6 +213,11 @@ def open_datagrams(dev: "Device", datagrams: Iterable, now: float) -> None:
     lookup6 = dev.allowed_ips.v6.lookup_cached
     drops = dev.drops
     tun_append = out.tun.append
+    # A relay node (relaynode.py) seals packets for its other peers instead of writing them to the TUN.
+    forwarding = dev.forwarder is not None
+    destination_peer = relaynode.destination_peer
+    forwarded: list = []
+    forward_append = forwarded.append
     pending: list = []  # the datagrams that are not transport messages, for dev.receive_control
     pending_append = pending.append
     # Per keypair: [source of its last packet, data received?, that packet's position in the batch].
@@ -300,7 +317,8 @@ def open_datagrams(dev: "Device", datagrams: Iterable, now: float) -> None:
                 if addr != addr4:
                     owner4 = cache4.get(addr) or lookup4(addr)
                     addr4 = addr
-                if owner4 is not owner:
+                if owner4 is not owner and (owner4 is None or owner4.send_to is not owner):
+                    # (the widened rule: from a relay node, the sources of peers routed through it)
                     drops["transport: source address not allowed for peer"] += 1
                     continue
             elif version == 6:
@@ -312,15 +330,22 @@ def open_datagrams(dev: "Device", datagrams: Iterable, now: float) -> None:
                     drops["transport: bad IPv6 length"] += 1
                     continue
                 addr = _from(mv[pkt + 8:pkt + 24], "big")
-                if (cache6.get(addr) or lookup6(addr)) is not owner:
+                source_peer = cache6.get(addr) or lookup6(addr)
+                if source_peer is not owner and (source_peer is None or source_peer.send_to is not owner):
                     drops["transport: source address not allowed for peer"] += 1
                     continue
             else:
                 drops["transport: not IPv4/IPv6"] += 1
                 continue
             end = pkt + length
-            tun_append((start, end))
             rx_data += 1
+            if forwarding:
+                target = destination_peer(dev.allowed_ips, buf, pkt, version)
+                if target is not None and target is not owner:
+                    forward_append((pkt, end, owner, target))
+                    start = end
+                    continue
+            tun_append((start, end))
             start = end
     finally:
         mv.release()
@@ -341,6 +366,8 @@ def open_datagrams(dev: "Device", datagrams: Iterable, now: float) -> None:
             seen[3].append(kp)
     for peer, (source, _, data, kps) in by_peer.items():
         _after_receive(dev, peer, source, data, kps, now)
+    if forwarded:
+        relaynode.forward(dev, buf, forwarded, now)
     if pending:
         dev.receive_control(pending, now)
 

@@ -13,7 +13,10 @@ Protocol rules (shared/protocol/wireguard.md §3-§9) and where they live here:
 - mac1 is always checked, before any DH; under load mac2 too, with cookie replies and a per-IP rate
   limit (`_receive_handshake`);
 - a peer's endpoint follows the source of its latest authenticated packet (roaming);
-- inbound packets are dropped unless their inner source maps to the sending peer (datapath.py).
+- inbound packets are dropped unless their inner source maps to the sending peer, or to a peer routed
+  through the sender as a relay node (`route_through`; datapath.py);
+- with the relay role (`enable_relay`) packets from one peer to another are forwarded inside the device
+  (relaynode.py).
 Garbage never raises out of an input: it is dropped and counted in `drops` by reason.
 """
 from __future__ import annotations
@@ -37,6 +40,7 @@ from .noise.cookie import CookieChecker, source_bytes
 from .noise.messages import message_type, parse_cookie_reply, parse_initiation, parse_response
 from .outputs import HandshakeCompleted, Outputs
 from .peer import Endpoint, Peer, short_key
+from .relaynode import Forwarder
 from .timers import Timer
 
 log = logging.getLogger("wgc.device")
@@ -73,6 +77,7 @@ class Device:
         self.drops: collections.Counter[str] = collections.Counter()
         # When set, datagrams that are not WireGuard go to Outputs.foreign (for the disco/STUN demux).
         self.collect_foreign = False
+        self.forwarder: Forwarder | None = None  # set by enable_relay(): `[Interface] Relay = true`
         self._armed: set[Peer] = set()  # peers that armed a timer since the last deadline query
         self.out = Outputs()
         self.gate = HandshakeGate(self.drops, budget=config.handshake_budget,
@@ -115,10 +120,30 @@ class Device:
         peer.log.debug("peer added")
         return peer
 
+    def enable_relay(self, on: bool = True) -> None:
+        """The relay role: forward packets between peers inside the device (relaynode.py)."""
+        if on and self.forwarder is None:
+            self.forwarder = Forwarder()
+        elif not on:
+            self.forwarder = None
+
+    def route_through(self, peer: Peer, relay: Peer | None) -> None:
+        """Send peer's packets through the relay node `relay` (None: to the peer itself again); while
+        set, packets from `relay` may carry peer's inner sources."""
+        if relay is peer or (relay is not None and self.peers.get(relay.public_key) is not relay):
+            raise UsageError("a peer is routed through another configured peer")
+        peer.send_to = relay or peer
+
     def remove_peer(self, public_key: bytes) -> None:
         peer = self.peers.pop(public_key, None)
         if peer is None:
             return
+        for other in self.peers.values():
+            if other.send_to is peer:
+                other.send_to = other
+        peer.send_to = peer
+        if self.forwarder is not None:
+            self.forwarder.forget_peer(public_key)
         self.allowed_ips.remove_peer(peer)
         self._expire_sessions(peer)
         peer.timers.stop()

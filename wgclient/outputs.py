@@ -10,7 +10,7 @@ from __future__ import annotations
 
 
 class Outputs:
-    __slots__ = ("datagrams", "sealed", "send_buf", "tun", "recv_buf", "events", "heard", "foreign")
+    __slots__ = ("datagrams", "sealed", "send_buf", "tun", "recv_buf", "events", "heard", "foreign", "via")
 
     def __init__(self) -> None:
         self.datagrams: list[tuple[tuple, bytes]] = []  # handshake and cookie messages
@@ -23,6 +23,8 @@ class Outputs:
         # packets came from, instead of roaming; and datagrams that are not WireGuard (disco, STUN).
         self.heard: list[tuple[object, tuple]] = []
         self.foreign: list[tuple[bytes, tuple]] = []
+        # Peers whose packets went to the relay node they are routed through (Peer.send_to), per batch.
+        self.via: list[object] = []
 
     def clear(self) -> None:
         self.datagrams.clear()
@@ -31,6 +33,7 @@ class Outputs:
         self.events.clear()
         self.heard.clear()
         self.foreign.clear()
+        self.via.clear()
 
     def __bool__(self) -> bool:
         return bool(self.datagrams or self.sealed or self.tun or self.events)

@@ -45,6 +45,9 @@ class Peer:
         # True when a path manager chooses where this peer's packets go: the endpoint is then a fixed
         # token and authenticated sources are reported (Outputs.heard) instead of roamed to.
         self.managed = False
+        # The peer whose session carries this peer's packets: itself, or a relay node it is routed
+        # through; the relay node's packets may then carry this peer's inner sources (datapath.py).
+        self.send_to: Peer = self
         self.staged: collections.deque[bytes] = collections.deque(maxlen=MAX_STAGED_PACKETS)
         self.last_sent_handshake: float | None = None  # monotonic time of our last initiation or response
         self.last_handshake_wall = 0.0  # wall-clock time of the last completed handshake, for `wg show`

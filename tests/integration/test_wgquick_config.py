@@ -1,6 +1,6 @@
 """wg-quick's config handling, for real: `wgc up NAME` finds /etc/wireguard/NAME.conf, `wgc strip NAME`,
 `wgc save`, and `SaveConfig = true` writing the running interface back on `down` with comments and wgc's
-own keys kept.
+own keys kept (relay-node keys too; `wg syncconf` takes what `strip` prints).
 
 /etc/wireguard is never touched: the test's own directory is bind-mounted over it in a private mount
 namespace (`unshare -m`), inside which `ip netns exec` starts the daemon; the daemon stays in that mount
@@ -60,8 +60,9 @@ def test_up_by_name_strip_save_and_save_config_on_down(lab):
     priv, _ = keypair()
     (_, pa), (_, pb), (_, pc) = keypair(), keypair(), keypair()
     text = (f"# office tunnel, keep this comment\n[Interface]\nPrivateKey = {priv}\n"
-            f"Address = 10.71.0.1/24\nListenPort = 41071\nSaveConfig = true\nPostUp = true %i\n\n"
-            f"[Peer]\n# Name = alpha\nPublicKey = {pa}\nAllowedIPs = 10.71.0.2/32\nEndpoint = 127.0.0.1:41072\n\n"
+            f"Address = 10.71.0.1/24\nListenPort = 41071\nSaveConfig = true\nPostUp = true %i\nRelay = true\n\n"
+            f"[Peer]\n# Name = alpha\nPublicKey = {pa}\nAllowedIPs = 10.71.0.2/32\nEndpoint = 127.0.0.1:41072\n"
+            f"AvoidPath = derp\n\n"
             f"# beta goes away\n[Peer]\nName = beta\nPublicKey = {pb}\nAllowedIPs = 10.71.0.3/32\n")
     conf = confdir / f"{name}.conf"
     conf.write_text(text)
@@ -73,6 +74,9 @@ def test_up_by_name_strip_save_and_save_config_on_down(lab):
         strip = wgc(lab, ns, "strip", name, env=dict(lab.env, WGC_CONFIG_DIRS=str(confdir)))
         assert strip.returncode == 0 and "Address" not in strip.stdout and "Name = beta" not in strip.stdout
         assert "# Name = alpha" in strip.stdout and f"PublicKey = {pb}" in strip.stdout
+        assert "Relay" not in strip.stdout and "AvoidPath" not in strip.stdout
+        sync = ns.run("wg", "syncconf", name, "/dev/stdin", input=strip.stdout, check=False)   # wg-quick's idiom
+        assert sync.returncode == 0, sync.stderr
         # changes made with `wg set`, then `wgc save`
         ns.run("wg", "set", name, "peer", pc, "allowed-ips", "10.71.0.4/32,10.72.0.0/16", "endpoint", "127.0.0.1:41074")
         ns.run("wg", "set", name, "peer", pb, "remove")
@@ -91,6 +95,7 @@ def test_up_by_name_strip_save_and_save_config_on_down(lab):
     assert [keys.key_to_base64(p.public_key) for p in cfg.peers] == [pa, pc]
     assert [str(n) for n in cfg.peers[0].allowed_ips] == ["10.71.0.2/32", "10.73.0.0/16"]
     assert cfg.peers[0].name == "alpha" and cfg.save_config and cfg.post_up == ("true %i",)
+    assert cfg.relay and cfg.peers[0].avoid == ("derp",)      # wgc's relay-node keys kept
     assert final.startswith("# office tunnel, keep this comment\n[Interface]\n")
     assert f"PrivateKey = {priv}\nAddress = 10.71.0.1/24\nListenPort = 41071\n" in final
 

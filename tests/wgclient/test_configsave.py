@@ -106,6 +106,61 @@ def test_ip_endpoint_follows_the_running_one_but_a_relayed_peer_keeps_its_own():
     assert "Endpoint = vpn.example.com:51820" in out and "Endpoint = 192.0.2.10:1" in out
 
 
+# wgc's relay-node keys (docs/relaynode.md): kept by save, dropped by strip.
+RELAY_TEXT = f"""\
+[Interface]
+PrivateKey = {b64(PRIV)}
+Address = 10.0.0.2/24
+Relay = true
+AvoidPath = derp
+
+[Peer]
+# Name = hub
+PublicKey = {b64(k(1))}
+AllowedIPs = 10.0.0.1/32
+Endpoint = 192.0.2.1:41641
+RelayNode = true
+  Path = direct
+
+[Peer]
+PublicKey = {b64(k(2))}
+AllowedIPs = 10.0.0.9/32
+Path = relay-node
+avoidpath = direct
+"""
+RELAY_KEY_LINES = ("Relay = true", "AvoidPath = derp", "RelayNode = true", "  Path = direct", "Path = relay-node",
+                   "avoidpath = direct")
+
+
+def relay_running(*keys_running: int) -> Running:
+    peers = {1: PeerState(k(1), allowed_ips=[net("10.0.0.1/32")], endpoint=("192.0.2.1", 41641)),
+             2: PeerState(k(2), allowed_ips=[net("10.0.0.9/32")]),
+             3: PeerState(k(3), allowed_ips=[net("10.0.0.3/32")], endpoint=("192.0.2.3", 1))}
+    return running(peers=[peers[i] for i in keys_running], mtu=None)
+
+
+def test_save_keeps_the_relay_keys():
+    out = save_text(RELAY_TEXT, "wg0.conf", relay_running(1, 2, 3))
+    assert [ln for ln in out.splitlines() if ln in RELAY_KEY_LINES] == list(RELAY_KEY_LINES)
+    cfg = parse_config(out, "wg0.conf", resolve=lambda h, p: (h, p))
+    assert cfg.relay and cfg.avoid == ("derp",) and cfg.peers[0].relay_node and cfg.peers[0].pin == "direct"
+    assert cfg.peers[1].pin == "relay-node" and cfg.peers[2].public_key == k(3)
+
+
+def test_save_refuses_a_file_up_would_refuse():
+    # the relay node removed with `wg set ... remove`: the other peer's `Path = relay-node` has none left
+    with pytest.raises(ConfigError, match=r"^wg0\.conf: not saved, the result would not load: line \d+: Path: "
+                                          r"relay-node, but no \[Peer\] has RelayNode = true$"):
+        save_text(RELAY_TEXT, "wg0.conf", relay_running(2))
+
+
+def test_strip_drops_the_relay_keys():
+    out = strip_text(RELAY_TEXT)
+    assert not any(ln.strip(" ") in {k.strip(" ") for k in RELAY_KEY_LINES} for ln in out.splitlines())
+    assert out.splitlines()[:3] == ["[Interface]", f"PrivateKey = {b64(PRIV)}", ""]
+    assert f"PublicKey = {b64(k(2))}\nAllowedIPs = 10.0.0.9/32\n" in out and "# Name = hub" in out
+
+
 _keys = st.sampled_from([1, 2] + list(range(10, 40))).map(k)    # never the interface's own (7)
 _nets = st.lists(st.builds(lambda a, n: net(f"{ipaddress.IPv4Address(a)}/{n}", strict=False),
                            st.integers(0, 2**32 - 1), st.integers(8, 32)), max_size=3, unique=True)
@@ -164,7 +219,11 @@ STRIP_CASES = [
     "[Interface]\n\tPrivateKey = x  \nListenPort=1\nmtu = 1400\n#c\n[Peer]\nPublicKey = y\nname = z\n\n",
     "[Interface]\nPrivateKey = a\n[Peer]\nPublicKey = b\nAddress = kept in a peer\n",   # no trailing newline below
     "[Interface]\nPrivateKey = a",
+    RELAY_TEXT,
 ]
+
+
+WGC_ONLY = (b"name=", b"derpregion=", b"relay=", b"relaynode=", b"path=", b"avoidpath=")
 
 
 @pytest.mark.parametrize("text", STRIP_CASES)
@@ -179,9 +238,9 @@ def test_strip_same_as_wg_quick(tmp_path, text):
     ref = subprocess.run(["wg-quick", "strip", str(path)], capture_output=True, timeout=10)
     assert ref.returncode == 0, ref.stderr
     ref_text = ref.stdout.replace(b"\r", b"")     # wg-quick keeps the CR of CRLF lines; Python's splitting not
-    # wg-quick passes wgc's own peer keys on (`wg setconf` would then refuse them); wgc drops them
+    # wg-quick passes wgc's own keys on (`wg setconf` would then refuse them); wgc drops them
     ref_text = b"".join(line for line in ref_text.splitlines(keepends=True)
-                        if not line.replace(b" ", b"").lower().startswith((b"name=", b"derpregion=")))
+                        if not line.replace(b" ", b"").lower().startswith(WGC_ONLY))
     assert strip_text(text).encode() == ref_text
 
 

@@ -1,7 +1,7 @@
-"""Benchmark entry point: `python3 -m tools.bench wg|derp|flood [options]`.
+"""Benchmark entry point: `python3 -m tools.bench wg|derp|flood|relay [options]`.
 
-Dispatches to tools/bench/wg.py (WireGuard data plane), tools/bench/derp.py (DERP relay) or
-tools/bench/flood.py (tunnel loss under a handshake flood), each imported only when asked for so one
+Dispatches to tools/bench/wg.py (WireGuard data plane), tools/bench/derp.py (DERP relay),
+tools/bench/flood.py (tunnel loss under a handshake flood) or tools/bench/relay.py (relay node vs DERP), each imported only when asked for so one
 benchmark's prerequisites never block another.
 """
 from __future__ import annotations
@@ -11,11 +11,12 @@ import sys
 
 BENCHES = {"wg": "WireGuard data plane: veth, wireguard-go and wgc pairs (iperf3)",
            "derp": "DERP relay throughput and latency",
-           "flood": "ping loss through a tunnel under a handshake flood: wgc vs wireguard-go"}
+           "flood": "ping loss through a tunnel under a handshake flood: wgc vs wireguard-go",
+           "relay": "two symmetric-NAT peers: through a wgc relay node vs through wgc derper (NAT lab)"}
 
 
 def usage() -> str:
-    lines = ["usage: python3 -m tools.bench {wg,derp,flood} [options]   (--help after a name for its options)"]
+    lines = ["usage: python3 -m tools.bench {wg,derp,flood,relay} [options]   (--help after a name for its options)"]
     lines += [f"  {name:<5} {text}" for name, text in BENCHES.items()]
     return "\n".join(lines)
 

@@ -3,7 +3,9 @@ JSON-able snapshot of the node and its peers, disco pings, and the DERP map in u
 docs/control.md.
 
 With a DERP map it reads the path manager (wgclient/aio/paths.py); without one every peer's path is its
-WireGuard endpoint and `ping` is refused with the reason.
+WireGuard endpoint and `ping` is refused with the reason. A peer reached through a relay node shows as
+`relay-node` with the reason, and is pinged with an ICMP echo through the tunnel; a relay node's status
+lists what it forwarded per pair (docs/relaynode.md).
 """
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from ..errors import UsageError
 from ..keys import key_to_base64, short
+from .tunnelping import icmp_echo
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..config import InterfaceConfig
@@ -58,6 +61,10 @@ class NodeControl:
                 entry["why"] = paths.pm.why(key, now)
                 if entry["name"] is None and p.name:
                     entry["name"] = p.name
+                if p.via is not None:
+                    entry["path"] = "relay-node"
+                    entry["relay_node"] = {"name": self._name(p.via), "short": short(p.via)}
+                    entry["reason"] = paths.pm.reason(key, now)
             else:
                 ep = peer.endpoint
                 entry["path"] = "direct" if ep is not None else "none"
@@ -69,7 +76,7 @@ class NodeControl:
         home = None
         if paths is not None and paths.home:
             home = {"id": paths.home, "code": paths.pm.home.code(paths.home)}
-        return {"interface": self.config.name,
+        status = {"interface": self.config.name,
                 "public_key": key_to_base64(dev.public_key) if dev.public_key else None,
                 "listen_port": runner.udp.port,
                 "home_region": home,
@@ -78,6 +85,14 @@ class NodeControl:
                 "peers": peers,
                 "under_load": dev.gate.under_load(now), "under_load_episodes": dev.gate.episodes,
                 "drops": self.drops()}
+        if dev.forwarder is not None:   # a relay node: what it forwarded, per pair
+            status["forwarding"] = [{"from": self._name(a), "to": self._name(b), "packets": c.packets,
+                                     "bytes": c.bytes} for (a, b), c in sorted(dev.forwarder.pairs.items(),
+                                                                            key=lambda kv: -kv[1].bytes)]
+        return status
+
+    def _name(self, key: bytes) -> str:
+        return self.names.get(key) or short(key)
 
     def drops(self) -> dict[str, int]:
         """Every drop counter of the interface by reason (also `wgc_drops_total` of wgc up --metrics-addr)."""
@@ -98,6 +113,9 @@ class NodeControl:
             raise UsageError("wgc ping uses disco, which needs the interface started with --derpmap")
         if key not in paths.pm.peers:
             raise UsageError(f"no such peer {short(key)}")
+        via = paths.pm.peers[key].via
+        if via is not None:
+            return await self._ping_through_relay_node(key, via, timeout)
         result = await paths.ping(key, timeout)
         if result is None:
             return None
@@ -105,6 +123,22 @@ class NodeControl:
         return {"latency": result.latency, "via": "direct" if result.addr is not None else "derp",
                 "addr": format_addr(result.addr) if result.addr is not None else None,
                 "region": region, "region_code": paths.pm.home.code(region) if region else None}
+
+    async def _ping_through_relay_node(self, key: bytes, via: bytes, timeout: float) -> dict | None:
+        """An ICMP echo through the tunnel (tunnelping.py): from our first IPv4 address to the peer's."""
+        peer = self.runner.device.peers.get(key)
+        src = next((str(a.ip) for a in self.config.addresses if a.version == 4), None)
+        dst = None
+        if peer is not None:
+            nets = [n for n in self.runner.device.allowed_ips.entries(peer) if n.version == 4]
+            dst = next((str(n.network_address) for n in nets if n.num_addresses == 1), None)
+        if src is None or dst is None:
+            raise UsageError("a ping through a relay node needs an IPv4 Address and a /32 AllowedIPs of the peer")
+        latency = await icmp_echo(src, dst, timeout)
+        if latency is None:
+            return None
+        return {"latency": latency, "via": "relay-node", "relay_node": self._name(via), "addr": None,
+                "region": None, "region_code": None}
 
     def derpmap(self) -> tuple[dict, dict | None]:
         """The DERP map in use (Tailscale's JSON) and where it came from."""

@@ -13,7 +13,8 @@
 * The log is rotated at LOG_MAX_BYTES (NAME.log, NAME.log.1 .. .LOG_BACKUPS); stdout and stderr follow
   the current file, so output from outside `logging` (hooks, a crash) lands there too.
 * SIGTERM and SIGINT cancel `serve()`, whose `finally` undoes everything; the pid file goes last.
-  SIGHUP reloads the DERP map from its sources (wgclient/aio/derpmap_source.py).
+  SIGHUP reloads the DERP map from its sources (wgclient/aio/derpmap_source.py) and re-reads the relay
+  keys of the config (wgclient/aio/relaykeys.py): one handler for both.
 * wg-quick hooks: PreUp before `serve()`, PostUp once ready, PreDown on the stop signal before the
   teardown, then `SaveConfig = true` writes the running interface back into its file (saveconf.py,
   through the UAPI socket as `wgc save` does), PostDown after the teardown; run by bash with `%i` replaced by the interface name, as wg-quick does.
@@ -35,7 +36,7 @@ import signal
 import socket
 import sys
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from ..config import InterfaceConfig
 from ..errors import UsageError
@@ -205,6 +206,9 @@ async def _main(config: InterfaceConfig, on_ready: Callable[[], None], serve_kwa
         ready = True
         on_ready()
 
+    reloads: list[Callable[[], None]] = []     # what SIGHUP re-reads besides the map (serve adds to it)
+    if "reloads" in params:
+        serve_kwargs = dict(serve_kwargs, reloads=reloads)
     task = asyncio.ensure_future(serve(config, on_ready=ready_cb, **serve_kwargs))
 
     def on_signal(signum: int) -> None:
@@ -213,7 +217,7 @@ async def _main(config: InterfaceConfig, on_ready: Callable[[], None], serve_kwa
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_signal, signum)
-    loop.add_signal_handler(signal.SIGHUP, _on_sighup, config.name, serve_kwargs.get("derpmap_source"))
+    loop.add_signal_handler(signal.SIGHUP, _on_sighup, config.name, serve_kwargs.get("derpmap_source"), reloads)
     try:
         waiter = asyncio.ensure_future(stopping.wait())
         done, _ = await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
@@ -241,13 +245,19 @@ async def _main(config: InterfaceConfig, on_ready: Callable[[], None], serve_kwa
             task.cancel()
 
 
-def _on_sighup(name: str, derpmap_source: Any) -> None:
-    """SIGHUP reloads the DERP map at once (and never ends the daemon, as its default action would)."""
-    if derpmap_source is None:
+def _on_sighup(name: str, derpmap_source: Any, reloads: Sequence[Callable[[], None]] = ()) -> None:
+    """SIGHUP reloads the DERP map at once and re-reads the relay keys of the config (`reloads`, added by
+    serve() while up); it never ends the daemon, as its default action would. The one SIGHUP handler."""
+    what = (["the DERP map"] if derpmap_source is not None else []) + \
+        (["the relay keys of the config"] if reloads else [])
+    if not what:
         log.info("%s: got SIGHUP: nothing to reload (no --derpmap)", name)
         return
-    log.info("%s: got SIGHUP: reloading the DERP map", name)
-    derpmap_source.request_refresh()
+    log.info("%s: got SIGHUP: reloading %s", name, " and ".join(what))
+    if derpmap_source is not None:
+        derpmap_source.request_refresh()
+    for reload in list(reloads):
+        reload()
 
 
 def _cleanup_stale(name: str) -> list[str]:

@@ -23,7 +23,7 @@ from ..keys import short
 if TYPE_CHECKING:  # pragma: no cover
     from .runner import Runner
 
-PATH_STATES = ("direct", "relay", "lapsing", "none")
+PATH_STATES = ("direct", "relay", "lapsing", "relay-node", "none")
 
 
 def parse_metrics_addr(text: str) -> tuple[str, int]:
@@ -85,9 +85,12 @@ class InterfaceCollector:
         dev, paths = self.runner.device, self.runner.paths
         now, wall = time.monotonic(), time.time()
         path = GaugeMetricFamily("wgc_peer_path", "The peer's path: 1 for its state now, 0 for the others "
-                                 "(direct, relay, lapsing = direct and relay at once, none)", labels=labels + ["path"])
+                                 "(direct, relay, lapsing = direct and relay at once, relay-node, none)",
+                                 labels=labels + ["path"])
         relay = GaugeMetricFamily("wgc_peer_relay_region", "1 for the DERP region the peer's packets go through "
                                   "(while relayed or lapsing)", labels=labels + ["region", "region_code"])
+        node = GaugeMetricFamily("wgc_peer_relay_node", "1 for the relay node the peer's packets go through "
+                                 "(path relay-node)", labels=labels + ["relay_node", "relay_node_name"])
         rx = CounterMetricFamily("wgc_peer_rx_bytes", "Bytes received from the peer (WireGuard payload)", labels=labels)
         tx = CounterMetricFamily("wgc_peer_tx_bytes", "Bytes sent to the peer (WireGuard payload)", labels=labels)
         last = GaugeMetricFamily("wgc_peer_last_handshake_timestamp_seconds",
@@ -111,8 +114,13 @@ class InterfaceCollector:
                 age.add_metric(who, max(0.0, wall - peer.last_handshake_wall))
             if p is None:
                 state, region = ("direct" if peer.endpoint is not None else "none"), 0
+            elif p.via is not None:          # sealed to a relay node (docs/relaynode.md), not DERP
+                state, region = "relay-node", 0
+                hub = pm.peers.get(p.via)
+                node.add_metric(who + [short(p.via), self.names.get(p.via) or (hub.name if hub else "") or ""], 1)
             else:
                 state, region = p.state.value, pm.route(key, now).relay or 0
+            if p is not None:
                 up.add_metric(who, p.upgrades)
                 down.add_metric(who, p.fallbacks)
                 if p.best is not None and p.best_latency:
@@ -121,10 +129,26 @@ class InterfaceCollector:
                 path.add_metric(who + [name], 1 if name == state else 0)
             if region:
                 relay.add_metric(who + [str(region), pm.home.code(region)], 1)
-        yield from (path, relay, rx, tx, last, age, up, down, latency)
+        yield from (path, relay, node, rx, tx, last, age, up, down, latency)
         peers = GaugeMetricFamily("wgc_peers", "Configured peers", labels=["interface"])
         peers.add_metric(iface, len(dev.peers))
         yield peers
+        yield from self._forwarding(iface)
+
+    def _forwarding(self, iface: list[str]) -> Iterator[Any]:
+        """A relay node's forwarding (`[Interface] Relay = true`, relaynode.py), per (from, to) pair."""
+        labels = ["interface", "from", "to"]
+        packets = CounterMetricFamily("wgc_relay_forwarded_packets", "Packets this relay node forwarded from "
+                                      "one peer to another", labels=labels)
+        size = CounterMetricFamily("wgc_relay_forwarded_bytes", "Inner bytes this relay node forwarded from "
+                                   "one peer to another", labels=labels)
+        fwd = self.runner.device.forwarder
+        for (a, b), count in (fwd.pairs.items() if fwd is not None else ()):
+            pair = [self.interface, short(a), short(b)]
+            packets.add_metric(pair, count.packets)
+            size.add_metric(pair, count.bytes)
+        yield packets
+        yield size
 
     # -- DERP regions ----------------------------------------------------------------------------------------
     def _regions(self, iface: list[str], paths: Any) -> Iterator[Any]:

@@ -12,7 +12,9 @@ It owns what `wgc up --derpmap` adds to a plain interface:
 - the manager's single timer;
 - a new DERP map (`set_derpmap`, from `derpmap_source` while up): a removed region's connection is closed
   and its peers move to another region, a changed region's connection is redialed, a new region is
-  measured by a full netcheck at once; WireGuard sessions are untouched.
+  measured by a full netcheck at once; WireGuard sessions are untouched;
+- relay nodes (docs/relaynode.md): the manager's `RelayNodeChanged` becomes `Device.route_through`, and
+  peers whose packets went to their relay node (`Outputs.via`) count as active for the manager.
 Packets received over DERP enter the device with the source `("127.3.3.40", region)`, Tailscale's
 magic DERP address, so the core needs no new type of endpoint; what came over DERP and is neither
 WireGuard nor disco is dropped at once and counted (and logged, rate-limited) under its region.
@@ -37,7 +39,9 @@ from ..derpregions import regions_from_derpmap
 from ..keys import short
 from ..path import demux, disco
 from ..path.manager import PathManager
-from ..path.peerstate import (CloseRegion, ConnectRegion, PathChanged, PingResult, Route, SendDisco, SetHome)
+from ..path.peerstate import (CloseRegion, ConnectRegion, PathChanged, PingResult, RelayNodeChanged, Route,
+                              SendDisco, SetHome)
+from ..path.relaychoice import AUTO, Policy
 from .pathnet import NetWatch
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -103,9 +107,10 @@ class Paths:
 
     # -- peers ---------------------------------------------------------------------------------------------
     def add_peer(self, key: bytes, *, psk: bytes | None = None, name: str | None = None, region_hint: int = 0,
-                 endpoint: tuple | None = None) -> None:
+                 endpoint: tuple | None = None, relay_node: bool = False, policy: Policy = AUTO) -> None:
         peer = self.device.peers[key]
-        self.pm.add_peer(key, psk=psk, name=name, region_hint=region_hint, endpoint=endpoint)
+        self.pm.add_peer(key, psk=psk, name=name, region_hint=region_hint, endpoint=endpoint,
+                         relay_node=relay_node, policy=policy)
         token = self.endpoints[key] = PathEndpoint(key)
         peer.managed = True
         peer.endpoint = token
@@ -118,6 +123,7 @@ class Paths:
         self.pm.remove_peer(key)
         self.endpoints.pop(key, None)
         self._route_of.pop(key, None)
+        self._apply(self.pm.refresh(time.monotonic()))  # peers it was the relay node of move at once
 
     def set_fwmark(self, mark: int) -> None:
         """`wg set NAME fwmark M`: the DERP connections follow the UDP port (netcheck reads it per run)."""
@@ -196,6 +202,15 @@ class Paths:
                 self.net.stun_receive(data, source)
             else:
                 self._drop("udp: not WireGuard, disco or STUN")
+
+    def on_via(self, peers: list, now: float) -> None:
+        """Peers whose packets went to their relay node this batch: they are active for the manager
+        (discovery goes on, so they go direct when hole punching works)."""
+        pm = self.pm
+        for peer in peers:
+            outs = pm.on_data_sent(peer.public_key, now)
+            if outs:
+                self._apply(outs, now)
 
     def on_heard(self, heard: list, now: float) -> None:
         """Authenticated WireGuard packets' sources, once per peer and batch."""
@@ -414,11 +429,22 @@ class Paths:
                 for fut in self._pings.pop(o.peer, []):
                     if not fut.done():
                         fut.set_result(o)
+            elif kind is RelayNodeChanged:  # the manager logged it: steer the core
+                peer = self.device.peers.get(o.peer)
+                relay = self.device.peers.get(o.relay_node) if o.relay_node is not None else None
+                if peer is not None:
+                    self.device.route_through(peer, relay)
+                    if relay is None:  # back to the peer's own session (DERP or direct): no wait
+                        self.loop.call_soon(self._resend_handshake, o.peer)
             elif kind is PathChanged:  # the manager logged it; status reads the manager
                 if o.peer in self._route_of and self._route_of[o.peer] != o.route:
                     self.loop.call_soon(self._resend_handshake, o.peer)
                 self._route_of[o.peer] = o.route
         self._rearm()
+
+    def apply(self, outs: list) -> None:
+        """Carry out outputs of a manager call made from outside (a config reload)."""
+        self._apply(outs, time.monotonic())
 
     def _resend_handshake(self, key: bytes) -> None:
         """A handshake that went by the old route may be lost (e.g. to a DERP region the peer had not

@@ -11,6 +11,7 @@ import asyncio
 import errno
 import logging
 import os
+import functools
 import random
 import time
 from typing import Callable
@@ -19,7 +20,9 @@ from ..config import InterfaceConfig
 from ..constants import REKEY_TIMEOUT_JITTER_MAX
 from ..device import Device, DeviceConfig
 from ..errors import UsageError
+from ..path.relaychoice import peer_policy
 from ..tcpgro import VNET_HDR_LEN, TcpCoalescer
+from . import relaykeys
 from .udp import UdpPort
 from .uapi_target import DeviceTarget
 
@@ -131,6 +134,8 @@ class Runner:
             now = time.monotonic()
             if out.heard:
                 paths.on_heard(out.heard, now)
+            if out.via:
+                paths.on_via(out.via, now)
             if out.foreign:
                 paths.on_foreign(out.foreign, now)
             for endpoint, data in out.datagrams:
@@ -233,7 +238,8 @@ def open_tun_device(name: str, mtu: int, vnet_hdr: bool):
 
 async def serve(config: InterfaceConfig, *, on_ready: Callable[[], None] = lambda: None,
                 vnet_hdr: bool | None = None, derpmap=None, derp_ca_file: str | None = None,
-                derpmap_source=None, metrics_addr: str | None = None) -> None:
+                derpmap_source=None, metrics_addr: str | None = None,
+                reloads: list[Callable[[], None]] | None = None) -> None:
     """Bring up the interface described by config, run until cancelled, then undo everything.
 
     vnet_hdr (default: on unless WGC_TUN_VNET_HDR=0) opens the TUN with a virtio-net header so received
@@ -241,7 +247,8 @@ async def serve(config: InterfaceConfig, *, on_ready: Callable[[], None] = lambd
     derpmap (a parsed derp.derpmap.DerpMap): every peer is reached through the path manager (DERP at
     once, direct UDP when disco hole punching works; wgclient/aio/paths.py); derpmap_source (a
     wgclient.aio.derpmap_source.DerpMapSource) keeps it current while up. metrics_addr: Prometheus
-    metrics there (wgclient/aio/metrics.py).
+    metrics there (wgclient/aio/metrics.py). reloads: the daemon's list of what its SIGHUP handler calls;
+    serve adds the relay-key reload to it while up.
     """
     if vnet_hdr is None:
         vnet_hdr = os.environ.get("WGC_TUN_VNET_HDR", "1") != "0"
@@ -257,6 +264,7 @@ async def serve(config: InterfaceConfig, *, on_ready: Callable[[], None] = lambd
         headroom = VNET_HDR_LEN if vnet_hdr else 0
         device = Device(config.private_key, random_bytes=_random_bytes, jitter=_jitter,
                         config=DeviceConfig(mtu=mtu, tun_headroom=headroom))
+        device.enable_relay(config.relay)   # `Relay = true`: forward between the peers (relaynode.py)
         now = time.monotonic()
         for pc in config.peers:
             peer = device.add_peer(pc.public_key)
@@ -279,8 +287,10 @@ async def serve(config: InterfaceConfig, *, on_ready: Callable[[], None] = lambd
             paths = runner.paths = Paths(runner, derpmap, interface=config.name, ca_file=derp_ca_file,
                                          source=derpmap_source)
             for pc in config.peers:
-                paths.add_peer(pc.public_key, psk=pc.preshared_key, name=pc.name,
-                               region_hint=hints.get(pc.public_key, 0), endpoint=pc.endpoint)
+                if relaykeys.managed(config, pc):   # `Path = direct`: plain WireGuard (docs/relaynode.md)
+                    paths.add_peer(pc.public_key, psk=pc.preshared_key, name=pc.name,
+                                   region_hint=hints.get(pc.public_key, 0), endpoint=pc.endpoint,
+                                   relay_node=pc.relay_node, policy=peer_policy(config, pc))
         host = hostsetup.setup(config, mtu=mtu, fwmark=fwmark, auto_fwmark=auto_fwmark)  # routes, rules, DNS
         cleanups.append(lambda: hostsetup.teardown(host))
         runner.start()
@@ -288,6 +298,11 @@ async def serve(config: InterfaceConfig, *, on_ready: Callable[[], None] = lambd
         if paths is not None:
             cleanups.append(paths.close)
             await paths.start()
+        if reloads is not None and (paths is not None or config.relay):
+            # the daemon's one SIGHUP handler also re-reads the relay keys of the config (relaykeys.py)
+            reload = functools.partial(relaykeys.reload, runner, config.path)
+            reloads.append(reload)
+            cleanups.append(lambda: reloads.remove(reload))
         # The UAPI socket appears last: whoever waits for it finds addresses and routes in place.
         uapi = await start_uapi_server(config.name, DeviceTarget(runner))
         cleanups.append(uapi.close)

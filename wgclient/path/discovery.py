@@ -94,7 +94,7 @@ class Discovery:
         region = region or p.relay
         p.last_cmm_sent = now
         p.cmm_unconfirmed = now - p.derp_heard.get(region, float("-inf")) > self.config.derp_heard_window
-        self._send(p, disco.CallMeMaybe(self.endpoints()), region=region)
+        self._send(p, disco.CallMeMaybe(() if p.policy.no_direct else self.endpoints()), region=region)
         self._send(p, self._node_info(), region=region)
 
     def _peer_appeared(self, p: PeerPath, region: int, now: float) -> None:
@@ -136,6 +136,8 @@ class Discovery:
 
     def _send_ping(self, p: PeerPath, now: float, purpose: str, *, addr: Addr | None = None,
                    region: int | None = None) -> None:
+        if addr is not None and p.policy.no_direct:
+            return  # a peer kept off direct paths (AvoidPath / a pin) is never pinged over UDP
         tx_id = self._random(C.TXID_LEN)
         p.pings[tx_id] = SentPing(addr, region, now, purpose)
         if addr is not None:

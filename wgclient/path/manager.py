@@ -24,7 +24,12 @@ Rules (shared/protocol/disco.md §5-§7, derp.md §10; timings in `PathConfig`):
   counted in `drops`; nothing a peer sends raises;
 - a new DERP map (`set_regions`): a region that left it is closed at once and its peers move to another
   region like after a PeerGone; a changed region is closed and reopened; a new one is usable at once;
-- per peer, `upgrades` counts RELAY -> DIRECT and `fallbacks` DIRECT/LAPSING -> RELAY (for metrics).
+- per peer, `upgrades` counts RELAY -> DIRECT and `fallbacks` DIRECT/LAPSING -> RELAY (for metrics);
+- relay nodes (docs/relaynode.md): the selection rule (relaychoice.py) picks, per peer, direct, then a
+  reachable relay node (one we trust a direct path to; relay nodes are probed always), then DERP (own
+  regions first); a change of relay node is a `RelayNodeChanged` output. A peer kept off direct paths
+  (`Path`/`AvoidPath`) is never pinged over UDP, its UDP pings are not answered and it gets no endpoints
+  in our CallMeMaybe, so neither side goes direct.
 Every state change goes through `_set_state`, which logs it and emits `PathChanged`.
 """
 from __future__ import annotations
@@ -45,6 +50,8 @@ from .inputs import NetInfo, PathConfig
 from .peerstate import (FROM_CMM, FROM_CONFIG, FROM_PING, FROM_WG, Addr, Candidate, CloseRegion,
                         ConnectRegion, PathChanged, PathState, PeerPath, PingResult, Route, SetHome,
                         better_addr)
+from .relaychoice import AUTO, DERP, DIRECT, Policy, derp_order
+from .relaynodes import RelayNodes
 from .why import describe, explain
 
 log = logging.getLogger("wgclient.path")
@@ -57,7 +64,7 @@ def _pingable(addr: Addr) -> bool:
                                   or (ip.version == 6 and ip.is_link_local))
 
 
-class PathManager(Discovery):
+class PathManager(Discovery, RelayNodes):
     def __init__(self, private_key: bytes, *, random_bytes: Callable[[int], bytes],
                  config: PathConfig = PathConfig()) -> None:
         self.config = config
@@ -72,16 +79,22 @@ class PathManager(Discovery):
         self._regions_open: dict[int, float] = {}   # region -> last time it was wanted
         self._wanted: set[int] = set()
         self._written: set[int] = set()              # regions sent to during the current input
+        self.relay_nodes: list[bytes] = []           # peers marked RelayNode, in config order
+        self.own_regions: set[int] = set()           # the configured map's regions (relaychoice.derp_order)
         self.drops: dict[str, int] = {}
         self._out: list = []
 
     # --- configuration -------------------------------------------------------------------------------
 
     def add_peer(self, key: bytes, *, psk: bytes | None = None, name: str | None = None,
-                 region_hint: int = 0, endpoint: Addr | None = None) -> None:
+                 region_hint: int = 0, endpoint: Addr | None = None, relay_node: bool = False,
+                 policy: Policy = AUTO) -> None:
         if key in self.peers:
             raise UsageError(f"peer {short(key)} added twice")
-        p = PeerPath(key, derive_pair(self._private, key, psk), name, region_hint)
+        p = PeerPath(key, derive_pair(self._private, key, psk), name, region_hint, policy=policy)
+        if relay_node:
+            p.is_relay_node = True
+            self.relay_nodes.append(key)
         if endpoint is not None:
             self._candidate(p, disco.canonical_addr(endpoint), FROM_CONFIG, 0.0)
         self.peers[key] = p
@@ -93,15 +106,25 @@ class PathManager(Discovery):
         return self._finish(now)
 
     def remove_peer(self, key: bytes) -> None:
+        """(Then `refresh(now)` lets the peers it was the relay node of choose again.)"""
         p = self.peers.pop(key, None)
         if p is not None:
             self._by_disco.pop(p.pair.peer_public, None)
+        if key in self.relay_nodes:
+            self.relay_nodes.remove(key)
 
-    def set_regions(self, regions: Mapping[int, str], now: float, *, reconnect: Iterable[int] = ()) -> list:
+    def refresh(self, now: float) -> list:
+        """Recompute every peer's path now (after a configuration change)."""
+        return self._finish(now)
+
+    def set_regions(self, regions: Mapping[int, str], now: float, own: Iterable[int] | None = None, *,
+                    reconnect: Iterable[int] = ()) -> list:
         """The DERP map's regions (id -> code), at start and whenever the map changes. A region that left
         the map is closed at once and forgotten in every peer's facts, so its peers move to another
         region (their WireGuard session is untouched); an open region in `reconnect` (its nodes changed)
-        is closed and opened again if still wanted."""
+        is closed and opened again if still wanted. `own`: the regions of the operator's map (default:
+        all of them), which the selection rule prefers to other regions (relaychoice.py)."""
+        self.own_regions = set(regions if own is None else own)
         gone = [r for r in self.home.regions if r not in regions]
         for r in gone:
             self._forget_region(r)
@@ -304,6 +327,9 @@ class PathManager(Discovery):
         p.seen_txids[m.tx_id] = None
         while len(p.seen_txids) > 64:
             p.seen_txids.popitem(last=False)
+        if addr is not None and p.policy.no_direct:
+            self._drop("UDP ping from a peer kept off direct paths")
+            return
         if addr is not None:
             p.udp_pings_received += 1
             self._note_ping_source(p, addr)
@@ -426,7 +452,7 @@ class PathManager(Discovery):
         heard = sorted((r for r, t in p.derp_heard.items() if now - t <= self.config.derp_heard_window),
                        key=p.derp_heard.__getitem__)
         recent = heard[::-1]
-        order = recent + [p.announced_home, p.region_hint] + h.order()
+        order = recent + [p.announced_home, p.region_hint] + derp_order(h.order(), self.own_regions)
         usable = [r for r in order if h.usable(r)]
         for r in usable:
             if p.skip_region.get(r, float("-inf")) <= now or r in recent:
@@ -443,10 +469,18 @@ class PathManager(Discovery):
         else:
             state = PathState.RELAY
         relay = self._pick_region(p, now)
-        if p.route_trusted.direct != p.best:
-            p.route_trusted = Route(p.best, None)
-        if p.route_untrusted != (p.best, relay or None):
-            p.route_untrusted = Route(p.best, relay or None)
+        best, region = p.best, relay or None
+        if self.relay_nodes or p.policy != AUTO or p.via is not None:   # (else the rule is DERP/direct)
+            self._choose(p, relay, now)
+            policy = p.policy
+            if p.choice.kind is None or not policy.allowed(DIRECT):
+                best = None   # kept off direct paths, or pinned into having no path: nothing is sent
+            if p.choice.kind is None or not policy.allowed(DERP):
+                region = None
+        if p.route_trusted.direct != best:
+            p.route_trusted = Route(best, None)
+        if p.route_untrusted != (best, region):
+            p.route_untrusted = Route(best, region)
         if state is not p.state or relay != p.relay:
             self._set_state(p, state, relay, now, reason)
 
@@ -464,6 +498,7 @@ class PathManager(Discovery):
         self._out.append(PathChanged(p.key, state, self.route(p.key, now), reason))
 
     def _finish(self, now: float) -> list:
+        self._probe_relay_nodes(now)
         for p in self.peers.values():
             if p.state is PathState.DIRECT and not p.trusted(now):
                 self._refresh(p, now, "trust expired")

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from .discokeys import PairKeys
+from .relaychoice import AUTO, Choice, Policy
 
 Addr = tuple  # (ip_text, port)
 
@@ -64,6 +65,15 @@ class PathChanged:
     peer: bytes
     state: PathState
     route: Route
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class RelayNodeChanged:
+    """The peer's packets now go through relay node `relay_node` (None: to the peer itself again)."""
+
+    peer: bytes
+    relay_node: bytes | None
     reason: str
 
 
@@ -135,9 +145,18 @@ class PeerPath:
     udp_pings_received: int = 0
     upgrades: int = 0                     # RELAY -> DIRECT
     fallbacks: int = 0                    # DIRECT or LAPSING -> RELAY
+    # Relay nodes (relaychoice.py): this peer is one (then it is always probed, as if active), the
+    # peer's Path/AvoidPath, and the rule's current choice (its relay node, when that is the kind).
+    is_relay_node: bool = False
+    policy: Policy = AUTO
+    choice: Choice = Choice(None)
+
+    @property
+    def via(self) -> bytes | None:
+        return self.choice.relay_node
 
     def active(self, now: float, timeout: float) -> bool:
-        return self.last_send is not None and now - self.last_send <= timeout
+        return self.is_relay_node or (self.last_send is not None and now - self.last_send <= timeout)
 
     def trusted(self, now: float) -> bool:
         return self.best is not None and now < self.trust_until

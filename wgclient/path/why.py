@@ -1,15 +1,21 @@
 """`wgc status --why PEER`: a peer's path explained in words a user can act on; also the status column
-(`direct ip:port` / `relay "code"`) and a JSON-ready per-peer summary for `wgc status --json`.
+(`direct ip:port` / `relay "code"` / `relay-node NAME`) and a JSON-ready per-peer summary for `wgc status
+--json`. With relay nodes configured (or a Path/AvoidPath policy) the choice is also explained against the
+selection rule of relaychoice.py, kind by kind.
 
 Pure: reads the manager's facts (our netcheck, the peer's announced NodeInfo or what its pings revealed,
 ping/pong counters) and returns one paragraph. The first matching reason wins, most fundamental first.
 """
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING
+
+from wgclient.keys import short as key_short
 
 from . import disco
 from .peerstate import FROM_CMM, FROM_CONFIG, PathState, PeerPath
+from .relaychoice import DERP, DIRECT, RELAY_NODE, is_own_region
 
 if TYPE_CHECKING:  # pragma: no cover
     from .manager import PathManager
@@ -61,10 +67,70 @@ def _reason(m: "PathManager", p: PeerPath, now: float) -> str:
             f"({listed} advertised) got no answer: a firewall may drop UDP between you")
 
 
+def _short(text: str) -> str:
+    """The gist of a reason, for one status line: parenthesised asides dropped, cut before the advice
+    ('both NATs map ports per destination (hard NAT), so ...' -> 'both NATs map ports per destination')."""
+    text = re.sub(r" \([^)]*\)", "", text)
+    cut = min((i for i in (text.find(";"), text.find(", so"), text.find(":")) if i > 0), default=len(text))
+    return text[:cut]
+
+
+def _node_name(m: "PathManager", key: bytes) -> str:
+    node = m.peers.get(key)
+    return (node.name if node is not None and node.name else None) or key_short(key)
+
+
+def choice_reason(m: "PathManager", p: PeerPath, now: float) -> str:
+    """Why the selection rule chose what it chose for p, in one clause ('status' shows it)."""
+    c = p.choice
+    if c.kind == DIRECT:
+        return "the direct path works"
+    pinned = p.policy.pin
+    if c.kind == RELAY_NODE:
+        before = f"pinned to relay-node (Path = {pinned})" if pinned else _short(_reason(m, p, now))
+        return f"{before}; relay node {_node_name(m, c.relay_node)} reachable"
+    skipped = dict(c.skipped)
+    if c.kind == DERP:
+        return f"{_short(_reason(m, p, now))}; {skipped.get(RELAY_NODE, 'relay nodes avoided')}" \
+            if m.relay_nodes else _short(_reason(m, p, now))
+    return "no allowed path now: " + "; ".join(f"{k} {why}" for k, why in c.skipped)
+
+
+def rule_text(m: "PathManager", p: PeerPath) -> str:
+    """The choice against the rule, kind by kind: what was passed over and why, and what was taken."""
+    c = p.choice
+    steps = [f"{kind}: {why}" for kind, why in c.skipped]
+    if c.kind == RELAY_NODE:
+        steps.append(f"relay-node: {_node_name(m, c.relay_node)} reachable, chosen")
+    elif c.kind == DERP:
+        steps.append(f'derp: region "{m.home.code(c.region)}" ({"own" if is_own_region(c.region, m.own_regions) else "other"}), chosen')
+    elif c.kind == DIRECT:
+        steps.append("direct: chosen")
+    return ("Rule: direct, then a relay node, then the operator's own DERP regions, then other DERP regions. "
+            + "; ".join(steps) + ".")
+
+
 def explain(m: "PathManager", p: PeerPath, now: float) -> str:
+    if p.is_relay_node and p.choice.kind == DIRECT and p.best is not None:
+        return f"relay node, {_direct_text(m, p, now)}"
+    if p.choice.kind == RELAY_NODE:
+        return f'relay-node "{_node_name(m, p.choice.relay_node)}": {choice_reason(m, p, now)}. {rule_text(m, p)}'
+    if p.choice.kind is None and (p.policy.pin or p.policy.avoid):
+        return f"no path: {choice_reason(m, p, now)}. {rule_text(m, p)}"
+    text = _explain_plain(m, p, now)
+    if m.relay_nodes or p.policy.pin or p.policy.avoid:
+        text += " " + rule_text(m, p)
+    return text
+
+
+def _direct_text(m: "PathManager", p: PeerPath, now: float) -> str:
+    return (f"direct {_fmt(p.best)} ({p.best_latency * 1000:.1f} ms), confirmed by a pong "
+            f"{max(0.0, now - (p.trust_until - m.config.trust_duration)):.1f} s ago")
+
+
+def _explain_plain(m: "PathManager", p: PeerPath, now: float) -> str:
     if p.state is PathState.DIRECT and p.best is not None:
-        return (f"direct {_fmt(p.best)} ({p.best_latency * 1000:.1f} ms), confirmed by a pong "
-                f"{max(0.0, now - (p.trust_until - m.config.trust_duration)):.1f} s ago")
+        return _direct_text(m, p, now)
     head = _relay_text(m, p)
     if p.state is PathState.LAPSING and p.best is not None:
         return (f"{head} and {_fmt(p.best)} at once: the direct path stopped answering pings "
@@ -75,7 +141,10 @@ def explain(m: "PathManager", p: PeerPath, now: float) -> str:
 
 
 def path_text(m: "PathManager", p: PeerPath, now: float) -> str:
-    """The path column of `wgc status`: `direct 198.51.100.7:41641` or `relay "fra"` (disco.md §11)."""
+    """The path column of `wgc status`: `direct 198.51.100.7:41641`, `relay "fra"` (disco.md §11) or
+    `relay-node hub`."""
+    if p.via is not None:
+        return f"relay-node {_node_name(m, p.via)}"
     if p.trusted(now):
         return f"direct {_fmt(p.best)}"
     if p.relay:
@@ -94,4 +163,5 @@ def describe(m: "PathManager", p: PeerPath, now: float) -> dict:
         "Active": p.active(now, m.config.session_active_timeout),
         "Addrs": sorted(_fmt(a) for a in p.candidates),
         "Why": explain(m, p, now),
+        "RelayNode": _node_name(m, p.via) if p.via is not None else "",
     }
