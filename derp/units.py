@@ -3,7 +3,8 @@
 
 Durations follow Go's time.ParseDuration: an optional sign, then one or more `<number><unit>` parts
 (number `12`, `1.5`, `.5` or `1.`; unit ns, us, µs, μs, ms, s, m, h), or a lone `0`; at most 2^63-1 ns.
-wgc also takes a bare number as seconds (`30`, `0.5`), as its flags did before they took durations.
+wgc also takes `d` (24h; certificate lifetimes) and a bare number as seconds (`30`, `0.5`), as its flags
+did before they took durations.
 Sizes are a number (`1.5` allowed) with an optional unit: k/K, M, G, T (powers of 1000) or Ki, Mi, Gi, Ti
 (powers of 1024), an optional `B` and, for rates, an optional `/s`; case-insensitive.
 """
@@ -17,7 +18,7 @@ from derp.errors import ParseError
 MAX_TEXT = 100
 MAX_NS = (1 << 63) - 1
 _UNITS_NS = {"ns": 1, "us": 1_000, "µs": 1_000, "μs": 1_000, "ms": 1_000_000, "s": 1_000_000_000,
-             "m": 60_000_000_000, "h": 3_600_000_000_000}
+             "m": 60_000_000_000, "h": 3_600_000_000_000, "d": 86_400_000_000_000}
 _PART = re.compile(r"([0-9]*)(?:\.([0-9]*))?([^0-9.]*)")
 _BARE = re.compile(r"[0-9]+(?:\.[0-9]*)?|\.[0-9]+")
 _SIZE = re.compile(r"([0-9]+(?:\.[0-9]*)?|\.[0-9]+)\s*([kmgt]i?)?b?(?:/s)?", re.IGNORECASE)
@@ -59,7 +60,7 @@ def parse_duration_ns(text: str) -> int:
         if not unit:
             raise ParseError(f"missing unit in duration {text!r} (e.g. 30s, 1m30s, 500ms)")
         if unit not in _UNITS_NS:
-            raise ParseError(f"unknown unit {unit!r} in duration {text!r} (ns, us, ms, s, m, h)")
+            raise ParseError(f"unknown unit {unit!r} in duration {text!r} (ns, us, ms, s, m, h, d)")
         number = Fraction(int(whole or "0")) + (Fraction(int(frac), 10 ** len(frac)) if frac else 0)
         total += number * _UNITS_NS[unit]
         if total > MAX_NS:

@@ -1,8 +1,8 @@
 """TLS certificates for the DERP server: self-signed lab certificates, a private CA for tests, and loading.
 
 Generation uses `cryptography` (ECDSA P-256, SAN = the host name or IP). `derper --certmode selfsigned`
-(`selfsigned_context`) and the tests use it; `manual` mode loads `<certdir>/<hostname>.crt` and `.key` as
-Tailscale's derper does (`derp.aio.tls.load_server_context`).
+(`derp.aio.certstore.selfsigned_files`, kept in --certdir) and the tests use it; `manual` mode loads
+`<certdir>/<hostname>.crt` and `.key` as Tailscale's derper does (`derp.aio.tls.load_server_context`).
 """
 from __future__ import annotations
 
@@ -10,8 +10,6 @@ import datetime
 import hashlib
 import ipaddress
 import os
-import ssl
-import tempfile
 from dataclasses import dataclass
 
 from cryptography import x509
@@ -19,7 +17,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from derp.aio.tls import server_context
+from derp.aio.tls import server_context  # noqa: F401  (re-exported for callers of this module)
 
 
 @dataclass(frozen=True)
@@ -91,20 +89,3 @@ def write_pair(pair: CertPair, cert_path: str, key_path: str) -> None:
     fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as fh:
         fh.write(pair.key_pem)
-
-
-def selfsigned_context(hostname: str) -> tuple[ssl.SSLContext, str]:
-    """A server context with a fresh self-signed certificate for `hostname`, and the certificate's SHA-256
-    (for a DERP map node's `CertName: sha256-raw:<hex>`). The key only touches a private temporary directory
-    while ssl loads it."""
-    pair = make_cert([hostname])
-    tmp = tempfile.mkdtemp(prefix="derper-")
-    crt, key = os.path.join(tmp, "cert.pem"), os.path.join(tmp, "key.pem")
-    try:
-        write_pair(pair, crt, key)
-        return server_context(crt, key), pair.leaf_sha256()
-    finally:
-        for path in (key, crt):
-            if os.path.exists(path):
-                os.unlink(path)
-        os.rmdir(tmp)

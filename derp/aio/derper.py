@@ -1,9 +1,10 @@
 """`wgc derper`: the self-hostable DERP relay's command line (flags named as Tailscale's derper where it has
 them), startup (key, certificates, access list, STUN, mesh, metrics) and signals (SIGTERM graceful
-shutdown, SIGHUP reload of the allowed keys and DERP map files).
+shutdown, SIGHUP reload of the allowed keys, DERP map and manual certificate files).
 
 Everything read from flags and files is checked before any port is bound; then the DERP, HTTP, STUN and
-metrics listeners are bound in turn (`derp.aio.derper_listen`) and a failure closes the ones already bound.
+metrics listeners are bound in turn (`derp.aio.derper_listen`) and a failure closes the ones already bound;
+only then do the certificate file watch and ACME orders start (`derp.aio.certstore`, `derp.aio.acme`).
 A user mistake is one line `wgc: ...` on stderr and exit 2; a port that cannot be bound is one line
 `wgc: cannot listen on <addr> (<what>): <reason>` and exit 1. The node key (`-c`) is never logged; a key or
 token file that other users may read gets a one-line warning.
@@ -29,15 +30,17 @@ from derp.admission import parse_rate_config
 from derp.aio import admission
 from derp.aio.bootstrap_dns import BootstrapDNS, parse_names
 from derp.aio.derper_listen import ListenError, os_reason, show_addr, start_listeners
-from derp.aio.tls import load_server_context
+from derp.aio.acme import CHALLENGES, LETSENCRYPT
+from derp.aio.certstore import WATCH_INTERVAL
 from derp.aio.client import DialTarget
 from derp.aio.server import DerpServer, ServerOptions
 from derp.constants import MAX_CONNS_PER_IP
 from derp.derpmap import parse_derpmap
 from derp.errors import Error, ParseError, UsageError
 from derp.aio.derper_args import (DURATION, PORT, SECONDS, HelpFormatter, Parser, duration, hostname,
-                                  loopback_port, number, parse_command_line, rate, size, version)
+                                  loopback_port, number, parse_command_line, rate, size, typed, version)
 from derp.keys import parse_private_key, private_key_from_random, privkey_text, public_key_of
+from derp.renewal import parse_renew_before
 from derp.server import AccessList, Relay, ServerConfig, parse_allowed_keys
 
 log = logging.getLogger("derper")
@@ -80,17 +83,23 @@ def build_parser() -> argparse.ArgumentParser:
                    help="this server's name: the certificate name (manual: <certdir>/<hostname>.crt) and the "
                         "HostName of the map node that selfsigned logs")
     p.add_argument("--certmode", default=None, choices=["manual", "selfsigned", "letsencrypt", "none"],
-                   help="manual: <certdir>/<hostname>.crt/.key; selfsigned: generated at start; none: plain HTTP; "
-                        "letsencrypt: not supported (default: manual when the DERP port is 443, else none, as "
-                        "derper serves TLS only on 443 or with -certmode=manual)")
+                   help="manual: <certdir>/<hostname>.crt/.key, re-read when they change; selfsigned: generated "
+                        "once into --certdir and kept; letsencrypt: ACME (--acme-*); none: plain HTTP; as "
+                        "derper, TLS only on port 443 unless named (default: manual when the DERP port is 443, "
+                        "else none)")
     p.add_argument("--certdir", default=os.path.join(os.environ.get("XDG_CACHE_HOME") or
                                                      os.path.expanduser("~/.cache"), "wgc", "derper-certs"),
-                   metavar="DIR", help="directory of <hostname>.crt and <hostname>.key for --certmode manual")
+                   metavar="DIR", help="certificate directory: <hostname>.crt and .key (manual, selfsigned), "
+                                       "the acme-* files (letsencrypt)")
+    p.add_argument("--cert-watch-interval", type=DURATION, default=f"{WATCH_INTERVAL:g}s",
+                   metavar="DURATION", help="--certmode manual: look for changed certificate files this often "
+                                            "(0: only on SIGHUP)")
     p.add_argument("-c", "--config", default="", metavar="FILE",
                    help='node key file (JSON {"PrivateKey": "privkey:<hex>"}, created mode 0600 if missing; '
                         "default: a fresh key each start)")
     p.add_argument("--http-port", type=number(int, -1, 65535), default=80, metavar="PORT",
-                   help="plain-HTTP port beside a TLS relay (/generate_204, redirects to https); -1 disables")
+                   help="plain-HTTP port beside a TLS relay (/generate_204, ACME HTTP-01, redirects to https); "
+                        "-1 disables")
     p.add_argument("--stun", action=BOOL, default=True,
                    help="run the STUN server on --stun-port (UDP, same address as --addr)")
     p.add_argument("--stun-port", type=PORT, default=3478, metavar="PORT", help="UDP port of the STUN server")
@@ -195,7 +204,27 @@ def build_parser() -> argparse.ArgumentParser:
                    help="lean: non-blocking SSL sockets (less memory per client); asyncio: the loop's SSL")
     p.add_argument("-v", "--verbose", action=BOOL, default=False, help="debug logging")
     p.add_argument("--version", action=BOOL, default=False, help="print the version and exit")
+    add_acme_flags(p)
     return p
+
+
+def add_acme_flags(p: argparse.ArgumentParser) -> None:
+    """The flags of --certmode letsencrypt, in a group of their own in --help."""
+    g = p.add_argument_group("--certmode letsencrypt (ACME)")
+    g.add_argument("--acme-email", default="", metavar="ADDR",
+                   help="contact address for the ACME account (default: none)")
+    g.add_argument("--acme-directory", default=LETSENCRYPT, metavar="URL",
+                   help="ACME directory URL (https://; the default is Let's Encrypt's)")
+    g.add_argument("--acme-ca-file", default=None, metavar="FILE",
+                   help="CA bundle that verifies the ACME directory's HTTPS (default: the system CAs)")
+    g.add_argument("--acme-challenge", default="tls-alpn-01", choices=CHALLENGES,
+                   help="tls-alpn-01 on the DERP port (as Tailscale's derper) or http-01 on --http-port")
+    g.add_argument("--acme-renew-before", type=typed(parse_renew_before), default="33%",
+                   metavar="PCT|DURATION",
+                   help="renew when less than this share of the lifetime (e.g. 33%%) or this long (e.g. 720h) "
+                        "remains")
+    g.add_argument("--acme-retry", type=DURATION, default="1m", metavar="DURATION",
+                   help="first retry after a failed order; doubles up to 1h")
 
 
 def _read(path: str, what: str) -> str:
@@ -284,18 +313,32 @@ def load_derpmap_bytes(path: str) -> bytes | None:
 
 
 def tls_context(args: argparse.Namespace) -> tuple[Any, str | None]:
-    """(server SSL context or None for plain HTTP, SHA-256 of a self-signed certificate or None)."""
+    """(the relay's CertStore or None for plain HTTP, SHA-256 of the self-signed certificate or None).
+    The store serves the manual files (watched), the self-signed pair kept in --certdir, or what an ACME
+    manager gets; its watchers and the manager start once the listeners are bound."""
     if args.certmode == "none":
         return None, None
+    from derp.aio.certstore import CertStore, leaf_sha256, selfsigned_files
+    store = CertStore(args.hostname)
     if args.certmode == "letsencrypt":
-        raise UsageError("--certmode letsencrypt is not supported by wgc derper (it needs ACME over the "
-                         "internet); use --certmode manual with your own certificate, or selfsigned")
+        from derp.aio.acme import AcmeManager, config_from_args
+        manager = AcmeManager(config_from_args(args), store)
+        manager.load_cached()
+        store.on_start.append(manager.start)
+        store.on_hup = manager.renew_now
+        return store, None
     if args.certmode == "manual":
         crt = os.path.join(args.certdir, args.hostname + ".crt")
         key = os.path.join(args.certdir, args.hostname + ".key")
-        return load_server_context(crt, key, " (--certmode manual needs <certdir>/<hostname>.crt and .key)"), None
-    from derp.aio import certs  # cryptography is only needed to generate the self-signed certificate
-    return certs.selfsigned_context(args.hostname)
+        store.watch_files(crt, key, " (--certmode manual needs <certdir>/<hostname>.crt and .key)")
+        return store, None
+    try:
+        crt, key = selfsigned_files(args.certdir, args.hostname)
+    except OSError as exc:
+        raise UsageError(f"cannot keep the self-signed certificate in --certdir {args.certdir}: "
+                         f"{os_reason(exc)}") from None
+    store.load_files(crt, key)
+    return store, leaf_sha256(crt)
 
 
 def _is_ip(text: str) -> bool:
@@ -361,7 +404,8 @@ async def serve(args: argparse.Namespace) -> int:
     implicit_plain = args.certmode is None and port != 443
     if args.certmode is None:   # derper serves TLS on port 443 (or with -certmode=manual), else plain HTTP
         args.certmode = "manual" if port == 443 else "none"
-    ssl_ctx, pin = tls_context(args)
+    certs, pin = tls_context(args)
+    ssl_ctx = certs.current if certs is not None else None
     targets = mesh_targets(args.mesh_with, ssl_ctx is not None)
     config = ServerConfig(max_clients=args.max_clients, open_relay=args.open_relay,
                           keepalive_interval=args.keepalive_interval)
@@ -378,14 +422,17 @@ async def serve(args: argparse.Namespace) -> int:
                             accept_burst=args.accept_connection_burst, tcp_keepalive=args.tcp_keepalive_time,
                             tcp_user_timeout=args.tcp_user_timeout, client_rate=rate, client_burst=burst)
     server = DerpServer(relay, options, ssl_ctx)
+    server.certs = certs
     await admission.configure(args, server)
     server.bootstrap = BootstrapDNS(parse_names(args.bootstrap_dns_names, "-bootstrap-dns-names"),
                                     parse_names(args.unpublished_bootstrap_dns_names,
                                                 "-unpublished-bootstrap-dns-names"))
     up = await start_listeners(args, server, host, port, metrics_at)
+    if certs is not None:   # only now: nothing to stop when a bind fails
+        certs.start(args.cert_watch_interval)
     if implicit_plain:
         log.info("serving plain HTTP: no --certmode and the DERP port is not 443 (as derper; a TLS proxy in "
-                 "front, or --certmode manual / selfsigned)")
+                 "front, or --certmode manual / selfsigned / letsencrypt)")
     server.bootstrap.start()
     if server.local_peers is not None:
         server.local_peers.start()
@@ -417,7 +464,10 @@ async def serve(args: argparse.Namespace) -> int:
 
 def reload(args: argparse.Namespace, server: DerpServer) -> None:
     """SIGHUP: re-read the allowed keys (allowed clients stay, removed ones are closed), the DERP map, the
-    rate config and the bindings file; keep the old settings if a new file is bad."""
+    rate config and the bindings file; keep the old settings if a new file is bad. Also re-reads --certmode
+    manual certificates."""
+    if server.certs is not None:
+        server.certs.reload()
     try:
         if args.allowed_keys_file:
             server.relay.acl.allowed = load_acl(args).allowed

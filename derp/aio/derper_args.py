@@ -77,6 +77,16 @@ def duration(low: float = 0.0):
 DURATION = duration()
 
 
+def typed(parse):
+    """An argparse type from a parser that raises UsageError (e.g. --acme-renew-before)."""
+    def parse_typed(text: str):
+        try:
+            return parse(text)
+        except UsageError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+    return parse_typed
+
+
 def size(text: str) -> int:
     try:
         return parse_size(text)

@@ -69,6 +69,9 @@ class RelayCollector:
         for name, count in sorted(http.items()):
             events.add_metric([name], count)
         yield events
+        certs = getattr(self.server, "certs", None)
+        if certs is not None:
+            yield from certs.collect()
 
 
 def make_registry(server: Any) -> CollectorRegistry:

@@ -85,6 +85,7 @@ class DerpServer:
         self.closing = False
         self._tick: asyncio.Task | None = None
         self.mesh_links: list[Any] = []
+        self.certs: Any = None        # derp.aio.certstore.CertStore of a TLS relay (ACME HTTP-01, metrics)
 
     # ---- lifecycle ----------------------------------------------------------------------------------
     async def listen(self, host: str | None, port: int) -> int:

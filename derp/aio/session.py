@@ -19,6 +19,8 @@ so the excess is delayed, never dropped, and TCP slows the sender down. Memory: 
 the header, and a frame must be complete within `frame_timeout`. A closed connection is forgotten at once
 (unregistered, its per-IP slot freed) and reset if it has not drained within the write timeout.
 One bad client only ever closes its own connection.
+On the plain-HTTP port (`port80`) a request is /generate_204, an ACME HTTP-01 token the relay's CertStore
+holds (`derp.aio.certstore`), or redirected to https.
 """
 from __future__ import annotations
 
@@ -165,7 +167,10 @@ class HttpConn(asyncio.Protocol):
             self._reply(429, b"too many connections from your address; slow down\n", {"Retry-After": "1"})
             return
         if self.port80 and req.path != "/generate_204":
-            if req.method not in ("GET", "HEAD"):
+            answer = self.server.certs.http01_answer(req.path) if self.server.certs is not None else None
+            if answer is not None:   # ACME HTTP-01 (derp.aio.certstore)
+                self._reply(200, answer, {"Content-Type": "application/octet-stream"})
+            elif req.method not in ("GET", "HEAD"):
                 self._reply(400, b"Use HTTPS\n")
             else:
                 host = req.header("host") or "localhost"

@@ -65,12 +65,20 @@ class TlsListener:
                 continue
             sock.setblocking(False)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            try:
-                tls = self.ctx.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
-            except (ssl.SSLError, OSError):
-                sock.close()
+            router = getattr(self.ctx, "hello_router", None)   # derp.aio.certstore: ACME TLS-ALPN-01
+            if router is not None and router.wants_hello():
+                from derp.aio.hellopeek import HelloPeek
+                HelloPeek(self, sock, addr, router)
                 continue
-            TlsTransport(self, tls, addr)
+            self.start_tls(sock, addr, self.ctx)
+
+    def start_tls(self, sock: socket.socket, addr: Any, ctx: ssl.SSLContext) -> None:
+        try:
+            tls = ctx.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+        except (ssl.SSLError, OSError):
+            sock.close()
+            return
+        TlsTransport(self, tls, addr)
 
 
 class TlsTransport(asyncio.Transport):

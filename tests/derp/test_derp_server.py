@@ -161,7 +161,7 @@ def test_refuses_to_start_without_acl_or_open_relay() -> None:
 
 @pytest.mark.parametrize("args, words", [
     (["--certmode", "manual", "--hostname", "nothere", "--certdir", "/nonexistent"], "nothere.crt"),
-    (["--certmode", "letsencrypt"], "not supported"),
+    (["--certmode", "letsencrypt"], "public DNS name"),
     (["--certmode", "none", "--mesh-with", "127.0.0.1:1"], "--mesh-psk-file"),
     (["--certmode", "none", "-a", "127.0.0.1:notaport"], "bad port"),
     (["--certmode", "none", "--derpmap-file", "/nonexistent.json"], "cannot read DERP map file"),
