@@ -76,7 +76,11 @@ def parse_duration(text: str) -> float:
 
 def format_duration(seconds: float) -> str:
     """Seconds as a short Go-style duration (`1m30s`, `500ms`, `0s`), for help texts and logs."""
-    ns = round(seconds * 1e9)
+    return format_duration_ns(round(seconds * 1e9))
+
+
+def format_duration_ns(ns: int) -> str:
+    """Nanoseconds as Go's Duration.String() writes them (`1h2m3.5s`, `1.000000001s`, `250us`)."""
     if ns == 0:
         return "0s"
     sign, ns = ("-" if ns < 0 else ""), abs(ns)
@@ -88,9 +92,9 @@ def format_duration(seconds: float) -> str:
         if ns >= size:
             out.append(f"{ns // size}{unit}")
             ns %= size
-    if ns:
-        secs = Fraction(ns, 1_000_000_000)
-        out.append(f"{secs.numerator}s" if secs.denominator == 1 else f"{float(secs):g}s")
+    whole, frac = divmod(ns, 1_000_000_000)
+    if whole or frac:
+        out.append(f"{whole}" + (f".{frac:09d}".rstrip("0") if frac else "") + "s")
     return sign + "".join(out)
 
 
