@@ -67,7 +67,7 @@ def duration(low: float = 0.0):
             try:
                 value = float(text)
             except ValueError:
-                raise argparse.ArgumentTypeError(f"not a duration: {text!r} (e.g. 30s, 1m30s, 500ms)") from None
+                raise argparse.ArgumentTypeError(f"bad duration {text!r} (e.g. 30s, 1m30s, 500ms)") from None
         if not (math.isfinite(value) and value >= low):
             raise argparse.ArgumentTypeError(f"{text} is out of range (a duration >= {format_duration(low)})")
         return value

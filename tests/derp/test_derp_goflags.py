@@ -170,7 +170,7 @@ def test_durations_wherever_a_flag_takes_time() -> None:
     assert (a.tcp_keepalive_time, a.tcp_user_timeout, a.tcp_write_timeout, a.read_header_timeout,
             a.shutdown_timeout, a.verify_client_url_timeout, a.verify_client_url_cache,
             a.verify_clients_interval, a.cert_watch_interval) == (600, 15, 0.5, 90, 7200, 0.25, 0, 1, 60)
-    with pytest.raises(UsageError, match="--tcp-user-timeout: not a duration: '15 sec'"):
+    with pytest.raises(UsageError, match="--tcp-user-timeout: bad duration '15 sec'"):
         parse(["-tcp-user-timeout=15 sec"])
     with pytest.raises(UsageError, match="--ping-interval: 50ms is out of range"):
         parse(["--ping-interval=50ms"])
