@@ -410,18 +410,7 @@ async def serve(args: argparse.Namespace) -> int:
     config = ServerConfig(max_clients=args.max_clients, open_relay=args.open_relay,
                           keepalive_interval=args.keepalive_interval)
     relay = Relay(private, config, acl, random.random, mesh_key)
-    rate, burst = client_rate(args)
-    options = ServerOptions(read_header_timeout=args.read_header_timeout, write_timeout=args.tcp_write_timeout,
-                            conn_rate=args.conn_rate, conn_burst=args.conn_burst, trust_proxy=args.trust_proxy,
-                            trust_proxy_header=args.trust_proxy_header, trust_proxy_hops=args.trust_proxy_hops,
-                            max_conns_per_ip=args.max_conns_per_ip,
-                            metrics_token=args.metrics_token, derpmap_json=load_derpmap_bytes(args.derpmap_file),
-                            send_queue_depth=args.send_queue_depth, tls_engine=args.tls_engine,
-                            run_derp=args.run_derp, home=home_page(args.home),
-                            accept_limit=0.0 if math.isinf(args.accept_connection_limit) else args.accept_connection_limit,
-                            accept_burst=args.accept_connection_burst, tcp_keepalive=args.tcp_keepalive_time,
-                            tcp_user_timeout=args.tcp_user_timeout, client_rate=rate, client_burst=burst)
-    server = DerpServer(relay, options, ssl_ctx)
+    server = DerpServer(relay, server_options(args), ssl_ctx)
     server.certs = certs
     await admission.configure(args, server)
     server.bootstrap = BootstrapDNS(parse_names(args.bootstrap_dns_names, "-bootstrap-dns-names"),
@@ -483,6 +472,21 @@ def reload(args: argparse.Namespace, server: DerpServer) -> None:
         admission.reload(args, server)
     except UsageError as exc:
         log.error("reload failed, keeping the previous settings: %s", exc)
+
+
+def server_options(args: argparse.Namespace) -> ServerOptions:
+    rate, burst = client_rate(args)
+    limit = args.accept_connection_limit
+    return ServerOptions(read_header_timeout=args.read_header_timeout, write_timeout=args.tcp_write_timeout,
+                         conn_rate=args.conn_rate, conn_burst=args.conn_burst, trust_proxy=args.trust_proxy,
+                         trust_proxy_header=args.trust_proxy_header, trust_proxy_hops=args.trust_proxy_hops,
+                         max_conns_per_ip=args.max_conns_per_ip,
+                         metrics_token=args.metrics_token, derpmap_json=load_derpmap_bytes(args.derpmap_file),
+                         send_queue_depth=args.send_queue_depth, tls_engine=args.tls_engine,
+                         run_derp=args.run_derp, home=home_page(args.home),
+                         accept_limit=0.0 if math.isinf(limit) else limit, accept_burst=args.accept_connection_burst,
+                         tcp_keepalive=args.tcp_keepalive_time, tcp_user_timeout=args.tcp_user_timeout,
+                         client_rate=rate, client_burst=burst)
 
 
 def client_rate(args: argparse.Namespace) -> tuple[int, int]:
