@@ -222,3 +222,28 @@ def test_metrics_token_order(monkeypatch) -> None:
     monkeypatch.setenv(D.TOKEN_ENV, "wgc-token")
     assert D.metrics_token(parse([])) == "wgc-token"
     assert D.metrics_token(parse(["--metrics-token=flag-token"])) == "flag-token"
+
+
+# ---- docs/derp.md's flags table stays true -------------------------------------------------------------------
+
+def _table() -> list[list[str]]:
+    import pathlib
+    import re
+    text = (pathlib.Path(__file__).resolve().parents[2] / "docs" / "derp.md").read_text()
+    rows = [ln for ln in text.splitlines() if ln.startswith("| `") and ln.count("|") == 7]
+    return [[re.findall(r"`([^`]*)`", cell) for cell in row.split("|")[1:-1]] for row in rows]
+
+
+def test_the_flags_table_lists_every_flag_and_its_names_parse() -> None:
+    parser = D.build_parser()
+    documented = {name for row in _table() for name in row[0]}
+    flags = {o for a in parser._actions for o in a.option_strings
+             if not o.startswith("--no-") and o not in ("-h", "--help")}
+    assert flags - documented == set(), "flags missing from docs/derp.md's table"
+    for row in _table():
+        for name in row[1] + row[2]:                 # derper's and nefia-derp's spellings are accepted
+            assert name.lstrip("-") in SPEC, name
+        for var in row[3]:
+            if var.startswith("WGC_DERPER_") and not var.endswith("..."):
+                name = var[len("WGC_DERPER_"):].lower().replace("_", "-")
+                assert name in SPEC, var
