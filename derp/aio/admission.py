@@ -31,6 +31,7 @@ from typing import Any, Callable
 from derp import httpwire
 from derp.admission import (MAX_WEBHOOK_BODY, Bindings, Verdict, VerdictCache, check_identity_mode,
                             encode_admit_request, keys_from_status, parse_admit_response, parse_bindings)
+from derp.aio.certstore import write_atomic
 from derp.errors import ParseError, UsageError
 from derp.keys import short
 
@@ -304,33 +305,6 @@ def load_bindings(path: str) -> Bindings:
         raise UsageError(f"{path}: {exc}") from None
 
 
-def write_atomically(path: str, data: bytes) -> None:
-    """Replace `path` with `data` so a reader sees the old or the new file, never a mix (mode 0600)."""
-    directory = os.path.dirname(os.path.abspath(path))
-    tmp = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    try:
-        dfd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    except OSError:
-        pass
-
-
 class BindingsFile:
     """Writes the relay's bindings to `path` when they changed (called from housekeeping, once a second)."""
 
@@ -345,7 +319,7 @@ class BindingsFile:
         self.busy = True
         data = self.bindings.encode()
         try:
-            await asyncio.get_running_loop().run_in_executor(None, write_atomically, self.path, data)
+            await asyncio.get_running_loop().run_in_executor(None, write_atomic, self.path, data, 0o600)
             self.writes += 1
         except OSError as exc:
             self.failures += 1
@@ -380,7 +354,7 @@ async def configure(args: Any, server: Any) -> None:
             raise UsageError(f"--bindings-identity: {exc}") from None
         bindings = load_bindings(args.bindings_file)
         try:   # a file that cannot be written should stop the start, not the first binding
-            write_atomically(args.bindings_file, bindings.encode())
+            write_atomic(args.bindings_file, bindings.encode(), 0o600)
         except OSError as exc:
             raise UsageError(f"cannot write bindings file {args.bindings_file!r}: "
                              f"{(exc.strerror or str(exc)).lower()}") from None

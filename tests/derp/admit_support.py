@@ -90,9 +90,14 @@ class Webhook:
             self.server.close()
 
 
-def derper_fails(*args: str, env: dict | None = None, timeout: float = 30) -> str:
-    """Run `wgc derper ARGS`, which must exit by itself with one `wgc: ...` line; returns that line."""
-    proc = subprocess.run([sys.executable, "-m", "wgclient.cli", "derper", *args], capture_output=True, text=True,
+QUIET = ("-a", "127.0.0.1:0", "--certmode=none", "--no-stun", "--metrics-addr=off")
+
+
+def derper_fails(*args: str, open_relay: bool = True, env: dict | None = None, timeout: float = 30) -> str:
+    """Run `wgc derper ARGS` (on an ephemeral loopback port, plain HTTP, no STUN or metrics, an open relay
+    unless told not), which must exit by itself with one `wgc: ...` line; returns that line."""
+    argv = [*QUIET, *(["--open-relay"] if open_relay else []), *args]
+    proc = subprocess.run([sys.executable, "-m", "wgclient.cli", "derper", *argv], capture_output=True, text=True,
                           cwd=ROOT, timeout=timeout, env={**os.environ, **(env or {})})
     assert proc.returncode == 2, (proc.returncode, proc.stdout, proc.stderr)
     lines = proc.stderr.strip().splitlines()
