@@ -274,10 +274,12 @@ class HttpConn(asyncio.Protocol):
             self.partial_since = self.server.clock()
 
     def _derp_bytes(self, data: bytes) -> None:
-        if self.conn is None:
-            self._handshake_bytes(data)
-        else:
+        if self.conn is not None:
             self._turn(data)
+        elif self.handshake is not None:
+            self._handshake_bytes(data)
+        elif self.buf is not None:   # the webhook is being asked: kept for after the admission
+            self.buf += data
 
     def _turn(self, data: bytes = b"") -> None:
         """Handle this turn's share of frames; frames beyond it wait, with reading paused, for the next."""
@@ -358,10 +360,11 @@ class HttpConn(asyncio.Protocol):
         webhook = self.server.webhook
         if webhook is not None and not self.is_mesh:
             verdict = webhook.cached(key, self.ip)
-            if verdict is None:   # ask it, reading paused meanwhile
+            if verdict is None:   # ask it, reading paused meanwhile (what still arrives waits in buf)
                 self.transport.pause_reading()
+                self.handshake, self.buf = None, bytearray(rest)
                 task = asyncio.ensure_future(webhook.check(key, self.ip))
-                task.add_done_callback(lambda t: self._webhook_answered(t, key, info, rest))
+                task.add_done_callback(lambda t: self._webhook_answered(t, key, info))
                 return
             if not verdict.allow:
                 self._refuse(key, self.relay.refuse(Rejected(verdict.reason, verdict.counter)))
@@ -373,10 +376,11 @@ class HttpConn(asyncio.Protocol):
         log.info("refused %s from %s: %s", short(key), self.ip, exc)
         self.abort(str(exc))
 
-    def _webhook_answered(self, task: asyncio.Future, key: bytes, info: F.ClientInfo, rest: bytes) -> None:
+    def _webhook_answered(self, task: asyncio.Future, key: bytes, info: F.ClientInfo) -> None:
         if self.closed or task.cancelled():
             return
         verdict = task.result()
+        rest, self.buf = bytes(self.buf or b""), None
         self.transport.resume_reading()
         try:
             if verdict.allow:

@@ -15,6 +15,7 @@ import time
 import pytest
 from hypothesis import given, strategies as st
 
+from derp import protocol as P
 from derp.admission import (MIN_RATE_BURST, Bindings, VerdictCache, effective_rate, encode_admit_request,
                             keys_from_status, parse_admit_response, parse_bindings, parse_rate_config)
 from derp.aio.admission import Webhook as WebhookClient
@@ -224,6 +225,35 @@ def test_derper_asks_the_webhook_and_caches_its_answers(derper) -> None:
         finally:
             await a.close()
             await c.close()
+            hook.close()
+    run(main())
+
+
+def test_frames_sent_while_the_webhook_thinks_are_relayed_once_admitted(derper) -> None:
+    """A client may send packets right after ClientInfo (the Go client does); they wait for the answer."""
+    (ka, pa), (kb, pb) = new_key(), new_key()
+
+    async def main():
+        hook = await Webhook().start()
+        hook.allow = {"nodekey:" + pa.hex(), "nodekey:" + pb.hex()}
+        srv = derper("-verify-client-url", hook.url, tls=False)
+        b = client(srv.url, kb)
+        await b.start()
+        hook.delay = 0.5
+        reader, writer = await asyncio.open_connection("127.0.0.1", srv.port)
+        try:
+            writer.write(b"GET /derp HTTP/1.1\r\nHost: x\r\nUpgrade: DERP\r\nConnection: Upgrade\r\n\r\n")
+            await reader.readuntil(b"\r\n\r\n")
+            core = P.ClientConnection(ka, os.urandom, 0.0)
+            while core.state == P.ClientState.AWAIT_SERVER_KEY:
+                for out in core.receive_data(await reader.read(65536), 0.0):
+                    writer.write(out.data)                       # ClientInfo ...
+            writer.write(core.send_packet(pb, b"sent before ServerInfo"))   # ... and at once a packet
+            assert (await b.recv_packet(10)).data == b"sent before ServerInfo"
+            assert [r["json"]["NodePublic"] for r in hook.seen].count("nodekey:" + pa.hex()) == 1
+        finally:
+            writer.close()
+            await b.close()
             hook.close()
     run(main())
 
