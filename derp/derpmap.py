@@ -1,8 +1,12 @@
-"""The DERP map (Tailscale's `tailcfg.DERPMap` JSON): parsing with validation, defaults and re-encoding.
+"""The DERP map (Tailscale's `tailcfg.DERPMap` JSON): parsing with validation, defaults, re-encoding, and
+the difference between two maps.
 
 Pure: bytes/str in, frozen dataclasses out. Keys are matched case-insensitively as Go's encoding/json does;
-unknown keys are ignored; a `null` region is dropped (headscale's way of disabling a region). Every
-validation failure raises `derp.errors.ParseError` naming the region/node at fault.
+unknown keys are ignored (and listed in `warnings` when the caller asks); a `null` region is dropped
+(headscale's way of disabling a region). Every validation failure raises `derp.errors.ParseError` naming
+the region/node and the field at fault.
+Also accepted: a Tailscale policy file (or its fragment) `{"derpMap": {...}}`, in JSON or HuJSON (comments
+and trailing commas, as policy files are written); its `OmitDefaultRegions` is the map's.
 Defaulting rules (derpmap.md §5): STUNPort 0 => 3478, negative => no STUN; DERPPort 0 => 443; an IPv4/IPv6
 field that is not an address of that family (conventionally "none") disables that family; "" means DNS.
 """
@@ -188,10 +192,20 @@ class _Obj:
             raise ParseError(f"{where}: expected a JSON object, got {type(raw).__name__}")
         self.where = where
         self.items: dict[str, Any] = {}
+        self.spelled: dict[str, str] = {}
+        self.used: set[str] = set()
         for key, value in raw.items():
             self.items.setdefault(key.lower(), value)
+            self.spelled.setdefault(key.lower(), key)
+
+    def unknown(self, warnings: list[str] | None) -> None:
+        """List the keys no getter asked for (Go ignores them; a typo is worth a word)."""
+        if warnings is not None:
+            warnings.extend(f"{self.where}: unknown field {self.spelled[k]!r} (ignored)"
+                            for k in self.items if k not in self.used)
 
     def get(self, key: str, kind: type | tuple[type, ...], default: Any) -> Any:
+        self.used.add(key.lower())
         value = self.items.get(key.lower())
         if value is None:
             return default
@@ -209,7 +223,7 @@ class _Obj:
         return value
 
 
-def _parse_node(raw: Any, region_id: int, index: int) -> DerpNode:
+def _parse_node(raw: Any, region_id: int, index: int, warnings: list[str] | None) -> DerpNode:
     o = _Obj(raw, f"region {region_id} node #{index}")
     name = o.get("Name", str, "")
     if name:
@@ -243,11 +257,13 @@ def _parse_node(raw: Any, region_id: int, index: int) -> DerpNode:
             ipaddress.ip_address(stun_test_ip)
         except ValueError:
             raise ParseError(f"{o.where}: STUNTestIP {stun_test_ip!r} is not an IP address") from None
-    return DerpNode(
+    node = DerpNode(
         name=name, region_id=node_region, host_name=host, ipv4=o.get("IPv4", str, ""),
         ipv6=o.get("IPv6", str, ""), stun_port=stun_port, stun_only=o.get("STUNOnly", bool, False),
         derp_port=derp_port, insecure_for_tests=o.get("InsecureForTests", bool, False),
         can_port80=o.get("CanPort80", bool, False), stun_test_ip=stun_test_ip, cert_name=cert_name)
+    o.unknown(warnings)
+    return node
 
 
 def _parse_region_id(key: str) -> int:
@@ -259,19 +275,21 @@ def _parse_region_id(key: str) -> int:
     return rid
 
 
-def _parse_region(key: str, raw: Any) -> DerpRegion:
+def _parse_region(key: str, raw: Any, warnings: list[str] | None) -> DerpRegion:
     rid = _parse_region_id(key)
     o = _Obj(raw, f"region {rid}")
     body_id = o.get("RegionID", int, 0)
     if body_id != rid:
         raise ParseError(f"region {rid}: RegionID {body_id} does not match its key {key!r}")
     nodes_raw = o.get("Nodes", list, [])
-    nodes = tuple(_parse_node(n, rid, i) for i, n in enumerate(nodes_raw))
-    return DerpRegion(
+    nodes = tuple(_parse_node(n, rid, i, warnings) for i, n in enumerate(nodes_raw))
+    region = DerpRegion(
         region_id=rid, region_code=o.get("RegionCode", str, ""), region_name=o.get("RegionName", str, ""),
         nodes=nodes, avoid=o.get("Avoid", bool, False),
         no_measure_no_home=o.get("NoMeasureNoHome", bool, False),
         latitude=o.get("Latitude", float, 0.0), longitude=o.get("Longitude", float, 0.0))
+    o.unknown(warnings)
+    return region
 
 
 def _parse_home_params(raw: Any) -> DerpHomeParams | None:
@@ -290,13 +308,20 @@ def _parse_home_params(raw: Any) -> DerpHomeParams | None:
     return DerpHomeParams(scores)
 
 
-def parse_derpmap(data: bytes | str) -> DerpMap:
-    """Parse a DERP map from Tailscale's JSON; raise ParseError with a clear message on bad input."""
-    try:
-        raw = json.loads(data)
-    except (ValueError, RecursionError) as exc:
-        raise ParseError(f"DERP map is not valid JSON: {exc}") from None
+def parse_derpmap(data: bytes | str, warnings: list[str] | None = None) -> DerpMap:
+    """Parse a DERP map from Tailscale's JSON (or a policy file's `derpMap`); raise ParseError with a clear
+    message on bad input. Fields nobody reads are appended to `warnings` when a list is given."""
+    raw = _load_json(data)
     top = _Obj(raw, "DERP map")
+    if "derpmap" in top.items and "regions" not in top.items:
+        try:  # a policy file: its other keys (acls, groups, ...) are not ours to judge
+            return _parse_map(_Obj(top.items["derpmap"] or {}, "DERP map"), warnings)
+        except ParseError as exc:
+            raise ParseError(f"derpMap: {exc}") from None
+    return _parse_map(top, warnings)
+
+
+def _parse_map(top: _Obj, warnings: list[str] | None) -> DerpMap:
     regions_raw = top.get("Regions", dict, {})
     regions: dict[int, DerpRegion] = {}
     names: dict[str, int] = {}
@@ -304,7 +329,7 @@ def parse_derpmap(data: bytes | str) -> DerpMap:
         if value is None:
             _parse_region_id(key)
             continue
-        region = _parse_region(key, value)
+        region = _parse_region(key, value, warnings)
         if region.region_id in regions:
             raise ParseError(f"region {region.region_id} appears twice")
         for node in region.nodes:
@@ -313,9 +338,97 @@ def parse_derpmap(data: bytes | str) -> DerpMap:
                                  f"{names[node.name]} (node names must be unique)")
             names[node.name] = region.region_id
         regions[region.region_id] = region
-    return DerpMap(regions=regions, omit_default_regions=top.get("omitDefaultRegions", bool, False),
-                   home_params=_parse_home_params(top.items.get("homeparams")))
+    top.used.add("homeparams")
+    result = DerpMap(regions=regions, omit_default_regions=top.get("omitDefaultRegions", bool, False),
+                     home_params=_parse_home_params(top.items.get("homeparams")))
+    top.unknown(warnings)
+    return result
 
 
-__all__ = ["DerpMap", "DerpRegion", "DerpNode", "DerpHomeParams", "parse_derpmap", "DEFAULT_STUN_PORT",
-           "DEFAULT_DERP_PORT"]
+def _load_json(data: bytes | str) -> Any:
+    """JSON, else HuJSON (Tailscale policy files: // and /* */ comments, trailing commas)."""
+    try:
+        return json.loads(data)
+    except (ValueError, RecursionError) as exc:
+        error = exc
+    try:
+        text = data.decode("utf-8") if isinstance(data, (bytes, bytearray)) else data
+        return json.loads(standardize_hujson(text))
+    except (ValueError, RecursionError):
+        raise ParseError(f"DERP map is not valid JSON: {error}") from None
+
+
+def standardize_hujson(text: str) -> str:
+    """HuJSON to JSON: comments become spaces (positions kept for error messages), trailing commas go.
+    Text that is not HuJSON comes out as text that json.loads rejects."""
+    out: list[str] = []
+    i, n = 0, len(text)
+    comma = -1                     # index in `out` of a comma that may turn out to be trailing
+    while i < n:
+        c = text[i]
+        if c == '"':
+            end = i + 1
+            while end < n and text[end] != '"':
+                end += 2 if text[end] == "\\" else 1
+            out.append(text[i:end + 1])
+            i, comma = end + 1, -1
+        elif text.startswith("//", i):
+            end = text.find("\n", i)
+            end = n if end < 0 else end
+            out.append(" " * (end - i))
+            i = end
+        elif text.startswith("/*", i):
+            end = text.find("*/", i + 2)
+            end = n if end < 0 else end + 2
+            out.append("".join(ch if ch == "\n" else " " for ch in text[i:end]))
+            i = end
+        else:
+            if c in "}]" and comma >= 0:
+                out[comma] = " "
+            if not c.isspace():
+                comma = len(out) if c == "," else -1
+            out.append(c)
+            i += 1
+    return "".join(out)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# differences
+
+
+@dataclass(frozen=True)
+class MapChange:
+    """What changed from one map to the next, by region id (a changed region differs in any field)."""
+
+    added: tuple[int, ...] = ()
+    removed: tuple[int, ...] = ()
+    changed: tuple[int, ...] = ()
+    other: bool = False            # HomeParams or OmitDefaultRegions
+
+    def __bool__(self) -> bool:
+        return bool(self.added or self.removed or self.changed or self.other)
+
+    def describe(self, new: DerpMap, old: DerpMap | None = None) -> str:
+        parts = [f"{what} {', '.join(_region_label(where, r) for r in ids)}" for what, ids, where in
+                 (("added", self.added, new), ("removed", self.removed, old or new), ("changed", self.changed, new))
+                 if ids]
+        if self.other:
+            parts.append("home parameters changed")
+        return "; ".join(parts) or "no change"
+
+
+def _region_label(dm: DerpMap, rid: int) -> str:
+    region = dm.regions.get(rid)
+    return f"{rid} ({region.region_code})" if region is not None and region.region_code else str(rid)
+
+
+def diff_derpmaps(old: DerpMap, new: DerpMap) -> MapChange:
+    return MapChange(
+        added=tuple(sorted(set(new.regions) - set(old.regions))),
+        removed=tuple(sorted(set(old.regions) - set(new.regions))),
+        changed=tuple(sorted(r for r in set(old.regions) & set(new.regions) if old.regions[r] != new.regions[r])),
+        other=(old.home_params, old.omit_default_regions) != (new.home_params, new.omit_default_regions))
+
+
+__all__ = ["DerpMap", "DerpRegion", "DerpNode", "DerpHomeParams", "MapChange", "parse_derpmap", "diff_derpmaps",
+           "standardize_hujson", "DEFAULT_STUN_PORT", "DEFAULT_DERP_PORT"]

@@ -39,6 +39,7 @@ NS_R=natlab-$LAB-region1 NS_A=natlab-$LAB-client1 NS_B=natlab-$LAB-client2
 IF_A=alice$TAG IF_B=bob$TAG            # interface names = config file stems (<= 15 characters)
 TMP=$(mktemp -d /tmp/wgc-demo.XXXXXX)
 chmod 700 "$TMP"
+export WGC_STATE_DIR="$TMP/state"       # the peers' cached DERP maps go with the demo's temp dir
 STATE=${NATLAB_STATE_DIR:-/run/natlab}/$LAB.json
 DERPER=
 

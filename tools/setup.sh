@@ -10,7 +10,8 @@ export DEBIAN_FRONTEND=noninteractive
 export PATH="$PATH:/usr/sbin:/usr/bin:/sbin:/bin"
 need=()
 for pkg in wireguard-go wireguard-tools iperf3 stun-server stun-client coturn iproute2 tcpdump procps \
-           iputils-ping nftables pebble python3 python3-venv python3-dev gcc; do
+           iputils-ping nftables pebble python3 python3-venv python3-dev gcc \
+           systemd prometheus curl openssl ca-certificates util-linux; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then

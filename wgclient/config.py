@@ -4,8 +4,9 @@ The grammar is the union of what `wg setconf` (wireguard-tools config.c) and wg-
 
 * ``[Interface]`` (once) and ``[Peer]`` (any number) sections; section names and keys are matched
   case-insensitively; ``#`` starts a comment; blank lines are ignored.
-* ``[Interface]``: PrivateKey (required), Address, ListenPort, MTU (default 1420), FwMark, Table, DNS,
-  PreUp/PostUp/PreDown/PostDown (repeatable), SaveConfig (only ``false``).
+* ``[Interface]``: PrivateKey (required), Address, ListenPort, MTU (unset: derived at `up` from the route
+  to the endpoints, as wg-quick), FwMark, Table, DNS, PreUp/PostUp/PreDown/PostDown (repeatable),
+  SaveConfig (``true``/``false``).
 * ``[Peer]``: PublicKey (required), PresharedKey, AllowedIPs (repeatable, comma separated),
   Endpoint (``host:port``, ``[v6]:port``), PersistentKeepalive (seconds or ``off``). A comment line
   ``# Name = text`` (or the wgc key ``Name = text``) inside a peer section names that peer (logs,
@@ -14,7 +15,9 @@ The grammar is the union of what `wg setconf` (wireguard-tools config.c) and wg-
 * Values of the `wg` keys may contain whitespace anywhere (`wg` removes it); wg-quick keys are trimmed.
   AllowedIPs host bits are masked, as the kernel and wireguard-go do; a bare address means /32 or /128.
 
-Every problem raises `ConfigError` naming the file, the 1-based line and the key. Host names in
+`find_config(NAME)` looks a bare interface name up as wg-quick does (`/etc/wireguard/NAME.conf`, then
+`/etc/wgc/NAME.conf`; `WGC_CONFIG_DIRS` replaces that list). Every problem raises `ConfigError` naming
+the file, the 1-based line and the key. Host names in
 Endpoint are resolved through an injected `resolve(host, port) -> (ip, port)` callable (this module does
 no network I/O); without one a host name is an error.
 """
@@ -35,6 +38,7 @@ Network = IPv4Network | IPv6Network
 Interface = IPv4Interface | IPv6Interface
 
 DEFAULT_MTU = 1420
+CONFIG_DIRS = ("/etc/wireguard", "/etc/wgc")
 _NAME_RE = re.compile(r"[A-Za-z0-9_=+.-]{1,15}")
 _PEER_NAME_RE = re.compile(r"^\s*#\s*name\s*[=:]\s*(.*?)\s*$", re.IGNORECASE)
 
@@ -77,9 +81,10 @@ class InterfaceConfig:
     private_key: bytes = field(repr=False)
     addresses: tuple[Interface, ...] = ()
     listen_port: int | None = None
-    mtu: int = DEFAULT_MTU
+    mtu: int | None = None                 # None: chosen at `up` (route MTU to the endpoints minus 80)
     fwmark: int = 0
     table: str = "auto"
+    save_config: bool = False
     pre_up: tuple[str, ...] = ()
     post_up: tuple[str, ...] = ()
     pre_down: tuple[str, ...] = ()
@@ -111,6 +116,25 @@ def interface_name_from_path(path: str) -> str:
         raise ConfigError(path, None, None, f"interface name {stem!r} (from the file name) must be 1-15 "
                           "characters of A-Z a-z 0-9 _ = + . -")
     return stem
+
+
+def config_dirs() -> tuple[str, ...]:
+    """Where a bare interface name is looked up, in order (wg-quick: /etc/wireguard only)."""
+    env = os.environ.get("WGC_CONFIG_DIRS")
+    return tuple(d for d in env.split(":") if d) if env else CONFIG_DIRS
+
+
+def find_config(arg: str) -> str:
+    """The config file `wgc up/down/save/strip ARG` means: ARG itself when it is a path (it has a '/' or
+    ends in .conf), else NAME.conf in the first of `config_dirs()` that has it (ConfigError if none)."""
+    if "/" in arg or arg.endswith(".conf") or not _NAME_RE.fullmatch(arg):
+        return arg
+    tried = [os.path.join(d, f"{arg}.conf") for d in config_dirs()]
+    for path in tried:
+        if os.path.exists(path):
+            return path
+    where = f"{tried[0]} does not exist" if len(tried) == 1 else f"neither {' nor '.join(tried)} exists"
+    raise ConfigError(arg, None, None, f"no such interface config: {where}")
 
 
 def load_config(path: str, *, resolve: Resolver | None = None) -> InterfaceConfig:
@@ -232,7 +256,7 @@ class _Parser:
         if "ListenPort" in s.values:
             ln, v = self.first(s, "ListenPort")
             listen_port = self.number(ln, "ListenPort", v, 0, 65535)
-        mtu = DEFAULT_MTU
+        mtu = None
         if "MTU" in s.values:
             ln, v = self.first(s, "MTU")
             mtu = self.number(ln, "MTU", v, 576, 65535)
@@ -249,13 +273,15 @@ class _Parser:
                 table = table.lower()
             elif not table.isdigit() or not 0 < int(table) < 1 << 32:
                 raise self.error(ln, "Table", "must be off, auto, main or a table number")
+        save_config = False
         if "SaveConfig" in s.values:
             ln, v = self.first(s, "SaveConfig")
-            if v.lower() != "false":
-                raise self.error(ln, "SaveConfig", "only 'false' is supported by wgc")
+            if v.lower() not in ("true", "false"):
+                raise self.error(ln, "SaveConfig", f"{v!r} is neither true nor false")
+            save_config = v.lower() == "true"
         return InterfaceConfig(
             name=name, path=self.path, private_key=private_key, addresses=tuple(addresses),
-            listen_port=listen_port, mtu=mtu, fwmark=fwmark, table=table,
+            listen_port=listen_port, mtu=mtu, fwmark=fwmark, table=table, save_config=save_config,
             pre_up=self.texts(s, "PreUp"), post_up=self.texts(s, "PostUp"),
             pre_down=self.texts(s, "PreDown"), post_down=self.texts(s, "PostDown"),
             dns=tuple(item for _, item in self.items(s, "DNS")))
@@ -375,7 +401,7 @@ def format_config(cfg: InterfaceConfig) -> str:
         out.append("Address = " + ", ".join(str(a) for a in cfg.addresses))
     if cfg.listen_port is not None:
         out.append(f"ListenPort = {cfg.listen_port}")
-    if cfg.mtu != DEFAULT_MTU:
+    if cfg.mtu is not None:
         out.append(f"MTU = {cfg.mtu}")
     if cfg.fwmark:
         out.append(f"FwMark = {cfg.fwmark:#x}")
@@ -383,6 +409,8 @@ def format_config(cfg: InterfaceConfig) -> str:
         out.append(f"Table = {cfg.table}")
     if cfg.dns:
         out.append("DNS = " + ", ".join(cfg.dns))
+    if cfg.save_config:
+        out.append("SaveConfig = true")
     for key, cmds in (("PreUp", cfg.pre_up), ("PostUp", cfg.post_up), ("PreDown", cfg.pre_down),
                       ("PostDown", cfg.post_down)):
         out.extend(f"{key} = {c}" for c in cmds)

@@ -2,8 +2,9 @@
 schema check, choosing a peer from what the user typed, and the text the two commands print.
 
 Protocol (docs/control.md): one JSON object per line, UTF-8, at most MAX_LINE bytes. Requests are
-``{"cmd": "status"}`` and ``{"cmd": "ping", "key": "<base64>", "timeout": 5}``; the daemon answers
-``{"ok": true, "status": {...}}``, ``{"ok": true, "pong": {...} | null}`` or ``{"ok": false, "error": "..."}``.
+``{"cmd": "status"}``, ``{"cmd": "ping", "key": "<base64>", "timeout": 5}`` and ``{"cmd": "derpmap"}``; the
+daemon answers ``{"ok": true, "status": {...}}``, ``{"ok": true, "pong": {...} | null}``,
+``{"ok": true, "derpmap": {...}, "source": {...}}`` or ``{"ok": false, "error": "..."}``.
 Every parser here raises only ParseError on garbage; a user's mistake (unknown or ambiguous peer) is a
 UsageError. The module reads no clock: times to render ("12s ago") are computed from a `now` passed in.
 """
@@ -42,7 +43,15 @@ class PingRequest:
         return _line({"cmd": "ping", "key": key_to_base64(self.key), "timeout": self.timeout})
 
 
-Request = Union[StatusRequest, PingRequest]
+@dataclasses.dataclass(frozen=True)
+class DerpMapRequest:
+    """The DERP map the interface uses now (`wgc derpmap show`)."""
+
+    def encode(self) -> bytes:
+        return b'{"cmd": "derpmap"}\n'
+
+
+Request = Union[StatusRequest, PingRequest, DerpMapRequest]
 
 
 def _line(obj: JSON) -> bytes:
@@ -79,6 +88,8 @@ def parse_request(data: bytes) -> Request:
     cmd = obj.get("cmd")
     if cmd == "status":
         return StatusRequest()
+    if cmd == "derpmap":
+        return DerpMapRequest()
     if cmd == "ping":
         key = obj.get("key")
         if not isinstance(key, str):
@@ -88,7 +99,7 @@ def parse_request(data: bytes) -> Request:
         if not _number(timeout) or not 0 < timeout <= MAX_PING_TIMEOUT:
             raise ParseError(f"ping \"timeout\" is a number of seconds in (0, {MAX_PING_TIMEOUT:g}]")
         return PingRequest(key_bytes, float(timeout))
-    raise ParseError("unknown \"cmd\" (status or ping)" if isinstance(cmd, str) else "a request needs \"cmd\"")
+    raise ParseError("unknown \"cmd\" (status, ping or derpmap)" if isinstance(cmd, str) else "a request needs \"cmd\"")
 
 
 # --- responses ----------------------------------------------------------------------------------------
@@ -100,6 +111,10 @@ def encode_status(status: dict) -> bytes:
 
 def encode_pong(pong: dict | None) -> bytes:
     return _line({"ok": True, "pong": pong})
+
+
+def encode_derpmap(derpmap: dict, source: dict | None) -> bytes:
+    return _line({"ok": True, "derpmap": derpmap, "source": source})
 
 
 def encode_error(message: str) -> bytes:
@@ -124,6 +139,14 @@ def parse_status_reply(data: bytes) -> dict:
     if "status" not in obj:
         raise ParseError("a status reply needs \"status\"")
     return check_status(obj["status"])
+
+
+def parse_derpmap_reply(data: bytes) -> dict:
+    """{"derpmap": <the map's JSON object>, "source": <where it came from> | None}."""
+    obj = parse_reply(data)
+    if not isinstance(obj.get("derpmap"), dict) or not isinstance(obj.get("source"), (dict, type(None))):
+        raise ParseError("a derpmap reply needs \"derpmap\" (an object) and \"source\"")
+    return obj
 
 
 def parse_pong_reply(data: bytes) -> dict | None:

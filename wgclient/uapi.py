@@ -341,3 +341,49 @@ class UapiConnection:
         except Exception:
             log.exception("uapi target failed on get")
             return b"errno=-%d\n\n" % EUNKNOWN
+
+
+def parse_get(text: str) -> DeviceState:
+    """A get reply (what `format_get` or wireguard-go sends) read back; ParseError on garbage or errno != 0."""
+    state = DeviceState()
+    peer: PeerState | None = None
+    errno = None
+    try:
+        for line in text.splitlines():
+            if not line:
+                continue
+            key, sep, value = line.partition("=")
+            if not sep:
+                raise ParseError(f"UAPI reply line without '=': {line[:40]!r}")
+            if key == "errno":
+                errno = int(value)
+            elif key == "public_key":
+                peer = PeerState(public_key=keys.key_from_hex(value))
+                state.peers.append(peer)
+            elif peer is None:
+                if key == "private_key":
+                    state.private_key = keys.key_from_hex(value)
+                elif key == "listen_port":
+                    state.listen_port = int(value)
+                elif key == "fwmark":
+                    state.fwmark = int(value)
+            elif key == "preshared_key":
+                psk = keys.key_from_hex(value)
+                peer.preshared_key = None if keys.is_zero(psk) else psk
+            elif key == "endpoint":
+                peer.endpoint = parse_endpoint(value)
+            elif key == "persistent_keepalive_interval":
+                peer.persistent_keepalive = int(value)
+            elif key == "allowed_ip":
+                peer.allowed_ips.append(parse_prefix(value))
+            elif key == "last_handshake_time_sec":
+                peer.last_handshake_ns += int(value) * 1_000_000_000
+            elif key == "last_handshake_time_nsec":
+                peer.last_handshake_ns += int(value)
+            elif key in ("tx_bytes", "rx_bytes"):
+                setattr(peer, key, int(value))
+    except (ValueError, UapiError) as e:
+        raise ParseError(f"bad UAPI reply: {e}") from None
+    if errno != 0:
+        raise ParseError(f"UAPI get failed (errno={errno})")
+    return state

@@ -60,8 +60,8 @@ def make_ca(common_name: str = "wgc test CA") -> CertPair:
     return CertPair(cert.public_bytes(serialization.Encoding.PEM), _key_pem(key))
 
 
-def make_cert(hostnames: list[str], ca: CertPair | None = None) -> CertPair:
-    """A leaf certificate for `hostnames`, signed by `ca` or self-signed when ca is None."""
+def make_cert(hostnames: list[str], ca: CertPair | None = None, days: int = 90) -> CertPair:
+    """A leaf certificate for `hostnames` valid for `days`, signed by `ca` or self-signed when ca is None."""
     key = ec.generate_private_key(ec.SECP256R1())
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostnames[0])])
     now = datetime.datetime.now(datetime.timezone.utc)
@@ -74,13 +74,26 @@ def make_cert(hostnames: list[str], ca: CertPair | None = None) -> CertPair:
     builder = (x509.CertificateBuilder().subject_name(subject).issuer_name(issuer)
                .public_key(key.public_key()).serial_number(x509.random_serial_number())
                .not_valid_before(now - datetime.timedelta(hours=1))
-               .not_valid_after(now + datetime.timedelta(days=90))
+               .not_valid_after(now + datetime.timedelta(days=days))
                .add_extension(x509.SubjectAlternativeName([_san(h) for h in hostnames]), critical=False)
                .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
                .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]),
                               critical=False))
     cert = builder.sign(ca_key, hashes.SHA256())
     return CertPair(cert.public_bytes(serialization.Encoding.PEM), _key_pem(key))
+
+
+def cert_not_after(path: str) -> float | None:
+    """The notAfter of the first certificate in PEM file `path` as Unix time, or None when the file cannot
+    be read or holds no certificate."""
+    try:
+        with open(path, "rb") as fh:
+            cert = x509.load_pem_x509_certificate(fh.read())
+    except (OSError, ValueError):
+        return None
+    if hasattr(cert, "not_valid_after_utc"):  # cryptography >= 42
+        return cert.not_valid_after_utc.timestamp()
+    return cert.not_valid_after.replace(tzinfo=datetime.timezone.utc).timestamp()
 
 
 def write_pair(pair: CertPair, cert_path: str, key_path: str) -> None:

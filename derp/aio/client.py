@@ -4,7 +4,8 @@ WebSocket), runs the `derp.protocol.ClientConnection` core on the stream, and ke
 
 One connection on the wire (upgrade, frames, read budget) is `derp.aio.clientconn`.
 Targets come from a DERP map region/node (HostName, IPv4/IPv6, DERPPort, InsecureForTests, CertName pins)
-or a URL. TLS uses the system CA store plus an optional `ca_file`, ALPN http/1.1 only.
+or a URL. TLS uses the system CA store plus an optional `ca_file`, ALPN http/1.1 only. `fwmark` (and
+`set_fwmark`) puts SO_MARK on the connection's socket, so a full tunnel's policy rules send it past the tunnel.
 Packets arrive through `on_packet(src, data)` (fast path), other events (Connected, Disconnected,
 PeerGoneReceived, PeerPresentReceived, HealthChanged, RestartingReceived) through `on_event`; whatever has
 no callback goes to the bounded `events` queue (`recv`), which exists only then.
@@ -66,7 +67,7 @@ class DerpClient:
                  on_packet: Callable[[bytes, bytes], None] | None = None,
                  on_event: Callable[[Any], None] | None = None, reconnect: bool = True,
                  connect_timeout: float = 10.0, node_timeout: float = 1.5, preferred: bool = False,
-                 watch_conns: bool = False, label: str = "",
+                 watch_conns: bool = False, label: str = "", fwmark: int = 0,
                  rng: random.Random | None = None, queue_size: int = 4096) -> None:
         if not targets:
             raise UsageError("no DERP node to connect to (all nodes STUN-only or disabled?)")
@@ -98,6 +99,18 @@ class DerpClient:
         self.websocket_fallbacks = 0
         self.backoff_step = 0   # failed or short-lived connections in a row: the reconnect delay grows with it
         self._ssl_contexts: dict[tuple, ssl.SSLContext] = {}
+        self.fwmark = fwmark                      # SO_MARK of every socket dialed (a full tunnel's policy rules)
+        self._dialing: set[socket.socket] = set()
+
+    def set_fwmark(self, mark: int) -> None:
+        """Mark the sockets from now on, and the ones open or being dialed now."""
+        self.fwmark = mark
+        live = self.stream.transport.get_extra_info("socket") if self.stream and self.stream.transport else None
+        for sock in [s for s in (live, *self._dialing) if s is not None]:
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, mark)
+            except OSError as exc:
+                log.warning("%r: cannot set the firewall mark: %s", self, exc)
 
     def __repr__(self) -> str:
         return f"<DerpClient {short(P.public_key_of(self.private_key))}>"
@@ -217,9 +230,10 @@ class DerpClient:
                 ctx = self._ssl_contexts[ident] = make_ssl_context(target, self.ca_file)
         stream = _Stream(self, target, websocket)
         sni = target.server_name or target.host
+        raw = None
         try:
-            sock = await asyncio.wait_for(self._tcp_connect(target), self.node_timeout)
-            transport, _ = await loop.create_connection(lambda: stream, sock=sock, ssl=ctx,
+            raw = await asyncio.wait_for(self._tcp_connect(target), self.node_timeout)
+            transport, _ = await loop.create_connection(lambda: stream, sock=raw, ssl=ctx,
                                                         server_hostname=sni if ctx is not None else None)
             sock = transport.get_extra_info("socket")
             if sock is not None:  # the server's KeepAlive frames reset the read timer; TCP keepalive as well
@@ -232,6 +246,8 @@ class DerpClient:
         except BaseException:
             stream._finish("dial failed")
             raise
+        finally:  # until here set_fwmark finds the socket among those being dialed
+            self._dialing.discard(raw)
         return stream
 
     async def _tcp_connect(self, target: DialTarget) -> socket.socket:
@@ -241,13 +257,18 @@ class DerpClient:
         for family, kind, proto, _, addr in infos:
             sock = socket.socket(family, kind, proto)
             sock.setblocking(False)
+            self._dialing.add(sock)
             try:
+                if self.fwmark:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, self.fwmark)
                 await loop.sock_connect(sock, addr)
                 return sock
             except OSError as exc:
+                self._dialing.discard(sock)
                 sock.close()
                 last = exc
             except BaseException:
+                self._dialing.discard(sock)
                 sock.close()
                 raise
         raise last

@@ -1,5 +1,6 @@
-"""The derper's small HTTP endpoints: probes, captive-portal check, health, debug page, DERP map, robots,
-`/bootstrap-dns` and the home page (derper's -home: default, blank, or a redirect).
+"""The derper's small HTTP endpoints: probes, captive-portal check, health, debug pages (/debug/vars JSON,
+/debug/varz Prometheus text as derper's), DERP map, robots, `/bootstrap-dns` and the home page (derper's
+-home: default, blank, or a redirect).
 
 `answer(server, request, client_ip)` returns (status, headers, body); it only reads server state (and the
 process's memory use, for the detailed /healthz).
@@ -103,7 +104,8 @@ def _debug_page(server: Any) -> bytes:
     page = (f"<!doctype html><html><head><title>wgc derper</title><meta http-equiv=refresh content=2></head>"
             f"<body><h1>wgc derper</h1><p>server key {html.escape(d['server_key'])}; up "
             f"{d['uptime_seconds']} s</p><table border=1>{''.join(rows)}</table><h2>mesh</h2><ul>{links}</ul>"
-            f"<p><a href='/debug/vars'>/debug/vars</a> (JSON)</p></body></html>")
+            f"<p><a href='/debug/vars'>/debug/vars</a> (JSON), <a href='/debug/varz'>/debug/varz</a> "
+            f"(Prometheus)</p></body></html>")
     return page.encode()
 
 
@@ -133,6 +135,11 @@ def answer(server: Any, req: httpwire.Head, ip: str) -> tuple[int, dict[str, str
             return 200, {"Content-Type": "text/html; charset=utf-8"}, _debug_page(server)
         if path == "/debug/vars":
             return 200, {"Content-Type": "application/json"}, json.dumps(details(server), indent=1).encode()
+        if path == "/debug/varz":   # derper's Prometheus page (tsweb): the collector /metrics serves
+            from prometheus_client import generate_latest
+
+            from derp.aio.metrics import make_registry
+            return 200, {"Content-Type": "text/plain; version=0.0.4"}, generate_latest(make_registry(server))
         return 404, {}, b"not found\n"
     if path == "/derpmap/default":
         if server.options.derpmap_json is None:

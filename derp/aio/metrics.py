@@ -1,9 +1,12 @@
 """Prometheus metrics for the derper (prometheus-client), collected from the relay's counters on scrape
-(nothing is updated per packet), served by a tiny asyncio HTTP listener at `/metrics` on --metrics-addr.
+(nothing is updated per packet), served by a tiny asyncio HTTP listener at `/metrics` on --metrics-addr
+(`serve_registry`, which `wgc up --metrics-addr` uses too) and on the DERP port at `/debug/varz`.
 
 Where a metric mirrors one of Tailscale's derper it is also exported under derper's name (derp_packets_sent,
 derp_bytes_sent, derp_current_connections, derp_current_home_connections, derp_got_ping, derp_sent_pong,
 derp_sclient_write_timeouts; counters with Prometheus' `_total` suffix); our older names stay.
+The certificate metrics (`derp_tls_cert_expiry_timestamp_seconds`, reloads, ACME orders) come from the
+relay's CertStore (derp/aio/certstore.py).
 """
 from __future__ import annotations
 
@@ -69,6 +72,10 @@ class RelayCollector:
         for name, count in sorted(http.items()):
             events.add_metric([name], count)
         yield events
+        yield GaugeMetricFamily("derp_max_clients", "The --max-clients limit (0: none)",
+                                value=relay.config.max_clients)
+        yield GaugeMetricFamily("derp_start_time_seconds", "Wall time the relay started",
+                                value=self.server.started)
         certs = getattr(self.server, "certs", None)
         if certs is not None:
             yield from certs.collect()
@@ -81,7 +88,11 @@ def make_registry(server: Any) -> CollectorRegistry:
 
 
 async def serve_metrics(server: Any, host: str, port: int) -> asyncio.base_events.Server:
-    registry = make_registry(server)
+    return await serve_registry(make_registry(server), host, port)
+
+
+async def serve_registry(registry: CollectorRegistry, host: str, port: int) -> asyncio.base_events.Server:
+    """GET/HEAD /metrics answered with `registry` in Prometheus' text format; anything else is a 404."""
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:

@@ -19,6 +19,9 @@ so the excess is delayed, never dropped, and TCP slows the sender down. Memory: 
 the header, and a frame must be complete within `frame_timeout`. A closed connection is forgotten at once
 (unregistered, its per-IP slot freed) and reset if it has not drained within the write timeout.
 One bad client only ever closes its own connection.
+Operators get one INFO line when a client's DERP session starts and one when it ends (`log_session`):
+short key (the whole `nodekey:` with -v), address, transport, NotePreferred (home), duration, bytes on the
+connection each way and the reason; bytes are counted per read and per flush, never per packet.
 On the plain-HTTP port (`port80`) a request is /generate_204, an ACME HTTP-01 token the relay's CertStore
 holds (`derp.aio.certstore`), or redirected to https.
 """
@@ -59,7 +62,8 @@ class HttpConn(asyncio.Protocol):
 
     __slots__ = ("server", "relay", "transport", "ip", "port", "buf", "mode", "timer", "handshake", "decoder",
                  "conn", "ws", "out", "is_mesh", "paused_since", "queued", "closed", "not_ideal", "port80",
-                 "partial_since", "read_paused", "turn_pending", "ip_slot", "identity", "bucket", "limited")
+                 "partial_since", "read_paused", "turn_pending", "ip_slot", "since", "rx", "tx", "reason",
+                 "identity", "bucket", "limited")
 
     def __init__(self, server: Any, port80: bool = False, limited: bool = True) -> None:
         self.server = server   # derp.aio.server.DerpServer
@@ -85,6 +89,9 @@ class HttpConn(asyncio.Protocol):
         self.read_paused = False                  # frames beyond this turn's budget are waiting ...
         self.turn_pending = False                 # ... and a call_soon will give them their turn
         self.ip_slot = False                      # counted in server.per_ip
+        self.since = 0.0                          # when the DERP session was registered (for its log line)
+        self.rx = self.tx = 0                     # bytes read / written on the connection
+        self.reason = ""                          # why it closed (the first reason given)
         self.identity: str | None = None          # TOFU identity (--bindings-file), from the /derp request
         self.bucket: TokenBucket | None = None    # the per-client byte rate (-rate-config), not for mesh peers
 
@@ -106,6 +113,8 @@ class HttpConn(asyncio.Protocol):
         self.timer = loop.call_later(self.server.options.read_header_timeout, self._head_timeout)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if not self.reason:
+            self.reason = f"connection lost: {exc}" if exc else "closed by the client"
         self.closed = True
         self.mode = "done"
         self.server.conns.discard(self)
@@ -122,6 +131,7 @@ class HttpConn(asyncio.Protocol):
             self.conn.pong_pending = False
 
     def data_received(self, data: bytes) -> None:
+        self.rx += len(data)
         try:
             if self.mode == "derp":
                 self._derp_bytes(data)
@@ -411,6 +421,8 @@ class HttpConn(asyncio.Protocol):
         self.handshake = None
         self.decoder = F.FrameDecoder(limits=self.server.frame_limits)
         self.server.apply(self.relay.register(self.conn, self.server.clock()))
+        self.since = self.server.clock()
+        log_session(self, "connected")
         self._write(F.server_info_frame(self.relay.private_key, key, os.urandom(24), F.ServerInfo()))
         self.flush()
         if rest:
@@ -456,6 +468,7 @@ class HttpConn(asyncio.Protocol):
             return
         data = self.out[0] if len(self.out) == 1 else b"".join(self.out)
         self.out = []
+        self.tx += len(data)
         if self.ws is not None:
             self.ws.send_binary(data)
             self.transport.writelines(self.ws.data_to_send())
@@ -485,6 +498,8 @@ class HttpConn(asyncio.Protocol):
         """Close with a reason: reset for garbage, stalled writes and slow frames, else a graceful close."""
         if self.closed:
             return
+        if not self.reason:
+            self.reason = reason
         log.debug("closing %s:%s: %s", self.ip, self.port, reason)
         self._end(hard=reason.startswith(_HARD))
 
@@ -522,6 +537,7 @@ class HttpConn(asyncio.Protocol):
             else:
                 per_ip.pop(self.ip, None)
         if self.conn is not None and not self.conn.closed:
+            log_session(self, "disconnected")
             self.server.apply(self.relay.unregister(self.conn))
 
     def _take_ip_slot(self) -> bool:
@@ -535,4 +551,23 @@ class HttpConn(asyncio.Protocol):
         return True
 
 
-__all__ = ["HttpConn"]
+def log_session(c: HttpConn, event: str) -> None:
+    """`client connected key=abcd1234 addr=198.51.100.7:41641 transport=tls`, and at the end the same with
+    `home=yes|no duration=12.3s rx=... tx=... reason="..."` (bytes on the connection, framing included)."""
+    if not log.isEnabledFor(logging.INFO):
+        return
+    conn = c.conn
+    assert conn is not None
+    key = "nodekey:" + conn.key.hex() if log.isEnabledFor(logging.DEBUG) else short(conn.key)
+    host = f"[{c.ip}]" if ":" in c.ip else c.ip
+    transport = ("tls" if c.server.ssl is not None else "http") + ("+websocket" if c.ws is not None else "")
+    kind = " mesh=yes" if conn.is_mesh else (" prober=yes" if conn.is_prober else "")
+    if event == "connected":
+        log.info("client connected key=%s addr=%s:%d transport=%s%s", key, host, c.port, transport, kind)
+        return
+    log.info('client disconnected key=%s addr=%s:%d transport=%s%s home=%s duration=%.1fs rx=%d tx=%d reason="%s"',
+             key, host, c.port, transport, kind, "yes" if conn.preferred else "no", c.server.clock() - c.since,
+             c.rx, c.tx, c.reason.replace('"', "'") or "closed")
+
+
+__all__ = ["HttpConn", "log_session"]

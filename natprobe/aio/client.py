@@ -1,6 +1,6 @@
 """asyncio STUN client: one UDP socket, the `Transactions` core, a single re-armed timer.
 
-`StunClient.open(family)` binds an ephemeral socket; `await client.binding(dest)` returns a
+`StunClient.open(family)` binds an ephemeral socket (with SO_MARK `fwmark` if given); `await client.binding(dest)` returns a
 `BindingSucceeded` (mapped address and RTT) or raises `StunTimeout`/`StunError`. `stun_binding(host, port)`
 is the one-shot form. Received datagrams are read with `loop.add_reader` + `recvfrom_into`.
 """
@@ -11,6 +11,7 @@ import os
 import socket
 
 from natprobe import stun
+from natprobe.aio.sockmark import mark
 from natprobe.errors import Error, UsageError
 from natprobe.transaction import (BindingFailed, BindingSucceeded, RetransmitConfig, SendDatagram,
                                   Transactions)
@@ -39,8 +40,8 @@ class StunClient:
 
     @classmethod
     async def open(cls, family: int = socket.AF_INET, *, local: stun.Addr | None = None,
-                   config: RetransmitConfig = RetransmitConfig()) -> "StunClient":
-        sock = socket.socket(family, socket.SOCK_DGRAM)
+                   config: RetransmitConfig = RetransmitConfig(), fwmark: int = 0) -> "StunClient":
+        sock = mark(socket.socket(family, socket.SOCK_DGRAM), fwmark)
         sock.setblocking(False)
         try:
             sock.bind(local or ("::" if family == socket.AF_INET6 else "0.0.0.0", 0))

@@ -1,6 +1,7 @@
 """HTTPS latency to a region when UDP is blocked (netcheck.md §6): TLS-dial the region's nodes in order
 (1.5 s each), then time one `GET /derp/probe` on that connection, from writing the request to reading the
 response headers (the dial is not counted). Status must be <= 299; the body is read up to 8 KiB.
+`fwmark` marks the connection (sockmark.py).
 """
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import logging
 import ssl
 
 from natprobe import constants as C
+from natprobe.aio.sockmark import connect_tcp
 from natprobe.regions import Node, Region
 
 log = logging.getLogger("natprobe.https_probe")
@@ -36,7 +38,15 @@ async def ssl_context(node: Node, ca_file: str | None) -> ssl.SSLContext:
     return await asyncio.to_thread(_verifying_context, ca_file)
 
 
-async def _node_latency(node: Node, ca_file: str | None, dial_timeout: float) -> tuple[float, int] | None:
+async def _open(host: str, port: int, ctx: ssl.SSLContext, server_name: str, fwmark: int):
+    if not fwmark:
+        return await asyncio.open_connection(host, port, ssl=ctx, server_hostname=server_name)
+    sock = await connect_tcp(host, port, fwmark)
+    return await asyncio.open_connection(sock=sock, ssl=ctx, server_hostname=server_name)
+
+
+async def _node_latency(node: Node, ca_file: str | None, dial_timeout: float,
+                        fwmark: int = 0) -> tuple[float, int] | None:
     loop = asyncio.get_running_loop()
     host = node.ipv4 or node.ipv6 or node.host_name
     if not host:
@@ -44,9 +54,8 @@ async def _node_latency(node: Node, ca_file: str | None, dial_timeout: float) ->
     server_name = node.tls_name or node.host_name or host
     ctx = await ssl_context(node, ca_file)
     try:
-        reader, writer = await asyncio.wait_for(
-            asyncio.open_connection(host, node.derp_port, ssl=ctx,
-                                    server_hostname=server_name), dial_timeout)
+        reader, writer = await asyncio.wait_for(_open(host, node.derp_port, ctx, server_name, fwmark),
+                                                dial_timeout)
     except (OSError, asyncio.TimeoutError, ssl.SSLError) as exc:
         log.debug("HTTPS dial to %s (%s:%d) failed: %s", node.name, host, node.derp_port, exc)
         return None
@@ -77,10 +86,11 @@ async def _node_latency(node: Node, ca_file: str | None, dial_timeout: float) ->
 
 
 async def region_https_latency(region: Region, *, ca_file: str | None = None,
-                               dial_timeout: float = C.HTTPS_NODE_DIAL_TIMEOUT) -> tuple[float, int] | None:
+                               dial_timeout: float = C.HTTPS_NODE_DIAL_TIMEOUT,
+                               fwmark: int = 0) -> tuple[float, int] | None:
     """(latency seconds, address family) over HTTPS to the first node of `region` that answers, or None."""
     for node in region.https_nodes:
-        result = await _node_latency(node, ca_file, dial_timeout)
+        result = await _node_latency(node, ca_file, dial_timeout, fwmark)
         if result is not None:
             return result
     return None

@@ -1,5 +1,6 @@
 """One ICMPv4 echo to a node, timed (netcheck.md §6): a datagram ICMP socket when the system allows it,
-else a raw socket; no permission, or no reply within the timeout, is simply "no result".
+else a raw socket (marked with `fwmark`, sockmark.py); no permission, or no reply within the timeout, is
+simply "no result".
 """
 from __future__ import annotations
 
@@ -9,23 +10,25 @@ import os
 import socket
 
 from natprobe import icmp
+from natprobe.aio.sockmark import mark
 
 log = logging.getLogger("natprobe.icmp")
 
 
-def _open() -> tuple[socket.socket, bool] | None:
+def _open(fwmark: int) -> tuple[socket.socket, bool] | None:
     for kind, raw in ((socket.SOCK_DGRAM, False), (socket.SOCK_RAW, True)):
         try:
             sock = socket.socket(socket.AF_INET, kind, socket.IPPROTO_ICMP)
             sock.setblocking(False)
+            mark(sock, fwmark)
             return sock, raw
         except OSError:
             continue
     return None
 
 
-async def icmp_latency(ip: str, payload: bytes, *, timeout: float = 1.0) -> float | None:
-    opened = _open()
+async def icmp_latency(ip: str, payload: bytes, *, timeout: float = 1.0, fwmark: int = 0) -> float | None:
+    opened = _open(fwmark)
     if opened is None:
         log.debug("no permission for ICMP sockets: skipping the ICMP probe")
         return None

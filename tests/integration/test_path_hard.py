@@ -18,6 +18,8 @@ import pytest
 
 from tests.integration.pathlab import PathLab
 from tests.integration.peers import start_transfer
+from tests.support.capture import start_tcpdump, wait_captured
+from tests.support.patterns import DURATION
 from tests.support.prereq import require_binary, require_root
 from tools.natlab.lab import RegionSpec
 
@@ -45,14 +47,6 @@ def pair(pl, request):
         print(pl.report())
 
 
-@pytest.fixture
-def on_failure(pl, request):
-    failed_before = request.session.testsfailed
-    yield
-    if request.session.testsfailed > failed_before:
-        print(pl.report())
-
-
 @pytest.mark.timeout(60)
 def test_symmetric_relayed_and_why(pl, pair, on_failure) -> None:
     a, b = pair
@@ -68,7 +62,7 @@ def test_symmetric_relayed_and_why(pl, pair, on_failure) -> None:
     assert why.returncode == 0
     assert "per destination" in why.stdout and "hard NAT" in why.stdout, why.stdout
     res = pl.wgc_ping(a, "peer2", count=2, interval=0.3)
-    assert res.returncode == 0 and all(re.fullmatch(r"pong from peer2 \(100\.90\.0\.2\) via DERP\(r1\) in \d+ms", line)
+    assert res.returncode == 0 and all(re.fullmatch(rf"pong from peer2 \(100\.90\.0\.2\) via DERP\(r1\) in {DURATION}", line)
                                        for line in res.stdout.splitlines()), res.stdout
     res = pl.wgc_ping(a, "peer2", count=2, interval=0.3, until_direct=True)
     assert res.returncode == 1, "no direct path exists: --until-direct must fail"
@@ -131,13 +125,8 @@ def test_relay_never_sees_the_plaintext(pl, pair, on_failure, tmp_path) -> None:
     control = "CAPTURE-CONTROL-" + os.urandom(6).hex()
     iface = _wan_iface(pl, "region1", "198.18.1.2")
     pcap = str(tmp_path / "relay.pcap")
-    dump = pl.lab.popen("region1", "tcpdump", "-i", iface, "-n", "-s", "0", "-U", "-w", pcap, "tcp",
-                        text=True)
+    dump = start_tcpdump(pl.lab.ns("region1"), pcap, "-i", iface, "-n", "-s", "0", "tcp", text=True)
     try:
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline and not (os.path.exists(pcap) and os.path.getsize(pcap) > 0):
-            time.sleep(0.05)  # tcpdump writes the file header once it is attached
-        time.sleep(0.3)
         rx = b.ns.popen(sys.executable, "-c", MARKER_RX, b.ip, "20", marker, text=True)
         assert rx.stdout.readline().strip() == "ready"
         send = ("import socket,time,sys\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n"
@@ -149,9 +138,7 @@ def test_relay_never_sees_the_plaintext(pl, pair, on_failure, tmp_path) -> None:
                  " c.sendall(sys.argv[1].encode()); c.close()", control, timeout=10)
         # tcpdump drops what the kernel still buffers when it is stopped: wait until the control (sent
         # last, so everything before it was written too) is in the file
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and control.encode() not in open(pcap, "rb").read():
-            time.sleep(0.1)
+        wait_captured(pcap, control.encode())
     finally:
         dump.send_signal(signal.SIGINT)
         dump.communicate(timeout=10)

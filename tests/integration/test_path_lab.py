@@ -28,9 +28,10 @@ while True:
 """
 
 # What the client sees: its public UDP mapping as the server saw it (or "none"), and whether TCP works.
+# (Two tries of 1.5 s each: a loaded machine's echo through the lab takes far longer than an idle one's.)
 ECHO_CLIENT = r"""
 import socket
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(('0.0.0.0', 41641)); s.settimeout(0.7)
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(('0.0.0.0', 41641)); s.settimeout(1.5)
 udp = 'none'
 for _ in range(2):
     s.sendto(b'x', ('198.18.1.2', 5000))

@@ -182,15 +182,21 @@ def test_unconfigure_removes_exactly_what_was_added(ns):
         assert link["mtu"] == 1420 and "UP" not in link["flags"]    # MTU and down state restored
 
 
-def test_default_routes_as_halves_with_warning(ns):
+def test_default_routes_go_to_the_full_tunnel_table(ns):
+    """Table = auto with a /0: the default routes go into the mark's table (policy rules are
+    policyroute.py's), the other prefixes into main, as wg-quick; no /1 halves any more."""
     with open_tun("wgt4", 1420):
-        before = routes()
+        before_main, before_t = routes(), routes(table="51820")
         applied = netconf.configure("wgt4", [iface("10.80.0.2/32"), iface("fd80::2/128")], 1420,
-                                    [net("0.0.0.0/0"), net("::/0")])
-        assert {"0.0.0.0/1 wgt4", "128.0.0.0/1 wgt4", "::/1 wgt4", "8000::/1 wgt4"} <= routes()
-        assert len(applied.warnings) == 2 and all("policy routing" in w for w in applied.warnings)
+                                    [net("0.0.0.0/0"), net("::/0"), net("10.81.0.0/16")], default_table=51820)
+        for family in ("-4", "-6"):
+            assert [(r["dst"], r["dev"]) for r in ip_json(family, "route", "show", "table", "51820")] == \
+                [("default", "wgt4")]
+        assert "10.81.0.0/16 wgt4" in routes()
+        assert not any(r.split()[0] in ("default", "0.0.0.0/1", "128.0.0.0/1", "::/1", "8000::/1") for r in routes())
+        assert applied.default_routes == [net("0.0.0.0/0"), net("::/0")] and not applied.warnings
         netconf.unconfigure(applied)
-        assert routes() == before
+        assert routes() == before_main and routes(table="51820") == before_t == set()
 
 
 def test_table_number_and_off(ns):
@@ -285,18 +291,15 @@ _ifaces = st.builds(lambda n, host: ipaddress.ip_interface(f"{n.network_address 
 
 
 @given(st.lists(_ifaces, max_size=3), st.lists(st.one_of(_v4, _v6, st.sampled_from([net("0.0.0.0/0"), net("::/0")])),
-                                               max_size=12))
-def test_plan_routes_covers_every_prefix_once(addrs, allowed):
-    planned, warnings = netconf.plan_routes(addrs, allowed)
+                                               max_size=12), st.booleans())
+def test_plan_routes_covers_every_prefix_once(addrs, allowed, full):
+    planned, defaults = netconf.plan_routes(addrs, allowed, full_tunnel=full)
     connected = [a.network for a in addrs]
     assert len(planned) == len(set(planned))
+    assert defaults == ([n for n in sorted(set(allowed), key=lambda n: n.version) if n.prefixlen == 0] if full else [])
     for n in allowed:
-        halves = list(n.subnets(1)) if n.prefixlen == 0 else [n]
-        for h in halves:
-            assert h in planned or any(h.version == c.version and h.subnet_of(c) for c in connected)
+        assert n in planned or n in defaults or any(n.version == c.version and n.subnet_of(c) for c in connected)
     for r in planned:   # nothing planned that was not asked for, nothing already connected
-        assert any(r.version == n.version and r.subnet_of(n) for n in allowed)
-        assert not any(r.version == c.version and r.subnet_of(c) for c in connected)
-    assert len(warnings) == len({n for n in allowed if n.prefixlen == 0})
+        assert r in allowed and not any(r.version == c.version and r.subnet_of(c) for c in connected)
     for a, b in zip(planned, planned[1:]):   # most specific first, as wg-quick sorts them
         assert a.version < b.version or (a.version == b.version and a.prefixlen >= b.prefixlen)

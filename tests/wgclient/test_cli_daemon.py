@@ -91,9 +91,8 @@ def test_up_daemon_wg_show_down(lab):
     assert show[1].split("\t")[2:4] == ["127.0.0.1:41002", "10.62.0.0/16"]
     pid = int((lab.tmp / "pid" / f"{name}.pid").read_text())
     assert running(pid)
-    for _ in range(50):
-        if (lab.tmp / f"post-up-{name}").exists():
-            break
+    deadline = time.monotonic() + 10
+    while not (lab.tmp / f"post-up-{name}").exists() and time.monotonic() < deadline:
         time.sleep(0.05)
     assert (lab.tmp / f"post-up-{name}").exists()
     # a second up of the same interface is refused in one line, and does not disturb the first (nor its log)

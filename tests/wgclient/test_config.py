@@ -71,7 +71,8 @@ def test_full_file():
 
 def test_defaults():
     c = parse(f"[Interface]\nPrivateKey={PRIV}\n")
-    assert (c.listen_port, c.mtu, c.fwmark, c.table, c.peers, c.addresses) == (None, 1420, 0, "auto", (), ())
+    assert (c.listen_port, c.mtu, c.fwmark, c.table, c.peers, c.addresses) == (None, None, 0, "auto", (), ())
+    assert not c.save_config
 
 
 def test_repr_hides_secrets():
@@ -128,7 +129,7 @@ BAD = [
     ("Address = fd00::1/64\nMTU = 1000\n", 4, "MTU", "at least 1280"),
     ("Address = 10.0.0.1/40\n", 3, "Address", "not an IP address"),
     ("Table = nope\n", 3, "Table", "must be off, auto, main"),
-    ("SaveConfig = true\n", 3, "SaveConfig", "only 'false'"),
+    ("SaveConfig = yes\n", 3, "SaveConfig", "'yes' is neither true nor false"),
     ("Bogus = 1\n", 3, "Bogus", "unknown key in [Interface]"),
     ("[Interface]\n", 3, None, "a second [Interface] section"),
     ("[Server]\n", 3, None, "unknown section"),
@@ -227,8 +228,8 @@ def configs(draw):
     return InterfaceConfig(
         name="wgx", path="dir/wgx.conf", private_key=priv, addresses=addrs,
         listen_port=draw(st.one_of(st.none(), st.integers(0, 65535))),
-        mtu=draw(st.integers(1280, 65535)), fwmark=draw(st.integers(0, 2**32 - 1)),
-        table=draw(st.sampled_from(["auto", "off", "main", "1234"])),
+        mtu=draw(st.one_of(st.none(), st.integers(1280, 65535))), fwmark=draw(st.integers(0, 2**32 - 1)),
+        table=draw(st.sampled_from(["auto", "off", "main", "1234"])), save_config=draw(st.booleans()),
         pre_up=tuple(draw(st.lists(cmds, max_size=2))), post_down=tuple(draw(st.lists(cmds, max_size=2))),
         dns=tuple(draw(st.lists(st.from_regex(r"[a-z0-9.]{1,12}", fullmatch=True), max_size=3))),
         peers=tuple(peers))
@@ -242,7 +243,8 @@ def test_format_parse_round_trip(cfg):
 LINES = [f"PrivateKey = {PRIV}", f"PublicKey = {PUB}", "[Interface]", "[Peer]", "AllowedIPs = 10.0.0.0/8",
          "Endpoint = [::1]:5", "ListenPort = 1", "MTU = 1500", "# Name = x", "Address = fd00::1/64", "= =", "[",
          f"PresharedKey = {PSK}", "FwMark = off", "Table = 7", "PersistentKeepalive = 9",
-         "DerpRegion = 901", "DerpRegion = fra", "DerpRegion = a b", "Name = my laptop"]
+         "DerpRegion = 901", "DerpRegion = fra", "DerpRegion = a b", "Name = my laptop", "SaveConfig = true",
+         "SaveConfig = False", "DNS = 1.1.1.1, example.com"]
 
 
 @given(st.lists(st.one_of(st.sampled_from(LINES), st.text(max_size=40)), max_size=12))

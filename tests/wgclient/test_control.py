@@ -400,6 +400,7 @@ def test_doc_why_sample_is_what_the_code_prints():
     info = disco.NodeInfo(901, disco.NI_UDP | disco.NI_MAPPING_KNOWN | disco.NI_HARD_NAT)
     m.on_disco(derive_pair(kb, a).box.seal(info.encode(), b"n" * 24), 1.0, region=901, derp_src=b)
     m.on_netcheck(NetInfo(901, {901: 0.01, 902: 0.04}, True, True, (("198.19.3.2", 41641),)), 1.0)
+    m.on_data_sent(b, 1.0)  # the sample was taken with traffic flowing (a ping through the tunnel)
     command, shown = _doc_output(r"\$ wgc status --why \S+")
     assert len(shown) == 2, shown
     short = shown[0].split("(")[1].split(")")[0]

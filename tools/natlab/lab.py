@@ -27,11 +27,13 @@ import itertools
 import json
 import os
 import pathlib
+import re
 import select
 import signal
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import asdict, dataclass, field
 
 from tools.natlab.netns import Lab, Namespace, link
@@ -391,18 +393,62 @@ def threading_main() -> bool:
     return threading.current_thread() is threading.main_thread()
 
 
-def clean_stale() -> list[str]:
-    """Delete the namespaces of labs whose building process is gone (names `natlab-<pid>x<n>-<node>`)."""
-    import re
+_STALE_NAME = re.compile(r"natlab-(\d+)x\d+-")
+
+
+def _gone(pid: int) -> bool:
+    """True when process `pid` has exited (no longer exists, or is a zombie nobody reaped yet)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def _netns_names() -> list[str]:
     out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=False).stdout
-    removed = []
-    for line in out.splitlines():
-        name = line.split()[0] if line.split() else ""
-        match = re.fullmatch(r"natlab-(\d+)x\d+-.+", name)
-        if not match or os.path.exists(f"/proc/{match.group(1)}"):
+    return [line.split()[0] for line in out.splitlines() if line.split()]
+
+
+def _stop_stale_workers() -> None:
+    """SIGKILL every process whose command line names a namespace of a lab whose owner is gone, and wait
+    until they have exited. Such a process is e.g. an `ip netns add` the owner had started just before it
+    was killed: left running, it would create its namespace after `clean_stale` had listed them."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
             continue
-        Namespace(name).delete()
-        removed.append(name)
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as fh:
+                cmdline = fh.read().decode(errors="replace")
+        except OSError:
+            continue
+        if any(_gone(int(owner)) for owner in _STALE_NAME.findall(cmdline)):
+            try:
+                os.kill(int(entry), signal.SIGKILL)
+                pids.append(int(entry))
+            except ProcessLookupError:
+                pass
+    deadline = time.monotonic() + 10
+    while not all(_gone(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+def clean_stale() -> list[str]:
+    """Delete the namespaces of labs whose building process is gone (names `natlab-<pid>x<n>-<node>`).
+
+    What still works for such a lab is stopped first, so no namespace of it can appear after the listing;
+    the list is then taken again until it shows none (a few rounds at most)."""
+    removed: list[str] = []
+    for _ in range(5):
+        _stop_stale_workers()
+        stale = [name for name in _netns_names()
+                 if (match := _STALE_NAME.match(name)) and _gone(int(match.group(1)))]
+        if not stale:
+            break
+        for name in stale:
+            Namespace(name).delete()
+            removed.append(name)
     return removed
 
 

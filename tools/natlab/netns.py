@@ -1,7 +1,8 @@
 """Network-namespace primitives: create namespaces and veth links, run commands in them, clean up.
 
-Every namespace this module makes carries a per-process prefix, so `cleanup()` removes exactly what this
-process made, even after a failure. Addresses used are from documentation/benchmark ranges and live only
+Every namespace this module makes carries a per-process prefix, and a `Lab` registers a namespace's name
+before creating it, so `Lab.close()` removes exactly what this process made, even after a failure or a
+Ctrl-C at any point of the build. Addresses used are from documentation/benchmark ranges and live only
 inside the namespaces; nothing is routed to the host's real network.
 """
 from __future__ import annotations
@@ -20,6 +21,26 @@ def _run(args: list[str], check: bool = True, **kw) -> subprocess.CompletedProce
     return subprocess.run(args, check=check, capture_output=True, text=True, **kw)
 
 
+def _run_to_end(args: list[str]) -> None:
+    """Run a short command to its end even when an exception (Ctrl-C) arrives while it runs; the exception
+    is raised once the command is done, so whether what it makes exists is settled before anyone cleans up
+    (`subprocess.run` would kill it on the way out, and the dying command might still finish its work)."""
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    interrupted: BaseException | None = None
+    while True:
+        try:
+            proc.wait()
+            break
+        except BaseException as exc:   # noqa: B036 - re-raised below, once the command has ended
+            interrupted = exc
+    err = proc.stderr.read()
+    proc.stderr.close()
+    if interrupted is not None:
+        raise interrupted
+    if proc.returncode:
+        raise subprocess.CalledProcessError(proc.returncode, args, "", err)
+
+
 def unique_name(stem: str) -> str:
     """A namespace/interface-safe name unique to this process (at most 15 characters)."""
     return f"{stem[:5]}{os.getpid() % 10000:04d}{next(_counter) % 1000:03d}"
@@ -34,11 +55,14 @@ class Namespace:
 
     @classmethod
     def create(cls, stem: str = "ns", *, name: str | None = None) -> "Namespace":
-        name = name or unique_name(stem)
-        _run(["ip", "netns", "add", name])
-        ns = cls(name)
-        ns.run("ip", "link", "set", "lo", "up")
+        ns = cls(name or unique_name(stem))
+        ns.add()
         return ns
+
+    def add(self) -> None:
+        """Create the namespace and bring its loopback up (`ip netns add` is never cut short)."""
+        _run_to_end(["ip", "netns", "add", self.name])
+        self.run("ip", "link", "set", "lo", "up")
 
     def argv(self, *cmd: str) -> list[str]:
         return ["ip", "netns", "exec", self.name, *cmd]
@@ -103,8 +127,9 @@ class Lab:
         self.namespaces: list[Namespace] = []
 
     def namespace(self, stem: str = "ns", *, name: str | None = None) -> Namespace:
-        ns = Namespace.create(stem, name=name)
-        self.namespaces.append(ns)
+        ns = Namespace(name or unique_name(stem))
+        self.namespaces.append(ns)   # known before it exists: an interrupt after `ip netns add` can't orphan it
+        ns.add()
         return ns
 
     def close(self) -> None:

@@ -9,7 +9,7 @@ beyond its own connection. At most MAX_CLIENTS connections are served at once, t
 an error line (the limit and the idle cut are the shared wgclient/aio/unixsock.py server's). `close()` stops listening, drops open connections and removes the socket if still ours.
 
 The target is the running interface (wgclient/aio/control_target.py):
-``status() -> dict`` and ``async ping(key, timeout) -> dict | None``.
+``status() -> dict``, ``async ping(key, timeout) -> dict | None`` and ``derpmap() -> (map, source)``.
 """
 from __future__ import annotations
 
@@ -35,6 +35,8 @@ class ControlTarget(Protocol):
     def status(self) -> dict: ...
 
     async def ping(self, key: bytes, timeout: float) -> dict | None: ...
+
+    def derpmap(self) -> tuple[dict, dict | None]: ...
 
 
 def control_dir() -> str:
@@ -101,6 +103,8 @@ class ControlServer(UnixStreamServer):
             if isinstance(request, control.PingRequest):
                 pong = await asyncio.wait_for(self.target.ping(request.key, request.timeout), request.timeout + 1.0)
                 return control.encode_pong(pong)
+            if isinstance(request, control.DerpMapRequest):
+                return control.encode_derpmap(*self.target.derpmap())
             return control.encode_status(self.target.status())
         except asyncio.TimeoutError:
             return control.encode_pong(None)
@@ -240,6 +244,9 @@ class ControlClient:
 
     async def ping(self, key: bytes, timeout: float) -> dict | None:
         return control.parse_pong_reply(await self._call(control.PingRequest(key, timeout), timeout + 5.0))
+
+    async def derpmap(self, timeout: float = 10.0) -> dict:
+        return control.parse_derpmap_reply(await self._call(control.DerpMapRequest(), timeout))
 
     def close(self) -> None:
         self._writer.close()

@@ -1,5 +1,6 @@
-"""What the control socket (`wgc status`, `wgc ping`) sees of a running interface: a JSON-able snapshot of
-the node and its peers, and disco pings; the schema is in docs/control.md.
+"""What the control socket (`wgc status`, `wgc ping`, `wgc derpmap show`) sees of a running interface: a
+JSON-able snapshot of the node and its peers, disco pings, and the DERP map in use; the schema is in
+docs/control.md.
 
 With a DERP map it reads the path manager (wgclient/aio/paths.py); without one every peer's path is its
 WireGuard endpoint and `ping` is refused with the reason.
@@ -79,7 +80,7 @@ class NodeControl:
                 "drops": self.drops()}
 
     def drops(self) -> dict[str, int]:
-        """Every drop counter of the interface by reason (wgc up has no metrics endpoint: this is it)."""
+        """Every drop counter of the interface by reason (also `wgc_drops_total` of wgc up --metrics-addr)."""
         runner = self.runner
         drops = dict(runner.device.drops)
         for reason, n in (("udp: send errors", runner.udp.send_errors),
@@ -104,3 +105,10 @@ class NodeControl:
         return {"latency": result.latency, "via": "direct" if result.addr is not None else "derp",
                 "addr": format_addr(result.addr) if result.addr is not None else None,
                 "region": region, "region_code": paths.pm.home.code(region) if region else None}
+
+    def derpmap(self) -> tuple[dict, dict | None]:
+        """The DERP map in use (Tailscale's JSON) and where it came from."""
+        paths = self.runner.paths
+        if paths is None:
+            raise UsageError(f"{self.config.name} runs without a DERP map (wgc up --derpmap)")
+        return paths.derpmap.to_dict(), paths.source.describe() if paths.source is not None else None

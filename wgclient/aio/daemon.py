@@ -13,11 +13,14 @@
 * The log is rotated at LOG_MAX_BYTES (NAME.log, NAME.log.1 .. .LOG_BACKUPS); stdout and stderr follow
   the current file, so output from outside `logging` (hooks, a crash) lands there too.
 * SIGTERM and SIGINT cancel `serve()`, whose `finally` undoes everything; the pid file goes last.
+  SIGHUP reloads the DERP map from its sources (wgclient/aio/derpmap_source.py).
 * wg-quick hooks: PreUp before `serve()`, PostUp once ready, PreDown on the stop signal before the
-  teardown, PostDown after it; run by bash with `%i` replaced by the interface name, as wg-quick does.
+  teardown, then `SaveConfig = true` writes the running interface back into its file (saveconf.py,
+  through the UAPI socket as `wgc save` does), PostDown after the teardown; run by bash with `%i` replaced by the interface name, as wg-quick does.
   A failing PreUp stops `up`; the others are logged.
 * `stop(name)` signals the daemon and waits until it has exited and its UAPI socket and interface are
-  gone.
+  gone. Host changes a dead daemon left (DNS, policy rules: hostsetup.py's journal) are undone by the
+  next `up` (once it holds the pid lock) or by `down`.
 """
 from __future__ import annotations
 
@@ -185,8 +188,9 @@ def _serve_function() -> Callable[..., Any]:
     return serve
 
 
-async def _main(config: InterfaceConfig, on_ready: Callable[[], None], serve_kwargs: dict) -> None:
-    serve = _serve_function()
+async def _main(config: InterfaceConfig, on_ready: Callable[[], None], serve_kwargs: dict,
+                serve: Callable[..., Any] | None = None) -> None:
+    serve = serve or _serve_function()
     params = inspect.signature(serve).parameters
     unsupported = [k for k in serve_kwargs if k not in params]
     if unsupported:
@@ -209,15 +213,20 @@ async def _main(config: InterfaceConfig, on_ready: Callable[[], None], serve_kwa
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_signal, signum)
+    loop.add_signal_handler(signal.SIGHUP, _on_sighup, config.name, serve_kwargs.get("derpmap_source"))
     try:
         waiter = asyncio.ensure_future(stopping.wait())
         done, _ = await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
         if task in done:
             waiter.cancel()
             task.result()          # start failure: raises the serve() error
-            raise UsageError("the interface stopped unexpectedly")
+            if not ready:
+                raise UsageError("the interface stopped unexpectedly")
+            return                 # it ended by itself once up (a userspace device whose link was deleted)
         if ready:
             await run_hooks("PreDown", config.pre_down, config.name, check=False)
+            if config.save_config:
+                await asyncio.to_thread(_save_config, config)
         task.cancel()
         try:
             await task
@@ -226,13 +235,38 @@ async def _main(config: InterfaceConfig, on_ready: Callable[[], None], serve_kwa
         if ready:
             await run_hooks("PostDown", config.post_down, config.name, check=False)
     finally:
-        for signum in (signal.SIGTERM, signal.SIGINT):
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(signum)
         if not task.done():
             task.cancel()
 
 
-def _run_loop(config: InterfaceConfig, on_ready: Callable[[], None], serve_kwargs: dict) -> None:
+def _on_sighup(name: str, derpmap_source: Any) -> None:
+    """SIGHUP reloads the DERP map at once (and never ends the daemon, as its default action would)."""
+    if derpmap_source is None:
+        log.info("%s: got SIGHUP: nothing to reload (no --derpmap)", name)
+        return
+    log.info("%s: got SIGHUP: reloading the DERP map", name)
+    derpmap_source.request_refresh()
+
+
+def _cleanup_stale(name: str) -> list[str]:
+    """Undo host changes (DNS, policy rules) a wgc of this name left when it died; we hold its pid lock."""
+    from .hostsetup import cleanup_stale
+    return cleanup_stale(name)
+
+
+def _save_config(config: InterfaceConfig) -> None:
+    from . import hoststate, saveconf
+    try:
+        saveconf.save_running(config.name, config.path, auto_fwmark=hoststate.auto_fwmark(config.name))
+        log.info("%s: SaveConfig: running configuration written to %s", config.name, config.path)
+    except UsageError as e:
+        log.warning("%s: SaveConfig failed: %s", config.name, e)
+
+
+def _run_loop(config: InterfaceConfig, on_ready: Callable[[], None], serve_kwargs: dict,
+              serve: Callable[..., Any] | None = None) -> None:
     """Run serve() on uvloop when it is there: its add_reader dispatch made the tunnel ~20 % faster
     in a side-by-side iperf3 run (see README); the stock loop otherwise, or with WGC_ASYNCIO_LOOP=1."""
     if os.environ.get("WGC_ASYNCIO_LOOP") != "1":
@@ -241,9 +275,9 @@ def _run_loop(config: InterfaceConfig, on_ready: Callable[[], None], serve_kwarg
         except ImportError:
             pass
         else:
-            uvloop.run(_main(config, on_ready, serve_kwargs))
+            uvloop.run(_main(config, on_ready, serve_kwargs, serve))
             return
-    asyncio.run(_main(config, on_ready, serve_kwargs))
+    asyncio.run(_main(config, on_ready, serve_kwargs, serve))
 
 
 _background: set[asyncio.Future] = set()
@@ -260,19 +294,23 @@ def _ready_with_post_up(config: InterfaceConfig, notify: Callable[[], None]) -> 
     return on_ready
 
 
-def run_foreground(config: InterfaceConfig, serve_kwargs: dict, *, verbose: bool = False) -> None:
-    """Run in this process until SIGTERM/SIGINT; errors raise UsageError."""
+def run_foreground(config: InterfaceConfig, serve_kwargs: dict, *, verbose: bool = False,
+                   serve: Callable[..., Any] | None = None) -> None:
+    """Run in this process until SIGTERM/SIGINT; errors raise UsageError. `serve`: instead of the
+    runner's (the wireguard-go-style device, userspace.py)."""
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format=LOG_FORMAT, stream=sys.stderr)
     _quiet_libraries()
     pidfile = PidFile(config.name)
     pidfile.acquire()
     try:
-        _run_loop(config, _ready_with_post_up(config, lambda: None), serve_kwargs)
+        _cleanup_stale(config.name)
+        _run_loop(config, _ready_with_post_up(config, lambda: None), serve_kwargs, serve)
     finally:
         pidfile.release()
 
 
-def run_daemon(config: InterfaceConfig, serve_kwargs: dict, *, verbose: bool = False) -> int:
+def run_daemon(config: InterfaceConfig, serve_kwargs: dict, *, verbose: bool = False,
+               serve: Callable[..., Any] | None = None) -> int:
     """Fork a daemon; in the parent wait for "ready" or its error. Returns the daemon's pid."""
     pidfile = PidFile(config.name)
     pidfile.acquire()   # here, not in the daemon: "already up" is this process's error, not the log's
@@ -297,7 +335,7 @@ def run_daemon(config: InterfaceConfig, serve_kwargs: dict, *, verbose: bool = F
     os.setsid()
     if os.fork():
         os._exit(0)
-    _daemon_child(config, serve_kwargs, wfd, logfile, pidfile, verbose)
+    _daemon_child(config, serve_kwargs, wfd, logfile, pidfile, verbose, serve)
     os._exit(0)  # pragma: no cover - _daemon_child exits
 
 
@@ -324,7 +362,7 @@ def _wait_ready(rfd: int, name: str, logfile: str) -> int:
 
 
 def _daemon_child(config: InterfaceConfig, serve_kwargs: dict, wfd: int, logfile: str, pidfile: PidFile,
-                  verbose: bool) -> None:
+                  verbose: bool, serve: Callable[..., Any] | None = None) -> None:
     code = 0
     try:
         pidfile.claim()
@@ -349,7 +387,9 @@ def _daemon_child(config: InterfaceConfig, serve_kwargs: dict, wfd: int, logfile
 
         try:
             try:
-                _run_loop(config, _ready_with_post_up(config, lambda: notify(f"ready {os.getpid()}")), serve_kwargs)
+                _cleanup_stale(config.name)
+                _run_loop(config, _ready_with_post_up(config, lambda: notify(f"ready {os.getpid()}")), serve_kwargs,
+                          serve)
             finally:
                 pidfile.release()
         except UsageError as e:
@@ -370,6 +410,8 @@ def stop(name: str, timeout: float = STOP_TIMEOUT) -> int:
     """Signal the daemon of name and wait until it, its socket and its interface are gone; returns its pid."""
     pid = running_pid(name)
     if pid is None:
+        if _cleanup_stale(name):  # a daemon died without undoing them: `down` still leaves the host clean
+            return 0
         raise UsageError(f"{name} is not up (no running wgc daemon holds {pid_path(name)})")
     try:
         os.kill(pid, signal.SIGTERM)
@@ -384,6 +426,7 @@ def stop(name: str, timeout: float = STOP_TIMEOUT) -> int:
             if os.path.lexists(path) and not socket_is_live(path):
                 os.unlink(path)  # the daemon died without removing it
             if not os.path.lexists(path):
+                _cleanup_stale(name)   # nothing left unless the daemon was killed during its teardown
                 return pid
         time.sleep(0.05)
     raise UsageError(f"{name} (pid {pid}) did not stop within {timeout:.0f} s")

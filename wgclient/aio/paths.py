@@ -6,9 +6,13 @@ It owns what `wgc up --derpmap` adds to a plain interface:
 - where each sealed WireGuard packet goes: the device stores a `PathEndpoint` token as a managed peer's
   endpoint; `route_sealed` turns tokens into the manager's `route()` (direct UDP address and/or DERP);
 - the demux of what is not WireGuard: disco (to the manager, from UDP and from DERP), STUN answers (to the
-  netcheck running through the WireGuard port, so the STUN-mapped address is that port's mapping);
+  netcheck running through the WireGuard port, so the STUN-mapped address is that port's mapping;
+  wgclient/aio/pathnet.py runs netcheck and watches the local addresses);
 - where authenticated WireGuard packets came from (`Outputs.heard`) → `on_wireguard_from`;
-- netcheck at start, every ~23 s and when local addresses change; the manager's single timer.
+- the manager's single timer;
+- a new DERP map (`set_derpmap`, from `derpmap_source` while up): a removed region's connection is closed
+  and its peers move to another region, a changed region's connection is redialed, a new region is
+  measured by a full netcheck at once; WireGuard sessions are untouched.
 Packets received over DERP enter the device with the source `("127.3.3.40", region)`, Tailscale's
 magic DERP address, so the core needs no new type of endpoint; what came over DERP and is neither
 WireGuard nor disco is dropped at once and counted (and logged, rate-limited) under its region.
@@ -20,36 +24,32 @@ import asyncio
 import collections
 import logging
 import os
-import random
 import time
 from typing import TYPE_CHECKING, Callable
 
 from derp import protocol as DP
 from derp.aio.client import DerpClient, Disconnected
 from derp.aio.targets import targets_for_region
-from derp.derpmap import DerpMap
+from derp.derpmap import DerpMap, MapChange, diff_derpmaps
 from derp.ratelog import RateLimitedLog
-from natprobe.aio.netcheck import NetcheckOptions, run_netcheck
-from natprobe.home import History
 
 from ..derpregions import regions_from_derpmap
 from ..keys import short
 from ..path import demux, disco
-from ..path.inputs import NetInfo
 from ..path.manager import PathManager
 from ..path.peerstate import (CloseRegion, ConnectRegion, PathChanged, PingResult, Route, SendDisco, SetHome)
+from .pathnet import NetWatch
 
 if TYPE_CHECKING:  # pragma: no cover
+    from .derpmap_source import DerpMapSource
     from .runner import Runner
 
 log = logging.getLogger("wgc.paths")
 
 DERP_MAGIC_IP = "127.3.3.40"   # the source address of packets that came over DERP (port = region id)
-NETCHECK_INTERVAL = 23.0       # Tailscale: 20-26 s while active
 PENDING_PER_REGION = 64        # packets held for a DERP region while its connection is being made
 PENDING_TIMEOUT = 5.0          # ... for at most this long
 CONNECT_GRACE = 3.0            # a region not connected this long after the dial started counts as down
-ADDRESS_POLL_INTERVAL = 5.0    # local addresses are compared this often (a change runs netcheck at once)
 LOG_INTERVAL = 30.0            # a line a flapping relay or a flood would repeat: at most this often per region
 
 
@@ -65,68 +65,41 @@ class PathEndpoint:
         return f"PathEndpoint({short(self.key)})"
 
 
-def local_addresses(exclude_ifaces: set[str]) -> list[str]:
-    """Unicast addresses of this host's interfaces (not loopback, not link-local, not our own TUN)."""
-    import ipaddress
-
-    import netifaces
-    found = []
-    for name in netifaces.interfaces():
-        if name in exclude_ifaces or name == "lo":
-            continue
-        addrs = netifaces.ifaddresses(name)
-        for family in (netifaces.AF_INET, netifaces.AF_INET6):
-            for entry in addrs.get(family, []):
-                text = entry.get("addr", "").split("%")[0]
-                try:
-                    ip = ipaddress.ip_address(text)
-                except ValueError:
-                    continue
-                if ip.is_loopback or ip.is_link_local or ip.is_multicast or ip.is_unspecified:
-                    continue
-                found.append(str(ip))
-    return sorted(set(found))
-
-
 class Paths:
     """The path manager wired to a Runner's UDP port, a set of DERP clients and netcheck."""
 
     def __init__(self, runner: "Runner", derpmap: DerpMap, *, interface: str, ca_file: str | None = None,
-                 netcheck_interval: float | None = None, random_bytes: Callable[[int], bytes] = os.urandom) -> None:
+                 netcheck_interval: float | None = None, random_bytes: Callable[[int], bytes] = os.urandom,
+                 source: "DerpMapSource | None" = None) -> None:
         self.runner = runner
         self.device = runner.device
         self.derpmap = derpmap
+        self.source = source
+        if source is not None:   # map refreshes are fetched with the UDP port's mark, as the DERP links
+            source.follow_fwmark(lambda: runner.udp.fwmark)
         self.interface = interface
         self.ca_file = ca_file
-        if netcheck_interval is None:
-            netcheck_interval = float(os.environ.get("WGC_NETCHECK_INTERVAL", NETCHECK_INTERVAL))
-        self.netcheck_interval = netcheck_interval
         self.pm = PathManager(self.device.identity.private_key, random_bytes=random_bytes)
         self.regions = regions_from_derpmap(derpmap)
         self.clients: dict[int, DerpClient] = {}
         self.transports: dict[int, str] = {}     # region -> "upgrade" | "websocket" while connected
         self.derp_heard: dict[int, float] = {}   # region -> loop time of its last frame (home stickiness)
-        self.history = History()
-        self.report = None
         self.home = 0
         self.loop = asyncio.get_running_loop()
-        self._rng = random.Random()
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
-        self._stun_receive: Callable[[bytes, tuple], None] | None = None
         self._derp_in: list[tuple[bytes, tuple]] = []
         self._derp_drain_scheduled = False
         self._pings: dict[bytes, list[asyncio.Future]] = {}
         self._pending: dict[int, collections.deque] = {}
         self._route_of: dict[bytes, Route] = {}  # peer -> the route of its last PathChanged
         self._tasks: list[asyncio.Task] = []
-        self._netcheck_now = asyncio.Event()
-        self._addresses: list[str] = []
         self._closing = False
         self.drops: dict[str, int] = {}
         self.endpoints: dict[bytes, PathEndpoint] = {}
         self._rlog = RateLimitedLog(log, LOG_INTERVAL)
         self._garbage_keys: dict[int, str] = {}  # region -> its drop counter's name (not formatted per packet)
+        self.net = NetWatch(self, netcheck_interval)
 
     # -- peers ---------------------------------------------------------------------------------------------
     def add_peer(self, key: bytes, *, psk: bytes | None = None, name: str | None = None, region_hint: int = 0,
@@ -146,6 +119,11 @@ class Paths:
         self.endpoints.pop(key, None)
         self._route_of.pop(key, None)
 
+    def set_fwmark(self, mark: int) -> None:
+        """`wg set NAME fwmark M`: the DERP connections follow the UDP port (netcheck reads it per run)."""
+        for client in self.clients.values():
+            client.set_fwmark(mark)
+
     def direct_endpoint(self, key: bytes) -> tuple | None:
         """The UDP address packets to the peer go to now (None while only relayed): for `wg show`."""
         return self.pm.route(key, time.monotonic()).direct
@@ -155,18 +133,32 @@ class Paths:
         """Learn the regions, run a first netcheck (bounded), connect home; then keep things fresh."""
         now = time.monotonic()
         self.runner.device.collect_foreign = True
-        self._apply(self.pm.set_regions({r.region_id: r.code for r in self.regions
-                                         if self.derpmap.regions[r.region_id].derp_nodes()}, now))
-        self._addresses = local_addresses({self.interface})
-        self._apply(self.pm.set_local_endpoints([(a, self.runner.udp.port) for a in self._addresses], now))
-        try:
-            await asyncio.wait_for(self._netcheck(), first_netcheck_timeout)
-        except asyncio.TimeoutError:
-            log.warning("first netcheck took longer than %.1f s; going on without it", first_netcheck_timeout)
-        except Exception:  # a probe failing must not stop the interface; the loop tries again
-            log.exception("first netcheck failed; going on without it")
-        self._tasks.append(asyncio.create_task(self._netcheck_loop()))
-        self._tasks.append(asyncio.create_task(self._address_loop()))
+        self._apply(self.pm.set_regions(self._region_codes(), now))
+        await self.net.start(now, first_netcheck_timeout)
+        self._tasks.append(asyncio.create_task(self.net.netcheck_loop()))
+        self._tasks.append(asyncio.create_task(self.net.address_loop()))
+        if self.source is not None:
+            self._tasks.append(asyncio.create_task(self.source.run(self.set_derpmap)))
+
+    def _region_codes(self) -> dict[int, str]:
+        return {r.region_id: r.code for r in self.regions if self.derpmap.regions[r.region_id].derp_nodes()}
+
+    def set_derpmap(self, derpmap: DerpMap, change: MapChange | None = None) -> None:
+        """Apply a new DERP map without a restart (see the module docstring)."""
+        if change is None:
+            change = diff_derpmaps(self.derpmap, derpmap)
+        if not change or self._closing:
+            return
+        self.derpmap = derpmap
+        self.regions = regions_from_derpmap(derpmap)
+        for region in change.removed + change.changed:
+            client = self.clients.pop(region, None)
+            self.transports.pop(region, None)
+            self.derp_heard.pop(region, None)
+            if client is not None:
+                self._tasks.append(asyncio.create_task(client.close()))
+        self._apply(self.pm.set_regions(self._region_codes(), time.monotonic(), reconnect=change.changed))
+        self.net.soon(full=True)
 
     async def close(self) -> None:
         self._closing = True
@@ -188,62 +180,6 @@ class Paths:
                 if not fut.done():
                     fut.cancel()
 
-    # -- netcheck -------------------------------------------------------------------------------------------
-    async def _netcheck(self) -> None:
-        options = NetcheckOptions(portmap=False, captive_portal=False, force_full=False)
-        scores = dict(self.derpmap.home_params.region_score or {}) if self.derpmap.home_params else None
-        report = await run_netcheck(self.regions, history=self.history, options=options, scores=scores,
-                                    shared=self, derp_heard=dict(self.derp_heard))
-        self.report = report
-        log.info("netcheck: UDP %s, v4 %s, v6 %s, mapping varies by destination %s, home %s",
-                 "yes" if report.udp else "no", report.global_v4 or "-", report.global_v6 or "-",
-                 report.mapping_varies_by_dest_ip, report.preferred_derp)
-        self._apply(self.pm.on_netcheck(NetInfo.from_report(report), time.monotonic()))
-
-    async def _netcheck_loop(self) -> None:
-        while not self._closing:
-            interval = self.netcheck_interval * self._rng.uniform(0.87, 1.13)
-            try:
-                await asyncio.wait_for(self._netcheck_now.wait(), interval)
-            except asyncio.TimeoutError:
-                pass
-            self._netcheck_now.clear()
-            try:
-                await asyncio.wait_for(self._netcheck(), 5.0)
-            except asyncio.TimeoutError:
-                log.debug("netcheck timed out")
-            except Exception:  # a probe failing must never end the loop
-                log.exception("netcheck failed")
-
-    async def _address_loop(self) -> None:
-        while not self._closing:
-            await asyncio.sleep(ADDRESS_POLL_INTERVAL)
-            try:
-                addresses = local_addresses({self.interface})
-            except Exception:  # netifaces hiccup: try again next round
-                continue
-            if addresses != self._addresses:
-                log.info("local addresses changed: %s", ", ".join(addresses) or "none")
-                self._addresses = addresses
-                self._apply(self.pm.set_local_endpoints([(a, self.runner.udp.port) for a in addresses],
-                                                        time.monotonic()))
-                self._netcheck_now.set()
-
-    # SharedSocket (natprobe.aio.netcheck): STUN through the WireGuard port.
-    def stun_send(self, data: bytes, dest: tuple, family: int) -> bool:
-        sock = self.runner.udp.v4 if family == 4 else self.runner.udp.v6
-        if sock is None:
-            return False
-        try:
-            sock.sendto(data, dest)
-            return True
-        except OSError as exc:
-            log.debug("STUN send to %s failed: %s", dest, exc)
-            return False
-
-    def stun_attach(self, receive: Callable[[bytes, tuple], None] | None) -> None:
-        self._stun_receive = receive
-
     # -- from the runner -----------------------------------------------------------------------------------
     def on_foreign(self, datagrams: list, now: float) -> None:
         """Datagrams the device did not take as WireGuard: disco or STUN from UDP; from DERP only garbage
@@ -256,8 +192,8 @@ class Paths:
             if kind == demux.DISCO:
                 log.debug("disco in via UDP from %s", source)
                 self._apply(self.pm.on_disco(data, now, addr=disco.canonical_addr(source)), now)
-            elif kind == demux.STUN and self._stun_receive is not None:
-                self._stun_receive(data, source)
+            elif kind == demux.STUN and self.net.stun_receive is not None:
+                self.net.stun_receive(data, source)
             else:
                 self._drop("udp: not WireGuard, disco or STUN")
 
@@ -365,10 +301,13 @@ class Paths:
         if reg is None or not reg.derp_nodes():
             self._drop("unknown DERP region")
             return
+        me: list[DerpClient] = []      # events of a client replaced after a map change are ignored
         client = DerpClient(self.device.identity.private_key, targets_for_region(reg), ca_file=self.ca_file,
                             on_packet=lambda src, data, r=region: self._on_derp_packet(r, src, data),
-                            on_event=lambda ev, r=region: self._on_derp_event(r, ev),
-                            preferred=(region == self.home), label=f"region {region}")
+                            on_event=lambda ev, r=region: self._on_derp_event(r, ev, me[0]),
+                            preferred=(region == self.home), label=f"region {region}",
+                            fwmark=self.runner.udp.fwmark)
+        me.append(client)
         self.clients[region] = client
         self._tasks.append(asyncio.create_task(client.start(wait=False)))
         self._tasks.append(asyncio.create_task(self._watch_connect(region, client)))
@@ -417,9 +356,11 @@ class Paths:
             self.device.receive_datagrams(batch, time.monotonic())
             self.runner.flush()
 
-    def _on_derp_event(self, region: int, ev) -> None:
+    def _on_derp_event(self, region: int, ev, sender: DerpClient | None = None) -> None:
         now = time.monotonic()
         client = self.clients.get(region)
+        if sender is not None and sender is not client:
+            return  # a connection closed because its region left or changed in the DERP map
         if isinstance(ev, DP.Connected):
             self.derp_heard[region] = self.loop.time()
             stream = client.stream if client is not None else None
@@ -520,16 +461,7 @@ class Paths:
                 waiting.remove(fut)
 
     def netcheck_summary(self) -> dict | None:
-        r = self.report
-        if r is None:
-            return None
-        codes = {reg.region_id: reg.code for reg in self.regions}
-        return {"udp": bool(r.udp), "ipv4": r.global_v4 or None, "ipv6": r.global_v6 or None,
-                "mapping_varies_by_dest_ip": r.mapping_varies_by_dest_ip,
-                "preferred_region": r.preferred_derp,
-                "latency_ms": {codes.get(rid, str(rid)): round(lat * 1e3, 1)
-                               for rid, lat in sorted(r.region_latency.items(), key=lambda kv: kv[1])},
-                "at": r.now or None}
+        return self.net.summary()
 
     def region_list(self) -> list[dict]:
         return [{"id": r.region_id, "code": r.code, "connected": r.region_id in self.transports,

@@ -201,38 +201,62 @@ async def _start_control(config: InterfaceConfig, runner: Runner):
     return server
 
 
+async def undo_all(cleanups: list[Callable[[], object]], quiet_errnos: tuple[int, ...] = ()) -> None:
+    """Run the undo steps newest first (coroutines awaited); a failing step is logged and the rest go on
+    (OSErrors with one of `quiet_errnos`, e.g. a TUN already deleted, are not even logged)."""
+    for undo in reversed(cleanups):
+        try:
+            result = undo()
+            if asyncio.iscoroutine(result):
+                await result
+        except OSError as e:
+            if e.errno not in quiet_errnos:
+                log.exception("teardown step failed")
+        except Exception:  # teardown must go on; say what failed
+            log.exception("teardown step failed")
+
+
+def open_tun_device(name: str, mtu: int, vnet_hdr: bool):
+    """The TUN device with a virtio-net header if the kernel allows it, else without; (tun, vnet_hdr)."""
+    from .tun import open_tun
+    try:
+        return open_tun(name, mtu, vnet_hdr=vnet_hdr), vnet_hdr
+    except OSError as exc:
+        if not vnet_hdr:
+            raise UsageError(f"cannot create TUN device {name!r}: {exc.strerror or exc}") from exc
+        log.info("TUN with virtio-net header unavailable (%s); without TCP coalescing", exc)
+    try:
+        return open_tun(name, mtu), False
+    except OSError as exc2:
+        raise UsageError(f"cannot create TUN device {name!r}: {exc2.strerror or exc2}") from exc2
+
+
 async def serve(config: InterfaceConfig, *, on_ready: Callable[[], None] = lambda: None,
-                vnet_hdr: bool | None = None, derpmap=None, derp_ca_file: str | None = None) -> None:
+                vnet_hdr: bool | None = None, derpmap=None, derp_ca_file: str | None = None,
+                derpmap_source=None, metrics_addr: str | None = None) -> None:
     """Bring up the interface described by config, run until cancelled, then undo everything.
 
     vnet_hdr (default: on unless WGC_TUN_VNET_HDR=0) opens the TUN with a virtio-net header so received
     TCP segments can be merged (tcpgro.py); without it every packet is written on its own.
     derpmap (a parsed derp.derpmap.DerpMap): every peer is reached through the path manager (DERP at
-    once, direct UDP when disco hole punching works; wgclient/aio/paths.py).
+    once, direct UDP when disco hole punching works; wgclient/aio/paths.py); derpmap_source (a
+    wgclient.aio.derpmap_source.DerpMapSource) keeps it current while up. metrics_addr: Prometheus
+    metrics there (wgclient/aio/metrics.py).
     """
     if vnet_hdr is None:
         vnet_hdr = os.environ.get("WGC_TUN_VNET_HDR", "1") != "0"
-    from . import netconf
-    from .tun import open_tun
+    from . import hostsetup, netconf
     from .uapi_server import start_uapi_server
 
     cleanups: list[Callable[[], object]] = []
+    mtu = config.mtu or netconf.auto_mtu([pc.endpoint[0] for pc in config.peers if pc.endpoint])
+    fwmark, auto_fwmark = hostsetup.choose_fwmark(config)   # on every socket: a full tunnel's rules skip them
     try:
-        try:
-            tun = open_tun(config.name, config.mtu, vnet_hdr=vnet_hdr)
-        except OSError as exc:
-            if not vnet_hdr:
-                raise UsageError(f"cannot create TUN device {config.name!r}: {exc.strerror or exc}") from exc
-            log.info("TUN with virtio-net header unavailable (%s); without TCP coalescing", exc)
-            vnet_hdr = False
-            try:
-                tun = open_tun(config.name, config.mtu)
-            except OSError as exc2:
-                raise UsageError(f"cannot create TUN device {config.name!r}: {exc2.strerror or exc2}") from exc2
+        tun, vnet_hdr = open_tun_device(config.name, mtu, vnet_hdr)
         cleanups.append(tun.close)
         headroom = VNET_HDR_LEN if vnet_hdr else 0
         device = Device(config.private_key, random_bytes=_random_bytes, jitter=_jitter,
-                        config=DeviceConfig(mtu=config.mtu, tun_headroom=headroom))
+                        config=DeviceConfig(mtu=mtu, tun_headroom=headroom))
         now = time.monotonic()
         for pc in config.peers:
             peer = device.add_peer(pc.public_key)
@@ -242,7 +266,7 @@ async def serve(config: InterfaceConfig, *, on_ready: Callable[[], None] = lambd
             for net in pc.allowed_ips:
                 device.allowed_ips.insert(net, peer)
         try:
-            udp = UdpPort(config.listen_port or 0, config.fwmark)
+            udp = UdpPort(config.listen_port or 0, fwmark)
         except OSError as exc:
             raise UsageError(f"cannot listen on UDP port {config.listen_port}: {exc.strerror}") from exc
         cleanups.append(udp.close)
@@ -252,13 +276,13 @@ async def serve(config: InterfaceConfig, *, on_ready: Callable[[], None] = lambd
             from ..derpregions import region_hints
             from .paths import Paths
             hints = region_hints(config, derpmap)
-            paths = runner.paths = Paths(runner, derpmap, interface=config.name, ca_file=derp_ca_file)
+            paths = runner.paths = Paths(runner, derpmap, interface=config.name, ca_file=derp_ca_file,
+                                         source=derpmap_source)
             for pc in config.peers:
                 paths.add_peer(pc.public_key, psk=pc.preshared_key, name=pc.name,
                                region_hint=hints.get(pc.public_key, 0), endpoint=pc.endpoint)
-        applied = netconf.configure(config.name, config.addresses, config.mtu,
-                                    [n for p in config.peers for n in p.allowed_ips], table=config.table)
-        cleanups.append(lambda: netconf.unconfigure(applied))
+        host = hostsetup.setup(config, mtu=mtu, fwmark=fwmark, auto_fwmark=auto_fwmark)  # routes, rules, DNS
+        cleanups.append(lambda: hostsetup.teardown(host))
         runner.start()
         cleanups.append(runner.stop)
         if paths is not None:
@@ -270,6 +294,9 @@ async def serve(config: InterfaceConfig, *, on_ready: Callable[[], None] = lambd
         control = await _start_control(config, runner)
         if control is not None:
             cleanups.append(control.close)
+        if metrics_addr:
+            from .metrics import start_metrics
+            cleanups.append((await start_metrics(runner, config, metrics_addr)).close)
         for pc in config.peers:
             if pc.persistent_keepalive:
                 device.set_persistent_keepalive(device.peers[pc.public_key], pc.persistent_keepalive, now)
@@ -281,10 +308,4 @@ async def serve(config: InterfaceConfig, *, on_ready: Callable[[], None] = lambd
         on_ready()
         await asyncio.Event().wait()
     finally:
-        for undo in reversed(cleanups):
-            try:
-                result = undo()
-                if asyncio.iscoroutine(result):
-                    await result
-            except Exception:  # teardown must go on; say what failed
-                log.exception("teardown step failed")
+        await undo_all(cleanups)

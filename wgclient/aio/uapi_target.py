@@ -21,7 +21,6 @@ class DeviceTarget:
     def __init__(self, runner: "Runner") -> None:
         self.runner = runner
         self.device = runner.device
-        self.fwmark = 0
 
     def _peer(self, public_key: bytes):
         peer = self.device.peers.get(public_key)
@@ -57,7 +56,7 @@ class DeviceTarget:
         return DeviceState(
             private_key=dev.identity.private_key if dev.identity else None,
             listen_port=self.runner.udp.port,
-            fwmark=self.fwmark,
+            fwmark=self.runner.udp.fwmark,
             peers=peers,
         )
 
@@ -70,7 +69,8 @@ class DeviceTarget:
 
     def uapi_set_fwmark(self, mark: int) -> None:
         self.runner.udp.set_fwmark(mark)
-        self.fwmark = mark
+        if self.runner.paths is not None:   # DERP connections and netcheck probes carry the same mark
+            self.runner.paths.set_fwmark(mark)
 
     def uapi_remove_all_peers(self) -> None:
         for key in list(self.device.peers):

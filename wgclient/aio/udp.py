@@ -46,7 +46,8 @@ class UdpPort:
         self.gso = True
         self.gro = True
         self.send_errors = 0
-        self.bind(port, fwmark)
+        self.fwmark = fwmark          # SO_MARK of both sockets, kept across rebinds (full-tunnel policy rules)
+        self.bind(port)
         self._buf = bytearray(RECV_BUFFER)
         self._view = memoryview(self._buf)
         self._anc = socket.CMSG_SPACE(4)
@@ -58,8 +59,9 @@ class UdpPort:
     def sockets(self) -> list[socket.socket]:
         return [s for s in (self.v4, self.v6) if s is not None]
 
-    def bind(self, port: int, fwmark: int = 0) -> None:
-        """(Re)bind both sockets to port (0 = any free port); raises OSError(EADDRINUSE) when taken."""
+    def bind(self, port: int) -> None:
+        """(Re)bind both sockets to port (0 = any free port), marked with `fwmark`; OSError(EADDRINUSE) if taken."""
+        fwmark = self.fwmark
         old = self.sockets()
         v4 = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         v6 = None
@@ -99,6 +101,7 @@ class UdpPort:
     def set_fwmark(self, mark: int) -> None:
         for s in self.sockets():
             s.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, mark)
+        self.fwmark = mark
 
     def close(self) -> None:
         for s in self.sockets():

@@ -1,11 +1,13 @@
-"""The `wgc` command line: genkey, pubkey, up, down, and the status/ping/netcheck/derper entry points.
+"""The `wgc` command line: genkey, pubkey, up, down, strip, save, and the status/ping/netcheck/derper/derpmap
+entry points.
 
 `genkey` and `pubkey` behave byte for byte like `wg genkey`/`wg pubkey` (same output, same acceptance
 of input, same exit codes). `up CONFIG` parses the wg-quick style file before anything is created,
 warns when the file is readable by group or others, then runs the interface in the foreground or as a
-daemon (wgclient.aio.daemon). `down NAME` stops it. `--version` prints the version of the installed
-package (its metadata, i.e. pyproject.toml). A user mistake (UsageError, ConfigError) is one line on stderr
-and exit code 1, never a traceback.
+daemon (wgclient.aio.daemon). `down NAME` stops it. As with wg-quick, CONFIG may be a bare interface
+name, found as /etc/wireguard/NAME.conf or /etc/wgc/NAME.conf; `strip`/`save` are in cli/wgquick.py.
+`--version` prints the version of the installed package (its metadata, i.e. pyproject.toml). A user
+mistake (UsageError, ConfigError) is one line on stderr and exit code 1, never a traceback.
 """
 from __future__ import annotations
 
@@ -16,10 +18,11 @@ import os
 import socket
 import stat
 import sys
+from dataclasses import replace
 from typing import Sequence
 
 from .. import keys
-from ..config import load_config, valid_interface_name
+from ..config import find_config, interface_name_from_path, load_config, valid_interface_name
 from ..errors import ParseError, UsageError
 
 PROG = "wgc"
@@ -95,54 +98,47 @@ def parser() -> argparse.ArgumentParser:
     sub.add_parser("genkey", help="print a new private key (like `wg genkey`)")
     sub.add_parser("pubkey", help="read a private key on stdin, print its public key (like `wg pubkey`)")
     up = sub.add_parser("up", help="bring up the interface described by a wg-quick style file")
-    up.add_argument("config", help="path to NAME.conf; the interface is called NAME")
+    up.add_argument("config", help="path to NAME.conf, or NAME for /etc/wireguard/NAME.conf or /etc/wgc/NAME.conf")
     up.add_argument("--foreground", action="store_true", help="stay in the foreground and log to stderr")
-    up.add_argument("--derpmap", metavar="URL|FILE",
-                    help="DERP map (Tailscale JSON): peers are relayed through DERP until a direct path works")
+    from .derpmap import add_up_arguments
+    add_up_arguments(up)
     up.add_argument("--derp-ca-file", metavar="FILE",
                     help="extra CA certificates for the DERP servers and for fetching the map")
     up.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     down = sub.add_parser("down", help="stop the interface NAME started by `wgc up`")
-    down.add_argument("name")
+    down.add_argument("name", help="NAME, or its config file")
+    sub.add_parser("strip", help="print CONFIG|NAME without wg-quick's and wgc's own keys (like wg-quick strip)",
+                   add_help=False)
+    sub.add_parser("save", help="write the running interface into its config file (like wg-quick save)",
+                   add_help=False)
     sub.add_parser("status", help="show the path, latency and traffic of each peer of a running interface",
                    add_help=False)
     sub.add_parser("ping", help="disco-ping a peer through the running interface (DERP or direct)",
                    add_help=False)
     sub.add_parser("netcheck", help="report NAT type, STUN-mapped addresses and DERP latencies", add_help=False)
     sub.add_parser("derper", help="run a DERP relay server", add_help=False)
+    sub.add_parser("derpmap", help="write, validate or show a DERP map", add_help=False)
     return p
 
 
 def cmd_up(args: argparse.Namespace) -> int:
     from ..aio import daemon
 
+    args.config = find_config(args.config)
     config = load_config(args.config, resolve=resolve_endpoint)
+    config = replace(config, path=os.path.abspath(args.config))   # the daemon works from /; SaveConfig writes here
     try:
         if os.stat(args.config).st_mode & 0o077:
             print(f"{PROG}: warning: {args.config} holds a private key and is readable by group or others "
                   f"(chmod 600 {args.config})", file=sys.stderr)
     except OSError:
         pass
-    if config.dns:
-        print(f"{PROG}: warning: DNS = {', '.join(config.dns)} is ignored (wgc does not change the resolver)",
-              file=sys.stderr)
-    serve_kwargs = {}
-    if args.derpmap:
-        from derp.aio.derpmap_loader import load_derpmap
-        from derp.errors import Error as DerpError
-
-        from ..derpregions import region_hints
-        try:  # loaded and checked before anything is created (and before the daemon forks)
-            derpmap = load_derpmap(args.derpmap, ca_file=args.derp_ca_file, timeout=10.0)
-        except DerpError as exc:
-            raise UsageError(str(exc)) from None
-        if not any(r.derp_nodes() for r in derpmap.regions.values()):
-            raise UsageError(f"the DERP map {args.derpmap} has no region with a DERP node")
-        region_hints(config, derpmap)
-        serve_kwargs["derpmap"] = derpmap
-        if args.derp_ca_file:
-            serve_kwargs["derp_ca_file"] = args.derp_ca_file
-    elif any(p.derp_region for p in config.peers):
+    if config.dns:  # no resolver manager: refused before anything is created
+        from ..aio import dns
+        dns.choose(config.name, config.dns)
+    from .derpmap import up_serve_kwargs
+    serve_kwargs = up_serve_kwargs(args, config)   # the DERP map is loaded and checked here, before forking
+    if not args.derpmap and any(p.derp_region for p in config.peers):
         print(f"{PROG}: warning: DerpRegion is ignored without --derpmap", file=sys.stderr)
     if args.foreground:
         daemon.run_foreground(config, serve_kwargs, verbose=args.verbose)
@@ -155,9 +151,12 @@ def cmd_up(args: argparse.Namespace) -> int:
 def cmd_down(args: argparse.Namespace) -> int:
     from ..aio import daemon
 
-    if not valid_interface_name(args.name):
-        raise UsageError(f"invalid interface name {args.name!r}")
-    daemon.stop(args.name)
+    name = args.name
+    if name.endswith(".conf"):
+        name = interface_name_from_path(name)
+    if not valid_interface_name(name):
+        raise UsageError(f"invalid interface name {name!r}")
+    daemon.stop(name)
     return 0
 
 
@@ -182,8 +181,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             return dispatch(f"wgclient.cli.{argv[0]}", argv[1:], argv[0])
         if argv and argv[0] == "netcheck":
             return dispatch("wgclient.cli.netcheck", argv[1:], "netcheck")
+        if argv and argv[0] in ("strip", "save"):
+            from . import wgquick
+            return (wgquick.cmd_strip if argv[0] == "strip" else wgquick.cmd_save)(argv[1:])
         if argv and argv[0] == "derper":
             return dispatch("derp.aio.derper", argv[1:], "derper")
+        if argv and argv[0] == "derpmap":
+            return dispatch("wgclient.cli.derpmap", argv[1:], "derpmap")
         args = parser().parse_args(argv)
         if args.version:
             print(f"{PROG} {version()}")

@@ -21,7 +21,10 @@ Rules (shared/protocol/disco.md §5-§7, derp.md §10; timings in `PathConfig`):
 - trust expiring makes the state LAPSING: packets go to both UDP and DERP (no gap), discovery restarts;
   a ping to an untrusted best address timing out (5 s) clears it: state RELAY;
 - messages whose sender key is no peer's derived disco key, or whose box does not open, are dropped and
-  counted in `drops`; nothing a peer sends raises.
+  counted in `drops`; nothing a peer sends raises;
+- a new DERP map (`set_regions`): a region that left it is closed at once and its peers move to another
+  region like after a PeerGone; a changed region is closed and reopened; a new one is usable at once;
+- per peer, `upgrades` counts RELAY -> DIRECT and `fallbacks` DIRECT/LAPSING -> RELAY (for metrics).
 Every state change goes through `_set_state`, which logs it and emits `PathChanged`.
 """
 from __future__ import annotations
@@ -94,11 +97,26 @@ class PathManager(Discovery):
         if p is not None:
             self._by_disco.pop(p.pair.peer_public, None)
 
-    def set_regions(self, regions: Mapping[int, str], now: float) -> list:
-        """The DERP map's regions (id -> code)."""
+    def set_regions(self, regions: Mapping[int, str], now: float, *, reconnect: Iterable[int] = ()) -> list:
+        """The DERP map's regions (id -> code), at start and whenever the map changes. A region that left
+        the map is closed at once and forgotten in every peer's facts, so its peers move to another
+        region (their WireGuard session is untouched); an open region in `reconnect` (its nodes changed)
+        is closed and opened again if still wanted."""
+        gone = [r for r in self.home.regions if r not in regions]
+        for r in gone:
+            self._forget_region(r)
+        redial = [r for r in reconnect if r in regions and self._regions_open.pop(r, None) is not None]
         if self.home.set_regions(regions):
             self._home_changed(now)
-        return self._finish(now)
+        return [CloseRegion(r) for r in gone + redial] + self._finish(now)  # closed before reopened
+
+    def _forget_region(self, region: int) -> None:
+        if self._regions_open.pop(region, None) is not None:
+            log.info("DERP region %s left the map: closing it", self.home.code(region))
+        self._written.discard(region)
+        for p in self.peers.values():
+            p.derp_heard.pop(region, None)
+            p.skip_region.pop(region, None)
 
     def on_netcheck(self, info: NetInfo, now: float) -> list:
         before = self.endpoints()
@@ -435,6 +453,10 @@ class PathManager(Discovery):
     def _set_state(self, p: PeerPath, state: PathState, relay: int, now: float, reason: str) -> None:
         log.info("[peer:%s] path %s -> %s, relay %s (%s)", short(p.key), p.state.value, state.value,
                  self.home.code(relay) if relay else "none", reason)
+        if state is PathState.DIRECT and p.state is PathState.RELAY:
+            p.upgrades += 1
+        elif state is PathState.RELAY and p.state is not PathState.RELAY:
+            p.fallbacks += 1
         p.state, p.relay = state, relay
         if state is PathState.LAPSING and p.next_heartbeat is not None:
             self._discover(p, now)  # trust lapsed: restart discovery at once

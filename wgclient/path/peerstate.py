@@ -133,6 +133,8 @@ class PeerPath:
     udp_pings_sent: int = 0
     udp_pongs: int = 0
     udp_pings_received: int = 0
+    upgrades: int = 0                     # RELAY -> DIRECT
+    fallbacks: int = 0                    # DIRECT or LAPSING -> RELAY
 
     def active(self, now: float, timeout: float) -> bool:
         return self.last_send is not None and now - self.last_send <= timeout
