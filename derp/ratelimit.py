@@ -1,4 +1,5 @@
-"""Token buckets: per-source-IP connection rate limiting for the server (time passed in, pure)."""
+"""Token buckets (time passed in, pure): per-source-IP and global connection rates, and per-client byte
+rates, where a bucket may go into debt by one frame (`spend`) and the client waits until it is repaid."""
 from __future__ import annotations
 
 
@@ -8,10 +9,22 @@ class TokenBucket:
     def __init__(self, rate: float, burst: float, now: float) -> None:
         self.rate, self.burst, self.tokens, self.last = rate, burst, float(burst), now
 
-    def allow(self, now: float, cost: float = 1.0) -> bool:
+    def refill(self, now: float) -> float:
+        """Tokens available now (negative while a debt is being repaid)."""
         self.tokens = min(self.burst, self.tokens + max(0.0, now - self.last) * self.rate)
         self.last = now
-        if self.tokens >= cost:
+        return self.tokens
+
+    def spend(self, cost: float) -> None:
+        """Take `cost` tokens even if that leaves a debt."""
+        self.tokens -= cost
+
+    def debt_seconds(self) -> float:
+        """How long until the bucket is out of debt (0 when it is not in debt)."""
+        return -self.tokens / self.rate if self.tokens < 0 and self.rate > 0 else 0.0
+
+    def allow(self, now: float, cost: float = 1.0) -> bool:
+        if self.refill(now) >= cost:
             self.tokens -= cost
             return True
         return False

@@ -53,13 +53,24 @@ class ServerConfig:
 
 
 class AccessList:
-    """The keys allowed to use the relay (None = open relay). Replaced wholesale on reload."""
+    """The keys allowed to use the relay: `allowed` (the allowed-keys file; None = any key) and `local`
+    (-verify-clients: the local interface's own key and its peers; None = not used). A key must be in both
+    sets that are given. Each set is replaced wholesale (SIGHUP, a change of the interface's peers)."""
 
-    def __init__(self, allowed: frozenset[bytes] | None) -> None:
+    def __init__(self, allowed: frozenset[bytes] | None, local: frozenset[bytes] | None = None) -> None:
         self.allowed = allowed
+        self.local = local
 
     def allows(self, key: bytes) -> bool:
-        return self.allowed is None or key in self.allowed
+        return (self.allowed is None or key in self.allowed) and (self.local is None or key in self.local)
+
+    def refusal(self, key: bytes) -> "Rejected | None":
+        if self.allowed is not None and key not in self.allowed:
+            return Rejected(f"key {short(key)} is not in the allowed keys", "acl")
+        if self.local is not None and key not in self.local:
+            return Rejected(f"key {short(key)} is not a peer of the local interface (-verify-clients)",
+                            "verify_clients")
+        return None
 
 
 def parse_allowed_keys(text: str) -> frozenset[bytes]:
@@ -215,6 +226,7 @@ class Relay:
         self.public_key = public_key_of(server_private)
         self.config = config
         self.acl = acl
+        self.bindings: Any = None    # derp.admission.Bindings with --bindings-file
         self.mesh_key = mesh_key
         self._random = random_float
         self.clients: dict[bytes, list[Conn]] = {}
@@ -223,7 +235,7 @@ class Relay:
         self.sent_to: dict[bytes, set[bytes]] = {}
         self.counters: dict[str, int] = {
             "accepted": 0, "packets_relayed": 0, "bytes_relayed": 0, "packets_forwarded_out": 0,
-            "packets_forwarded_in": 0, "home_clients": 0, "got_ping": 0, "sent_pong": 0}
+            "packets_forwarded_in": 0, "home_clients": 0, "got_ping": 0, "sent_pong": 0, "bindings_full": 0}
         self.drops: dict[str, int] = {}
         self.refused: dict[str, int] = {}
         self._ids = itertools.count(1)
@@ -250,11 +262,36 @@ class Relay:
             if hmac.compare_digest(given, self.mesh_key):
                 return True
             raise Rejected("wrong mesh key", "bad_mesh_key")
-        if not self.acl.allows(key):
-            raise Rejected(f"key {short(key)} is not in the allowed keys", "acl")
+        refused = self.acl.refusal(key)
+        if refused is not None:
+            raise refused
+        self._check_full()
+        return False
+
+    def _check_full(self) -> None:
         if self.config.max_clients and self.n_regular >= self.config.max_clients:
             raise Rejected(f"server is full ({self.config.max_clients} clients)", "max_clients")
-        return False
+
+    def refuse(self, exc: "Rejected") -> "Rejected":
+        """Count a refusal decided outside `admit` (the admission webhook); returns it for raising."""
+        self.refused[exc.counter] = self.refused.get(exc.counter, 0) + 1
+        return exc
+
+    def finish_admission(self, key: bytes, identity: str | None, wall_now: float) -> None:
+        """The checks after any asynchronous one (derp.admission, 5 and 6): the TOFU binding of `identity`
+        (None: not bound) and, again, max clients (others may have registered meanwhile). Raises Rejected,
+        counted; `wall_now` (UNIX seconds) is recorded with a new binding."""
+        if self.bindings is not None and identity is not None:
+            verdict = self.bindings.check(identity, key, wall_now)
+            if verdict == "conflict":
+                raise self.refuse(Rejected(f"identity {identity[:64]!r} is bound to another key (TOFU)",
+                                           "binding_conflict"))
+            if verdict == "full":
+                self.counters["bindings_full"] += 1
+        try:
+            self._check_full()
+        except Rejected as exc:
+            raise self.refuse(exc) from None
 
     def register(self, conn: Conn, now: float) -> list[Out]:
         conn.id = next(self._ids)

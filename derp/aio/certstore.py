@@ -38,7 +38,8 @@ def utc_text(ts: float | None) -> str:
 
 
 def write_atomic(path: str, data: bytes, mode: int = 0o644) -> None:
-    """Write `data` to `path` through a temporary file in the same directory and a rename."""
+    """Write `data` to `path` through a temporary file in the same directory and a rename, so a reader sees
+    the old or the new file, never a mix; the directory is synced too, so the rename survives a crash."""
     d = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-")
     try:
@@ -54,6 +55,14 @@ def write_atomic(path: str, data: bytes, mode: int = 0o644) -> None:
         except OSError:
             pass
         raise
+    try:
+        dfd = os.open(d, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    except OSError:
+        pass
 
 
 def context_from_pem(cert_pem: bytes, key_pem: bytes, alpn: list[str] | None = None) -> ssl.SSLContext:

@@ -1,7 +1,9 @@
 """The derper's small HTTP endpoints: probes, captive-portal check, health, debug pages (/debug/vars JSON,
-/debug/varz Prometheus text as derper's), DERP map, robots.
+/debug/varz Prometheus text as derper's), DERP map, robots, `/bootstrap-dns` and the home page (derper's
+-home: default, blank, or a redirect).
 
-`answer(server, request, client_ip)` returns (status, headers, body); it only reads server state.
+`answer(server, request, client_ip)` returns (status, headers, body); it only reads server state (and the
+process's memory use, for the detailed /healthz).
 """
 from __future__ import annotations
 
@@ -10,7 +12,9 @@ import html
 import ipaddress
 import json
 import re
+import resource
 import time
+import urllib.parse
 from typing import Any
 
 from derp import httpwire
@@ -33,12 +37,58 @@ def _bearer_ok(server: Any, req: httpwire.Head) -> bool:
     return bool(token) and auth.startswith("Bearer ") and hmac.compare_digest(auth[7:].strip(), token)
 
 
+def memory() -> dict[str, int]:
+    """The process's resident memory now and at its peak, in bytes."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    try:
+        with open("/proc/self/statm", encoding="ascii") as fh:
+            rss = int(fh.read().split()[1]) * resource.getpagesize()
+    except (OSError, ValueError, IndexError):
+        rss = peak
+    return {"rss_bytes": rss, "peak_rss_bytes": peak}
+
+
+def admission(server: Any) -> dict[str, Any]:
+    relay = server.relay
+    out: dict[str, Any] = {"refused": dict(relay.refused)}
+    if relay.acl.allowed is not None:
+        out["allowed_keys"] = len(relay.acl.allowed)
+    if server.local_peers is not None:
+        lp = server.local_peers
+        out["verify_clients"] = {"socket": lp.path, "keys": len(relay.acl.local or ()), "polls": lp.polls,
+                                 "failures": lp.failures, "failing": lp.failing}
+    if server.webhook is not None:
+        out["verify_client_url"] = {**server.webhook.counters, "cache_hits": server.webhook.cache.hits,
+                                    "cached": len(server.webhook.cache.entries)}
+    if relay.bindings is not None:
+        out["bindings"] = {"bound": len(relay.bindings.entries), "full": relay.counters["bindings_full"],
+                           "writes": server.bindings_file.writes if server.bindings_file else 0}
+    rate, burst = server.client_rate
+    if rate:
+        out["client_rate"] = {"bytes_per_second": rate, "burst_bytes": burst}
+    return out
+
+
 def details(server: Any) -> dict[str, Any]:
     stats = server.relay.stats()
     return {"status": "ok", "uptime_seconds": round(time.time() - server.started, 1),
+            "clients": stats["clients"], "memory": memory(),
             "server_key": "nodekey:" + server.relay.public_key.hex(), "relay": stats,
+            "admission": admission(server),
             "http": dict(server.http_counters), "rate_limited_ips": len(server.limiter.buckets),
             "mesh_links": [link.describe() for link in server.mesh_links]}
+
+
+def _home(server: Any) -> tuple[int, dict[str, str], bytes]:
+    home = server.options.home
+    if home == "blank":
+        return 200, {"Content-Type": "text/html; charset=utf-8"}, b""
+    if home:
+        return 302, {"Location": home}, b""
+    return 200, {"Content-Type": "text/html; charset=utf-8"}, (
+        b"<!doctype html><html><body><h1>DERP</h1><p>This is a "
+        b"<a href='https://tailscale.com/kb/1232/derp-servers'>DERP</a> relay server (wgc derper).</p>"
+        b"</body></html>")
 
 
 def _debug_page(server: Any) -> bytes:
@@ -97,9 +147,11 @@ def answer(server: Any, req: httpwire.Head, ip: str) -> tuple[int, dict[str, str
         return 200, {"Content-Type": "application/json"}, server.options.derpmap_json
     if path == "/robots.txt":
         return 200, {}, b"User-agent: *\nDisallow: /\n"
+    if path == "/bootstrap-dns":
+        server.http_counters["bootstrap_dns_requests"] += 1
+        query = urllib.parse.parse_qs(req.query).get("q", [""])[0][:253]
+        body = server.bootstrap.answer(query) if server.bootstrap is not None else b"{}"
+        return 200, {"Content-Type": "application/json"}, body
     if path == "/":
-        return 200, {"Content-Type": "text/html; charset=utf-8"}, (
-            b"<!doctype html><html><body><h1>DERP</h1><p>This is a "
-            b"<a href='https://tailscale.com/kb/1232/derp-servers'>DERP</a> relay server (wgc derper).</p>"
-            b"</body></html>")
+        return _home(server)
     return 404, {}, b"not found\n"

@@ -15,7 +15,8 @@ from derp import frames as F
 from derp.aio.session import HttpConn
 from derp.constants import FRAME_READ_TIMEOUT, MAX_CONNS_PER_IP, SEND_QUEUE_DEPTH, server_frame_limits
 from derp.errors import UsageError
-from derp.ratelimit import PerKeyLimiter
+from derp.admission import effective_rate
+from derp.ratelimit import PerKeyLimiter, TokenBucket
 from derp.server import CloseConn, Deliver, Forward, Relay, Write
 
 
@@ -37,6 +38,14 @@ class ServerOptions:
     restart_reconnect_ms: int = 500
     restart_try_for_ms: int = 5000
     tls_engine: str = "lean"      # "lean": derp.aio.tlstransport; "asyncio": the event loop's SSL protocol
+    run_derp: bool = True         # derper's -derp=false: /derp answers 404 (the other endpoints stay)
+    home: str = ""                # derper's -home: "" (a default page), "blank", or a URL to redirect to
+    accept_limit: float = 0.0     # new connections a second on the DERP port, all clients together (0: none)
+    accept_burst: int = 0
+    tcp_keepalive: float = 600.0  # TCP keepalive idle time and probe interval of accepted sockets (0: off)
+    tcp_user_timeout: float = 15.0   # TCP_USER_TIMEOUT of accepted sockets (0: the kernel's)
+    client_rate: int = 0          # bytes/s each client may send (0: no limit); burst at least one frame
+    client_burst: int = 0
 
     def __post_init__(self) -> None:
         if self.trust_proxy_hops < 1:
@@ -62,7 +71,16 @@ class DerpServer:
         self.servers: list[asyncio.base_events.Server] = []
         self.http_counters = {"requests": 0, "rate_limited": 0, "header_timeouts": 0, "bad_requests": 0,
                               "rejected": 0, "handshake_failures": 0, "bad_frames": 0, "write_timeouts": 0,
-                              "ws_sessions": 0, "per_ip_limited": 0, "frame_timeouts": 0, "close_timeouts": 0}
+                              "ws_sessions": 0, "per_ip_limited": 0, "frame_timeouts": 0, "close_timeouts": 0,
+                              "accept_limited": 0, "rate_limit_waits": 0, "bootstrap_dns_requests": 0}
+        self.accept_bucket = (TokenBucket(options.accept_limit, max(1, options.accept_burst), clock())
+                              if options.accept_limit > 0 else None)
+        self.client_rate = effective_rate(options.client_rate, options.client_burst)
+        self.webhook: Any = None             # derp.aio.admission.Webhook (-verify-client-url)
+        self.bindings_identity: str | None = None   # "ip" or "header:NAME" with --bindings-file
+        self.bindings_file: Any = None       # derp.aio.admission.BindingsFile
+        self.local_peers: Any = None         # derp.aio.admission.LocalPeers (-verify-clients)
+        self.bootstrap: Any = None           # derp.aio.bootstrap_dns.BootstrapDNS
         self.started = time.time()
         self.closing = False
         self._tick: asyncio.Task | None = None
@@ -80,8 +98,9 @@ class DerpServer:
             else:
                 infos = socket.getaddrinfo(host or "0.0.0.0", port, type=socket.SOCK_STREAM)
                 lsock = socket.create_server(infos[0][4][:2], family=infos[0][0], backlog=4096)
-            listener = TlsListener(loop, lsock, self.ssl, lambda: HttpConn(self),
-                                   handshake_timeout=max(1.0, self.options.read_header_timeout))
+            listener = TlsListener(loop, lsock, self.ssl, lambda: HttpConn(self, limited=False),
+                                   handshake_timeout=max(1.0, self.options.read_header_timeout),
+                                   accept_filter=self.accept_allowed)
             self.servers.append(listener)
             if self._tick is None:
                 self._tick = asyncio.create_task(self._housekeeping())
@@ -120,6 +139,44 @@ class DerpServer:
                     conn.abort(f"frame timed out: not complete within {frame_timeout:g} s")
             self.limiter.prune(now)
             self.flush()
+            if self.bindings_file is not None:
+                await self.bindings_file.save()
+
+    # ---- per-connection policy ----------------------------------------------------------------------
+    def accept_allowed(self) -> bool:
+        """derper's -accept-connection-limit: False (and counted) when a new connection is over it."""
+        bucket = self.accept_bucket
+        if bucket is None or bucket.allow(self.clock()):
+            return True
+        self.http_counters["accept_limited"] += 1
+        return False
+
+    def tune_socket(self, transport: Any) -> None:
+        """derper's -tcp-keepalive-time and -tcp-user-timeout on an accepted socket."""
+        sock = transport.get_extra_info("socket")
+        opts = self.options
+        if sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
+            return
+        try:
+            if opts.tcp_keepalive > 0:
+                idle = max(1, int(opts.tcp_keepalive))
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, idle)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, idle)
+            if opts.tcp_user_timeout > 0:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, max(1, int(opts.tcp_user_timeout * 1000)))
+        except OSError:
+            pass
+
+    def set_client_rate(self, rate: int, burst: int) -> tuple[int, int]:
+        """Apply a new per-client byte rate to every client now connected (SIGHUP of -rate-config)."""
+        self.client_rate = effective_rate(rate, burst)
+        rate, burst = self.client_rate
+        now = self.clock()
+        for conn in self.conns:
+            if conn.conn is not None and not conn.is_mesh:
+                conn.bucket = TokenBucket(rate, burst, now) if rate else None
+        return self.client_rate
 
     async def shutdown(self, timeout: float) -> None:
         """Stop accepting, tell DERP clients we are restarting, drain for at most `timeout` seconds."""
@@ -132,6 +189,10 @@ class DerpServer:
         self.flush()
         for link in self.mesh_links:
             link.stop()
+        if self.local_peers is not None:
+            self.local_peers.stop()
+        if self.bootstrap is not None:
+            self.bootstrap.stop()
         deadline = self.clock() + timeout
         while self.conns and self.clock() < deadline:
             await asyncio.sleep(0.05)
@@ -139,6 +200,8 @@ class DerpServer:
             conn.abort("shutdown")
         if self._tick:
             self._tick.cancel()
+        if self.bindings_file is not None:
+            await self.bindings_file.save()
         await asyncio.sleep(0)
 
     # ---- carrying out relay outputs -----------------------------------------------------------------
@@ -158,9 +221,6 @@ class DerpServer:
         dirty, self.dirty = self.dirty, []
         for conn in dirty:
             conn.flush()
-
-
-__all__ = ["DerpServer", "HttpConn", "ServerOptions"]
 
 
 __all__ = ["DerpServer", "HttpConn", "ServerOptions"]

@@ -4,14 +4,18 @@ answer or a DERP session (raw or WebSocket) fed to the relay core.
 Per connection: read one request head (bounded, with a read-header timeout against slowloris; per-IP
 connection rate limit answered with 429, except for /healthz and /generate_204; behind a trusted proxy
 the client address is the entry the proxy added to its header), then either an endpoint answer or a DERP
-session (at most `max_conns_per_ip` at once per address). Sessions write through a per-connection batch
+session (at most `max_conns_per_ip` at once per address). Admission (derp.admission) runs after
+ClientInfo; when the webhook must be asked, reading pauses until it answers. Sessions write through a per-connection batch
 flushed once per read burst; packets beyond the transport's high-water mark go to a bounded queue of
 `send_queue_depth` packets (disco separately, and at most WRITE_BUFFER_LIMIT bytes in all), further
 packets are dropped and counted. A session whose writes stall longer than the write timeout is cut.
 
 Fairness: each turn of the event loop handles at most FRAMES_PER_TURN frames / BYTES_PER_TURN bytes of a
 client (mesh peers: all); the rest waits in the decoder, reading paused, for the next turn (one
-call_soon per turn, never per packet). Memory: a frame's size is checked against its type's maximum at
+call_soon per turn, never per packet). With a per-client byte rate (as derper's -rate-config: frame
+bytes received, every frame type, mesh peers exempt) a turn takes at most what the client's bucket holds
+and may leave it one frame in debt; then reading stays paused until the debt is repaid (one call_later),
+so the excess is delayed, never dropped, and TCP slows the sender down. Memory: a frame's size is checked against its type's maximum at
 the header, and a frame must be complete within `frame_timeout`. A closed connection is forgotten at once
 (unregistered, its per-IP slot freed) and reset if it has not drained within the write timeout.
 One bad client only ever closes its own connection.
@@ -26,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from typing import Any
 
 from websockets.frames import Opcode
@@ -33,10 +38,12 @@ from websockets.server import ServerProtocol
 
 from derp import frames as F
 from derp import httpwire
+from derp.admission import identity_of
 from derp.aio import endpoints
 from derp.constants import BYTES_PER_TURN, FRAMES_PER_TURN, MAX_CLIENT_FRAME, FrameType
 from derp.errors import ParseError
 from derp.keys import short
+from derp.ratelimit import TokenBucket
 from derp.server import Conn, Deliver, Rejected, ServerHandshake
 
 log = logging.getLogger(__name__)
@@ -55,11 +62,13 @@ class HttpConn(asyncio.Protocol):
 
     __slots__ = ("server", "relay", "transport", "ip", "port", "buf", "mode", "timer", "handshake", "decoder",
                  "conn", "ws", "out", "is_mesh", "paused_since", "queued", "closed", "not_ideal", "port80",
-                 "partial_since", "read_paused", "turn_pending", "ip_slot", "since", "rx", "tx", "reason")
+                 "partial_since", "read_paused", "turn_pending", "ip_slot", "since", "rx", "tx", "reason",
+                 "identity", "bucket", "limited")
 
-    def __init__(self, server: Any, port80: bool = False) -> None:  # server: derp.aio.server.DerpServer
-        self.server = server
+    def __init__(self, server: Any, port80: bool = False, limited: bool = True) -> None:
+        self.server = server   # derp.aio.server.DerpServer
         self.port80 = port80
+        self.limited = limited and not port80     # charge the global accept limit at connection_made
         self.relay = server.relay
         self.transport: Any = None
         self.ip, self.port = "", 0
@@ -83,10 +92,17 @@ class HttpConn(asyncio.Protocol):
         self.since = 0.0                          # when the DERP session was registered (for its log line)
         self.rx = self.tx = 0                     # bytes read / written on the connection
         self.reason = ""                          # why it closed (the first reason given)
+        self.identity: str | None = None          # TOFU identity (--bindings-file), from the /derp request
+        self.bucket: TokenBucket | None = None    # the per-client byte rate (-rate-config), not for mesh peers
 
     # ---- asyncio.Protocol --------------------------------------------------------------------------------
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
+        server = self.server
+        if self.limited and not server.accept_allowed():
+            transport.abort()
+            return
+        server.tune_socket(transport)
         transport.set_write_buffer_limits(high=HIGH_WATER)
         peer = transport.get_extra_info("peername") or ("", 0)
         self.ip, self.port = str(peer[0]), int(peer[1])
@@ -189,6 +205,9 @@ class HttpConn(asyncio.Protocol):
         if self.server.closing:
             self._reply(503, b"server is shutting down\n")
             return
+        if not self.server.options.run_derp:
+            self._reply(404, b"derp server disabled\n")
+            return
         if upgrade not in ("derp", "websocket"):
             self._reply(426, b"DERP requires connection upgrade\n", {"X-Content-Type-Options": "nosniff"})
             return
@@ -196,6 +215,9 @@ class HttpConn(asyncio.Protocol):
             self.server.http_counters["per_ip_limited"] += 1
             self._reply(429, b"too many connections from your address\n", {"Retry-After": "5"})
             return
+        mode = self.server.bindings_identity
+        if mode is not None:
+            self.identity = identity_of(mode, req.header, self.ip)
         # like derper: only an explicit "derp" subprotocol means WebSocket framing (very old clients sent
         # "Upgrade: WebSocket" but spoke raw DERP)
         if upgrade == "websocket" and "derp" in req.header("sec-websocket-protocol"):
@@ -262,10 +284,12 @@ class HttpConn(asyncio.Protocol):
             self.partial_since = self.server.clock()
 
     def _derp_bytes(self, data: bytes) -> None:
-        if self.conn is None:
-            self._handshake_bytes(data)
-        else:
+        if self.conn is not None:
             self._turn(data)
+        elif self.handshake is not None:
+            self._handshake_bytes(data)
+        elif self.buf is not None:   # the webhook is being asked: kept for after the admission
+            self.buf += data
 
     def _turn(self, data: bytes = b"") -> None:
         """Handle this turn's share of frames; frames beyond it wait, with reading paused, for the next."""
@@ -273,7 +297,16 @@ class HttpConn(asyncio.Protocol):
         assert decoder is not None
         relay, conn, server = self.relay, self.conn, self.server
         now = server.clock()
-        pairs = decoder.feed(data) if self.is_mesh else decoder.feed(data, FRAMES_PER_TURN, BYTES_PER_TURN)
+        bucket = self.bucket
+        if self.is_mesh:
+            pairs = decoder.feed(data)
+        elif bucket is None:
+            pairs = decoder.feed(data, FRAMES_PER_TURN, BYTES_PER_TURN)
+        else:   # the byte rate: at most what the bucket holds (one frame into debt at most)
+            budget = max(1, min(BYTES_PER_TURN, int(bucket.refill(now))))
+            pairs = decoder.feed(data, FRAMES_PER_TURN, budget)
+            if pairs:
+                bucket.spend(sum(len(p) for _, p in pairs))
         for ftype, payload in pairs:
             if ftype == _SEND:
                 out = relay.send_packet(conn, payload, now)
@@ -291,13 +324,18 @@ class HttpConn(asyncio.Protocol):
             self.partial_since = None
         elif pairs or self.partial_since is None:  # a new frame started arriving
             self.partial_since = now
-        if decoder.ready():
+        wait = bucket.debt_seconds() if bucket is not None else 0.0
+        if decoder.ready() or wait:
             if not self.read_paused:
                 self.read_paused = True
                 self.transport.pause_reading()
             if not self.turn_pending:
                 self.turn_pending = True
-                asyncio.get_running_loop().call_soon(self._next_turn)
+                if wait:   # over its byte rate: nothing more is read until the debt is repaid
+                    server.http_counters["rate_limit_waits"] += 1
+                    asyncio.get_running_loop().call_later(wait, self._next_turn)
+                else:
+                    asyncio.get_running_loop().call_soon(self._next_turn)
         elif self.read_paused:
             self.read_paused = False
             self.transport.resume_reading()
@@ -327,10 +365,54 @@ class HttpConn(asyncio.Protocol):
         try:
             self.is_mesh = self.relay.admit(key, info)
         except Rejected as exc:  # counted by the relay in `refused`, by reason
-            self.server.http_counters["rejected"] += 1
-            log.info("refused %s from %s: %s", short(key), self.ip, exc)
-            self.abort(str(exc))
+            self._refuse(key, exc)
             return
+        webhook = self.server.webhook
+        if webhook is not None and not self.is_mesh:
+            verdict = webhook.cached(key, self.ip)
+            if verdict is None:   # ask it, reading paused meanwhile (what still arrives waits in buf)
+                self.transport.pause_reading()
+                self.handshake, self.buf = None, bytearray(rest)
+                task = asyncio.ensure_future(webhook.check(key, self.ip))
+                task.add_done_callback(lambda t: self._webhook_answered(t, key, info))
+                return
+            if not verdict.allow:
+                self._refuse(key, self.relay.refuse(Rejected(verdict.reason, verdict.counter)))
+                return
+        self._admitted(key, info, rest)
+
+    def _refuse(self, key: bytes, exc: Rejected) -> None:
+        self.server.http_counters["rejected"] += 1
+        log.info("refused %s from %s: %s", short(key), self.ip, exc)
+        self.abort(str(exc))
+
+    def _webhook_answered(self, task: asyncio.Future, key: bytes, info: F.ClientInfo) -> None:
+        if self.closed or task.cancelled():
+            return
+        verdict = task.result()
+        rest, self.buf = bytes(self.buf or b""), None
+        self.transport.resume_reading()
+        try:
+            if verdict.allow:
+                self._admitted(key, info, rest)
+            else:
+                self._refuse(key, self.relay.refuse(Rejected(verdict.reason, verdict.counter)))
+        except ParseError as exc:
+            self.server.http_counters["bad_frames"] += 1
+            self.abort(f"bad input: {exc}")
+        self.server.flush()
+
+    def _admitted(self, key: bytes, info: F.ClientInfo, rest: bytes) -> None:
+        """Past the checks that may wait: the TOFU binding and max clients, then registration."""
+        if not self.is_mesh:
+            try:
+                self.relay.finish_admission(key, self.identity, time.time())
+            except Rejected as exc:
+                self._refuse(key, exc)
+                return
+            rate, burst = self.server.client_rate
+            if rate:
+                self.bucket = TokenBucket(rate, burst, self.server.clock())
         if self.timer:
             self.timer.cancel()
             self.timer = None

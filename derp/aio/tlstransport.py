@@ -28,8 +28,10 @@ class TlsListener:
     """Accepts TCP connections on a listening socket and runs the TLS handshake before the protocol."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, lsock: socket.socket, ctx: ssl.SSLContext,
-                 protocol_factory: Callable[[], asyncio.Protocol], handshake_timeout: float = 10.0) -> None:
+                 protocol_factory: Callable[[], asyncio.Protocol], handshake_timeout: float = 10.0,
+                 accept_filter: Callable[[], bool] | None = None) -> None:
         self.loop, self.lsock, self.ctx = loop, lsock, ctx
+        self.accept_filter = accept_filter   # False: close the new connection at once, before any TLS
         self.factory = protocol_factory
         self.handshake_timeout = handshake_timeout
         self.handshake_failures = 0
@@ -58,6 +60,9 @@ class TlsListener:
                     log.warning("accept failed: %s", exc)
                     return
                 raise
+            if self.accept_filter is not None and not self.accept_filter():
+                sock.close()
+                continue
             sock.setblocking(False)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             router = getattr(self.ctx, "hello_router", None)   # derp.aio.certstore: ACME TLS-ALPN-01

@@ -4,8 +4,10 @@ certificate a TLS server hands out and hold DERP clients open there without a pr
 
 Commands (`op`): `get` (url, ca?, headers?) -> status, body; `post` (url, body) -> status, body;
 `leaf` (host, port, sni, ca?, alpn?) -> sha256/notAfter/verified/alpn of the served certificate;
-`connect` (map, ca, name) -> two DERP clients of a region that relay a packet each way, kept open;
-`relay` (name) -> the kept clients relay again and report how often each (re)connected; `quit`.
+`connect` (map or url, ca, name, keys?) -> two DERP clients of a region (or a /derp URL; private keys
+given as hex, or fresh ones) that relay a packet each way, kept open; `admitted` (map or url, ca, key) ->
+whether the relay admits that key; `relay` (name) -> the kept clients relay again and report how often each
+(re)connected; `quit`.
 """
 from __future__ import annotations
 
@@ -21,8 +23,8 @@ import urllib.request
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, ROOT)
 
-from derp.aio.client import DerpClient  # noqa: E402
-from derp.aio.targets import targets_for_region  # noqa: E402
+from derp.aio.client import ConnectError, DerpClient  # noqa: E402
+from derp.aio.targets import targets_for_region, targets_for_url  # noqa: E402
 from derp.derpmap import parse_derpmap  # noqa: E402
 from derp.keys import private_key_from_random, public_key_of  # noqa: E402
 
@@ -84,19 +86,36 @@ async def _exchange(a: DerpClient, b: DerpClient, b_pub: bytes, data: bytes) -> 
                 raise AssertionError("packet not relayed within 10 s") from None
 
 
-async def connect(cmd: dict) -> dict:
+def _targets(cmd: dict) -> list:
+    if cmd.get("url"):
+        return targets_for_url(cmd["url"])
     with open(cmd["map"], encoding="utf-8") as fh:
         dm = parse_derpmap(fh.read())
-    region = dm.regions[min(dm.regions)]
-    keys = [private_key_from_random(os.urandom(32)) for _ in range(2)]
+    return targets_for_region(dm.regions[min(dm.regions)])
+
+
+async def connect(cmd: dict) -> dict:
+    keys = ([bytes.fromhex(k) for k in cmd["keys"]] if cmd.get("keys") else
+            [private_key_from_random(os.urandom(32)) for _ in range(2)])
     pubs = [public_key_of(k) for k in keys]
-    a, b = (DerpClient(k, targets_for_region(region), ca_file=cmd.get("ca")) for k in keys)
+    a, b = (DerpClient(k, _targets(cmd), ca_file=cmd.get("ca")) for k in keys)
     await a.start(timeout=10)
     await b.start(timeout=10)
     await _exchange(a, b, pubs[1], b"a->b " + os.urandom(8).hex().encode())
     await _exchange(b, a, pubs[0], b"b->a " + os.urandom(8).hex().encode())
     CLIENTS[cmd["name"]] = (a, b, pubs[0], pubs[1])
     return {"relayed": True, "connects": [a.stats.connects, b.stats.connects]}
+
+
+async def admitted(cmd: dict) -> dict:
+    c = DerpClient(bytes.fromhex(cmd["key"]), _targets(cmd), ca_file=cmd.get("ca"), reconnect=False)
+    try:
+        await c.connect_once()
+        return {"admitted": True}
+    except ConnectError as exc:
+        return {"admitted": False, "why": str(exc)}
+    finally:
+        await c.close()
 
 
 async def relay(cmd: dict) -> dict:
@@ -126,6 +145,8 @@ async def main() -> None:
                 out = await asyncio.to_thread(leaf, cmd)
             elif op == "connect":
                 out = await asyncio.wait_for(connect(cmd), 30)
+            elif op == "admitted":
+                out = await asyncio.wait_for(admitted(cmd), 30)
             elif op == "relay":
                 out = await asyncio.wait_for(relay(cmd), 30)
             else:

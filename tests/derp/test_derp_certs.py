@@ -320,6 +320,7 @@ def test_documented_derper_command_lines_parse() -> None:
     import pathlib
     import shlex
     from derp.aio.derper import build_parser
+    from derp.aio.derper_args import parse_command_line   # Go's flag syntax too (derper's own lines)
     root = pathlib.Path(__file__).resolve().parents[2]
     seen = 0
     for path in (root / "README.md", root / "docs" / "derp.md"):
@@ -328,7 +329,7 @@ def test_documented_derper_command_lines_parse() -> None:
             line = line.split("#", 1)[0].strip()
             if not line.startswith("wgc derper ") or "..." in line:
                 continue
-            args = build_parser().parse_args(shlex.split(line)[2:])
+            args = parse_command_line(build_parser(), shlex.split(line)[2:], {})
             seen += 1
             if args.certmode == "letsencrypt":
                 assert args.acme_email and args.hostname != "localhost"

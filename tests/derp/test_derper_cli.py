@@ -115,9 +115,11 @@ def test_help_shows_every_default_and_every_flag_has_help() -> None:
     assert proc.returncode == 0, proc.stderr
     entries = _help_entries(proc.stdout)
     assert "--metrics-token-file" in entries and "--stun" in entries and "--no-stun" in entries
-    for flag, default in (("--certmode", "manual"), ("--hostname", "localhost"), ("--http-port", "80"),
-                          ("--stun-port", "3478"), ("--metrics-addr", "127.0.0.1:9090"), ("--addr", ":443"),
-                          ("--stun", "True"), ("--conn-rate", "5.0"), ("--shutdown-timeout", "30.0"),
+    for flag, default in (("--certmode", "manual when the DERP port is 443, else none"), ("--hostname", "localhost"),
+                          ("--http-port", "80"), ("--stun-port", "3478"), ("--metrics-addr", "127.0.0.1:9090"),
+                          ("--addr", ":443"), ("--stun", "True"), ("--conn-rate", "5.0"), ("--shutdown-timeout", "30s"),
+                          ("--tcp-keepalive-time", "10m"), ("--tcp-user-timeout", "15s"),
+                          ("--verify-client-url-fail-open", "True"), ("--keepalive-interval", "60s"),
                           ("--cert-watch-interval", "2s"), ("--acme-challenge", "tls-alpn-01"),
                           ("--acme-renew-before", "33%"), ("--acme-retry", "1m")):
         assert f"(default: {default})" in entries[flag], (flag, entries[flag])
