@@ -56,13 +56,6 @@ def _read_ready(proc: subprocess.Popen, timeout: float) -> str:
     return result[0] if result else ""
 
 
-def free_port() -> int:
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def derper(tmp_path, pki):
     """derper(*args, tls=True) starts `python -m derp` on 127.0.0.1 with an ephemeral port."""

@@ -130,3 +130,11 @@ class RawDerp:
 
 
 __all__ = ["F", "new_key", "client", "exchange", "http_get", "metric", "dropped", "fill_until_queue_full", "RawDerp"]
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now."""
+    import socket
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

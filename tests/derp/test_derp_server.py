@@ -320,7 +320,7 @@ def test_slow_reader_is_bounded_and_does_not_stall_others(derper, pki, tls) -> N
 
 
 def test_meshed_servers_relay_between_their_clients(derper, pki, tmp_path) -> None:
-    from conftest import free_port
+    from derp_support import free_port
     psk = tmp_path / "mesh.key"
     psk.write_text(os.urandom(32).hex() + "\n")
     p1, p2 = free_port(), free_port()
