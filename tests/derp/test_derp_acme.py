@@ -1,5 +1,5 @@
 """`wgc derper --certmode letsencrypt` against Debian's pebble (Let's Encrypt's ACME test server) in a
-network namespace (tests/derp/pebble_lab.py): issuance through TLS-ALPN-01 on the DERP port and through
+network namespace (tools/acmelab.py, with tests/derp/pebble_lab.py): issuance through TLS-ALPN-01 on the DERP port and through
 HTTP-01 on --http-port, the cache in --certdir across a restart, renewal swapped into the running
 listener without dropping connections, and a failing challenge that leaves the old certificate serving.
 DERP clients verify the served chain against pebble's root CA and relay packets."""

@@ -7,7 +7,9 @@
   moderate background stream; reference: the same ping-pong over direct loopback TCP. "Added" = relayed -
   direct, per percentile.
 * idle capacity: the relay's RSS with N connected idle clients (default 10,000), TLS and plain.
-Traffic stays on 127.0.0.1. Not part of the test suite.
+* with --compare-acme: TLS throughput and round trip with a manual certificate beside one the relay got
+  from pebble over ACME (tools/bench/derp_acme.py; needs root and Debian's pebble).
+Traffic stays on 127.0.0.1 (with --compare-acme: on the loopback of a namespace the bench makes).
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ import os
 import resource
 import socket
 import ssl
+import shutil
 import statistics
 import struct
 import subprocess
@@ -86,8 +89,9 @@ def make_pki(tmp: str) -> dict[str, str]:
 _CTX: dict[str, ssl.SSLContext] = {}
 
 
-def derp_socket(port: int, tls: bool, ca: str, priv: bytes) -> socket.socket:
-    """A blocking socket that finished the DERP handshake (ServerInfo received)."""
+def derp_socket(port: int, tls: bool, ca: str, priv: bytes, sni: str = "127.0.0.1") -> socket.socket:
+    """A blocking socket to 127.0.0.1:port that finished the DERP handshake (ServerInfo received); over TLS
+    the served chain is verified against `ca` for the name `sni`, which is also the HTTP Host."""
     sock = socket.create_connection(("127.0.0.1", port))
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     if tls:
@@ -95,8 +99,8 @@ def derp_socket(port: int, tls: bool, ca: str, priv: bytes) -> socket.socket:
         if ctx is None:
             ctx = _CTX[ca] = ssl.create_default_context(cafile=ca)
             ctx.set_alpn_protocols(["http/1.1"])
-        sock = ctx.wrap_socket(sock, server_hostname="127.0.0.1")
-    sock.sendall(b"GET /derp HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: DERP\r\nConnection: Upgrade\r\n\r\n")
+        sock = ctx.wrap_socket(sock, server_hostname=sni)
+    sock.sendall(f"GET /derp HTTP/1.1\r\nHost: {sni}\r\nUpgrade: DERP\r\nConnection: Upgrade\r\n\r\n".encode())
     buf = b""
     while b"\r\n\r\n" not in buf:
         buf += sock.recv(4096)
@@ -117,7 +121,7 @@ def derp_socket(port: int, tls: bool, ca: str, priv: bytes) -> socket.socket:
 
 # ---- throughput ------------------------------------------------------------------------------------------
 
-def _receiver(conn, mode, port, tls, ca, priv, seconds):
+def _receiver(conn, mode, port, tls, ca, priv, seconds, sni):
     if mode == "direct":  # reference: accept the sender's connection ourselves
         lsock = socket.socket()
         lsock.bind(("127.0.0.1", 0))
@@ -128,7 +132,7 @@ def _receiver(conn, mode, port, tls, ca, priv, seconds):
         sock = socket.create_connection(("127.0.0.1", port))
         conn.send(port)
     else:
-        sock = derp_socket(port, tls, ca, priv)
+        sock = derp_socket(port, tls, ca, priv, sni)
         conn.send(port)
     buf = bytearray(1 << 20)
     view = memoryview(buf)
@@ -150,11 +154,11 @@ def _receiver(conn, mode, port, tls, ca, priv, seconds):
     conn.send((total, (last - start) if start and last else 1.0))
 
 
-def _sender(mode, port, tls, ca, priv, dst, seconds):
+def _sender(mode, port, tls, ca, priv, dst, seconds, sni):
     if mode in ("direct", "pipe"):
         sock = socket.create_connection(("127.0.0.1", port))
     else:
-        sock = derp_socket(port, tls, ca, priv)
+        sock = derp_socket(port, tls, ca, priv, sni)
     payload = os.urandom(PKT)
     frame = HDR.pack(FrameType.SEND_PACKET, 32 + PKT) + dst + payload
     batch = frame * 32
@@ -192,16 +196,17 @@ def _pipe_server(ready):
     asyncio.run(main())
 
 
-def throughput(mode: str, port: int, tls: bool, ca: str, seconds: float) -> tuple[float, float]:
+def throughput(mode: str, port: int, tls: bool, ca: str, seconds: float,
+               sni: str = "127.0.0.1") -> tuple[float, float]:
     """(Mbit/s of packet payload, packets/s) received from one sender streaming 1,400-byte packets."""
     ka, kb = private_key_from_random(os.urandom(32)), private_key_from_random(os.urandom(32))
     frame_len = 5 + 32 + PKT
     parent, child = mp.Pipe()
-    rx = mp.Process(target=_receiver, args=(child, mode, port, tls, ca, kb, seconds))
+    rx = mp.Process(target=_receiver, args=(child, mode, port, tls, ca, kb, seconds, sni))
     rx.start()
     port = parent.recv()
     time.sleep(0.2)
-    tx = mp.Process(target=_sender, args=(mode, port, tls, ca, ka, public_key_of(kb), seconds))
+    tx = mp.Process(target=_sender, args=(mode, port, tls, ca, ka, public_key_of(kb), seconds, sni))
     tx.start()
     tx.join(seconds + 30)
     total, elapsed = parent.recv()
@@ -212,8 +217,8 @@ def throughput(mode: str, port: int, tls: bool, ca: str, seconds: float) -> tupl
 
 # ---- latency ---------------------------------------------------------------------------------------------
 
-def _echo(port, tls, ca, priv, ready):
-    sock = derp_socket(port, tls, ca, priv)
+def _echo(port, tls, ca, priv, ready, sni="127.0.0.1"):
+    sock = derp_socket(port, tls, ca, priv, sni)
     ready.send(1)
     buf = b""
     while True:
@@ -258,7 +263,7 @@ def _read_frame(sock, buf: bytearray) -> bytes:
         buf += data
 
 
-def pingpong(port: int | None, tls: bool, ca: str, count: int) -> list[float]:
+def pingpong(port: int | None, tls: bool, ca: str, count: int, sni: str = "127.0.0.1") -> list[float]:
     """Round-trip times (µs) of 1,400-byte packets: through the relay, or direct when port is None."""
     parent, child = mp.Pipe()
     kb = private_key_from_random(os.urandom(32))
@@ -268,10 +273,10 @@ def pingpong(port: int | None, tls: bool, ca: str, count: int) -> list[float]:
         sock = socket.create_connection(("127.0.0.1", parent.recv()))
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     else:
-        echo = mp.Process(target=_echo, args=(port, tls, ca, kb, child), daemon=True)
+        echo = mp.Process(target=_echo, args=(port, tls, ca, kb, child, sni), daemon=True)
         echo.start()
         parent.recv()
-        sock = derp_socket(port, tls, ca, private_key_from_random(os.urandom(32)))
+        sock = derp_socket(port, tls, ca, private_key_from_random(os.urandom(32)), sni)
     frame = HDR.pack(FrameType.SEND_PACKET, 32 + PKT) + public_key_of(kb) + os.urandom(PKT)
     buf = bytearray()
     rtts = []
@@ -327,10 +332,28 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--idle-clients", type=int, default=10000)
     ap.add_argument("--background-pps", type=int, default=5000, help="moderate load during the latency run")
     ap.add_argument("--skip", default="", help="comma list of parts to skip: throughput,latency,idle")
+    ap.add_argument("--compare-acme", action="store_true",
+                    help="also compare TLS with a manual and with an ACME (pebble) certificate; needs root")
+    ap.add_argument("--acme-rounds", type=int, default=3, help="alternated rounds per certificate kind")
     args = ap.parse_args(argv)
     skip = set(filter(None, args.skip.split(",")))
+    if args.acme_rounds < 1:
+        ap.error("--acme-rounds is at least 1")
+    if args.compare_acme:
+        from tools.bench import derp_acme
+        problem = derp_acme.missing_prerequisites()
+        if problem:
+            print(f"tools.bench derp: {problem}", file=sys.stderr)
+            return 2
     raise_nofile()
     tmp = tempfile.mkdtemp(prefix="derp-bench-")
+    try:
+        return _run(args, skip, tmp)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _run(args: argparse.Namespace, skip: set[str], tmp: str) -> int:
     pki = make_pki(tmp)
     print(f"DERP relay benchmark: {PKT}-byte packets, loopback, {os.cpu_count()} CPUs, Python {sys.version.split()[0]}")
     if "throughput" not in skip:
@@ -391,6 +414,13 @@ def main(argv: list[str] | None = None) -> int:
                     s.close()
             finally:
                 srv.stop()
+    if args.compare_acme:
+        from tools.bench import derp_acme
+        try:
+            derp_acme.compare(tmp, pki, args.seconds, args.pings, args.acme_rounds)
+        except (RuntimeError, TimeoutError) as exc:   # pebble or the ACME relay did not come up
+            print(f"tools.bench derp: --compare-acme: {exc}", file=sys.stderr)
+            return 1
     return 0
 
 
