@@ -19,7 +19,8 @@ import pytest
 
 from derp.aio.certs import make_ca, make_cert, write_pair
 from derp.keys import private_key_from_random, public_key_of
-from tests.derp.pebble_lab import DIRECTORY, ENV, HOST, PebbleLab, _readline
+from tests.derp.pebble_lab import PebbleLab
+from tools.acmelab import DIRECTORY, ENV, HOST, readline as _readline
 from tests.support.control_target import ScriptedTarget, peer, sample_status
 from tests.support.prereq import require_binary, require_root
 from tools.natlab.netns import Namespace
