@@ -1,19 +1,24 @@
 """`wgc derper` started with the command lines of the self-hosting guides, unchanged but for paths and the
-test CA: derper's systemd `ExecStart` and compose `command:` (Go flag syntax, `-verify-clients` beside a
-`wgc up` interface's control socket: a scripted one, tests/support/control_target.py) and nefia-derp's
-compose `command:` list with its token variable. Each runs in a network namespace of its own (they bind
-:443, :80, :3478, :8443 and 127.0.0.1:9090 there) and relays between two DERP clients inside it. The
-`-certmode=letsencrypt` lines run against pebble (tests/derp/pebble_lab.py); the systemd line runs with
-`-certmode=manual` and a test CA's certificate too."""
+test CA: derper's systemd `ExecStart` and compose `command:` (Go flag syntax, `-verify-clients`) and
+nefia-derp's compose `command:` list with its token variable. Each runs in a network namespace of its own
+(they bind :443, :80, :3478, :8443 and 127.0.0.1:9090 there) and relays between two DERP clients inside it.
+The systemd line runs with `-certmode=manual` and a test CA's certificate beside a REAL `wgc up --foreground`
+interface in the same namespace (key K0, one peer K1): K1 is admitted and relays to K0, an unknown K2 is
+refused until the stock `wg set IFACE peer K2 ...` adds it over the UAPI socket, and `wg set IFACE peer K1
+remove` gets K1 disconnected and refused (the relay re-reads the interface's control socket every 2 s). The
+`-certmode=letsencrypt` lines run against pebble (tests/derp/pebble_lab.py) beside a scripted control socket
+(tests/support/control_target.py)."""
 from __future__ import annotations
 
 import asyncio
 import json
 import os
 import shlex
+import signal
 import subprocess
 import sys
 import threading
+import time
 
 import pytest
 
@@ -23,7 +28,7 @@ from tests.derp.pebble_lab import PebbleLab
 from tools.acmelab import DIRECTORY, ENV, HOST, readline as _readline
 from tests.support.control_target import ScriptedTarget, peer, sample_status
 from tests.support.prereq import require_binary, require_root
-from tools.natlab.netns import Namespace
+from tools.natlab.netns import Namespace, unique_name
 from wgclient.aio.control_server import start_control_server
 
 pytestmark = [pytest.mark.netns, pytest.mark.timeout(180)]
@@ -70,6 +75,57 @@ class Interface:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(5)
         self.loop.close()
+
+
+class WgcUp:
+    """A real `wgc up CONF --foreground` in the guide's namespace: [Interface] key `own`, one [Peer] `peer`.
+    `env` points its control, pid and log directories into the test's directory (the derper gets the same,
+    so -verify-clients finds the control socket); the UAPI socket stays in /var/run/wireguard, where `wg`
+    looks, under a name unique to this test."""
+
+    def __init__(self, ns: Namespace, tmp_path, own: bytes, peer: bytes) -> None:
+        self.ns, self.name = ns, unique_name("wgv")
+        self.env = {"WGC_CONTROL_DIR": str(tmp_path / "ctl"), "WGC_PID_DIR": str(tmp_path / "pid"),
+                    "WGC_LOG_DIR": str(tmp_path / "log")}
+        self.conf = tmp_path / f"{self.name}.conf"
+        fd = os.open(self.conf, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(f"[Interface]\nPrivateKey = {_b64(own)}\n\n[Peer]\nPublicKey = {_b64(peer)}\n"
+                     "AllowedIPs = 10.9.0.1/32\n")
+        self.uapi = f"/var/run/wireguard/{self.name}.sock"
+        self.control = os.path.join(self.env["WGC_CONTROL_DIR"], self.name + ".ctl")
+        self.log_path = tmp_path / f"{self.name}.stderr"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        env = {k: v for k, v in ENV.items() if k != "WGC_RUN_DIR"} | self.env
+        with open(self.log_path, "wb") as log:
+            self.proc = self.ns.popen(sys.executable, "-m", "wgclient.cli", "up", str(self.conf), "--foreground",
+                                      env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=log)
+        deadline = time.monotonic() + 30
+        while not (os.path.exists(self.uapi) and os.path.exists(self.control)):
+            assert self.proc.poll() is None, f"wgc up exited: {self.log_path.read_text()}"
+            assert time.monotonic() < deadline, f"wgc up: no UAPI/control socket in 30 s: {self.log_path.read_text()}"
+            time.sleep(0.05)
+
+    def wg_set(self, *args: str) -> None:
+        """The stock `wg set IFACE ARGS` (wireguard-tools) over the UAPI socket."""
+        res = self.ns.run("wg", "set", self.name, *args, check=False, timeout=10)
+        assert res.returncode == 0, f"wg set {' '.join(args)}: {res.stderr.strip()}"
+
+    def stop(self) -> None:
+        """SIGTERM (its own clean shutdown), SIGKILL after 15 s; a UAPI socket left behind is removed."""
+        if self.proc is not None and self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGTERM)
+                self.proc.wait(15)
+            except ProcessLookupError:
+                pass
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(5)
+        if os.path.exists(self.uapi):
+            os.unlink(self.uapi)     # the name is unique to this test, so the socket was ours
 
 
 def _b64(key: bytes) -> str:
@@ -143,25 +199,52 @@ def netns():
     require_binary("ip")
 
 
+def wait_admitted(guide: Guide, mapfile: str, ca: str, key: bytes, want: bool, within: float = 20) -> None:
+    """Until the relay admits (or refuses) `key`: the derper re-reads the interface every 2 s."""
+    deadline = time.monotonic() + within
+    while True:
+        out = guide.call("admitted", map=mapfile, ca=ca, key=key.hex())
+        if out.get("admitted") is want:
+            return
+        assert time.monotonic() < deadline, f"admitted is not {want} after {within} s: {out}"
+        time.sleep(0.2)
+
+
 def test_derpers_systemd_line_with_manual_certificates(netns, tmp_path) -> None:
-    (own, pown), a, b, stranger = keys(4)
+    require_binary("wg")
+    (k0, p0), (k1, p1), (k2, p2) = keys(3)
     certdir = tmp_path / "derper" / "certs"
     certdir.mkdir(parents=True)
     ca = make_ca("guide test CA")
+    cafile = str(tmp_path / "ca.pem")
     (tmp_path / "ca.pem").write_bytes(ca.cert_pem)
     write_pair(make_cert([HOST], ca), str(certdir / f"{HOST}.crt"), str(certdir / f"{HOST}.key"))
     argv = wgc_derper(shlex.split(DERPER_EXECSTART)[1:], tmp_path)
     argv[argv.index("-certmode=letsencrypt")] = "-certmode=manual"
-    iface = Interface(str(tmp_path / "ctl"), pown, [a[1], b[1]])
     guide = Guide(tmp_path)
+    iface = WgcUp(guide.ns, tmp_path, k0, p1)
     try:
-        ready = guide.start(argv, {"WGC_CONTROL_DIR": str(tmp_path / "ctl")})
+        iface.start()
+        ready = guide.start(argv, iface.env)
         assert "addr=0.0.0.0:443" in ready and "tls=yes" in ready and "http=80" in ready and "stun=3478" in ready
-        check_verify_clients(guide, derpmap(tmp_path), str(tmp_path / "ca.pem"), [a, b], stranger)
+        mapfile = derpmap(tmp_path)
+        # the peer K1 is admitted and relays both ways with K0, the interface's own key; a stranger is not
+        out = guide.call("connect", map=mapfile, ca=cafile, name="peers", keys=[k1.hex(), k0.hex()])
+        assert out.get("relayed"), out
+        out = guide.call("admitted", map=mapfile, ca=cafile, key=k2.hex())
+        assert out == {"admitted": False, "why": out.get("why")}, out
+        # a peer added at runtime with the stock tool is admitted at the next poll
+        iface.wg_set("peer", _b64(p2), "allowed-ips", "10.9.9.9/32")
+        wait_admitted(guide, mapfile, cafile, k2, True)
+        # a peer removed: refused, and its open connection closed (the kept pair no longer relays)
+        iface.wg_set("peer", _b64(p1), "remove")
+        wait_admitted(guide, mapfile, cafile, k1, False)
+        out = guide.call("relay", name="peers")
+        assert "relayed" not in out and "not relayed" in out.get("error", ""), out
         assert (tmp_path / "derper" / "derper.key").exists()         # -c: the node key is kept
     finally:
+        iface.stop()
         guide.close()
-        iface.close()
 
 
 @pytest.fixture
