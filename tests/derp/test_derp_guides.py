@@ -59,6 +59,7 @@ class Interface:
     """A `wgc up` interface's control socket (scripted) on an event loop of its own, as a daemon has it."""
 
     def __init__(self, control_dir: str, own: bytes, peers: list[bytes]) -> None:
+        self._saved = os.environ.get("WGC_CONTROL_DIR")   # start_control_server reads it; restored by close()
         os.environ["WGC_CONTROL_DIR"] = control_dir
         snap = sample_status("wg0")
         snap["public_key"] = _b64(own)
@@ -75,6 +76,10 @@ class Interface:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(5)
         self.loop.close()
+        if self._saved is None:
+            os.environ.pop("WGC_CONTROL_DIR", None)
+        else:
+            os.environ["WGC_CONTROL_DIR"] = self._saved
 
 
 class WgcUp:
