@@ -111,6 +111,7 @@ class TunnelWindow:
         if rtt <= self.min_rtt:
             self.min_rtt = rtt
             self._min_rtt_at = now
+            self._probe_until = None         # a new minimum ends a ProbeRTT early
             self._update_cap()
         elif self._probe_until is not None:
             self._probe_min = min(self._probe_min, rtt)
@@ -153,7 +154,7 @@ class TunnelWindow:
 
     def _update_cap(self) -> None:
         if self._probe_until is not None:
-            self._probe_until = None         # a new minimum ends a ProbeRTT early
+            return                           # the window stays small until the ProbeRTT ends
         if self._rates and self.min_rtt != INFINITE:
             bdp = max(self._rates) * self.min_rtt
             self.cap = max(self.config.cwnd_gain * bdp + self.config.headroom_packets * self.mss,

@@ -24,6 +24,7 @@ class Run:
         self.events: list[tuple[float, int, str, float]] = []
         self.seq = 0
         self.free_at = self.now = 0.0
+        self.delay = DELAY
 
     def send(self):
         w, now = self.w, self.now
@@ -33,14 +34,14 @@ class Run:
             start = max(now, self.free_at)
             if self.buffer is not None and (start - now) * RATE + MSS > self.buffer:
                 self.overflowed += 1
-                heapq.heappush(self.events, (now + 2 * DELAY + 0.005, self.seq, "lost", now))
+                heapq.heappush(self.events, (now + 2 * self.delay + 0.005, self.seq, "lost", now))
                 continue
             self.free_at = start + MSS / RATE
             self.max_queue_delay = max(self.max_queue_delay, start - now)
             if self.rng.random() < self.loss(now):
-                heapq.heappush(self.events, (self.free_at + 2 * DELAY + 0.005, self.seq, "lost", now))
+                heapq.heappush(self.events, (self.free_at + 2 * self.delay + 0.005, self.seq, "lost", now))
             else:
-                heapq.heappush(self.events, (self.free_at + 2 * DELAY, self.seq, "ack", now))
+                heapq.heappush(self.events, (self.free_at + 2 * self.delay, self.seq, "ack", now))
 
     def until(self, end):
         w = self.w
@@ -85,6 +86,17 @@ def test_no_loss_and_an_endless_buffer_still_bound_the_window():
     assert r.goodput() > 0.95 * RATE
     assert r.max_window < 3 * BDP                # over 10 s: ProbeRTT keeps the queue from ratcheting
     assert r.max_queue_delay < 2 * (2 * DELAY)
+
+
+def test_a_longer_path_is_learnt_again_by_probing_the_rtt():
+    # The RTT triples at 5 s: a window capped by the old minimum RTT would carry 2/3 of the rate at most.
+    r = Run(TunnelWindow(MSS), lambda now: 0.0, duration=40.0, buffer=None)
+    r.until(5.0)
+    r.delay = 3 * DELAY
+    r.until(30.0)
+    start = r.delivered
+    r.until(40.0)
+    assert (r.delivered - start) / 10.0 > 0.9 * RATE
 
 
 def test_a_loss_rate_well_above_random_loss_shrinks_the_window():
