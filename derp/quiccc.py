@@ -15,7 +15,7 @@ The rules (close to BBR's window, draft-cardwell-iccrg-bbr §4.6.4 / "inflight_h
   end of a round, the bytes acknowledged in it over its duration is one delivery-rate sample.
 - Cap from the path. ``cap = CWND_GAIN × max_rate × min_rtt + headroom``: max_rate is the largest sample
   of the last ``rate_rounds`` rounds, min_rtt the smallest RTT of the last ``min_rtt_window`` seconds. At
-  a bottleneck the rate samples stop growing, so the window stops at twice the path's BDP whatever the
+  a bottleneck the rate samples stop growing (min_rtt is floored at ``rtt_floor`` for ACK delay), so the window stops at twice the path's BDP whatever the
   loss: a queue can grow to one BDP at most, never an unbounded blast (Reno with a deep buffer and no loss
   would grow forever).
 - Growth. Each acknowledged byte adds a byte to the window (slow-start-like: the window can double per
@@ -43,6 +43,8 @@ class TunnelCCConfig:
     min_rtt_window: float = 10.0           # BBR's MinRTTFilterLen, seconds
     probe_rtt_time: float = 0.2            # BBR's ProbeRTTDuration: window held at probe_rtt_packets
     probe_rtt_packets: int = 4             # BBR's MinPipeCwnd
+    rtt_floor: float = 0.002               # the BDP uses at least this RTT: a sample on the packet that
+                                           # triggered an ACK misses the peer's ACK delay (aioquic: 1 ms)
     loss_sample_packets: int = 64          # outcomes judged together (fewer would make one loss 30 %)
     loss_rate_threshold: float = 0.10      # well above random loss on a real path (a few percent)
     loss_reduction: float = 0.7            # CUBIC's beta, applied to inflight_hi on a high loss rate
@@ -156,7 +158,7 @@ class TunnelWindow:
         if self._probe_until is not None:
             return                           # the window stays small until the ProbeRTT ends
         if self._rates and self.min_rtt != INFINITE:
-            bdp = max(self._rates) * self.min_rtt
+            bdp = max(self._rates) * max(self.min_rtt, self.config.rtt_floor)
             self.cap = max(self.config.cwnd_gain * bdp + self.config.headroom_packets * self.mss,
                            self.minimum)
 
