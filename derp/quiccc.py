@@ -48,6 +48,9 @@ class TunnelCCConfig:
     loss_sample_packets: int = 64          # outcomes judged together (fewer would make one loss 30 %)
     loss_rate_threshold: float = 0.10      # well above random loss on a real path (a few percent)
     loss_reduction: float = 0.7            # CUBIC's beta, applied to inflight_hi on a high loss rate
+    queue_rtt_factor: float = 1.25         # a loss while the RTT exceeds min_rtt x this + margin ...
+    queue_rtt_margin: float = 0.001        # ... (aioquic's ACK delay) is a queue overflowing: congestion
+    queue_loss_reduction: float = 0.85     # applied to inflight_hi, at most once per round
 
 
 DEFAULT_CONFIG = TunnelCCConfig()
@@ -76,7 +79,9 @@ class TunnelWindow:
         self._round_congested = False
         self._outcomes = 0
         self._lost = 0
-        self.congestion_events = 0             # high-loss verdicts (for logs and tests)
+        self.latest_rtt = 0.0
+        self.congestion_events = 0             # window reductions (for logs and tests)
+        self.ignored_losses = 0                # losses without a queue: taken as random, no reaction
 
     # --- inputs -------------------------------------------------------------------------------------
 
@@ -106,10 +111,17 @@ class TunnelWindow:
         self.in_flight -= size
         self._outcomes += 1
         self._lost += 1
+        config = self.config
+        if self.latest_rtt > self.min_rtt * config.queue_rtt_factor + config.queue_rtt_margin:
+            if not self._round_congested:
+                self._reduce(config.queue_loss_reduction)
+        else:
+            self.ignored_losses += 1
         if self._outcomes >= self.config.loss_sample_packets:
             self._judge_losses()
 
     def on_rtt(self, now: float, rtt: float) -> None:
+        self.latest_rtt = rtt
         if rtt <= self.min_rtt:
             self.min_rtt = rtt
             self._min_rtt_at = now
@@ -164,9 +176,12 @@ class TunnelWindow:
 
     def _judge_losses(self) -> None:
         if self._lost > self.config.loss_rate_threshold * self._outcomes:
-            self.congestion_events += 1
-            self.inflight_hi = max(self.config.loss_reduction * self.window, self.minimum)
-            self.window = int(self.inflight_hi)
-            self._round_congested = True
+            self._reduce(self.config.loss_reduction)
         self._outcomes = 0
         self._lost = 0
+
+    def _reduce(self, factor: float) -> None:
+        self.congestion_events += 1
+        self.inflight_hi = max(factor * self.window, self.minimum)
+        self.window = int(self.inflight_hi)
+        self._round_congested = True
