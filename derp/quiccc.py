@@ -2,29 +2,39 @@
 
 What travels in the connection's DATAGRAM frames is WireGuard packets, and what is inside those is mostly
 traffic with its own end-to-end congestion control (the TCP in the tunnel). RFC 9221 §5.4 keeps DATAGRAM
-frames under the QUIC connection's congestion controller, and RFC 9298 §6 says a tunnel carrying
-congestion-controlled traffic incurs two nested controllers but MUST NOT drop its own control unless it
-knows for certain that the inner traffic is controlled, which a relay cannot know of a WireGuard payload.
-So the window here still bounds what is in flight, but it does not react to loss the way Reno/CUBIC do: a
-halving on every lost packet makes 1 % random loss throttle the relay link once more on top of the inner
-TCP, which already backs off for the same loss (the nested controllers then compound).
+frames under the QUIC connection's congestion controller (a sender delays or drops what the controller
+does not allow). RFC 9298 §6 (UDP proxying) notes the two nested controllers this makes and forbids
+disabling the outer one without certainty that the inner traffic is controlled; RFC 9484 §10 (IP
+proxying, the case closest to a WireGuard relay) lets the outer connection disable it for packets holding
+only tunnelled IP, pointing at RFC 8085 §3.1.11. A relay cannot know a WireGuard payload is controlled
+(UDP floods travel in tunnels too), so the window here still bounds what is in flight, but it does not
+react to loss the way Reno/CUBIC do: a halving on every lost packet makes 1 % random loss throttle the
+relay link once more on top of the inner TCP, which already backs off for the same loss.
 
-The rules (close to BBR's window, draft-cardwell-iccrg-bbr §4.6.4 / "inflight_hi" of BBRv2):
+The rules (close to BBR's window, draft-cardwell-iccrg-bbr, and BBRv2's "inflight_hi"):
 
 - Rounds. A round ends when a packet sent after the round began is acknowledged (about one RTT). At the
   end of a round, the bytes acknowledged in it over its duration is one delivery-rate sample.
-- Cap from the path. ``cap = CWND_GAIN × max_rate × min_rtt + headroom``: max_rate is the largest sample
-  of the last ``rate_rounds`` rounds, min_rtt the smallest RTT of the last ``min_rtt_window`` seconds. At
-  a bottleneck the rate samples stop growing (min_rtt is floored at ``rtt_floor`` for ACK delay), so the window stops at twice the path's BDP whatever the
-  loss: a queue can grow to one BDP at most, never an unbounded blast (Reno with a deep buffer and no loss
-  would grow forever).
+- Cap from the path. ``cap = cwnd_gain × max_rate × max(min_rtt, rtt_floor) + headroom``: max_rate is
+  the largest sample of the last ``rate_rounds`` rounds; ``rtt_floor`` covers the peer's ACK delay. At a
+  bottleneck the rate samples stop growing, so the window stops at twice the path's BDP whatever the loss:
+  a queue can grow to one BDP at most, never an unbounded blast (Reno with a deep buffer and no loss would
+  grow for ever).
+- ProbeRTT. min_rtt is the smallest RTT seen; when no sample has matched it for ``min_rtt_window``
+  seconds, the window is held at ``probe_rtt_packets`` for ``probe_rtt_time`` so the queue drains, and the
+  smallest RTT seen meanwhile becomes min_rtt (a longer path is learnt, a standing queue is not).
 - Growth. Each acknowledged byte adds a byte to the window (slow-start-like: the window can double per
   round), but never beyond the cap nor ``inflight_hi``.
-- Loss *rate*, not loss events. Outcomes (acked or lost packets) are counted until at least
-  ``loss_sample_packets`` are known; if more than ``loss_rate_threshold`` of them were lost, that is
-  congestion, not random loss: ``inflight_hi`` becomes ``loss_reduction × window`` (and the window with
-  it), then grows back by 1, 2, 4 ... packets per round without such a verdict. Random loss of a few percent never
-  reaches the threshold, so it costs only the lost packets themselves.
+- Which losses count (TCP Veno's idea: tell random loss from congestion loss by the queue). A loss while
+  the latest RTT exceeds ``queue_rtt_factor × min_rtt + margin`` happens with a queue standing, so a
+  buffer is overflowing: ``inflight_hi`` becomes ``queue_loss_reduction × window`` (and the window with
+  it), at most once per round, and grows back by one packet per round without a cut. A loss with no queue
+  is taken as random and only counted (``ignored_losses``): random loss of a few percent costs the lost
+  packets themselves, not the window.
+- Loss *rate* as the backstop (policers and buffers too shallow to raise the RTT drop without a queue
+  signal): outcomes (acked or lost packets) are counted until at least ``loss_sample_packets`` are known;
+  if more than ``loss_rate_threshold`` of them were lost, ``inflight_hi`` becomes ``loss_reduction ×
+  window``. Random loss of a few percent stays far below that threshold.
 - Persistent congestion (RFC 9002 §7.6.2): the window MUST go to the minimum; the rate and RTT samples are
   forgotten too (the path may have changed), so the window slow-starts again from there.
 """

@@ -100,3 +100,28 @@ def test_datagrams_cross_a_lossy_link_with_the_tunnel_controller():
     got = len(p.received)
     assert sent == 3000 and 0.85 * 3000 < got < 3000      # about 5 % lost, the rest through
     assert p.client._loss._cc.core.congestion_events == 0
+
+
+def goodput(algorithm: str, loss: float) -> float:
+    """Share of a 10 Mbit/s, 40 ms RTT bottleneck (1 BDP of buffer) a saturating sender fills, in
+    virtual time, after one second of warm-up."""
+    rate, delay = 1.25e6, 0.02
+    p = QuicPair(Link(delay=delay, loss=loss, seed=5, rate=rate, buffer=int(rate * 2 * delay)),
+                 Link(delay=delay, loss=loss, seed=6), algorithm=algorithm)
+    p.handshake()
+    sender = DatagramSender(p.client)
+
+    def source(now):
+        while len(sender.pending) < 64:
+            sender.send(bytes(1300))
+
+    p.run(p.now + 1.0, source)
+    start, count = p.now, len(p.received)
+    p.run(start + 2.0, source)
+    return (len(p.received) - count) * 1300 / (p.now - start) / rate
+
+
+def test_random_loss_throttles_reno_not_the_tunnel_controller():
+    for loss in (0.01, 0.03):
+        ours, reno = goodput(ALGORITHM, loss), goodput("reno", loss)
+        assert ours > 0.9 and reno < 0.5, (loss, ours, reno)

@@ -2,9 +2,10 @@
 pair (tests/derp/quiccc_pair.py, virtual time, no sockets) over an emulated link.
 
 1. Goodput: the client keeps DATAGRAM frames of --size bytes queued (derp.aio.quiccc.DatagramSender)
-   towards the server through a bottleneck of --rate Mbit/s with a drop-tail buffer of 2 BDP, --delay ms
-   each way and seeded random loss in both directions, at 0 %, 1 % and 3 %, once per controller: aioquic's
-   default (reno), cubic and ours (wgc-tunnel). Virtual time, so the figures do not depend on the CPU.
+   towards the server through a bottleneck of --rate Mbit/s with a drop-tail buffer of --buffer BDP,
+   --delay ms each way and seeded random loss in both directions (upstream of the bottleneck), at 0 %,
+   1 % and 3 %, once per controller: aioquic's default (reno), cubic and ours (wgc-tunnel), with the count
+   of packets the bottleneck buffer dropped. Virtual time, so the figures do not depend on the CPU.
 2. CPU: wall-clock microseconds per datagram for aioquic to send and receive --size-byte datagrams
    (client datagrams_to_send, server receive_datagram + events, the ACKs back), with pacing on/off, the
    qlog QuicLogger on/off, and 1 vs 32 datagrams queued per datagrams_to_send call.
@@ -28,24 +29,26 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="python3 -m tools.bench quic", description=__doc__.split("\n\n")[0])
     ap.add_argument("--rate", type=float, default=50.0, help="bottleneck Mbit/s (default 50)")
     ap.add_argument("--delay", type=float, default=20.0, help="one-way delay in ms (default 20)")
+    ap.add_argument("--buffer", type=float, default=1.0, help="bottleneck buffer in BDPs (default 1)")
     ap.add_argument("--time", type=float, default=6.0, help="virtual seconds per goodput run (default 6)")
     ap.add_argument("--size", type=int, default=1300, help="datagram payload bytes (default 1300)")
     ap.add_argument("--count", type=int, default=20000, help="datagrams per CPU run (default 20000)")
     ap.add_argument("--seed", type=int, default=1)
     opts = ap.parse_args(argv)
-    if not (0.1 <= opts.rate <= 1000 and 0 <= opts.delay <= 500 and 1 <= opts.time <= 120
+    if not (0.1 <= opts.rate <= 1000 and 0 <= opts.delay <= 500 and 0.05 <= opts.buffer <= 100 and 1 <= opts.time <= 120
             and 16 <= opts.size <= 1400 and 100 <= opts.count <= 10**6):
-        ap.error("--rate 0.1-1000, --delay 0-500, --time 1-120, --size 16-1400, --count 100-1000000")
+        ap.error("--rate 0.1-1000, --delay 0-500, --buffer 0.05-100, --time 1-120, --size 16-1400, --count 100-1000000")
     return opts
 
 
-def goodput(algorithm: str, loss: float, opts) -> float:
-    """Mbit/s of datagram payload the server received after the first second."""
+def goodput(algorithm: str, loss: float, opts) -> tuple[float, int]:
+    """Mbit/s of datagram payload the server received after the first second, and the packets the
+    bottleneck's buffer dropped in that time."""
     rate = opts.rate * 1e6 / 8
     delay = opts.delay / 1000
     bdp = rate * 2 * delay
-    p = QuicPair(Link(delay=delay, loss=loss, seed=opts.seed, rate=rate, buffer=int(max(2 * bdp, 16 * 1500))),
-                 Link(delay=delay, loss=loss, seed=opts.seed + 1), algorithm=algorithm)
+    up = Link(delay=delay, loss=loss, seed=opts.seed, rate=rate, buffer=int(max(opts.buffer * bdp, 4 * 1500)))
+    p = QuicPair(up, Link(delay=delay, loss=loss, seed=opts.seed + 1), algorithm=algorithm)
     p.handshake()
     sender = DatagramSender(p.client)
     payload = bytes(opts.size)
@@ -55,9 +58,9 @@ def goodput(algorithm: str, loss: float, opts) -> float:
             sender.send(payload)
 
     p.run(p.now + 1.0, source)
-    start, count = p.now, len(p.received)
+    start, count, overflowed = p.now, len(p.received), up.overflowed
     p.run(start + opts.time, source)
-    return (len(p.received) - count) * opts.size * 8 / (p.now - start) / 1e6
+    return (len(p.received) - count) * opts.size * 8 / (p.now - start) / 1e6, up.overflowed - overflowed
 
 
 def cpu_cost(opts, *, batch: int, pacing: bool = True, qlog: bool = False) -> tuple[float, float, float]:
@@ -105,13 +108,15 @@ def cpu_cost(opts, *, batch: int, pacing: bool = True, qlog: bool = False) -> tu
 
 def main(argv: list[str]) -> int:
     opts = parse_args(argv)
-    print(f"goodput, Mbit/s of {opts.size}-byte datagrams: bottleneck {opts.rate:g} Mbit/s, "
-          f"{opts.delay:g} ms each way, buffer 2 BDP, loss both ways, {opts.time:g} virtual s")
-    print(f"{'loss':>6} " + " ".join(f"{name:>11}" for name in CONTROLLERS) + f" {'ours/reno':>10} {'ours/cubic':>10}")
+    print(f"goodput, Mbit/s of {opts.size}-byte datagrams (packets the buffer dropped): bottleneck "
+          f"{opts.rate:g} Mbit/s, {opts.delay:g} ms each way, buffer {opts.buffer:g} BDP, loss both ways, "
+          f"{opts.time:g} virtual s")
+    print(f"{'loss':>6} " + " ".join(f"{name:>15}" for name in CONTROLLERS) + f" {'ours/reno':>10} {'ours/cubic':>10}")
     for loss in LOSSES:
         figures = [goodput(name, loss, opts) for name in CONTROLLERS]
-        print(f"{loss * 100:>5g}% " + " ".join(f"{f:>11.1f}" for f in figures)
-              + f" {figures[2] / max(figures[0], 1e-9):>9.1f}x {figures[2] / max(figures[1], 1e-9):>9.1f}x")
+        rates = [f for f, _ in figures]
+        print(f"{loss * 100:>5g}% " + " ".join(f"{f:>8.1f} ({d:>4})" for f, d in figures)
+              + f" {rates[2] / max(rates[0], 1e-9):>9.1f}x {rates[2] / max(rates[1], 1e-9):>9.1f}x")
     print(f"\naioquic CPU, µs per {opts.size}-byte datagram (wall clock, {opts.count} datagrams)")
     print(f"{'variant':<34} {'send':>7} {'receive':>8} {'acks':>7} {'total':>7}")
     for label, kw in (("pacing, no qlog, 1 per call", dict(batch=1)),
