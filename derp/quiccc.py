@@ -28,7 +28,8 @@ The rules (close to BBR's window, draft-cardwell-iccrg-bbr, and BBRv2's "infligh
 - Which losses count (TCP Veno's idea: tell random loss from congestion loss by the queue). A loss while
   the latest RTT exceeds ``queue_rtt_factor × min_rtt + margin`` happens with a queue standing, so a
   buffer is overflowing: ``inflight_hi`` becomes ``queue_loss_reduction × window`` (and the window with
-  it), at most once per round, and grows back by one packet per round without a cut. A loss with no queue
+  it), once per RTT at most: not again until a packet sent after the cut is acknowledged (the RTT
+  samples before it still show the queue the cut is draining), and grows back by one packet per round without a cut. A loss with no queue
   is taken as random and only counted (``ignored_losses``): random loss of a few percent costs the lost
   packets themselves, not the window.
 - Loss *rate* as the backstop (policers and buffers too shallow to raise the RTT drop without a queue
@@ -90,6 +91,8 @@ class TunnelWindow:
         self._outcomes = 0
         self._lost = 0
         self.latest_rtt = 0.0
+        self._acked_sent_time = 0.0            # send time of the newest packet acknowledged
+        self._cut_at = -INFINITE               # when the window was last cut for a queue
         self.congestion_events = 0             # window reductions (for logs and tests)
         self.ignored_losses = 0                # losses without a queue: taken as random, no reaction
 
@@ -105,6 +108,7 @@ class TunnelWindow:
 
     def on_acked(self, now: float, sent_time: float, size: int) -> None:
         self.in_flight -= size
+        self._acked_sent_time = sent_time
         self._round_delivered += size
         self._outcomes += 1
         if self._round_start is None:
@@ -123,7 +127,8 @@ class TunnelWindow:
         self._lost += 1
         config = self.config
         if self.latest_rtt > self.min_rtt * config.queue_rtt_factor + config.queue_rtt_margin:
-            if not self._round_congested:
+            if self._acked_sent_time > self._cut_at:     # the RTT is of a packet sent after the last cut
+                self._cut_at = now
                 self._reduce(config.queue_loss_reduction)
         else:
             self.ignored_losses += 1

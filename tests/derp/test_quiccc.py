@@ -101,8 +101,18 @@ def test_a_loss_with_a_queue_cuts_the_window_a_loss_without_one_does_not():
     w.on_lost(0.07, MSS)
     assert w.congestion_events == 1 and w.window == int(0.85 * 10 * MSS)
     w.on_sent(MSS)
-    w.on_lost(0.071, MSS)                        # at most one such cut per round
+    w.on_lost(0.071, MSS)                        # at most one such cut per RTT
     assert w.congestion_events == 1
+    for _ in range(3):
+        w.on_sent(MSS)
+    w.on_rtt(0.15, 0.080)
+    w.on_acked(0.15, 0.069, MSS)                 # sent before the cut: its RTT still shows the old queue
+    w.on_lost(0.15, MSS)
+    assert w.congestion_events == 1
+    w.on_rtt(0.16, 0.080)
+    w.on_acked(0.16, 0.075, MSS)                 # sent after the cut, and the queue is still there
+    w.on_lost(0.16, MSS)
+    assert w.congestion_events == 2
 
 
 def test_no_loss_and_an_endless_buffer_still_bound_the_window():
