@@ -92,3 +92,22 @@ def test_paths_track_the_transport_per_region() -> None:
         assert p.transports == {}
         await p.close()
     asyncio.run(asyncio.wait_for(main(), 30))
+
+
+def test_forced_transport_reaches_the_derp_clients() -> None:
+    """`wgc up --derp-transport`: the mode of every DERP client; QUIC-only on a region without a QUIC node
+    falls back to the usual choice there instead of refusing the region."""
+    no_quic = parse_derpmap('{"Regions": {"903": {"RegionID": 903, "RegionCode": "nyc", "Nodes": [{"Name": '
+                            '"903a", "RegionID": 903, "HostName": "127.0.0.1", "DERPPort": 9}]}}}')
+
+    async def main():
+        device = SimpleNamespace(identity=SimpleNamespace(private_key=keys.genkey(os.urandom)))
+        runner = SimpleNamespace(device=device, flush=lambda: None, udp=SimpleNamespace(fwmark=0, port=1))
+        for dm, forced, want in ((DERPMAP, "websocket", "websocket"), (DERPMAP, "quic", "quic"),
+                                 (no_quic, "quic", "auto")):
+            p = Paths(runner, dm, interface="wgtest0", transport=forced)
+            region = next(iter(dm.regions))
+            p._connect(region)
+            assert p.clients[region].transport == want
+            await p.close()
+    asyncio.run(asyncio.wait_for(main(), 30))

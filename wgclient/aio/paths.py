@@ -77,7 +77,7 @@ class Paths:
 
     def __init__(self, runner: "Runner", derpmap: DerpMap, *, interface: str, ca_file: str | None = None,
                  netcheck_interval: float | None = None, random_bytes: Callable[[int], bytes] = os.urandom,
-                 source: "DerpMapSource | None" = None) -> None:
+                 source: "DerpMapSource | None" = None, transport: str = "auto") -> None:
         self.runner = runner
         self.device = runner.device
         self.derpmap = derpmap
@@ -86,6 +86,7 @@ class Paths:
             source.follow_fwmark(lambda: runner.udp.fwmark)
         self.interface = interface
         self.ca_file = ca_file
+        self.transport = transport               # DerpClient transport: auto, or forced (wgc up --derp-transport)
         self.pm = PathManager(self.device.identity.private_key, random_bytes=random_bytes)
         self.regions = regions_from_derpmap(derpmap)
         self.clients: dict[int, DerpClient] = {}
@@ -327,7 +328,13 @@ class Paths:
             self._drop("unknown DERP region")
             return
         me: list[DerpClient] = []      # events of a client replaced after a map change are ignored
-        client = DerpClient(self.device.identity.private_key, targets_for_region(reg), ca_file=self.ca_file,
+        targets = targets_for_region(reg)
+        transport = self.transport
+        if transport == "quic" and not any(t.quic_port for t in targets):
+            log.warning("DERP region %d has no node with WgcQUICPort; reaching it the usual way, not QUIC only",
+                        region)
+            transport = "auto"
+        client = DerpClient(self.device.identity.private_key, targets, ca_file=self.ca_file, transport=transport,
                             on_packet=lambda src, data, r=region: self._on_derp_packet(r, src, data),
                             on_event=lambda ev, r=region: self._on_derp_event(r, ev, me[0]),
                             preferred=(region == self.home), label=f"region {region}",
