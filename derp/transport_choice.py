@@ -135,11 +135,12 @@ class StallWatch:
         self._sent = -1          # the sent counter when progress was last seen (-1: not yet read)
         self._received = -1
 
-    def on_heard(self, now: float) -> None:
-        """A probe was answered (or anything else proves the relay hears us)."""
+    def on_heard(self, now: float, sent: int | None = None) -> None:
+        """A probe was answered (or anything else proves the relay hears us); `sent`: the sent counter
+        now (what was sent before the answer counts as heard; None: from the next tick on)."""
         self.heard_at = max(self.heard_at, now)
         self.probe_at = None
-        self._sent = -1          # what was sent before the answer was heard: the next tick starts counting
+        self._sent = -1 if sent is None else sent
 
     def tick(self, now: float, sent: int, received: int) -> Verdict:
         if self._received < 0:

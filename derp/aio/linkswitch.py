@@ -216,8 +216,13 @@ class LinkSwitch:
         stream.pings[data] = fut
 
         def answered(f: asyncio.Future) -> None:
-            if not f.cancelled() and f.exception() is None:
-                watch.on_heard(loop.time())
+            if f.cancelled() or f.exception() is not None:
+                return
+            now = loop.time()
+            watch.on_heard(now, self.client.stats.sent)
+            if watch is self._watch and self._timer is not None:   # the next tick from this answer on
+                self._timer.cancel()
+                self._arm(stream, watch, now)
 
         fut.add_done_callback(answered)
         stream.write(frame)
