@@ -289,11 +289,10 @@ class QuicDerpConn:
 
     # ---- closing --------------------------------------------------------------------------------------
     def _fail(self, reason: str) -> None:
-        exc = ConnectError(reason)
-        if not self.handshake.done():
-            self.handshake.set_exception(exc)
-        if not self.upgraded.done():
-            self.upgraded.set_exception(exc)
+        for fut in (self.handshake, self.upgraded):
+            if not fut.done():
+                fut.set_exception(ConnectError(reason))
+                fut.exception()   # retrieved: the dial awaits at most one of them
         self._finish(reason)
 
     def _finish(self, reason: str) -> None:

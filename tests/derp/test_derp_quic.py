@@ -256,3 +256,55 @@ def test_datagrams_before_admission_and_over_the_byte_rate_are_dropped(pki) -> N
                 await asyncio.sleep(0.02)
             conn._finish("done")
     run(main())
+
+
+def test_a_new_certificate_goes_to_new_connections(pki, tmp_path) -> None:
+    from derp.aio.certs import make_ca, make_cert
+    from derp.aio.certstore import CertStore
+    from quic_support import pem_pair
+    ca2 = make_ca("wgc renewal test CA")
+    (tmp_path / "ca2.pem").write_bytes(ca2.cert_pem)
+    pair2 = make_cert(["127.0.0.1"], ca2)
+    (tmp_path / "c2.crt").write_bytes(pair2.cert_pem)
+    (tmp_path / "c2.key").write_bytes(pair2.key_pem)
+
+    async def main():
+        async with quic_relay(pki) as (server, port):
+            store = CertStore("127.0.0.1")
+            store.load_files(os.path.join(pki["certdir"], "127.0.0.1.crt"), os.path.join(pki["certdir"], "127.0.0.1.key"))
+            assert store.pem == pem_pair(pki)
+            server.quic.cert_source = lambda: store.pem
+            (pa, ka), (pb, kb) = new_key(), new_key()
+            a = await quic_client(pa, port, pki["ca"])
+            store.load_files(str(tmp_path / "c2.crt"), str(tmp_path / "c2.key"))   # a renewal
+            assert (await _dial_fails(pb, port, pki["ca"])).startswith("TLS certificate verify failed")
+            b = await quic_client(pb, port, str(tmp_path / "ca2.pem"))
+            try:
+                assert send_datagram(b, ka, b"old connection kept")
+                assert await recv_data(a) == b"old connection kept"
+            finally:
+                await close_all(a, b)
+    run(main())
+
+
+def test_quic_over_ipv6_loopback(pki) -> None:
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6")
+    async def main():
+        async with quic_relay(pki, host="::1") as (server, port):
+            (pa, ka), (pb, kb) = new_key(), new_key()
+            clients = []
+            for priv in (pa, pb):
+                c = DerpClient(priv, [replace(targets_for_url(f"https://[::1]:{port}/derp")[0], insecure=True)],
+                               reconnect=False)
+                c.stream = await asyncio.wait_for(dial_quic(c, c.targets[0], port), 5)
+                c._connected.set()
+                clients.append(c)
+            a, b = clients
+            try:
+                assert send_datagram(a, kb, b"over ::1")
+                assert await recv_data(b) == b"over ::1"
+                assert server.quic.socks[0].family == socket.AF_INET6
+            finally:
+                await close_all(a, b)
+    run(main())
