@@ -194,6 +194,7 @@ class QuicSession:
 
     def _refuse_stream(self, stream_id: int) -> None:
         quic = self.quic
+        self.listener.stats["streams_refused"] += 1
         try:
             quic.stop_stream(stream_id, _STREAM_REFUSED)
             if stream_id % 4 == 0:   # client-initiated bidirectional: our sending side too
@@ -352,7 +353,7 @@ class QuicListener:
         self._config: QuicConfiguration | None = None
         self._config_pem: Any = None
         self.stats = {"datagrams_relayed": 0, "datagrams_received": 0, "stream_packets": 0, "send_errors": 0,
-                      "connections": 0, **{f"dropped_{r}": 0 for r in DROP_REASONS}}
+                      "connections": 0, "streams_refused": 0, **{f"dropped_{r}": 0 for r in DROP_REASONS}}
 
     # ---- sockets ------------------------------------------------------------------------------------
     def bind(self, host: str | None, port: int) -> int:

@@ -204,9 +204,10 @@ def test_garbage_and_bad_datagrams_are_counted_and_others_served(pki) -> None:
                 for junk in (b"junk", W.packet_frame(W.RECV, kb, b"wrong type"),
                              W.packet_frame(W.SEND, kb, b"short")[:-1] + b""):
                     conn.quic.send_datagram_frame(junk)
+                conn.quic.send_stream_data(4, b"GET / HTTP/1.1\r\n\r\n")   # a second stream: reset
                 conn._soon()
                 deadline = loop.time() + 5
-                while stats["dropped_bad_datagram"] < 3:
+                while stats["dropped_bad_datagram"] < 3 or not stats["streams_refused"]:
                     assert loop.time() < deadline, stats
                     await asyncio.sleep(0.02)
                 assert stats["dropped_unknown_connection"] == 2 and stats["dropped_garbage"] == 2, stats
@@ -307,4 +308,25 @@ def test_quic_over_ipv6_loopback(pki) -> None:
                 assert server.quic.socks[0].family == socket.AF_INET6
             finally:
                 await close_all(a, b)
+    run(main())
+
+
+def test_a_client_flooding_its_paused_stream_is_cut(pki) -> None:
+    async def main():
+        # frames time out only after 60 s here: what cuts the client is the hold limit
+        async with quic_relay(pki, client_rate=1000, client_burst=70000, frame_timeout=60) as (server, port):
+            (pa, ka), (pb, kb) = new_key(), new_key()
+            a = await quic_client(pa, port, pki["ca"])
+            conn = a.stream
+            frame = conn.core.send_packet(kb, bytes(60000))   # on the stream: too big for a datagram
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 15
+            try:
+                while not conn.done.done():    # over its byte rate: the relay reads no more, QUIC still acks
+                    assert loop.time() < deadline, "never cut"
+                    conn.write(frame)
+                    await asyncio.sleep(0.002)
+                assert server.quic.clients() == 0
+            finally:
+                await close_all(a)
     run(main())
