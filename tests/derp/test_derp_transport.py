@@ -23,7 +23,7 @@ from derp.derpmap import parse_derpmap
 from derp.errors import UsageError
 from derp.server import AccessList, Relay, ServerConfig
 
-from derp_support import client, new_key
+from derp_support import client, new_key, until
 from quic_support import quic_relay
 
 pytestmark = pytest.mark.timeout(90)
@@ -45,14 +45,6 @@ def map_client(priv: bytes, tcp_port: int, quic_port: int | None, ca: str, **kw)
     kw.setdefault("udp", TC.UDP.WORKS)
     return DerpClient(priv, targets_for_region(region(tcp_port, quic_port)), ca_file=ca, **kw)
 
-
-async def until(cond, timeout: float, what: str) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not cond():
-        if loop.time() > deadline:
-            raise AssertionError(f"not within {timeout} s: {what}")
-        await asyncio.sleep(0.02)
 
 
 class UdpGate(asyncio.DatagramProtocol):
