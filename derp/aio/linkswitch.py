@@ -9,7 +9,8 @@
   on it are delivered), then closed; the client emits `TransportChanged`, not Disconnected/Connected.
 - While the link is QUIC, the stall watch: one timer per link that polls the client's packet counters and
   sends a DERP Ping as a probe when the relay has been silent; a stall closes the link, and the client
-  dials TCP at once (QUIC backs off and is tried again in the background).
+  dials TCP at once (QUIC backs off and is tried again in the background); when TCP connects the client
+  emits `TransportChanged` (Disconnected only when TCP fails too).
 """
 from __future__ import annotations
 
@@ -32,7 +33,8 @@ DIAL_ERRORS = (ConnectError, OSError, asyncio.TimeoutError, ssl.SSLError)
 
 @dataclass(frozen=True)
 class TransportChanged:
-    """The client's link moved to another transport without a gap (a background QUIC link took over)."""
+    """The client's link moved to another transport, the relay never counted as down: a background QUIC
+    link took over (make-before-break), or TCP took over at once from a QUIC link that broke or stalled."""
 
     transport: str
     previous: str
