@@ -20,7 +20,6 @@ import asyncio
 import hashlib
 import os
 import socket
-import time
 import ssl
 from typing import TYPE_CHECKING, Any
 
@@ -31,8 +30,8 @@ from aioquic.quic.connection import QuicConnection
 from derp import httpwire
 from derp import protocol as P
 from derp import quicwire as W
-from derp.aio.clientconn import WRITE_LIMIT, ConnectError
-from derp.aio.quic_server import socket_buffers
+from derp.aio.clientconn import WRITE_LIMIT, ConnectError, _Stream
+from derp.aio.quicio import clock as _clock, socket_buffers, stream_unacked
 from derp.aio.targets import DialTarget
 from derp.constants import (FAST_START_HEADER, IDEAL_NODE_HEADER, QUIC_DATAGRAM_QUEUE, QUIC_IDLE_TIMEOUT,
                             QUIC_MAX_DATAGRAM_FRAME_SIZE, QUIC_PACKET_SIZE, QUIC_RECV_BATCH)
@@ -41,7 +40,6 @@ from derp.errors import ParseError, UsageError
 if TYPE_CHECKING:  # pragma: no cover
     from derp.aio.client import DerpClient
 
-_clock = time.monotonic   # aioquic's `now`: uvloop's loop.time() has only millisecond steps
 _CRYPTO_ERROR = range(0x100, 0x200)   # RFC 9001 §4.8: CRYPTO_ERROR carries a TLS alert
 _BAD_CERT_ALERTS = (42, 43, 44, 45, 46, 48)   # RFC 8446 §6.2: bad/unsupported/revoked/expired/unknown cert, CA
 
@@ -212,59 +210,16 @@ class QuicDerpConn:
         self._arm()
         self._transmit()
 
-    def _arm(self) -> None:
-        if self.core is None:
-            return
-        deadline = self.core.next_deadline()
-        if deadline is None:
-            return
-        if self.timer:
-            self.timer.cancel()
-        self.timer = self.loop.call_at(deadline, self._on_timer)
-
-    def _on_timer(self) -> None:
-        assert self.core is not None
-        self._carry(self.core.on_timer(self.loop.time()))
-        self._arm()
-
-    def _carry(self, outs: list) -> None:
-        client = self.client
-        for out in outs:
-            kind = type(out)
-            if kind is P.PacketReceived:
-                client._packet(out.src, out.data)
-            elif kind is P.Transmit:
-                self.write(out.data)
-            elif kind is P.Connected:
-                if not self.upgraded.done():
-                    self.upgraded.set_result(out)
-                self._arm()
-                client._event(out)
-            elif kind is P.PongReceived:
-                fut = self.pings.pop(out.data, None)
-                if fut and not fut.done():
-                    fut.set_result(out.rtt)
-            elif kind is P.PingTimedOut:
-                fut = self.pings.pop(out.data, None)
-                if fut and not fut.done():
-                    fut.set_exception(TimeoutError("DERP ping timed out"))
-            elif kind is P.Closed:
-                self._fail(out.reason)
-            else:
-                if kind is P.RestartingReceived:
-                    self.restarting = out
-                client._event(out)
-        if self.restarting is not None and not self.done.done():
-            self._finish("server is restarting")
+    # the DERP core's timer and outputs are handled exactly as on TCP (they use core, upgraded, done, pings,
+    # restarting, client, write and _finish, which this class has too)
+    _arm = _Stream._arm
+    _on_timer = _Stream._on_timer
+    _carry = _Stream._carry
 
     # ---- writes ---------------------------------------------------------------------------------------
     def buffered(self) -> int:
         """Stream bytes written and not yet acknowledged by the server."""
-        stream = self.quic._streams.get(self.stream_id)
-        if stream is None:
-            return 0
-        sender = stream.sender
-        return sender._buffer_stop - sender._buffer_start
+        return stream_unacked(self.quic, self.stream_id)
 
     def write(self, data: bytes) -> bool:
         """Frames on the DERP stream (False: closed, or over WRITE_LIMIT unacknowledged)."""

@@ -27,9 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import socket
-import time
 from typing import Any, Callable
 
 from aioquic.buffer import Buffer
@@ -39,6 +37,7 @@ from aioquic.quic.connection import QuicConnection
 from aioquic.quic.packet import QuicPacketType, encode_quic_version_negotiation, pull_quic_header
 
 from derp import quicwire as W
+from derp.aio.quicio import clock as _clock, socket_buffers, stream_unacked
 from derp.aio.session import HttpConn
 from derp.constants import (QUIC_CID_LEN, QUIC_DATAGRAM_QUEUE, QUIC_IDLE_TIMEOUT, QUIC_MAX_DATAGRAM_FRAME_SIZE,
                             QUIC_MAX_HALF_OPEN, QUIC_MIN_INITIAL, QUIC_PACKET_SIZE, QUIC_RECV_BATCH,
@@ -47,26 +46,11 @@ from derp.errors import ParseError
 from derp.server import Deliver
 
 log = logging.getLogger(__name__)
-_clock = time.monotonic   # aioquic's `now`: uvloop's loop.time() has only millisecond steps
 _NO_APP_PROTOCOL = 0x100 + 120    # RFC 9001 §4.8: CRYPTO_ERROR of the TLS alert no_application_protocol
 _STREAM_REFUSED = 0x1             # our application error code for streams other than the DERP one
 _RECV_OVERHEAD = 5 + 32
 DROP_REASONS = ("garbage", "unknown_connection", "half_open_limit", "bad_datagram", "not_registered",
                 "rate_limited", "queue_full", "refused_alpn")
-
-
-def socket_buffers(sock: socket.socket, size: int) -> None:
-    """Large UDP buffers, so a burst from one client does not drop another's ACKs in the kernel: beyond
-    net.core.rmem_max when we may (SO_*BUFFORCE needs CAP_NET_ADMIN), else as far as it allows."""
-    for force, plain in ((getattr(socket, "SO_RCVBUFFORCE", 33), socket.SO_RCVBUF),
-                         (getattr(socket, "SO_SNDBUFFORCE", 32), socket.SO_SNDBUF)):
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, force, size)
-        except OSError:
-            try:
-                sock.setsockopt(socket.SOL_SOCKET, plain, size)
-            except OSError:
-                pass
 
 
 def server_configuration(cert_pem: bytes, key_pem: bytes) -> QuicConfiguration:
@@ -266,11 +250,7 @@ class QuicSession:
         self.transmit()
 
     def buffered(self) -> int:
-        stream = self.quic._streams.get(self.stream_id)
-        if stream is None:
-            return 0
-        sender = stream.sender
-        return sender._buffer_stop - sender._buffer_start
+        return stream_unacked(self.quic, self.stream_id)
 
     # ---- the transport HttpConn sees -----------------------------------------------------------------
     def write(self, data: bytes) -> None:

@@ -18,7 +18,7 @@ from derp.aio.quic_client import QuicDerpConn, dial_quic
 from derp.certpem import pem_certificates
 from derp.server import AccessList, ServerConfig
 from derp_support import client, new_key
-from quic_support import close_all, quic_client, quic_relay, send_datagram
+from quic_support import close_all, quic_client, quic_pair, quic_relay, send_datagram
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -34,10 +34,7 @@ async def recv_data(c, timeout: float = 3.0) -> bytes:
 def test_quic_clients_exchange_packets_as_datagrams(pki) -> None:
     async def main():
         async with quic_relay(pki) as (server, port):
-            (pa, ka), (pb, kb) = new_key(), new_key()
-            a = await quic_client(pa, port, pki["ca"])
-            b = await quic_client(pb, port, pki["ca"])
-            try:
+            async with quic_pair(port, pki["ca"]) as (a, ka, b, kb):
                 for i in range(20):
                     assert send_datagram(a, kb, b"a->b %d" % i)
                     assert await recv_data(b) == b"a->b %d" % i
@@ -49,18 +46,13 @@ def test_quic_clients_exchange_packets_as_datagrams(pki) -> None:
                 assert a.stats.extra["quic_datagrams_sent"] == 20
                 assert b.stats.extra["quic_datagrams_received"] == 20
                 assert server.quic.clients() == 2
-            finally:
-                await close_all(a, b)
     run(main())
 
 
 def test_oversize_packet_goes_on_the_stream_both_ways(pki) -> None:
     async def main():
         async with quic_relay(pki) as (server, port):
-            (pa, ka), (pb, kb) = new_key(), new_key()
-            a = await quic_client(pa, port, pki["ca"])
-            b = await quic_client(pb, port, pki["ca"])
-            try:
+            async with quic_pair(port, pki["ca"]) as (a, ka, b, kb):
                 big = bytes(range(256)) * 16   # 4 KiB: no datagram holds it
                 assert send_datagram(a, kb, big)
                 assert await recv_data(b) == big
@@ -75,8 +67,6 @@ def test_oversize_packet_goes_on_the_stream_both_ways(pki) -> None:
                 assert send_datagram(a, kb, edge + b"y")   # one byte more: the stream
                 assert await recv_data(b) == edge + b"y"
                 assert a.stats.extra["quic_stream_packets"] == 2
-            finally:
-                await close_all(a, b)
     run(main())
 
 
@@ -223,10 +213,7 @@ def test_datagrams_before_admission_and_over_the_byte_rate_are_dropped(pki) -> N
     async def main():
         async with quic_relay(pki, client_rate=20000, client_burst=70000) as (server, port):
             stats = server.quic.stats
-            (pa, ka), (pb, kb) = new_key(), new_key()
-            a = await quic_client(pa, port, pki["ca"])
-            b = await quic_client(pb, port, pki["ca"])
-            try:
+            async with quic_pair(port, pki["ca"]) as (a, ka, b, kb):
                 sent = sum(send_datagram(a, kb, bytes(1000)) for _ in range(150))   # 150 kB, burst 70 kB
                 assert sent == 150
                 loop = asyncio.get_running_loop()
@@ -235,9 +222,8 @@ def test_datagrams_before_admission_and_over_the_byte_rate_are_dropped(pki) -> N
                     assert loop.time() < deadline, stats
                     await asyncio.sleep(0.02)
                 assert stats["dropped_rate_limited"] > 0 and stats["datagrams_received"] >= 60, stats
-            finally:
-                await close_all(a, b)
             # a datagram before the DERP session exists: dropped as not_registered
+            pa, _ = new_key()
             c = DerpClient(pa, targets_for_url(f"https://127.0.0.1:{port}/derp"), ca_file=pki["ca"], reconnect=False)
             target = c.targets[0]
             real_begin = QuicDerpConn.begin
@@ -329,4 +315,21 @@ def test_a_client_flooding_its_paused_stream_is_cut(pki) -> None:
                 assert server.quic.clients() == 0
             finally:
                 await close_all(a)
+    run(main())
+
+
+def test_half_open_connections_are_bounded(pki, monkeypatch) -> None:
+    import derp.aio.quic_server as QS
+
+    async def main():
+        async with quic_relay(pki) as (server, port):
+            monkeypatch.setattr(QS, "QUIC_MAX_HALF_OPEN", 0)   # every new handshake is over the bound
+            pa, _ = new_key()
+            with pytest.raises((ConnectError, asyncio.TimeoutError)):
+                await quic_client(pa, port, pki["ca"], timeout=1.0)
+            assert server.quic.stats["dropped_half_open_limit"] >= 1
+            assert server.quic.stats["connections"] == 0 and server.quic.half_open == 0
+            monkeypatch.setattr(QS, "QUIC_MAX_HALF_OPEN", 1)
+            async with quic_pair(port, pki["ca"]):
+                assert server.quic.half_open == 0     # established: no longer half-open
     run(main())
