@@ -118,7 +118,10 @@ class QuicDerpConn:
             except OSError as exc:   # e.g. ICMP port unreachable: nothing listens there
                 self._fail(f"connection lost: {exc.strerror or exc}")
                 return
-            quic.receive_datagram(data, addr, now)
+            try:
+                quic.receive_datagram(data, addr, now)
+            except Exception:   # aioquic drops what it cannot parse; anything it raises is garbage too
+                self.stats["quic_dropped_bad_datagram"] += 1
         self._events()
         self._transmit()
 

@@ -112,6 +112,7 @@ class QuicSession:
         self.cids: set[bytes] = set()
         self.http: QuicHttpConn | None = None
         self.established = False
+        self.answered = False    # sent something: its first Initial was a real one
         self.datagrams = False
         self.datagram_limit = 0
         self.timer: asyncio.TimerHandle | None = None
@@ -208,16 +209,18 @@ class QuicSession:
             self.dirty = True
             self.listener.touch(self)
 
-    def transmit(self) -> None:
+    def transmit(self) -> int:
+        """Send what aioquic has (one datagrams_to_send), follow its timer; returns the datagrams sent."""
         self.dirty = False
         if self.gone:
-            return
+            return 0
         quic, sock = self.quic, self.sock
         if self.closing and self.buffered() == 0:
             self.closing = False
             quic.close()
         stats = self.listener.stats
-        for data, addr in quic.datagrams_to_send(_clock()):
+        out = quic.datagrams_to_send(_clock())
+        for data, addr in out:
             try:
                 sock.sendto(data, addr)
             except OSError:
@@ -239,6 +242,7 @@ class QuicSession:
             self.timer = None if deadline is None else \
                 self.loop.call_later(max(0.0, deadline - _clock()), self._on_timer)
         self.events()   # closing produces ConnectionTerminated once drained
+        return len(out)
 
     def _on_timer(self) -> None:
         self.timer = None
@@ -399,13 +403,37 @@ class QuicListener:
                 session = self._long_header(sock, data, addr, now)
                 if session is None:
                     continue
-            session.quic.receive_datagram(data, addr, now)
+                if not session.established and not session.answered:
+                    self._first_packet(session, data, addr, now)
+                    continue
+            try:
+                session.quic.receive_datagram(data, addr, now)
+            except Exception:   # aioquic drops what it cannot parse; anything it raises is garbage too
+                stats["dropped_garbage"] += 1
+                continue
             touched.add(session)
         for session in list(touched):
             session.dirty = True   # it received: its acknowledgements at least
             session.events()
         self.server.flush()
         self.flush_touched()
+
+    def _first_packet(self, session: QuicSession, data: bytes, addr: tuple, now: float) -> None:
+        """A new connection's first Initial: one that gets no answer (not even an ACK) could not be
+        decrypted, so the connection is forgotten at once: spoofed garbage cannot fill the half-open slots."""
+        try:
+            session.quic.receive_datagram(data, addr, now)
+        except Exception:
+            pass
+        if session.transmit():
+            session.answered = True
+            return
+        self.stats["dropped_garbage"] += 1
+        self.half_open -= 1
+        session.gone = True
+        if session.timer is not None:
+            session.timer.cancel()
+        self.forget(session)
 
     def touch(self, session: QuicSession) -> None:
         self.touched.add(session)
