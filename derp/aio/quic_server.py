@@ -9,6 +9,8 @@ it has. A short-header packet is routed by its destination connection ID without
 header is parsed (aioquic's `pull_quic_header`): an unsupported version gets a Version Negotiation packet,
 an Initial of at least 1200 bytes for an unknown ID creates a connection, unless QUIC_MAX_HALF_OPEN are
 still in their handshake or the listener is closing; anything else is dropped and counted statelessly.
+A first Initial that gets no answer (it did not decrypt) keeps no connection; a handshake not done within
+HANDSHAKE_TIMEOUT is closed.
 TLS: the relay's certificate (`cert_source()` gives the PEM pair; a new one is used by new connections),
 ALPN `wgc-derp/1` only (aioquic refuses others with `no_application_protocol`).
 
@@ -39,9 +41,9 @@ from aioquic.quic.packet import QuicPacketType, encode_quic_version_negotiation,
 from derp import quicwire as W
 from derp.aio.quicio import clock as _clock, socket_buffers, stream_unacked
 from derp.aio.session import HttpConn
-from derp.constants import (QUIC_CID_LEN, QUIC_DATAGRAM_QUEUE, QUIC_IDLE_TIMEOUT, QUIC_MAX_DATAGRAM_FRAME_SIZE,
-                            QUIC_MAX_HALF_OPEN, QUIC_MIN_INITIAL, QUIC_PACKET_SIZE, QUIC_RECV_BATCH,
-                            QUIC_STREAM_HOLD_LIMIT)
+from derp.constants import (HANDSHAKE_TIMEOUT, QUIC_CID_LEN, QUIC_DATAGRAM_QUEUE, QUIC_IDLE_TIMEOUT,
+                            QUIC_MAX_DATAGRAM_FRAME_SIZE, QUIC_MAX_HALF_OPEN, QUIC_MIN_INITIAL, QUIC_PACKET_SIZE,
+                            QUIC_RECV_BATCH, QUIC_STREAM_HOLD_LIMIT)
 from derp.errors import ParseError
 from derp.server import Deliver
 
@@ -337,7 +339,8 @@ class QuicListener:
         self._config: QuicConfiguration | None = None
         self._config_pem: Any = None
         self.stats = {"datagrams_relayed": 0, "datagrams_received": 0, "stream_packets": 0, "send_errors": 0,
-                      "connections": 0, "streams_refused": 0, **{f"dropped_{r}": 0 for r in DROP_REASONS}}
+                      "connections": 0, "streams_refused": 0,
+                      "handshake_timeouts": 0, **{f"dropped_{r}": 0 for r in DROP_REASONS}}
 
     # ---- sockets ------------------------------------------------------------------------------------
     def bind(self, host: str | None, port: int) -> int:
@@ -429,10 +432,24 @@ class QuicListener:
             session.answered = True
             return
         self.stats["dropped_garbage"] += 1
+        self._drop_half_open(session)
+
+    def _handshake_timeout(self, session: QuicSession) -> None:
+        """A connection still in its handshake after HANDSHAKE_TIMEOUT is closed and forgotten."""
+        if session.established or session.gone:
+            return
+        self.stats["handshake_timeouts"] += 1
+        session.quic.close(error_code=0)
+        session.transmit()
+        if not session.gone:
+            self._drop_half_open(session)
+
+    def _drop_half_open(self, session: QuicSession) -> None:
         self.half_open -= 1
         session.gone = True
         if session.timer is not None:
             session.timer.cancel()
+            session.timer = None
         self.forget(session)
 
     def touch(self, session: QuicSession) -> None:
@@ -481,6 +498,7 @@ class QuicListener:
         quic = QuicConnection(configuration=cfg, original_destination_connection_id=header.destination_cid)
         session = QuicSession(self, sock, addr, quic)
         self.half_open += 1
+        self.loop.call_later(HANDSHAKE_TIMEOUT, self._handshake_timeout, session)
         stats["connections"] += 1
         self.sessions.add(session)
         self.add_cid(header.destination_cid, session)

@@ -337,3 +337,33 @@ def test_half_open_connections_are_bounded(pki, monkeypatch) -> None:
             async with quic_pair(port, pki["ca"]):
                 assert server.quic.half_open == 0     # established: no longer half-open
     run(main())
+
+
+def test_a_stalled_handshake_is_closed(pki, monkeypatch) -> None:
+    import time
+
+    import derp.aio.quic_server as QS
+    from aioquic.quic.connection import QuicConnection
+    monkeypatch.setattr(QS, "HANDSHAKE_TIMEOUT", 0.3)
+
+    async def main():
+        async with quic_relay(pki) as (server, port):
+            quic = QuicConnection(configuration=QuicConfiguration(is_client=True, alpn_protocols=[W.ALPN],
+                                                                  verify_mode=ssl.CERT_NONE))
+            quic.connect(("127.0.0.1", port), time.monotonic())
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            try:
+                for data, addr in quic.datagrams_to_send(time.monotonic()):   # the Initial, then silence
+                    s.sendto(data, addr)
+                loop = asyncio.get_running_loop()
+                deadline = loop.time() + 5
+                while server.quic.half_open != 1:
+                    assert loop.time() < deadline
+                    await asyncio.sleep(0.01)
+                while server.quic.stats["handshake_timeouts"] != 1:
+                    assert loop.time() < deadline
+                    await asyncio.sleep(0.05)
+                assert server.quic.half_open == 0 and not server.quic.sessions
+            finally:
+                s.close()
+    run(main())
