@@ -30,7 +30,7 @@ from aioquic.quic.connection import QuicConnection
 from derp import httpwire
 from derp import protocol as P
 from derp import quicwire as W
-from derp.aio.clientconn import WRITE_LIMIT, ConnectError, _Stream
+from derp.aio.clientconn import WRITE_LIMIT, ConnectError, UpgradeRefused, _Stream
 from derp.aio.quicio import clock as _clock, socket_buffers, stream_unacked
 from derp.aio.targets import DialTarget
 from derp.constants import (FAST_START_HEADER, IDEAL_NODE_HEADER, QUIC_DATAGRAM_QUEUE, QUIC_IDLE_TIMEOUT,
@@ -97,6 +97,7 @@ class QuicDerpConn:
         self.restarting: P.RestartingReceived | None = None
         self.pings: dict[bytes, asyncio.Future] = {}
         self.stream_id = -1
+        self.head = b""   # the start of the DERP stream while it might be an HTTP refusal
         self.timer: asyncio.TimerHandle | None = None        # the DERP core's
         self.quic_timer: asyncio.TimerHandle | None = None   # aioquic's
         self.quic_deadline: float | None = None
@@ -144,6 +145,8 @@ class QuicDerpConn:
                         self.stats["quic_dropped_bad_datagram"] += 1
             elif kind is E.StreamDataReceived:
                 if ev.stream_id == self.stream_id and self.core is not None:
+                    if ev.data and not self.upgraded.done() and self._refused(ev.data):
+                        return
                     if ev.data:
                         self._carry(self.core.receive_data(ev.data, self.loop.time()))
                     if ev.end_stream and not self.done.done():
@@ -158,6 +161,30 @@ class QuicDerpConn:
             if self.done.done():
                 return
             ev = quic.next_event()
+
+    def _refused(self, data: bytes) -> bool:
+        """Instead of the ServerKey frame, an HTTP answer (429 per-IP limit, 503 shutting down, ...):
+        the dial fails with UpgradeRefused, as on TCP."""
+        self.head += data
+        if not self.head.startswith(b"HTTP/"[:len(self.head)]):
+            self.head = b""
+            return False
+        if len(self.head) < 5:
+            return True
+        end = httpwire.find_head_end(self.head)
+        if end < 0 and len(self.head) < 4096:
+            return True
+        try:
+            status = int(httpwire.parse_response(self.head[:end] if end >= 0 else self.head).first[1])
+        except (ParseError, ValueError):
+            status = 400
+        exc = UpgradeRefused(status)
+        for fut in (self.handshake, self.upgraded):
+            if not fut.done():
+                fut.set_exception(exc)
+                fut.exception()
+        self._finish(str(exc))
+        return True
 
     def _transmit(self) -> None:
         self.flush_pending = False

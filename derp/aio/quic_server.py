@@ -84,6 +84,7 @@ class QuicHttpConn(HttpConn):
                 relay.drops["queue_full"] = relay.drops.get("queue_full", 0) + 1
                 return
             s.quic.send_datagram_frame(data)
+            self.tx += len(data)
             stats["datagrams_relayed"] += 1
             counters = self.relay.counters
             counters["packets_relayed"] += 1
@@ -95,10 +96,11 @@ class QuicHttpConn(HttpConn):
         HttpConn.deliver(self, data, disco)
 
     def going_away(self, restarting: bytes) -> None:
-        """Restarting on the stream, then the connection is closed once it is acknowledged."""
+        """Restarting on the stream, then the connection is closed once it is acknowledged (the session
+        stays registered until then, as a TCP client stays until it leaves)."""
         HttpConn.going_away(self, restarting)
         if not self.closed:
-            self.abort("shutdown")
+            self.session.close()
 
 
 class QuicSession:

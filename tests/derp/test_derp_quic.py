@@ -118,6 +118,19 @@ def test_acl_and_max_clients_apply_to_quic(pki) -> None:
     run(main())
 
 
+def test_per_ip_limit_applies_to_quic_and_its_answer_is_the_reason(pki) -> None:
+    async def main():
+        async with quic_relay(pki, max_conns_per_ip=1) as (server, port):
+            (pa, ka), (pb, kb) = new_key(), new_key()
+            a = await quic_client(pa, port, pki["ca"])
+            try:
+                assert await _dial_fails(pb, port, pki["ca"]) == "server answered HTTP 429 to the upgrade"
+                assert server.http_counters["per_ip_limited"] == 1
+            finally:
+                await close_all(a)
+    run(main())
+
+
 def test_tls_verification_is_on_by_default(pki) -> None:
     async def main():
         async with quic_relay(pki) as (server, port):
@@ -366,4 +379,28 @@ def test_a_stalled_handshake_is_closed(pki, monkeypatch) -> None:
                 assert server.quic.half_open == 0 and not server.quic.sessions
             finally:
                 s.close()
+    run(main())
+
+
+def test_shutdown_with_a_websocket_client_told_of_a_peer_leaving(pki) -> None:
+    """A PeerGone for a WebSocket client that was already sent its going-away close is dropped, not an
+    InvalidState traceback (found with QUIC clients leaving during shutdown; TCP ones may too)."""
+    from derp import frames as F
+
+    async def main():
+        async with quic_relay(pki) as (server, port):
+            (pw, kw), (pt, kt) = new_key(), new_key()
+            w = client(f"https://127.0.0.1:{port}/derp", pw, pki["ca"], transport="websocket", reconnect=False)
+            t = client(f"https://127.0.0.1:{port}/derp", pt, pki["ca"], transport="upgrade", reconnect=False)
+            await w.start(timeout=5)
+            await t.start(timeout=5)
+            try:
+                from derp_support import exchange
+                await exchange(t, w, kw, b"t to w")        # so the relay tells w when t leaves
+                by_key = {c.conn.key: c for c in server.conns if c.conn is not None}
+                by_key[kw].going_away(F.Restarting(500, 5000).encode())   # w: told first ...
+                by_key[kt].abort("leaves")                                 # ... then t leaves: PeerGone to w
+                server.flush()
+            finally:
+                await close_all(w, t)
     run(main())
