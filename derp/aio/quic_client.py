@@ -5,7 +5,8 @@ stream 0, and relayed packets as DATAGRAM frames.
 `QuicDerpConn` offers what DerpClient uses of `derp.aio.clientconn._Stream` (`core`, `write`, `done`,
 `upgraded`, `restarting`, `pings`, `_finish`, `_arm`, `verify_pin`, `websocket`, `transport` with
 `get_extra_info("socket")`), plus `write_packet(frame)`: a SendPacket frame in a datagram when the server
-negotiated DATAGRAM and the frame fits, else on the stream. `dial_quic(client, target, port)` makes one.
+negotiated DATAGRAM and the frame fits, else on the stream; `last_rx` (time.monotonic() of the last UDP
+datagram from the relay) for a stall watch. `dial_quic(client, target, port)` makes one.
 
 I/O: `loop.add_reader` on a connected non-blocking UDP socket; one readable callback reads every waiting
 datagram (at most QUIC_RECV_BATCH), feeds them to aioquic, handles its events, then asks it once for what
@@ -98,6 +99,7 @@ class QuicDerpConn:
         self.pings: dict[bytes, asyncio.Future] = {}
         self.stream_id = -1
         self.head = b""   # the start of the DERP stream while it might be an HTTP refusal
+        self.last_rx = _clock()   # time.monotonic() of the last UDP datagram from the relay (stall watch)
         self.timer: asyncio.TimerHandle | None = None        # the DERP core's
         self.quic_timer: asyncio.TimerHandle | None = None   # aioquic's
         self.quic_deadline: float | None = None
@@ -110,7 +112,7 @@ class QuicDerpConn:
     # ---- I/O ------------------------------------------------------------------------------------------
     def _readable(self) -> None:
         sock, quic, addr = self.sock, self.quic, self.addr
-        now = _clock()
+        now = self.last_rx = _clock()
         for _ in range(QUIC_RECV_BATCH):
             try:
                 data = sock.recv(65536)
