@@ -16,6 +16,7 @@ from derp.aio.client import DerpClient, targets_for_url
 from derp.aio.clientconn import ConnectError
 from derp.aio.quic_client import QuicDerpConn, dial_quic
 from derp.certpem import pem_certificates
+from derp.errors import UsageError
 from derp.server import AccessList, ServerConfig
 from derp_support import client, new_key
 from quic_support import close_all, quic_client, quic_pair, quic_relay, send_datagram
@@ -145,6 +146,12 @@ def test_tls_verification_is_on_by_default(pki) -> None:
                 c = DerpClient(pa, [target], reconnect=False)
                 conn = await asyncio.wait_for(dial_quic(c, target, port), 5)
                 conn._finish("done")
+            garbage_ca = os.path.join(os.path.dirname(pki["ca"]), "not-a-ca.pem")
+            with open(garbage_ca, "w") as fh:
+                fh.write("not PEM\n")
+            for ca in (garbage_ca, garbage_ca + ".missing"):
+                with pytest.raises(UsageError, match="cannot load CA file"):
+                    await dial_quic(DerpClient(pa, [url], ca_file=ca, reconnect=False), url, port)
             bad = replace(url, pin=b"\0" * 32)
             with pytest.raises(ConnectError, match="pinned"):
                 await asyncio.wait_for(dial_quic(DerpClient(pa, [bad], reconnect=False), bad, port), 5)
