@@ -79,6 +79,8 @@ class QuicHttpConn(HttpConn):
         if s.datagrams and not self.closed and len(data) <= s.datagram_limit:
             stats = s.listener.stats
             if len(s.pending) >= QUIC_DATAGRAM_QUEUE:
+                s.transmit(False)   # a big read batch for one receiver: send what its window takes now
+            if len(s.pending) >= QUIC_DATAGRAM_QUEUE:
                 stats["dropped_queue_full"] += 1
                 relay = self.relay
                 relay.drops["queue_full"] = relay.drops.get("queue_full", 0) + 1
@@ -213,8 +215,9 @@ class QuicSession:
             self.dirty = True
             self.listener.touch(self)
 
-    def transmit(self) -> int:
-        """Send what aioquic has (one datagrams_to_send), follow its timer; returns the datagrams sent."""
+    def transmit(self, handle_events: bool = True) -> int:
+        """Send what aioquic has (one datagrams_to_send), follow its timer; returns the datagrams sent.
+        Without `handle_events` (a send in the middle of another session's events) its events wait."""
         self.dirty = False
         if self.gone:
             return 0
@@ -245,7 +248,10 @@ class QuicSession:
                 self.timer.cancel()
             self.timer = None if deadline is None else \
                 self.loop.call_later(max(0.0, deadline - _clock()), self._on_timer)
-        self.events()   # closing produces ConnectionTerminated once drained
+        if handle_events:
+            self.events()   # closing produces ConnectionTerminated once drained
+        else:
+            self.touch()    # they are handled at the end of the batch
         return len(out)
 
     def _on_timer(self) -> None:

@@ -411,3 +411,32 @@ def test_shutdown_with_a_websocket_client_told_of_a_peer_leaving(pki) -> None:
             finally:
                 await close_all(w, t)
     run(main())
+
+
+def test_a_burst_for_one_receiver_is_sent_not_dropped(pki, monkeypatch) -> None:
+    import derp.aio.quic_server as QS
+    monkeypatch.setattr(QS, "QUIC_DATAGRAM_QUEUE", 8)   # fewer than one read batch brings
+
+    async def main():
+        async with quic_relay(pki) as (server, port):
+            got = []
+            (pa, ka), (pb, kb) = new_key(), new_key()
+            a = await quic_client(pa, port, pki["ca"])
+            b = await quic_client(pb, port, pki["ca"], on_packet=lambda src, data: got.append(data),
+                                  on_event=lambda ev: None)
+            try:
+                assert send_datagram(a, kb, b"warm-up")     # b is known to the relay
+                loop = asyncio.get_running_loop()
+                deadline = loop.time() + 5
+                while not got:
+                    assert loop.time() < deadline
+                    await asyncio.sleep(0.01)
+                for i in range(40):                         # small: several per QUIC packet, one batch
+                    assert send_datagram(a, kb, b"%03d" % i)
+                while len(got) < 41 and loop.time() < deadline:
+                    await asyncio.sleep(0.01)
+                assert server.quic.stats["dropped_queue_full"] == 0
+                assert sorted(got[1:]) == [b"%03d" % i for i in range(40)]
+            finally:
+                await close_all(a, b)
+    run(main())
