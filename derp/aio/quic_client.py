@@ -269,6 +269,8 @@ class QuicDerpConn:
         quic = self.quic
         if len(frame) <= self.datagram_limit:
             if len(self._pending) >= QUIC_DATAGRAM_QUEUE:
+                self._transmit()   # a burst: send what the window takes now, then queue
+            if len(self._pending) >= QUIC_DATAGRAM_QUEUE:
                 self.stats["quic_dropped_queue_full"] += 1
                 return False
             quic.send_datagram_frame(frame)

@@ -440,3 +440,17 @@ def test_a_burst_for_one_receiver_is_sent_not_dropped(pki, monkeypatch) -> None:
             finally:
                 await close_all(a, b)
     run(main())
+
+
+def test_a_burst_from_the_client_is_sent_not_dropped(pki, monkeypatch) -> None:
+    import derp.aio.quic_client as QC
+    monkeypatch.setattr(QC, "QUIC_DATAGRAM_QUEUE", 8)
+
+    async def main():
+        async with quic_relay(pki) as (server, port):
+            async with quic_pair(port, pki["ca"]) as (a, ka, b, kb):
+                assert all(send_datagram(a, kb, b"%03d" % i) for i in range(40))   # in one turn of the loop
+                assert a.stats.extra["quic_dropped_queue_full"] == 0
+                got = [await recv_data(b) for _ in range(40)]
+                assert sorted(got) == [b"%03d" % i for i in range(40)]
+    run(main())
