@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from derp import transport_choice as TC
 from derp.aio.clientconn import ConnectError, describe_error
 from derp.aio.targets import DialTarget
+from derp.errors import UsageError
 
 if TYPE_CHECKING:  # pragma: no cover
     from derp.aio.client import DerpClient
@@ -150,6 +151,9 @@ class LinkSwitch:
                                 "DERP %s: QUIC still failing (%s); staying on %s", client._name(target),
                                 describe_error(exc), client.link or "TCP")
                 continue
+            except UsageError as exc:      # e.g. the CA file: no later try would do better
+                log.warning("DERP %s: not trying QUIC: %s", client._name(target), exc)
+                return
             old = client.stream
             if old is None or old.done.done() or client._closing:
                 stream._finish("not needed any more")
