@@ -369,7 +369,7 @@ def quic_configuration(target: DialTarget, ca_file: str | None) -> QuicConfigura
     cfg.verify_mode = ssl.CERT_REQUIRED
     if ca_file:   # checked here as the TCP dial's context checks it (aioquic would only fail mid-handshake)
         try:
-            ssl.create_default_context().load_verify_locations(cafile=ca_file)
+            ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cafile=ca_file)   # not the system store
         except (OSError, ssl.SSLError) as exc:
             raise UsageError(f"cannot load CA file {ca_file!r}: {exc}") from None
     for name, value in _ca_locations(ca_file).items():

@@ -454,3 +454,22 @@ def test_a_burst_from_the_client_is_sent_not_dropped(pki, monkeypatch) -> None:
                 got = [await recv_data(b) for _ in range(40)]
                 assert sorted(got) == [b"%03d" % i for i in range(40)]
     run(main())
+
+
+def test_the_client_socket_carries_the_firewall_mark(pki) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("SO_MARK needs CAP_NET_ADMIN")
+
+    async def main():
+        async with quic_relay(pki) as (server, port):
+            pa, _ = new_key()
+            c = await quic_client(pa, port, pki["ca"], fwmark=0x5ca1)
+            try:
+                sock = c.stream.transport.get_extra_info("socket")
+                assert sock.type == socket.SOCK_DGRAM
+                assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_MARK) == 0x5ca1
+                c.set_fwmark(0x5ca2)     # DerpClient's own re-marking reaches the QUIC socket too
+                assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_MARK) == 0x5ca2
+            finally:
+                await close_all(c)
+    run(main())
