@@ -19,8 +19,8 @@ Rules of `TransportChoice` (transport "auto"):
 A forced transport ("quic", "upgrade", "websocket") is the only one dialed, and nothing runs in the
 background.
 
-Rules of `StallWatch` (one QUIC link): progress is a packet received from the relay or the answer to a
-probe (a DERP Ping). After `probe_after` seconds without progress while packets were sent, or
+Rules of `StallWatch` (one QUIC link): progress is a packet received from the relay, the answer to a
+probe (a DERP Ping), or anything else the adapter hears from the relay (`on_heard`: QUIC ACKs). After `probe_after` seconds without progress while packets were sent, or
 `idle_probe` seconds without progress at all, the watch asks for a probe; a probe unanswered for
 `stall_after` seconds is a stall: the adapter drops the link and dials TCP at once. So a blackholed QUIC
 path is noticed within about `1.5 x probe_after + stall_after` seconds of sending (4.5 s by default),

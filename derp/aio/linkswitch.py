@@ -8,7 +8,8 @@
   are written to it from then on, the old link is still read for `swap_drain` seconds (packets in flight
   on it are delivered), then closed; the client emits `TransportChanged`, not Disconnected/Connected.
 - While the link is QUIC, the stall watch: one timer per link that polls the client's packet counters and
-  sends a DERP Ping as a probe when the relay has been silent; a stall closes the link, and the client
+  the time of the last UDP datagram from the relay (`QuicDerpConn.last_rx`: its ACKs of what we send are
+  progress too), and sends a DERP Ping as a probe when the relay has been silent; a stall closes the link, and the client
   dials TCP at once (QUIC backs off and is tried again in the background); when TCP connects the client
   emits `TransportChanged` (Disconnected only when TCP fails too).
 """
@@ -17,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -200,6 +202,11 @@ class LinkSwitch:
         if client.stream is not stream or stream.done.done() or watch is not self._watch:
             return
         now = asyncio.get_running_loop().time()
+        last_rx = getattr(stream, "last_rx", None)   # any UDP from the relay, its ACKs included (monotonic)
+        if last_rx is not None:
+            rx_at = now - (time.monotonic() - last_rx)
+            if rx_at > watch.heard_at:
+                watch.on_heard(rx_at)
         verdict = watch.tick(now, client.stats.sent, client.stats.received)
         if verdict is TC.Verdict.STALLED:
             client.stats.quic_stalls += 1
