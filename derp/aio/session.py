@@ -34,6 +34,7 @@ import time
 from typing import Any
 
 from websockets.frames import Opcode
+from websockets.protocol import State as WsState
 from websockets.server import ServerProtocol
 
 from derp import frames as F
@@ -64,6 +65,7 @@ class HttpConn(asyncio.Protocol):
                  "conn", "ws", "out", "is_mesh", "paused_since", "queued", "closed", "not_ideal", "port80",
                  "partial_since", "read_paused", "turn_pending", "ip_slot", "since", "rx", "tx", "reason",
                  "identity", "bucket", "limited")
+    is_quic = False   # derp.aio.quic_server's subclass: a DERP stream on a QUIC connection
 
     def __init__(self, server: Any, port80: bool = False, limited: bool = True) -> None:
         self.server = server   # derp.aio.server.DerpServer
@@ -470,6 +472,8 @@ class HttpConn(asyncio.Protocol):
         self.out = []
         self.tx += len(data)
         if self.ws is not None:
+            if self.ws.state is not WsState.OPEN:   # told to go away (shutdown): a late PeerGone is dropped
+                return
             self.ws.send_binary(data)
             self.transport.writelines(self.ws.data_to_send())
         else:
@@ -560,7 +564,8 @@ def log_session(c: HttpConn, event: str) -> None:
     assert conn is not None
     key = "nodekey:" + conn.key.hex() if log.isEnabledFor(logging.DEBUG) else short(conn.key)
     host = f"[{c.ip}]" if ":" in c.ip else c.ip
-    transport = ("tls" if c.server.ssl is not None else "http") + ("+websocket" if c.ws is not None else "")
+    transport = "quic" if c.is_quic else \
+        ("tls" if c.server.ssl is not None else "http") + ("+websocket" if c.ws is not None else "")
     kind = " mesh=yes" if conn.is_mesh else (" prober=yes" if conn.is_prober else "")
     if event == "connected":
         log.info("client connected key=%s addr=%s:%d transport=%s%s", key, host, c.port, transport, kind)

@@ -2,15 +2,16 @@
 
 - `write`: a map for one or more relays from flags, in order: `--region ID` starts a region (then `--code`,
   `--name`, `--no-measure-no-home`), `--host NAME` starts a node in it (then `--ipv4`, `--ipv6`,
-  `--derp-port`, `--stun-port`, `--cert-name`, `--stun-only`, `--can-port80`, `--node-name`). The result
+  `--derp-port`, `--stun-port`, `--quic-port`, `--cert-name`, `--stun-only`, `--can-port80`, `--node-name`). The result
   is checked by the parser, so a mistake is named as in any map (`region 900 node '900a': DERPPort ...`);
   `--policy` wraps it as a Tailscale policy file's `{"derpMap": ...}`. To stdout or `-o FILE` (atomic).
-- `validate SOURCE...`: each file or URL loaded and checked; a summary per source, warnings for fields
-  nobody reads, exit 1 when one is unusable (the error names the region, node and field).
+- `validate SOURCE...`: each file or URL loaded and checked; a summary per source (naming the nodes that
+  speak DERP over QUIC, `WgcQUICPort`), warnings for fields nobody reads, exit 1 when one is unusable (the error names the region, node and field).
 - `show [NAME]`: the map a running interface uses, read through its control socket (as
-  `tailscale debug derp-map`); `--source` prints where it came from instead.
+  `tailscale debug derp-map`; wgc's own `WgcQUICPort` is printed where a node has it); `--source` prints where it came from instead.
 `wgc up` takes several `--derpmap` sources (tried in order), `--derpmap-cache FILE|off`,
-`--derpmap-refresh DURATION` and `--metrics-addr ADDR`; `up_serve_kwargs` turns them into serve() arguments.
+`--derpmap-refresh DURATION`, `--derp-transport auto|quic|upgrade|websocket` (docs/derp-quic.md; auto
+unless forced) and `--metrics-addr ADDR`; `up_serve_kwargs` turns them into serve() arguments.
 """
 from __future__ import annotations
 
@@ -58,6 +59,9 @@ def add_up_arguments(up: argparse.ArgumentParser) -> None:
                          "(default: $WGC_STATE_DIR/NAME.derpmap.json, WGC_STATE_DIR=/var/lib/wgc)")
     up.add_argument("--derpmap-refresh", metavar="DURATION", type=parse_duration, default=None,
                     help="reload the map this often (default 5m; 0: only on SIGHUP)")
+    up.add_argument("--derp-transport", metavar="MODE", choices=("auto", "quic", "upgrade", "websocket"),
+                    help="how DERP relays are reached: auto (QUIC where the map's node has WgcQUICPort and UDP "
+                         "works, else TLS, then WebSocket; the default), or only quic, upgrade (TLS) or websocket")
     up.add_argument("--metrics-addr", metavar="ADDR",
                     help="serve Prometheus metrics at http://ADDR/metrics (PORT or :PORT is loopback; "
                          "default: off)")
@@ -71,9 +75,11 @@ def up_serve_kwargs(args: argparse.Namespace, config: Any) -> dict:
         parse_metrics_addr(args.metrics_addr)   # a bad address is refused before anything is created
         kwargs["metrics_addr"] = args.metrics_addr
     if not args.derpmap:
-        if args.derpmap_cache or args.derpmap_refresh is not None:
-            raise UsageError("--derpmap-cache and --derpmap-refresh need --derpmap")
+        if args.derpmap_cache or args.derpmap_refresh is not None or args.derp_transport:
+            raise UsageError("--derpmap-cache, --derpmap-refresh and --derp-transport need --derpmap")
         return kwargs
+    if args.derp_transport and args.derp_transport != "auto":
+        kwargs["derp_transport"] = args.derp_transport
     from ..aio.derpmap_source import DEFAULT_INTERVAL, DerpMapSource, default_cache_path
     from ..aio.hostsetup import choose_fwmark
     from ..derpregions import region_hints
@@ -95,7 +101,7 @@ def up_serve_kwargs(args: argparse.Namespace, config: Any) -> dict:
 
 REGION_FIELDS = {"code": "RegionCode", "name": "RegionName", "no_measure_no_home": "NoMeasureNoHome"}
 NODE_FIELDS = {"ipv4": "IPv4", "ipv6": "IPv6", "derp_port": "DERPPort", "stun_port": "STUNPort",
-               "cert_name": "CertName", "stun_only": "STUNOnly", "can_port80": "CanPort80", "node_name": "Name"}
+               "quic_port": "WgcQUICPort", "cert_name": "CertName", "stun_only": "STUNOnly", "can_port80": "CanPort80", "node_name": "Name"}
 
 
 class _InOrder(argparse.Action):
@@ -189,6 +195,8 @@ def write_parser() -> ArgParser:
     p.add_argument("--derp-port", type=_port(0), metavar="PORT", help="DERP (HTTPS) port (default 443)", **order)
     p.add_argument("--stun-port", type=_port(-1), metavar="PORT", help="STUN port (default 3478; -1: none)",
                    **order)
+    p.add_argument("--quic-port", type=_port(0), metavar="PORT", help="UDP port of DERP over QUIC "
+                   "(WgcQUICPort, wgc clients only; default: none)", **order)
     p.add_argument("--cert-name", metavar="NAME", help="certificate name, or sha256-raw:<hex> to pin a "
                    "self-signed one (wgc derper prints it)", **order)
     p.add_argument("--stun-only", nargs=0, const=True, help="the node only answers STUN", **order)
@@ -222,7 +230,9 @@ def summary(dm: DerpMap) -> str:
     parts = []
     for rid, reg in sorted(dm.regions.items()):
         n = len(reg.nodes)
-        parts.append(f'{rid} "{reg.region_code or rid}" ({n} node{"" if n == 1 else "s"})')
+        quic = sum(1 for node in reg.derp_nodes() if node.wgc_quic_port)
+        also = "" if not quic else (", QUIC" if quic == n else f", {quic} with QUIC")
+        parts.append(f'{rid} "{reg.region_code or rid}" ({n} node{"" if n == 1 else "s"}{also})')
     flags = ", omitDefaultRegions" if dm.omit_default_regions else ""
     count = len(dm.regions)
     return f"{count} region{'' if count == 1 else 's'}{flags}: " + ", ".join(parts) if parts else "no regions"
