@@ -383,7 +383,8 @@ class QuicListener:
         """Close every connection at once and the sockets (after the server's shutdown)."""
         self.accepting = False
         for session in list(self.sessions):
-            session.abort()
+            session.abort()   # CONNECTION_CLOSE now; no draining period: the sockets go too
+            session._terminated(E.ConnectionTerminated(error_code=0, frame_type=None, reason_phrase="closed"))
         for sock in self.socks:
             self.loop.remove_reader(sock.fileno())
             sock.close()

@@ -473,3 +473,14 @@ def test_the_client_socket_carries_the_firewall_mark(pki) -> None:
             finally:
                 await close_all(c)
     run(main())
+
+
+def test_closing_the_listener_closes_its_clients_at_once(pki) -> None:
+    async def main():
+        async with quic_relay(pki) as (server, port):
+            async with quic_pair(port, pki["ca"]) as (a, ka, b, kb):
+                server.quic.close_all()
+                assert not server.quic.sessions and not server.conns and server.quic.half_open == 0
+                reason = await asyncio.wait_for(a.stream.done, 5)   # told by CONNECTION_CLOSE, not a timeout
+                assert reason == "connection closed by the server", reason
+    run(main())
