@@ -47,6 +47,10 @@ def test_quic_clients_exchange_packets_as_datagrams(pki) -> None:
                 assert a.stats.extra["quic_datagrams_sent"] == 20
                 assert b.stats.extra["quic_datagrams_received"] == 20
                 assert server.quic.clients() == 2
+                from aioquic.tls import Epoch   # the handshake buffers went once it completed, both ends
+                for quic in [a.stream.quic, b.stream.quic] + [x.quic for x in server.quic.sessions]:
+                    assert quic._crypto_buffers[Epoch.INITIAL].capacity == 0
+                    assert quic._crypto_buffers[Epoch.HANDSHAKE].capacity == 0
     run(main())
 
 
