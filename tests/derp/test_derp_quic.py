@@ -51,6 +51,7 @@ def test_quic_clients_exchange_packets_as_datagrams(pki) -> None:
                 for quic in [a.stream.quic, b.stream.quic] + [x.quic for x in server.quic.sessions]:
                     assert quic._crypto_buffers[Epoch.INITIAL].capacity == 0
                     assert quic._crypto_buffers[Epoch.HANDSHAKE].capacity == 0
+                    assert quic._crypto_buffers[Epoch.ONE_RTT].capacity == 0
     run(main())
 
 
