@@ -32,7 +32,7 @@ from derp import httpwire
 from derp import protocol as P
 from derp import quicwire as W
 from derp.aio.clientconn import WRITE_LIMIT, ConnectError, UpgradeRefused, _Stream
-from derp.aio.quicio import clock as _clock, socket_buffers, stream_unacked
+from derp.aio.quicio import clock as _clock, shed_handshake_buffers, socket_buffers, stream_unacked
 from derp.aio.targets import DialTarget
 from derp.constants import (FAST_START_HEADER, IDEAL_NODE_HEADER, QUIC_DATAGRAM_QUEUE, QUIC_IDLE_TIMEOUT,
                             QUIC_MAX_DATAGRAM_FRAME_SIZE, QUIC_PACKET_SIZE, QUIC_RECV_BATCH)
@@ -154,6 +154,7 @@ class QuicDerpConn:
                     if ev.end_stream and not self.done.done():
                         self._fail("connection closed by the server")
             elif kind is E.HandshakeCompleted:
+                shed_handshake_buffers(quic)
                 if not self.handshake.done():
                     self.handshake.set_result(ev)
             elif kind is E.ConnectionTerminated:

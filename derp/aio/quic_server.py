@@ -39,7 +39,7 @@ from aioquic.quic.connection import QuicConnection
 from aioquic.quic.packet import QuicPacketType, encode_quic_version_negotiation, pull_quic_header
 
 from derp import quicwire as W
-from derp.aio.quicio import clock as _clock, socket_buffers, stream_unacked
+from derp.aio.quicio import clock as _clock, shed_handshake_buffers, socket_buffers, stream_unacked
 from derp.aio.session import HttpConn
 from derp.constants import (HANDSHAKE_TIMEOUT, QUIC_CID_LEN, QUIC_DATAGRAM_QUEUE, QUIC_IDLE_TIMEOUT,
                             QUIC_MAX_DATAGRAM_FRAME_SIZE, QUIC_MAX_HALF_OPEN, QUIC_MIN_INITIAL, QUIC_PACKET_SIZE,
@@ -158,6 +158,7 @@ class QuicSession:
 
     def _established(self) -> None:
         self.established = True
+        shed_handshake_buffers(self.quic)
         self.listener.half_open -= 1
         remote = self.quic._remote_max_datagram_frame_size
         self.datagrams = bool(remote)
@@ -383,7 +384,8 @@ class QuicListener:
         """Close every connection at once and the sockets (after the server's shutdown)."""
         self.accepting = False
         for session in list(self.sessions):
-            session.abort()
+            session.abort()   # CONNECTION_CLOSE now; no draining period: the sockets go too
+            session._terminated(E.ConnectionTerminated(error_code=0, frame_type=None, reason_phrase="closed"))
         for sock in self.socks:
             self.loop.remove_reader(sock.fileno())
             sock.close()

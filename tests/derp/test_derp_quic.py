@@ -47,6 +47,11 @@ def test_quic_clients_exchange_packets_as_datagrams(pki) -> None:
                 assert a.stats.extra["quic_datagrams_sent"] == 20
                 assert b.stats.extra["quic_datagrams_received"] == 20
                 assert server.quic.clients() == 2
+                from aioquic.tls import Epoch   # the handshake buffers went once it completed, both ends
+                for quic in [a.stream.quic, b.stream.quic] + [x.quic for x in server.quic.sessions]:
+                    assert quic._crypto_buffers[Epoch.INITIAL].capacity == 0
+                    assert quic._crypto_buffers[Epoch.HANDSHAKE].capacity == 0
+                    assert quic._crypto_buffers[Epoch.ONE_RTT].capacity == 0
     run(main())
 
 
@@ -472,4 +477,15 @@ def test_the_client_socket_carries_the_firewall_mark(pki) -> None:
                 assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_MARK) == 0x5ca2
             finally:
                 await close_all(c)
+    run(main())
+
+
+def test_closing_the_listener_closes_its_clients_at_once(pki) -> None:
+    async def main():
+        async with quic_relay(pki) as (server, port):
+            async with quic_pair(port, pki["ca"]) as (a, ka, b, kb):
+                server.quic.close_all()
+                assert not server.quic.sessions and not server.conns and server.quic.half_open == 0
+                reason = await asyncio.wait_for(a.stream.done, 5)   # told by CONNECTION_CLOSE, not a timeout
+                assert reason == "connection closed by the server", reason
     run(main())
