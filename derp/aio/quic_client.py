@@ -31,11 +31,12 @@ from aioquic.quic.connection import QuicConnection
 from derp import httpwire
 from derp import protocol as P
 from derp import quicwire as W
+from derp.aio.quiccc import configure   # the tunnel congestion controller, packet size, DATAGRAM
 from derp.aio.clientconn import WRITE_LIMIT, ConnectError, UpgradeRefused, _Stream
 from derp.aio.quicio import clock as _clock, shed_handshake_buffers, socket_buffers, stream_unacked
 from derp.aio.targets import DialTarget
 from derp.constants import (FAST_START_HEADER, IDEAL_NODE_HEADER, QUIC_DATAGRAM_QUEUE, QUIC_IDLE_TIMEOUT,
-                            QUIC_MAX_DATAGRAM_FRAME_SIZE, QUIC_PACKET_SIZE, QUIC_RECV_BATCH)
+                            QUIC_PACKET_SIZE, QUIC_RECV_BATCH)
 from derp.errors import ParseError, UsageError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -361,9 +362,8 @@ def quic_configuration(target: DialTarget, ca_file: str | None) -> QuicConfigura
     derp.aio.targets.make_ssl_context (insecure or pinned: none during the handshake, the pin after;
     CertName: the chain and that name after; otherwise the chain and the SNI name during it)."""
     sni = target.server_name or target.host
-    cfg = QuicConfiguration(is_client=True, alpn_protocols=[W.ALPN], server_name=sni,
-                            max_datagram_frame_size=QUIC_MAX_DATAGRAM_FRAME_SIZE,
-                            idle_timeout=QUIC_IDLE_TIMEOUT, max_datagram_size=QUIC_PACKET_SIZE)
+    cfg = configure(QuicConfiguration(is_client=True, alpn_protocols=[W.ALPN], server_name=sni),
+                    max_datagram_size=QUIC_PACKET_SIZE, idle_timeout=QUIC_IDLE_TIMEOUT)
     if target.insecure or target.pin is not None or target.cert_name:
         cfg.verify_mode = ssl.CERT_NONE
         return cfg

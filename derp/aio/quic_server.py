@@ -39,10 +39,11 @@ from aioquic.quic.connection import QuicConnection
 from aioquic.quic.packet import QuicPacketType, encode_quic_version_negotiation, pull_quic_header
 
 from derp import quicwire as W
+from derp.aio.quiccc import configure   # the tunnel congestion controller, packet size, DATAGRAM
 from derp.aio.quicio import clock as _clock, shed_handshake_buffers, socket_buffers, stream_unacked
 from derp.aio.session import HttpConn
 from derp.constants import (HANDSHAKE_TIMEOUT, QUIC_CID_LEN, QUIC_DATAGRAM_QUEUE, QUIC_IDLE_TIMEOUT,
-                            QUIC_MAX_DATAGRAM_FRAME_SIZE, QUIC_MAX_HALF_OPEN, QUIC_MIN_INITIAL, QUIC_PACKET_SIZE,
+                            QUIC_MAX_HALF_OPEN, QUIC_MIN_INITIAL, QUIC_PACKET_SIZE,
                             QUIC_RECV_BATCH, QUIC_STREAM_HOLD_LIMIT)
 from derp.errors import ParseError
 from derp.server import Deliver
@@ -60,9 +61,8 @@ def server_configuration(cert_pem: bytes, key_pem: bytes) -> QuicConfiguration:
     from cryptography.x509 import load_pem_x509_certificates
 
     certs = load_pem_x509_certificates(cert_pem)
-    cfg = QuicConfiguration(is_client=False, alpn_protocols=[W.ALPN], connection_id_length=QUIC_CID_LEN,
-                            max_datagram_frame_size=QUIC_MAX_DATAGRAM_FRAME_SIZE, idle_timeout=QUIC_IDLE_TIMEOUT,
-                            max_datagram_size=QUIC_PACKET_SIZE)
+    cfg = configure(QuicConfiguration(is_client=False, alpn_protocols=[W.ALPN], connection_id_length=QUIC_CID_LEN),
+                    max_datagram_size=QUIC_PACKET_SIZE, idle_timeout=QUIC_IDLE_TIMEOUT)
     cfg.certificate, cfg.certificate_chain = certs[0], certs[1:]
     cfg.private_key = load_pem_private_key(key_pem, None)
     return cfg

@@ -18,21 +18,20 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from aioquic.buffer import size_uint_var
 from aioquic.quic.congestion.base import QuicCongestionControl, register_congestion_control
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
 from aioquic.quic.packet_builder import QuicSentPacket
 
+from derp import quicwire as W
+from derp.constants import QUIC_IDLE_TIMEOUT, QUIC_MAX_DATAGRAM_FRAME_SIZE, QUIC_PACKET_SIZE
 from derp.quiccc import DEFAULT_CONFIG, TunnelCCConfig, TunnelWindow
 
 ALGORITHM = "wgc-tunnel"
-MAX_DATAGRAM_SIZE = 1452           # docs/derp-quic.md: the QUIC packet size on a 1500-byte path (IPv6+UDP)
-MAX_DATAGRAM_FRAME_SIZE = 65535    # docs/derp-quic.md: the transport parameter both sides send
-IDLE_TIMEOUT = 75.0                # above the server's longest KeepAlive gap (60 s + 5 s jitter)
+MAX_DATAGRAM_SIZE = QUIC_PACKET_SIZE                  # docs/derp-quic.md: 1452 on a 1500-byte path (IPv6+UDP)
+MAX_DATAGRAM_FRAME_SIZE = QUIC_MAX_DATAGRAM_FRAME_SIZE  # the transport parameter both sides send
+IDLE_TIMEOUT = QUIC_IDLE_TIMEOUT                      # the DERP read timeout
 PENDING_LIMIT = 128                # datagrams waiting for the window: about 180 KB, a few ms at 1 Gbit/s
-AEAD_TAG_SIZE = 16                 # every QUIC v1 AEAD (RFC 9001 §5.3)
-SHORT_HEADER_FIXED = 3             # first byte + the 2-byte packet number aioquic always sends
 
 
 class TunnelCongestionControl(QuicCongestionControl):
@@ -86,15 +85,11 @@ def configure(configuration: QuicConfiguration, *, max_datagram_size: int = MAX_
 
 
 def datagram_payload_limit(connection: QuicConnection) -> int:
-    """The largest DATAGRAM payload a 1-RTT packet of ``connection`` can carry now; 0 when the peer did
-    not advertise ``max_datagram_frame_size`` (then every packet goes on the stream)."""
-    remote = connection._remote_max_datagram_frame_size
-    if not remote:
-        return 0
-    room = (connection._max_datagram_size - SHORT_HEADER_FIXED - len(connection._peer_cid.cid)
-            - AEAD_TAG_SIZE - 1)                       # the frame type byte
-    payload = room - size_uint_var(room)
-    return max(0, min(payload, remote - 1 - size_uint_var(remote)))
+    """The largest DATAGRAM payload a 1-RTT packet of ``connection`` carries (derp.quicwire's rule, from
+    the connection's packet size, the peer's CID and its max_datagram_frame_size); 0 when the peer did not
+    advertise DATAGRAM (then every packet goes on the stream)."""
+    return W.datagram_limit(connection._max_datagram_size, len(connection._peer_cid.cid),
+                            connection._remote_max_datagram_frame_size)
 
 
 class DatagramSender:
@@ -127,8 +122,3 @@ class DatagramSender:
         pending.append(data)
         self.queued += 1
         return True
-
-
-def queue_datagram(connection: QuicConnection, data: bytes, limit: int = PENDING_LIMIT) -> bool:
-    """One-shot form of ``DatagramSender.send`` (no counters kept): False means use the stream."""
-    return DatagramSender(connection, limit).send(data)
