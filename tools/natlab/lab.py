@@ -345,17 +345,22 @@ class NatLab:
                 return fields[1].split("@")[0]
         raise LabError(f"client{client}'s router has no public address")
 
-    def cut_udp(self, client: int, only_net: str | None = None) -> None:
+    def cut_udp(self, client: int, only_net: str | None = None, *, region: int | None = None) -> None:
         """Drop every UDP packet the client's router forwards, both ways, v4 and v6 (TCP still passes);
         with `only_net` (an IPv4 CIDR, e.g. another client's public 198.19.2.0/24) only UDP to and from
-        that network, so STUN to the relays still works (a firewall between two sites).
+        that network, so STUN to the relays still works (a firewall between two sites); with `region`
+        only UDP to and from that lab region (v4 and v6: STUN and QUIC to its relay; TCP to it passes).
+        Calls add up (two regions, or a region and a network); `restore_udp` lifts them all.
 
         Existing conntrack entries stay, so `restore_udp` brings the old mappings back."""
+        nets = []
+        if region is not None:
+            self._check_region(region)
+            nets += [("ip", f"198.18.{region}.0/24"), ("ip6", f"2001:db8:18:{region}::/64")]
         if only_net:
-            match = (f"    ip daddr {only_net} meta l4proto udp drop\n"
-                     f"    ip saddr {only_net} meta l4proto udp drop\n")
-        else:
-            match = "    meta l4proto udp drop\n"
+            nets.append(("ip6" if ":" in only_net else "ip", only_net))
+        match = "".join(f"    {fam} daddr {net} meta l4proto udp drop\n    {fam} saddr {net} meta l4proto udp drop\n"
+                        for fam, net in nets) or "    meta l4proto udp drop\n"
         rules = ("table inet natlab_cut {\n  chain cut {\n"
                  "    type filter hook forward priority -10; policy accept;\n"
                  f"{match}  }}\n}}\n")

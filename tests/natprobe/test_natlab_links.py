@@ -1,6 +1,7 @@
 """Packet loss on a NAT-lab link (the delayer): 0 % loses nothing; at 10 % about a tenth of the datagrams
 sent to a region are dropped (generous bounds), the delayer's counters say so, the change and its undo
-work while the lab runs, and the command line sets it."""
+work while the lab runs, and the command line sets it. UDP to one region cut at a client's router
+(`cut_udp(k, region=i)`): UDP to that region is dropped, UDP to another region and TCP to it pass."""
 from __future__ import annotations
 
 import subprocess
@@ -94,3 +95,50 @@ def test_command_line_loss_and_counts(tmp_path):
         assert bad.returncode == 2 and "loss must be 0-100" in bad.stderr and "Traceback" not in bad.stderr
     finally:
         natlab("down", name, check=False)
+
+
+PROBE = r"""
+import socket, sys
+out = []
+for host in sys.argv[1:]:
+    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.settimeout(1)
+    u.sendto(b'x', (host, 7001))
+    try:
+        u.recv(10); out.append('udp')
+    except OSError:
+        out.append('-')
+    try:
+        socket.create_connection((host, 7002), timeout=3).close(); out.append('tcp')
+    except OSError:
+        out.append('-')
+print(' '.join(out))
+"""
+
+ECHO = r"""
+import socket, sys, threading
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.bind((sys.argv[1], 7001))
+t = socket.create_server((sys.argv[1], 7002))
+threading.Thread(target=lambda: [t.accept()[0].close() for _ in iter(int, 1)], daemon=True).start()
+print('up', flush=True)
+while True:
+    d, a = u.recvfrom(10); u.sendto(d, a)
+"""
+
+
+def test_cut_udp_to_one_region():
+    require_root()
+    require_binary("nft")
+    from tools.natlab.lab import ClientSpec, NatLab, RegionSpec
+
+    with NatLab([RegionSpec(), RegionSpec()], [ClientSpec("symmetric")]) as lab:
+        for i in (1, 2):
+            echo = lab.popen(f"region{i}", sys.executable, "-c", ECHO, lab.region_ip(i), text=True)
+            assert echo.stdout.readline() == "up\n"
+
+        def probe() -> str:
+            return lab.run("client1", sys.executable, "-c", PROBE, lab.region_ip(1), lab.region_ip(2)).stdout.strip()
+        assert probe() == "udp tcp udp tcp"
+        lab.cut_udp(1, region=1)
+        assert lab.udp_cut(1) and probe() == "- tcp udp tcp"
+        lab.restore_udp(1)
+        assert probe() == "udp tcp udp tcp"
