@@ -1,0 +1,194 @@
+"""DERP over QUIC vs DERP over TCP (`python3 -m tools.bench derpquic`): in the NAT lab, in one run, TCP
+throughput inside the tunnel (iperf3) and relayed ping p50/p99 between two peers behind symmetric NATs
+(no direct path: every packet is relayed by one `wgc derper`), over DERP/TCP (TLS) and over DERP/QUIC, at
+each asked loss on the relay link (default 0, 1 and 3 %), with a fixed added round trip on that link.
+
+Four clients, all behind symmetric NATs: peers 1-2 get a DERP map without `WgcQUICPort` (so they relay
+over TCP), peers 3-4 the same map with it (QUIC). The pairs take turns (never both at once); the loss is
+changed between rounds with `NatLab.set_loss`, whose drops hit each direction of the relay's link, so a
+relayed packet (client -> relay -> client) crosses the lossy link twice. Interface MTU 1280 in every peer
+(a WireGuard packet then always fits one QUIC datagram, docs/derp-quic.md). The transport each pair used
+is read from `wgc status` before and after every figure; one that changed is flagged. Per figure also:
+the packets the link dropped and the CPU seconds the relay and the two peers spent per GB received (where
+the time goes when a figure is low). Needs root, iperf3, nft, ping. Traffic stays inside the lab.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import re
+import statistics
+import sys
+from dataclasses import dataclass, field
+
+from tests.integration.quiclab import QUIC, QuicLab
+from tools.bench.wg import IPERF_PORT, cpu_seconds, iperf, missing_prerequisites
+from tools.natlab.lab import RegionSpec
+
+TRANSPORTS = (("tcp", "DERP/TCP (TLS)", "upgrade"), ("quic", "DERP/QUIC", QUIC))
+
+
+@dataclass
+class Figure:
+    transport: str
+    loss_pct: float
+    bps: float = 0.0
+    p50_ms: float | None = None
+    p99_ms: float | None = None
+    ping_loss: float = 1.0
+    link_dropped: int = 0
+    link_offered: int = 0
+    cpu_relay: float | None = None      # CPU seconds per GB received
+    cpu_peers: float | None = None
+    used: list[str] = field(default_factory=list)   # transports seen (before, after)
+    error: str = ""
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="python3 -m tools.bench derpquic", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--time", type=int, default=5, help="whole seconds per iperf3 run (default 5)")
+    ap.add_argument("--repeat", type=int, default=1, help="iperf3 runs per figure; the median (default 1)")
+    ap.add_argument("--loss", default="0,1,3", help="comma-separated loss %% on the relay link (default 0,1,3)")
+    ap.add_argument("--rtt", type=float, default=10.0, help="round trip added on the relay link, ms (default 10)")
+    ap.add_argument("--pings", type=int, default=200, help="relayed pings per figure, 20 ms apart (default 200)")
+    ap.add_argument("--cc", default="", help="congestion control of the TCP inside the tunnel (iperf3 -C)")
+    opts = ap.parse_args(argv)
+    try:
+        opts.losses = [float(x) for x in opts.loss.split(",") if x.strip()]
+    except ValueError:
+        ap.error(f"--loss takes numbers, e.g. 0,1,3 (got {opts.loss!r})")
+    if not opts.losses or not all(0 <= x <= 50 for x in opts.losses):
+        ap.error("--loss values are 0-50 %")
+    if not 1 <= opts.time <= 600 or not 1 <= opts.repeat <= 20 or not 5 <= opts.pings <= 10000:
+        ap.error("--time is 1-600 s, --repeat 1-20, --pings 5-10000")
+    if not 0 <= opts.rtt <= 1000:
+        ap.error("--rtt is 0-1000 ms")
+    return opts
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
+
+
+def relayed_ping(a, b, count: int) -> tuple[float | None, float | None, float]:
+    """p50, p99 (ms) of the replies and the fraction lost, `count` pings 20 ms apart."""
+    res = a.ns.run("ping", "-n", "-c", str(count), "-i", "0.02", "-W", "2", b.ip, check=False,
+                   timeout=count * 0.05 + 30)
+    times = [float(t) for t in re.findall(r"time=([\d.]+) ms", res.stdout)]
+    return percentile(times, 0.5), percentile(times, 0.99), 1 - len(times) / count
+
+
+def measure(pl: QuicLab, pair, fig: Figure, opts) -> None:
+    a, b = pair
+    fig.used.append(pl.transport(a, 1) or "-")
+    counts0 = pl.lab.link_counts(1)
+    relay_pid = pl.relays[1].proc.pid
+    peers = [a.proc.pid, b.proc.pid]
+    cpu0 = cpu_seconds([relay_pid]), cpu_seconds(peers)
+    args = ["-C", opts.cc] if opts.cc else []
+    runs, received = [], 0
+    for _ in range(opts.repeat):
+        report = iperf(a.ns, b.ip, args, opts.time)["end"]["sum_received"]
+        runs.append(report["bits_per_second"])
+        received += report["bytes"]
+    fig.bps = statistics.median(runs)
+    if received:
+        gb = received / 1e9
+        fig.cpu_relay = (cpu_seconds([relay_pid]) - cpu0[0]) / gb
+        fig.cpu_peers = (cpu_seconds(peers) - cpu0[1]) / gb
+    counts1 = pl.lab.link_counts(1)
+    fig.link_dropped = counts1["dropped"] - counts0["dropped"]
+    fig.link_offered = counts1["offered"] - counts0["offered"]
+    fig.p50_ms, fig.p99_ms, fig.ping_loss = relayed_ping(a, b, opts.pings)
+    fig.used.append(pl.transport(a, 1) or "-")
+
+
+def run(opts) -> list[Figure]:
+    figures: list[Figure] = []
+    with QuicLab(["symmetric"] * 4, regions=[RegionSpec(opts.rtt)]) as pl:
+        if not opts.cc:
+            opts.cc_used = pl.lab.run("client1", "sysctl", "-n", "net.ipv4.tcp_congestion_control").stdout.strip()
+        pairs = {}
+        for (key, _label, want), clients in zip(TRANSPORTS, ((1, 2), (3, 4))):
+            dm = pl.tcp_derpmap if key == "tcp" else pl.quic_derpmap
+            pairs[key] = pl.start_peers(clients, derpmap_files={k: dm for k in clients})
+            for p in pairs[key]:
+                pl.wait_transport(p, 1, want, timeout=30)
+            for x, y in (pairs[key], pairs[key][::-1]):
+                if not pl.ping_tunnel(x, y, count=3, deadline=10)[0]:
+                    raise RuntimeError(f"no relayed ping between the {key} peers")
+            b = pairs[key][1]
+            b.ns.popen("iperf3", "-s", "-B", b.ip, "-p", str(IPERF_PORT))
+        for pct in opts.losses:
+            pl.lab.set_loss(1, pct)
+            for key, label, _want in TRANSPORTS:
+                print(f"{label}, {pct:g} % loss ...", file=sys.stderr, flush=True)
+                fig = Figure(key, pct)
+                try:
+                    measure(pl, pairs[key], fig, opts)
+                except Exception as exc:   # one failed figure must not lose the others
+                    fig.error = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
+                figures.append(fig)
+        pl.lab.set_loss(1, 0)
+    return figures
+
+
+def _ms(v: float | None) -> str:
+    return f"{v:.1f} ms" if v is not None else "-"
+
+
+def table(figures: list[Figure], opts) -> str:
+    cc = opts.cc or f"{getattr(opts, 'cc_used', '?')} (the lab's default)"
+    lines = [f"two symmetric-NAT peers relayed by one wgc derper; relay link +{opts.rtt:g} ms RTT, loss on each "
+             f"direction of it (a relayed packet crosses it twice); MTU 1280; iperf3 {opts.repeat} x {opts.time} s, "
+             f"inner TCP congestion control: {cc}; {opts.pings} pings 20 ms apart",
+             f"{'loss':>5}  {'transport':<15} {'TCP a->b':>13} {'ping p50':>9} {'p99':>9} {'ping lost':>9} "
+             f"{'link drops':>10} {'CPU s/GB relay':>14} {'peers':>6}"]
+    labels = {key: label for key, label, _ in TRANSPORTS}
+    wants = {key: want for key, _, want in TRANSPORTS}
+    for f in figures:
+        name = labels[f.transport] + ("" if set(f.used) == {wants[f.transport]} else "*")
+        if f.error:
+            lines.append(f"{f.loss_pct:>4g}%  {name:<15} error: {f.error}")
+            continue
+        drops = f"{f.link_dropped / f.link_offered:.1%}" if f.link_offered else "-"
+        cpu_r = f"{f.cpu_relay:.1f}" if f.cpu_relay is not None else "-"
+        cpu_p = f"{f.cpu_peers:.1f}" if f.cpu_peers is not None else "-"
+        lines.append(f"{f.loss_pct:>4g}%  {name:<15} {f.bps / 1e6:>8.1f} Mbit/s {_ms(f.p50_ms):>9} "
+                     f"{_ms(f.p99_ms):>9} {f.ping_loss:>9.0%} {drops:>10} {cpu_r:>14} {cpu_p:>6}")
+    ratios = []
+    for pct in opts.losses:
+        by = {f.transport: f for f in figures if f.loss_pct == pct and not f.error}
+        if "tcp" in by and "quic" in by and by["tcp"].bps > 0:
+            ratios.append(f"{pct:g} %: {by['quic'].bps / by['tcp'].bps:.2f}x")
+        else:
+            ratios.append(f"{pct:g} %: -")
+    lines.append("ratio QUIC / TCP throughput   " + "   ".join(ratios))
+    if any(set(f.used) != {wants[f.transport]} for f in figures if not f.error):
+        lines.append("* the pair's transport changed during the figure: " +
+                     "; ".join(f"{labels[f.transport]} at {f.loss_pct:g} %: {' -> '.join(f.used)}"
+                               for f in figures if not f.error and set(f.used) != {wants[f.transport]}))
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    opts = parse_args(sys.argv[1:] if argv is None else argv)
+    problem = missing_prerequisites("derpquic", ["iperf3", "ping", "ip", "nft"])
+    if problem:
+        print(problem, file=sys.stderr)
+        return 2
+    try:
+        figures = run(opts)
+    except Exception as exc:
+        print(f"tools.bench derpquic: the lab did not come up: {str(exc).splitlines()[0] if str(exc) else exc!r}",
+              file=sys.stderr)
+        return 1
+    print(table(figures, opts))
+    return 0 if not any(f.error for f in figures) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
