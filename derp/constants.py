@@ -39,6 +39,22 @@ BYTES_PER_TURN = 256 << 10               # ... or payload bytes, whichever comes
 FRAME_READ_TIMEOUT = 10.0                # a frame whose header arrived must be complete within this
 MAX_CONNS_PER_IP = 100                   # concurrent DERP connections from one client address (0: no limit)
 
+# DERP over QUIC (docs/derp-quic.md): a wgc extension, QUIC v1 (RFC 9000) with DATAGRAM frames (RFC 9221).
+QUIC_ALPN = "wgc-derp/1"                 # the one ALPN both sides offer; any other is refused
+QUIC_MAX_DATAGRAM_FRAME_SIZE = 65535     # RFC 9221 §3: the max_datagram_frame_size both sides advertise
+QUIC_PACKET_SIZE = 1452                  # RFC 9000 §14: our UDP payload size (1500 - 40 IPv6 - 8 UDP)
+QUIC_MIN_INITIAL = 1200                  # RFC 9000 §14.1: a client's Initial datagram is at least this
+QUIC_CID_LEN = 8                         # our connection IDs (RFC 9000 §5.1 allows 0..20)
+QUIC_SHORT_HEADER_FIXED = 1              # RFC 9000 §17.3.1: the first byte of a 1-RTT packet ...
+QUIC_PN_MAX_LEN = 4                      # ... then the DCID, then a packet number of 1-4 bytes
+QUIC_AEAD_TAG_LEN = 16                   # RFC 9001 §5.3: AEAD_AES_128_GCM / CHACHA20_POLY1305 tag
+QUIC_DATAGRAM_FRAME_TYPE = 0x31          # RFC 9221 §4: DATAGRAM with a Length field
+QUIC_IDLE_TIMEOUT = 120.0                # RFC 9000 §10.1 max_idle_timeout: the DERP read timeout
+QUIC_DATAGRAM_QUEUE = 256                # ours: datagrams waiting for the congestion window before drops
+QUIC_MAX_HALF_OPEN = 1024                # ours: connections still in their handshake, per listener
+QUIC_STREAM_HOLD_LIMIT = 4 << 20         # ours: DERP stream bytes held while a session's reading is paused
+QUIC_RECV_BATCH = 256                    # ours: UDP datagrams read per readable callback
+
 FAST_START_HEADER = "Derp-Fast-Start"    # §7.3
 IDEAL_NODE_HEADER = "Ideal-Node"         # §7.2
 CHALLENGE_HEADER = "X-Tailscale-Challenge"   # §7.5 /generate_204

@@ -3,6 +3,7 @@ in its tables are compared with what the two collectors produce (issue 10 §4), 
 certificate loaded, so its CertStore's metrics are compared too."""
 from __future__ import annotations
 
+import asyncio
 import os
 import pathlib
 import re
@@ -10,6 +11,7 @@ import re
 from prometheus_client import generate_latest
 
 from derp.aio.certstore import CertStore, selfsigned_files
+from derp.aio.quic_server import QuicListener
 from derp.aio.metrics import make_registry as relay_registry
 from derp.aio.server import DerpServer, ServerOptions
 from derp.keys import private_key_from_random
@@ -19,6 +21,10 @@ from wgclient.aio.metrics import InterfaceCollector, make_registry
 from tests.wgclient.test_client_metrics import runner
 
 DOC = pathlib.Path(__file__).resolve().parent.parent / "docs" / "metrics.md"
+
+
+async def _quic_listener(server: DerpServer) -> QuicListener:
+    return QuicListener(server, lambda: None)   # no socket: only its counters are collected
 
 
 def exported(text: bytes) -> set[str]:
@@ -40,6 +46,7 @@ def test_every_exported_metric_is_documented_and_nothing_else(tmp_path) -> None:
     server = DerpServer(relay, ServerOptions())
     server.certs = CertStore("derp.example.net")
     server.certs.load_files(*selfsigned_files(str(tmp_path), "derp.example.net"))
+    server.quic = asyncio.run(_quic_listener(server))
     names = exported(generate_latest(relay_registry(server)))
     assert "derp_tls_cert_expiry_timestamp_seconds" in names
     names |= exported(generate_latest(make_registry(InterfaceCollector(runner(), "wg0", {}, drops=lambda: {"x": 1}))))

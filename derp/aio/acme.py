@@ -251,6 +251,8 @@ class AcmeManager:
         try:
             with open(crt, "rb") as fh:
                 pem = fh.read()
+            with open(key, "rb") as fh:
+                key_pem = fh.read()
             with open(meta, encoding="utf-8") as fh:
                 directory = json.load(fh).get("directory")
             window = validity(pem_certificates(pem)[0])
@@ -262,7 +264,7 @@ class AcmeManager:
         if window[1] <= self.clock():
             log.info("ACME: the cached certificate %s expired at %s", crt, utc_text(window[1]))
             return False
-        self.store.install(ctx, pem)
+        self.store.install(ctx, pem, key_pem)
         self.renewal.on_certificate(*window)
         if directory != cfg.directory:
             log.info("ACME: the cached certificate came from %s, not %s: ordering a new one", directory,
@@ -310,7 +312,7 @@ class AcmeManager:
                 log.error("ACME: cannot get a certificate for %s (TLS handshakes fail until one is issued); "
                           "retrying in %.0f s: %s", cfg.hostname, retry, describe(exc))
             return False
-        store.install(ctx, chain)
+        store.install(ctx, chain, key)
         self.renewal.on_certificate(*window)
         store.counters["acme_ok"] += 1
         log.info("ACME: new certificate for %s, valid until %s (renewal from %s); new TLS handshakes get it",

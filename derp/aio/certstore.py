@@ -89,6 +89,7 @@ class CertStore:
         self.alpn_contexts: dict[str, ssl.SSLContext] = {}
         self.http_tokens: dict[str, bytes] = {}
         self.files: tuple[str, str] | None = None
+        self.pem: tuple[bytes, bytes] | None = None   # (chain, key) PEM now served: DERP over QUIC's too
         self._files_sig: Any = None
         self.on_hup: Callable[[], None] | None = None
         self.on_start: list[Callable[[], None]] = []
@@ -106,13 +107,15 @@ class CertStore:
         if ctx is not current:
             sslobj.context = current
 
-    def install(self, ctx: ssl.SSLContext, cert_pem: bytes) -> None:
-        """Serve `ctx` (built by this store) to every new handshake from now on."""
+    def install(self, ctx: ssl.SSLContext, cert_pem: bytes, key_pem: bytes | None = None) -> None:
+        """Serve `ctx` (built by this store) to every new handshake from now on; with `key_pem`, the pair is
+        also what new QUIC connections get (derp.aio.quic_server)."""
         try:
             self.not_before, self.not_after = validity(pem_certificates(cert_pem)[0])
         except ParseError:
             self.not_before = self.not_after = None
         self.current = self._adopt(ctx)
+        self.pem = (cert_pem, key_pem) if key_pem is not None else None
 
     def load_files(self, cert_path: str, key_path: str, hint: str = "") -> None:
         """Load and serve a certificate/key pair; on any problem raise a one-line UsageError naming the file
@@ -121,9 +124,11 @@ class CertStore:
         try:
             with open(cert_path, "rb") as fh:
                 pem = fh.read()
+            with open(key_path, "rb") as fh:
+                key = fh.read()
         except OSError as exc:
             raise UsageError(f"cannot read certificate {cert_path}: {(exc.strerror or str(exc)).lower()}") from None
-        self.install(ctx, pem)
+        self.install(ctx, pem, key)
 
     @property
     def has_certificate(self) -> bool:

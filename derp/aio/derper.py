@@ -10,7 +10,8 @@ A user mistake is one line `wgc: ...` on stderr and exit 2; a port that cannot b
 token file that other users may read gets a one-line warning.
 
 On start it prints one line to stdout: `derper ready addr=<host:port> metrics=<host:port|off>
-key=nodekey:<hex> tls=<yes|no> [http=<port>] [stun=<port>]` so scripts and tests can find ephemeral ports.
+key=nodekey:<hex> tls=<yes|no> [http=<port>] [stun=<port>] [quic=<port>]` so scripts and tests can find
+ephemeral ports. DERP over QUIC (`derp.aio.quic_server`) is on by default with TLS (--no-quic, --quic-port).
 """
 from __future__ import annotations
 
@@ -103,6 +104,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stun", action=BOOL, default=True,
                    help="run the STUN server on --stun-port (UDP, same address as --addr)")
     p.add_argument("--stun-port", type=PORT, default=3478, metavar="PORT", help="UDP port of the STUN server")
+    p.add_argument("--quic", action=BOOL, default=True,
+                   help="also serve DERP over QUIC (docs/derp-quic.md) on UDP at the DERP port, with the same "
+                        "certificate; only with TLS")
+    p.add_argument("--quic-port", type=PORT, default=None, metavar="PORT",
+                   help="UDP port of DERP over QUIC (default: the DERP port's number)")
     p.add_argument("--derp", dest="run_derp", action=BOOL, default=True,
                    help="serve DERP at /derp (derper: false keeps only the other endpoints, e.g. /bootstrap-dns)")
     p.add_argument("--home", default="", metavar="WHAT",
@@ -350,8 +356,9 @@ def _is_ip(text: str) -> bool:
 
 
 def selfsigned_node(args: argparse.Namespace, pin: str, derp_port: int, http_port: int | None,
-                    stun_port: int | None) -> dict:
-    """The DERP map node (derpmap.md §5) a client needs to use this relay with its self-signed certificate."""
+                    stun_port: int | None, quic_port: int | None = None) -> dict:
+    """The DERP map node (derpmap.md §5) a client needs to use this relay with its self-signed certificate
+    (with `WgcQUICPort` when DERP over QUIC is on, docs/derp-quic.md)."""
     node: dict[str, Any] = {"Name": "900a", "RegionID": 900, "HostName": args.hostname,
                             "CertName": "sha256-raw:" + pin, "DERPPort": derp_port,
                             "STUNPort": -1 if stun_port is None else stun_port}
@@ -360,6 +367,8 @@ def selfsigned_node(args: argparse.Namespace, pin: str, derp_port: int, http_por
         node["IPv4"], node["IPv6"] = (args.hostname, "none") if v4 else ("none", args.hostname)
     if http_port == 80:
         node["CanPort80"] = True
+    if quic_port:
+        node["WgcQUICPort"] = quic_port
     return node
 
 
@@ -428,6 +437,8 @@ async def serve(args: argparse.Namespace) -> int:
     extras = [f"http={up.http_port}"] if up.http_port is not None else []
     if up.stun is not None:
         extras.append(f"stun={up.stun.port}")
+    if up.quic is not None:
+        extras.append(f"quic={up.quic.port}")
     for target in targets:
         link = MeshLink(relay, target, mesh_key.hex(), args.mesh_ca_file,
                         apply=lambda outs: (server.apply(outs), server.flush()))
@@ -439,7 +450,8 @@ async def serve(args: argparse.Namespace) -> int:
     loop.add_signal_handler(signal.SIGINT, stop.set)
     loop.add_signal_handler(signal.SIGHUP, lambda: reload(args, server))
     if pin is not None:
-        node = selfsigned_node(args, pin, up.derp_port, up.http_port, up.stun and up.stun.port)
+        node = selfsigned_node(args, pin, up.derp_port, up.http_port, up.stun and up.stun.port,
+                               up.quic and up.quic.port)
         log.info("self-signed certificate; DERP map node: %s", json.dumps(node))
     print(f"derper ready addr={show_addr(host, up.derp_port)} metrics={up.metrics_desc} "
           f"key=nodekey:{public_key_of(private).hex()} tls={'yes' if ssl_ctx else 'no'} {' '.join(extras)}".rstrip(),

@@ -1,4 +1,4 @@
-"""Binding `wgc derper`'s listeners: DERP, plain HTTP, STUN and metrics in turn, all or none.
+"""Binding `wgc derper`'s listeners: DERP, QUIC, plain HTTP, STUN and metrics in turn, all or none.
 
 `start_listeners` binds them one after the other; when one fails it closes those already bound and raises
 `ListenError` with one line naming the address and the OS's reason, e.g. `cannot listen on 0.0.0.0:3478
@@ -42,6 +42,7 @@ class Listening:
     http_port: int | None = None
     stun: Any = None
     metrics: Any = None
+    quic: Any = None    # derp.aio.quic_server.QuicListener (DERP over QUIC on UDP), when on
 
     @property
     def metrics_desc(self) -> str:
@@ -51,7 +52,10 @@ class Listening:
         return show_addr(sock[0], sock[1])
 
     def close_side_listeners(self) -> None:
-        """STUN and metrics (the DERP and HTTP listeners go with `DerpServer.shutdown`)."""
+        """STUN, metrics and the QUIC sockets (the DERP and HTTP listeners go with `DerpServer.shutdown`,
+        which also tells QUIC clients Restarting)."""
+        if self.quic is not None:
+            self.quic.close_all()
         if self.stun is not None:
             self.stun.close()
         if self.metrics is not None:
@@ -88,6 +92,11 @@ async def start_listeners(args: argparse.Namespace, server: DerpServer, host: st
     done = Listening()
     try:
         done.derp_port = await _bind("DERP", host, port, server.listen(host, port))
+        if server.ssl is not None and getattr(args, "quic", False) and server.certs is not None:
+            from derp.aio.quic_server import start_quic
+            qport = done.derp_port if args.quic_port is None else args.quic_port
+            certs = server.certs
+            done.quic = await _bind("QUIC", host, qport, start_quic(server, host, qport, lambda: certs.pem))
         if server.ssl is not None and args.http_port >= 0:
             done.http_port = await _bind("HTTP", host, args.http_port, server.listen_port80(host, args.http_port))
         if args.stun:

@@ -76,7 +76,8 @@ def details(server: Any) -> dict[str, Any]:
             "server_key": "nodekey:" + server.relay.public_key.hex(), "relay": stats,
             "admission": admission(server),
             "http": dict(server.http_counters), "rate_limited_ips": len(server.limiter.buckets),
-            "mesh_links": [link.describe() for link in server.mesh_links]}
+            "mesh_links": [link.describe() for link in server.mesh_links],
+            **({"quic": {"clients": server.quic.clients(), **server.quic.stats}} if server.quic is not None else {})}
 
 
 def _home(server: Any) -> tuple[int, dict[str, str], bytes]:

@@ -79,6 +79,29 @@ class RelayCollector:
         certs = getattr(self.server, "certs", None)
         if certs is not None:
             yield from certs.collect()
+        quic = getattr(self.server, "quic", None)
+        if quic is not None:
+            yield from quic_metrics(quic)
+
+
+def quic_metrics(quic: Any):
+    """DERP over QUIC (derp.aio.quic_server.QuicListener's counters)."""
+    from derp.aio.quic_server import DROP_REASONS
+    st = quic.stats
+    yield GaugeMetricFamily("derp_quic_clients", "DERP clients connected over QUIC", value=quic.clients())
+    yield CounterMetricFamily("derp_quic_connections", "QUIC connections started (Initial accepted)",
+                              value=st["connections"])
+    yield CounterMetricFamily("derp_quic_datagrams_relayed", "Packets sent to QUIC clients as DATAGRAM frames",
+                              value=st["datagrams_relayed"])
+    yield CounterMetricFamily("derp_quic_datagrams_received", "SendPacket DATAGRAM frames handed to the relay",
+                              value=st["datagrams_received"])
+    yield CounterMetricFamily("derp_quic_stream_packets", "Packets to QUIC clients that had to go on the DERP "
+                              "stream (too big for a datagram, or no DATAGRAM negotiated)", value=st["stream_packets"])
+    dropped = CounterMetricFamily("derp_quic_datagrams_dropped", "UDP datagrams and DATAGRAM frames dropped, "
+                                  "by reason", labels=["reason"])
+    for reason in DROP_REASONS:
+        dropped.add_metric([reason], st["dropped_" + reason])
+    yield dropped
 
 
 def make_registry(server: Any) -> CollectorRegistry:

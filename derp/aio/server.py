@@ -86,6 +86,7 @@ class DerpServer:
         self._tick: asyncio.Task | None = None
         self.mesh_links: list[Any] = []
         self.certs: Any = None        # derp.aio.certstore.CertStore of a TLS relay (ACME HTTP-01, metrics)
+        self.quic: Any = None         # derp.aio.quic_server.QuicListener (DERP over QUIC), when on
 
     # ---- lifecycle ----------------------------------------------------------------------------------
     async def listen(self, host: str | None, port: int) -> int:

@@ -64,6 +64,7 @@ class HttpConn(asyncio.Protocol):
                  "conn", "ws", "out", "is_mesh", "paused_since", "queued", "closed", "not_ideal", "port80",
                  "partial_since", "read_paused", "turn_pending", "ip_slot", "since", "rx", "tx", "reason",
                  "identity", "bucket", "limited")
+    is_quic = False   # derp.aio.quic_server's subclass: a DERP stream on a QUIC connection
 
     def __init__(self, server: Any, port80: bool = False, limited: bool = True) -> None:
         self.server = server   # derp.aio.server.DerpServer
@@ -560,7 +561,8 @@ def log_session(c: HttpConn, event: str) -> None:
     assert conn is not None
     key = "nodekey:" + conn.key.hex() if log.isEnabledFor(logging.DEBUG) else short(conn.key)
     host = f"[{c.ip}]" if ":" in c.ip else c.ip
-    transport = ("tls" if c.server.ssl is not None else "http") + ("+websocket" if c.ws is not None else "")
+    transport = "quic" if c.is_quic else \
+        ("tls" if c.server.ssl is not None else "http") + ("+websocket" if c.ws is not None else "")
     kind = " mesh=yes" if conn.is_mesh else (" prober=yes" if conn.is_prober else "")
     if event == "connected":
         log.info("client connected key=%s addr=%s:%d transport=%s%s", key, host, c.port, transport, kind)
