@@ -9,6 +9,8 @@ Also accepted: a Tailscale policy file (or its fragment) `{"derpMap": {...}}`, i
 and trailing commas, as policy files are written); its `OmitDefaultRegions` is the map's.
 Defaulting rules (derpmap.md §5): STUNPort 0 => 3478, negative => no STUN; DERPPort 0 => 443; an IPv4/IPv6
 field that is not an address of that family (conventionally "none") disables that family; "" means DNS.
+`WgcQUICPort` is wgc's own node field (docs/derp-quic.md): the UDP port the node speaks DERP over QUIC on;
+absent or 0 means it does not. Tailscale's parser ignores it, so a map carrying it stays valid there.
 """
 from __future__ import annotations
 
@@ -40,6 +42,7 @@ class DerpNode:
     can_port80: bool = False
     stun_test_ip: str = ""
     cert_name: str = ""
+    wgc_quic_port: int = 0     # WgcQUICPort (docs/derp-quic.md): 0 = the node does not speak DERP over QUIC
 
     # -- defaulting helpers (derpmap.md §5) --
     def effective_stun_port(self) -> int | None:
@@ -105,7 +108,8 @@ class DerpNode:
         for key, value in (("CertName", self.cert_name), ("IPv4", self.ipv4), ("IPv6", self.ipv6),
                            ("STUNPort", self.stun_port), ("STUNOnly", self.stun_only),
                            ("DERPPort", self.derp_port), ("InsecureForTests", self.insecure_for_tests),
-                           ("STUNTestIP", self.stun_test_ip), ("CanPort80", self.can_port80)):
+                           ("STUNTestIP", self.stun_test_ip), ("CanPort80", self.can_port80),
+                           ("WgcQUICPort", self.wgc_quic_port)):
             if value:
                 out[key] = value
         return out
@@ -242,6 +246,9 @@ def _parse_node(raw: Any, region_id: int, index: int, warnings: list[str] | None
     stun_port = o.get("STUNPort", int, 0)
     if stun_port > 65535:
         raise ParseError(f"{o.where}: STUNPort {stun_port} out of range")
+    quic_port = o.get("WgcQUICPort", int, 0)
+    if not 0 <= quic_port <= 65535:
+        raise ParseError(f"{o.where}: WgcQUICPort {quic_port} out of range (1-65535, or 0 for no QUIC)")
     cert_name = o.get("CertName", str, "")
     if cert_name.startswith("sha256-raw:"):
         digest = cert_name[len("sha256-raw:"):]
@@ -261,7 +268,8 @@ def _parse_node(raw: Any, region_id: int, index: int, warnings: list[str] | None
         name=name, region_id=node_region, host_name=host, ipv4=o.get("IPv4", str, ""),
         ipv6=o.get("IPv6", str, ""), stun_port=stun_port, stun_only=o.get("STUNOnly", bool, False),
         derp_port=derp_port, insecure_for_tests=o.get("InsecureForTests", bool, False),
-        can_port80=o.get("CanPort80", bool, False), stun_test_ip=stun_test_ip, cert_name=cert_name)
+        can_port80=o.get("CanPort80", bool, False), stun_test_ip=stun_test_ip, cert_name=cert_name,
+        wgc_quic_port=quic_port)
     o.unknown(warnings)
     return node
 

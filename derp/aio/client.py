@@ -1,8 +1,14 @@
-"""The asyncio DERP client: dials a node (TLS or plain HTTP; Upgrade: DERP with automatic fallback to
-WebSocket), runs the `derp.protocol.ClientConnection` core on the stream, and keeps the connection up
-(reconnect with backoff and jitter, honouring Restarting by moving to the same or the next node).
+"""The asyncio DERP client: dials a node (QUIC, docs/derp-quic.md; TLS or plain HTTP with Upgrade: DERP,
+with automatic fallback to WebSocket), runs the `derp.protocol.ClientConnection` core on the link, and
+keeps the connection up (reconnect with backoff and jitter, honouring Restarting by moving to the same or
+the next node).
 
-One connection on the wire (upgrade, frames, read budget) is `derp.aio.clientconn`.
+One connection on the wire (upgrade, frames, read budget) is `derp.aio.clientconn`; one over QUIC is
+`derp.aio.quic_client`; which of them to dial, when to try QUIC again and when a QUIC link has stalled is
+the pure `derp.transport_choice`, carried out by `derp.aio.linkswitch` (QUIC first or in the background,
+make-before-break swaps, the stall watch). `transport`: "auto" (that choice), or "quic", "upgrade",
+"websocket" to force one (tests, users behind odd networks). `set_udp` passes netcheck's word on UDP to the
+region (STUN answered or not).
 Targets come from a DERP map region/node (HostName, IPv4/IPv6, DERPPort, InsecureForTests, CertName pins)
 or a URL. TLS uses the system CA store plus an optional `ca_file`, ALPN http/1.1 only. `fwmark` (and
 `set_fwmark`) puts SO_MARK on the connection's socket, so a full tunnel's policy rules send it past the tunnel.
@@ -31,7 +37,9 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from derp import protocol as P
+from derp import transport_choice as TC
 from derp.aio.clientconn import ConnectError, UpgradeRefused, _Stream, describe_error  # noqa: F401
+from derp.aio.linkswitch import LinkSwitch, TransportChanged  # noqa: F401  (TransportChanged: an event)
 from derp.aio.targets import (DialTarget, backoff_delay, cert_matches, make_ssl_context,  # noqa: F401
                                targets_for_node, targets_for_region, targets_for_url)
 from derp.errors import UsageError
@@ -44,6 +52,7 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class Disconnected:
     reason: str
+    transport: str = ""        # of the link that ended: "quic" | "upgrade" | "websocket" ("": none yet)
 
 
 @dataclass
@@ -56,6 +65,11 @@ class ClientStats:
     connects: int = 0
     failures: int = 0          # dials that did not connect
     short_lived: int = 0       # connections that ended before `healthy_after`
+    transport: str = ""        # of the link now: "quic" | "upgrade" | "websocket" ("" while not connected)
+    quic_fallbacks: int = 0    # QUIC dials that failed, and QUIC links that stalled or broke, before TCP
+    quic_retries: int = 0      # background QUIC attempts while on TCP/WebSocket
+    quic_swaps: int = 0        # ... that connected and replaced the TCP/WebSocket link
+    quic_stalls: int = 0       # QUIC links dropped by the stall watch
     extra: dict[str, int] = field(default_factory=dict)
 
 
@@ -68,11 +82,14 @@ class DerpClient:
                  on_event: Callable[[Any], None] | None = None, reconnect: bool = True,
                  connect_timeout: float = 10.0, node_timeout: float = 1.5, preferred: bool = False,
                  watch_conns: bool = False, label: str = "", fwmark: int = 0,
-                 rng: random.Random | None = None, queue_size: int = 4096) -> None:
+                 rng: random.Random | None = None, queue_size: int = 4096, udp: TC.UDP = TC.UDP.UNKNOWN,
+                 choice: TC.ChoiceConfig = TC.ChoiceConfig()) -> None:
         if not targets:
             raise UsageError("no DERP node to connect to (all nodes STUN-only or disabled?)")
-        if transport not in ("auto", "upgrade", "websocket"):
-            raise UsageError(f"transport must be auto, upgrade or websocket, not {transport!r}")
+        if transport not in TC.TRANSPORTS:
+            raise UsageError(f"transport must be auto, quic, upgrade or websocket, not {transport!r}")
+        if transport == TC.QUIC and not any(t.quic_port for t in targets):
+            raise UsageError("transport quic needs a DERP node that speaks QUIC (WgcQUICPort in the DERP map)")
         self.private_key = private_key
         self.targets = targets
         self.ca_file = ca_file
@@ -101,6 +118,18 @@ class DerpClient:
         self._ssl_contexts: dict[tuple, ssl.SSLContext] = {}
         self.fwmark = fwmark                      # SO_MARK of every socket dialed (a full tunnel's policy rules)
         self._dialing: set[socket.socket] = set()
+        self.switch = LinkSwitch(self, TC.TransportChoice(any(t.quic_port for t in targets),
+                                                         None if transport == "auto" else transport, udp, choice))
+        self._write_packet: Callable[[bytes], bool] | None = None   # the link's: stream or QUIC datagram
+
+    @property
+    def link(self) -> str:
+        """The transport of the current link: "quic", "upgrade", "websocket", or "" while not connected."""
+        return self.stats.transport
+
+    def set_udp(self, udp: TC.UDP) -> None:
+        """What netcheck says of UDP to this region (STUN answered: WORKS; measured, unanswered: BLOCKED)."""
+        self.switch.set_udp(udp)
 
     def set_fwmark(self, mark: int) -> None:
         """Mark the sockets from now on, and the ones open or being dialed now."""
@@ -134,6 +163,7 @@ class DerpClient:
 
     async def close(self) -> None:
         self._closing = True
+        self.switch.stop()
         if self.stream is not None:
             self.stream._finish("closed by the caller")
         if self._task is not None:
@@ -158,15 +188,26 @@ class DerpClient:
                 await asyncio.sleep(backoff_delay(self.backoff_step, self.rng))
                 continue
             since = loop.time()
-            reason = await stream.done
+            while True:
+                reason = await stream.done
+                if self.stream is None or self.stream is stream:
+                    break
+                stream, since = self.stream, loop.time()   # replaced by a QUIC link (make-before-break)
+            link = self.link
             self.stream = None
+            self._write_packet = None
+            self.stats.transport = ""
             self._connected.clear()
-            self._event(Disconnected(reason))
+            fell_back = self.switch.link_down(stream, link, loop.time())
+            self._event(Disconnected(reason, link))
             if not self.reconnect or self._closing:
                 return
             if stream.restarting is not None:
                 self.backoff_step = 0
                 await asyncio.sleep(stream.restarting.reconnect_in)
+                continue
+            if fell_back:        # a QUIC link stalled or broke: TCP at once (QUIC backs off meanwhile)
+                self.backoff_step = 0
                 continue
             if loop.time() - since >= self.config.healthy_after:
                 self.backoff_step = 1     # it worked for a while: come back quickly
@@ -186,39 +227,56 @@ class DerpClient:
                       asyncio.get_running_loop().time(), "DERP %s: %s", self._name(target), what)
 
     async def connect_once(self) -> _Stream:
-        """One pass over the targets starting at the current one; the first that completes wins."""
-        errors = []
+        """One pass over the targets starting at the current one; the first that completes wins. Per target
+        the transports are dialed in the order `derp.transport_choice` gives (QUIC first when it may)."""
+        errors: list[str] = []
         n = len(self.targets)
+        loop = asyncio.get_running_loop()
         for i in range(n):
             index = (self.target_index + i) % n
             target = self.targets[index]
-            modes = {"auto": (False, True), "upgrade": (False,), "websocket": (True,)}[self.transport]
-            for websocket in modes:
+            modes = [m for m in self.switch.choice.order(loop.time()) if m != TC.QUIC or target.quic_port]
+            for k, mode in enumerate(modes):
                 try:
-                    stream = await asyncio.wait_for(self._dial(target, websocket), self.connect_timeout)
+                    if mode == TC.QUIC:
+                        stream = await self.switch.dial_quic(target)
+                    else:
+                        stream = await asyncio.wait_for(self._dial(target, mode == TC.WEBSOCKET),
+                                                        self.connect_timeout)
                 except UpgradeRefused as exc:
-                    if not websocket and len(modes) > 1:
+                    if mode == TC.UPGRADE and TC.WEBSOCKET in modes[k + 1:]:
                         self.websocket_fallbacks += 1   # expected behind proxies: no warning yet
                         errors.append(f"{target.host}:{target.port}: {exc}")
                     else:
                         self._dial_failed(target, exc, errors)
                     continue
                 except (ConnectError, OSError, asyncio.TimeoutError, ssl.SSLError) as exc:
+                    if mode == TC.QUIC:
+                        self.switch.quic_failed(target, exc, errors, fallback=k + 1 < len(modes))
+                        continue   # TCP to the same node may well work
                     self._dial_failed(target, exc, errors)
                     break  # a transport failure: WebSocket on the same target would not help
                 if self._closing:
                     stream._finish("closed while connecting")
                     raise ConnectError("client closed")
                 self.target_index = index
-                self.stream = stream
-                self.stats.connects += 1
-                if self.preferred:
-                    stream.write(stream.core.note_preferred(True))
-                if self.watch_conns:
-                    stream.write(stream.core.watch_conns())
+                self._install(stream, mode)
                 self._connected.set()
                 return stream
         raise ConnectError("; ".join(errors) or "no targets")
+
+    def _install(self, stream: Any, mode: str) -> None:
+        """Make `stream` the link: counters, NotePreferred/WatchConns, the transport's packet writer, and
+        what runs beside it (the stall watch on QUIC, a background QUIC attempt on TCP)."""
+        self.stream = stream
+        self.stats.connects += 1
+        self.stats.transport = mode
+        self._write_packet = stream.write_packet if mode == TC.QUIC else stream.write
+        if self.preferred:
+            stream.write(stream.core.note_preferred(True))
+        if self.watch_conns:
+            stream.write(stream.core.watch_conns())
+        self.switch.link_up(stream, mode, asyncio.get_running_loop().time())
 
     async def _dial(self, target: DialTarget, websocket: bool) -> _Stream:
         loop = asyncio.get_running_loop()
@@ -276,10 +334,10 @@ class DerpClient:
     # ---- sending ------------------------------------------------------------------------------------------
     def send_packet(self, dst: bytes, data: bytes) -> bool:
         stream = self.stream
-        if stream is None or stream.core is None or not stream.core.can_send():
+        if stream is None or stream.core is None or not stream.core.can_send() or self._write_packet is None:
             self.stats.dropped_not_connected += 1
             return False
-        if not stream.write(stream.core.send_packet(dst, data)):
+        if not self._write_packet(stream.core.send_packet(dst, data)):
             self.stats.dropped_backpressure += 1
             return False
         self.stats.sent += 1
@@ -288,10 +346,19 @@ class DerpClient:
     def send_packets(self, items: list[tuple[bytes, bytes]]) -> int:
         """Several (dst, data) SendPacket frames in one write; returns how many were accepted."""
         stream = self.stream
-        if stream is None or stream.core is None or not stream.core.can_send():
+        if stream is None or stream.core is None or not stream.core.can_send() or self._write_packet is None:
             self.stats.dropped_not_connected += len(items)
             return 0
         core = stream.core
+        if self.stats.transport == TC.QUIC:   # one datagram per packet: a lost one is only that packet
+            write = self._write_packet
+            sent = 0
+            for dst, data in items:
+                if write(core.send_packet(dst, data)):
+                    sent += 1
+            self.stats.sent += sent
+            self.stats.dropped_backpressure += len(items) - sent
+            return sent
         if not stream.write(b"".join([core.send_packet(dst, data) for dst, data in items])):
             self.stats.dropped_backpressure += len(items)
             return 0
@@ -329,6 +396,8 @@ class DerpClient:
         self._event(P.PacketReceived(src, data))
 
     def _event(self, ev: Any) -> None:
+        if type(ev) is P.Connected and self.switch.swapping:
+            return   # a background QUIC link's handshake: the swap says TransportChanged instead
         if self.on_event is not None and type(ev) is not P.PacketReceived:
             self.on_event(ev)
             return

@@ -2,7 +2,8 @@
 
 `targets_for_region` follows derpmap.md: nodes in map order, STUN-only nodes skipped, pinned IPv4/IPv6
 replace DNS, "none" disables a family, DERPPort 0 means 443, CertName `sha256-raw:` pins the leaf, and
-`Ideal-Node` names the region's first node when dialing another.
+`Ideal-Node` names the region's first node when dialing another. A node's `WgcQUICPort` becomes the target's
+`quic_port` (0: no DERP over QUIC; never set for plain-HTTP targets, QUIC always runs TLS).
 """
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ class DialTarget:
     ideal_node: str = ""       # sent as Ideal-Node when this is not the region's first node
     host_header: str = ""
     cert_name: str = ""        # DERP map CertName when it differs from HostName: checked after the handshake
+    quic_port: int = 0         # UDP port of DERP over QUIC (WgcQUICPort); 0: the node does not speak it
 
     def url(self, ws: bool = False) -> str:
         scheme = ("wss" if self.tls else "ws") if ws else ("https" if self.tls else "http")
@@ -52,8 +54,9 @@ def targets_for_node(node: DerpNode, plain_http: bool = False, ideal: str = "") 
     if not addrs:
         addrs = [host] if (node.ipv4_enabled() or node.ipv6_enabled()) else []
     cert_name = node.tls_name() if node.tls_name() != host else ""
+    quic = 0 if plain_http else node.wgc_quic_port
     return [DialTarget(a, port, not plain_http, host, node.insecure_for_tests, node.cert_pin(),
-                       ideal if ideal and ideal != node.name else "", netloc, cert_name) for a in addrs]
+                       ideal if ideal and ideal != node.name else "", netloc, cert_name, quic) for a in addrs]
 
 
 def targets_for_region(region: DerpRegion, plain_http: bool = False) -> list[DialTarget]:

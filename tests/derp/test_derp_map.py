@@ -88,12 +88,30 @@ def test_unknown_keys_ignored_and_empty_map() -> None:
      '"CertName": "sha256-raw:zz"}]}}}', "sha256-raw"),
     ('{"Regions": {"5": {"RegionID": 5, "Nodes": [{"Name": "x", "RegionID": 5, "HostName": "h"}]},'
      ' "6": {"RegionID": 6, "Nodes": [{"Name": "x", "RegionID": 6, "HostName": "h"}]}}}', "unique"),
+    ('{"Regions": {"5": {"RegionID": 5, "Nodes": [{"Name": "5a", "RegionID": 5, "HostName": "h", '
+     '"WgcQUICPort": 65536}]}}}', "region 5 node '5a': WgcQUICPort 65536 out of range"),
+    ('{"Regions": {"5": {"RegionID": 5, "Nodes": [{"Name": "5a", "RegionID": 5, "HostName": "h", '
+     '"WgcQUICPort": -1}]}}}', "region 5 node '5a': WgcQUICPort -1 out of range"),
+    ('{"Regions": {"5": {"RegionID": 5, "Nodes": [{"Name": "5a", "RegionID": 5, "HostName": "h", '
+     '"WgcQUICPort": "443"}]}}}', "region 5 node '5a': WgcQUICPort must be an integer"),
     ('{"Regions": {"5": {"RegionID": 5, "Nodes": {}}}}', "Nodes must be list"),
     ('{"Regions": {"5": {"RegionID": 5, "Avoid": "yes"}}}', "Avoid must be bool"),
 ])
 def test_clear_errors(text: str, words: str) -> None:
     with pytest.raises(ParseError, match=words.replace("(", r"\(").replace(")", r"\)").replace(".", r"\.")):
         parse_derpmap(text)
+
+
+def test_wgc_quic_port_field() -> None:
+    """wgc's own node field (docs/derp-quic.md): parsed case-insensitively, absent means 0 (no QUIC), encoded
+    under its own name only when set, and no other field changes meaning."""
+    text = ('{"Regions": {"5": {"RegionID": 5, "Nodes": [{"Name": "5a", "RegionID": 5, "HostName": "h", '
+            '"DERPPort": 8443, "wgcquicport": 8443}, {"Name": "5b", "RegionID": 5, "HostName": "h2"}]}}}')
+    warnings: list[str] = []
+    a, b = parse_derpmap(text, warnings).regions[5].nodes
+    assert (a.wgc_quic_port, a.derp_port, b.wgc_quic_port) == (8443, 8443, 0) and warnings == []
+    assert a.to_dict()["WgcQUICPort"] == 8443 and "WgcQUICPort" not in b.to_dict()
+    assert parse_derpmap(json.dumps({"Regions": {"5": parse_derpmap(text).regions[5].to_dict()}})) == parse_derpmap(text)
 
 
 def test_round_trip_example() -> None:
@@ -122,7 +140,8 @@ def derp_maps(draw) -> DerpMap:
                 stun_port=draw(st.integers(-1, 65535)), stun_only=draw(st.booleans()),
                 derp_port=draw(st.integers(0, 65535)), insecure_for_tests=draw(st.booleans()),
                 can_port80=draw(st.booleans()), stun_test_ip=draw(st.sampled_from(["", "127.0.0.1"])),
-                cert_name=draw(st.sampled_from(["", "derp.example", "sha256-raw:" + "0f" * 32]))))
+                cert_name=draw(st.sampled_from(["", "derp.example", "sha256-raw:" + "0f" * 32])),
+                wgc_quic_port=draw(st.integers(0, 65535))))
         regions[rid] = DerpRegion(
             region_id=rid, region_code=draw(names), region_name=draw(st.text(max_size=10)),
             nodes=tuple(nodes), avoid=draw(st.booleans()), no_measure_no_home=draw(st.booleans()),
@@ -139,7 +158,8 @@ json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(
         st.sampled_from(["Regions", "RegionID", "Nodes", "Name", "HostName", "1", "2", "x", "DERPPort",
-                         "HomeParams", "RegionScore", "omitDefaultRegions", "STUNPort"]), inner, max_size=5),
+                         "HomeParams", "RegionScore", "omitDefaultRegions", "STUNPort", "WgcQUICPort"]), inner,
+        max_size=5),
     max_leaves=20)
 
 

@@ -34,6 +34,15 @@ def test_region_targets_follow_the_map() -> None:
     assert plain[0].url() == "http://a.example/derp" and ts[2].url(ws=True) == "wss://b.example:8443/derp"
 
 
+def test_quic_port_comes_from_the_node_and_never_for_plain_http() -> None:
+    region = parse_derpmap(json.dumps({"Regions": {"900": {"RegionID": 900, "Nodes": [
+        {"Name": "900a", "RegionID": 900, "HostName": "a.example", "IPv4": "192.0.2.1", "WgcQUICPort": 4443},
+        {"Name": "900b", "RegionID": 900, "HostName": "b.example", "IPv4": "192.0.2.2"}]}}})).regions[900]
+    assert [t.quic_port for t in targets_for_region(region)] == [4443, 0]
+    assert [t.quic_port for t in targets_for_region(region, plain_http=True)] == [0, 0]
+    assert targets_for_url("https://a.example/derp")[0].quic_port == 0
+
+
 def test_url_targets() -> None:
     [t] = targets_for_url("https://derp.example:8443/derp")
     assert (t.host, t.port, t.tls, t.server_name, t.host_header) == ("derp.example", 8443, True, "derp.example",

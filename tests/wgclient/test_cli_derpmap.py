@@ -182,3 +182,23 @@ def test_up_fetches_the_map_with_the_interfaces_firewall_mark(tmp_path) -> None:
     args = parser().parse_args(["up", "wgdm0.conf", "--derpmap", str(tmp_path / "map.json"), "--derpmap-cache", "off"])
     source = up_serve_kwargs(args, config)["derpmap_source"]
     assert source.fwmark() == 0x77
+
+
+def test_quic_port_written_and_named_by_validate(tmp_path) -> None:
+    """`--quic-port` sets a node's WgcQUICPort (docs/derp-quic.md); validate names the nodes that speak QUIC
+    and refuses a bad port naming the region and node."""
+    res = wgc("derpmap", "write", "--region", "900", "--code", "fra", "--host", "a.example", "--quic-port", "443",
+              "--host", "b.example", "--region", "901", "--host", "c.example", "--quic-port", "8443")
+    assert res.returncode == 0, res.stderr
+    nodes = json.loads(res.stdout)["Regions"]["900"]["Nodes"]
+    assert [n.get("WgcQUICPort") for n in nodes] == [443, None]
+    good = tmp_path / "good.json"
+    good.write_text(res.stdout)
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"Regions": {"900": {"RegionID": 900, "Nodes": [
+        {"Name": "900a", "RegionID": 900, "HostName": "h", "WgcQUICPort": 70000}]}}}))
+    res = wgc("derpmap", "validate", str(good), str(bad))
+    assert res.stdout.splitlines() == [
+        f'{good}: ok, 2 regions, omitDefaultRegions: 900 "fra" (2 nodes, 1 with QUIC), 901 "r901" (1 node, QUIC)',
+        f"{bad}: error: region 900 node '900a': WgcQUICPort 70000 out of range (1-65535, or 0 for no QUIC)"]
+    assert res.returncode == 1

@@ -2,11 +2,11 @@
 
 - `write`: a map for one or more relays from flags, in order: `--region ID` starts a region (then `--code`,
   `--name`, `--no-measure-no-home`), `--host NAME` starts a node in it (then `--ipv4`, `--ipv6`,
-  `--derp-port`, `--stun-port`, `--cert-name`, `--stun-only`, `--can-port80`, `--node-name`). The result
+  `--derp-port`, `--stun-port`, `--quic-port`, `--cert-name`, `--stun-only`, `--can-port80`, `--node-name`). The result
   is checked by the parser, so a mistake is named as in any map (`region 900 node '900a': DERPPort ...`);
   `--policy` wraps it as a Tailscale policy file's `{"derpMap": ...}`. To stdout or `-o FILE` (atomic).
-- `validate SOURCE...`: each file or URL loaded and checked; a summary per source, warnings for fields
-  nobody reads, exit 1 when one is unusable (the error names the region, node and field).
+- `validate SOURCE...`: each file or URL loaded and checked; a summary per source (naming the nodes that
+  speak DERP over QUIC, `WgcQUICPort`), warnings for fields nobody reads, exit 1 when one is unusable (the error names the region, node and field).
 - `show [NAME]`: the map a running interface uses, read through its control socket (as
   `tailscale debug derp-map`); `--source` prints where it came from instead.
 `wgc up` takes several `--derpmap` sources (tried in order), `--derpmap-cache FILE|off`,
@@ -96,7 +96,7 @@ def up_serve_kwargs(args: argparse.Namespace, config: Any) -> dict:
 
 REGION_FIELDS = {"code": "RegionCode", "name": "RegionName", "no_measure_no_home": "NoMeasureNoHome"}
 NODE_FIELDS = {"ipv4": "IPv4", "ipv6": "IPv6", "derp_port": "DERPPort", "stun_port": "STUNPort",
-               "cert_name": "CertName", "stun_only": "STUNOnly", "can_port80": "CanPort80", "node_name": "Name"}
+               "quic_port": "WgcQUICPort", "cert_name": "CertName", "stun_only": "STUNOnly", "can_port80": "CanPort80", "node_name": "Name"}
 
 
 class _InOrder(argparse.Action):
@@ -190,6 +190,8 @@ def write_parser() -> ArgParser:
     p.add_argument("--derp-port", type=_port(0), metavar="PORT", help="DERP (HTTPS) port (default 443)", **order)
     p.add_argument("--stun-port", type=_port(-1), metavar="PORT", help="STUN port (default 3478; -1: none)",
                    **order)
+    p.add_argument("--quic-port", type=_port(0), metavar="PORT", help="UDP port of DERP over QUIC "
+                   "(WgcQUICPort, wgc clients only; default: none)", **order)
     p.add_argument("--cert-name", metavar="NAME", help="certificate name, or sha256-raw:<hex> to pin a "
                    "self-signed one (wgc derper prints it)", **order)
     p.add_argument("--stun-only", nargs=0, const=True, help="the node only answers STUN", **order)
@@ -228,7 +230,9 @@ def summary(dm: DerpMap) -> str:
     parts = []
     for rid, reg in sorted(dm.regions.items()):
         n = len(reg.nodes)
-        parts.append(f'{rid} "{reg.region_code or rid}" ({n} node{"" if n == 1 else "s"})')
+        quic = sum(1 for node in reg.derp_nodes() if node.wgc_quic_port)
+        also = "" if not quic else (", QUIC" if quic == n else f", {quic} with QUIC")
+        parts.append(f'{rid} "{reg.region_code or rid}" ({n} node{"" if n == 1 else "s"}{also})')
     flags = ", omitDefaultRegions" if dm.omit_default_regions else ""
     count = len(dm.regions)
     return f"{count} region{'' if count == 1 else 's'}{flags}: " + ", ".join(parts) if parts else "no regions"
