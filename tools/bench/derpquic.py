@@ -7,7 +7,10 @@ Four clients, all behind symmetric NATs: peers 1-2 get a DERP map without `WgcQU
 over TCP), peers 3-4 the same map with it (QUIC). The pairs take turns (never both at once); the loss is
 changed between rounds with `NatLab.set_loss`, whose drops hit each direction of the relay's link, so a
 relayed packet (client -> relay -> client) crosses the lossy link twice. Interface MTU 1280 in every peer
-(a WireGuard packet then always fits one QUIC datagram, docs/derp-quic.md). The transport each pair used
+(a WireGuard packet then always fits one QUIC datagram, docs/derp-quic.md). Every lab namespace uses one
+TCP congestion control (`--cc`, default the host's) for the TCP inside the tunnel and DERP's own TCP
+connections alike (the outer TCP's reaction to loss is what DERP/TCP's figure depends on; a namespace may
+pick only what the host allows, e.g. reno or bbr, not cubic, when the host's default is bbr). The transport each pair used
 is read from `wgc status` before and after every figure; one that changed is flagged. Per figure also:
 the packets the link dropped and the CPU seconds the relay and the two peers spent per GB received (where
 the time goes when a figure is low). Needs root, iperf3, nft, ping. Traffic stays inside the lab.
@@ -51,7 +54,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--loss", default="0,1,3", help="comma-separated loss %% on the relay link (default 0,1,3)")
     ap.add_argument("--rtt", type=float, default=10.0, help="round trip added on the relay link, ms (default 10)")
     ap.add_argument("--pings", type=int, default=200, help="relayed pings per figure, 20 ms apart (default 200)")
-    ap.add_argument("--cc", default="", help="congestion control of the TCP inside the tunnel (iperf3 -C)")
+    ap.add_argument("--cc", default="host",
+                    help="TCP congestion control in every lab namespace: the TCP inside the tunnel and DERP's own "
+                         "TCP connections; one of the host's tcp_allowed_congestion_control (a namespace may "
+                         "choose no other), default 'host': the host's default")
     opts = ap.parse_args(argv)
     try:
         opts.losses = [float(x) for x in opts.loss.split(",") if x.strip()]
@@ -63,7 +69,19 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         ap.error("--time is 1-600 s, --repeat 1-20, --pings 5-10000")
     if not 0 <= opts.rtt <= 1000:
         ap.error("--rtt is 0-1000 ms")
+    allowed = allowed_cc()
+    if opts.cc != "host" and opts.cc not in allowed:
+        ap.error(f"--cc {opts.cc}: a lab namespace may use only {' '.join(allowed) or '?'} "
+                 "(net.ipv4.tcp_allowed_congestion_control) or 'host'")
     return opts
+
+
+def allowed_cc() -> list[str]:
+    try:
+        with open("/proc/sys/net/ipv4/tcp_allowed_congestion_control") as fh:
+            return fh.read().split()
+    except OSError:
+        return []
 
 
 def percentile(values: list[float], q: float) -> float | None:
@@ -88,7 +106,7 @@ def measure(pl: QuicLab, pair, fig: Figure, opts) -> None:
     relay_pid = pl.relays[1].proc.pid
     peers = [a.proc.pid, b.proc.pid]
     cpu0 = cpu_seconds([relay_pid]), cpu_seconds(peers)
-    args = ["-C", opts.cc] if opts.cc else []
+    args: list[str] = []
     runs, received = [], 0
     for _ in range(opts.repeat):
         report = iperf(a.ns, b.ip, args, opts.time)["end"]["sum_received"]
@@ -109,8 +127,12 @@ def measure(pl: QuicLab, pair, fig: Figure, opts) -> None:
 def run(opts) -> list[Figure]:
     figures: list[Figure] = []
     with QuicLab(["symmetric"] * 4, regions=[RegionSpec(opts.rtt)]) as pl:
-        if not opts.cc:
-            opts.cc_used = pl.lab.run("client1", "sysctl", "-n", "net.ipv4.tcp_congestion_control").stdout.strip()
+        if opts.cc != "host":
+            for node in pl.lab.nodes:
+                pl.lab.run(node, "sysctl", "-qw", f"net.ipv4.tcp_congestion_control={opts.cc}")
+            pl.stop_derper(1)        # its listening socket was made before: start it again under the new one
+            pl.start_derper(1)
+        opts.cc_used = pl.lab.run("client1", "sysctl", "-n", "net.ipv4.tcp_congestion_control").stdout.strip()
         pairs = {}
         for (key, _label, want), clients in zip(TRANSPORTS, ((1, 2), (3, 4))):
             dm = pl.tcp_derpmap if key == "tcp" else pl.quic_derpmap
@@ -141,10 +163,10 @@ def _ms(v: float | None) -> str:
 
 
 def table(figures: list[Figure], opts) -> str:
-    cc = opts.cc or f"{getattr(opts, 'cc_used', '?')} (the lab's default)"
+    cc = getattr(opts, "cc_used", "?") + (" (the host's default)" if opts.cc == "host" else "")
     lines = [f"two symmetric-NAT peers relayed by one wgc derper; relay link +{opts.rtt:g} ms RTT, loss on each "
              f"direction of it (a relayed packet crosses it twice); MTU 1280; iperf3 {opts.repeat} x {opts.time} s, "
-             f"inner TCP congestion control: {cc}; {opts.pings} pings 20 ms apart",
+             f"TCP congestion control (tunnel and DERP): {cc}; {opts.pings} pings 20 ms apart",
              f"{'loss':>5}  {'transport':<15} {'TCP a->b':>13} {'ping p50':>9} {'p99':>9} {'ping lost':>9} "
              f"{'link drops':>10} {'CPU s/GB relay':>14} {'peers':>6}"]
     labels = {key: label for key, label, _ in TRANSPORTS}
