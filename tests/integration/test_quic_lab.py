@@ -7,9 +7,7 @@ pair for the module (the fallback test, which changes the path, runs last)."""
 from __future__ import annotations
 
 import os
-import re
 import signal
-import subprocess
 import sys
 import time
 
@@ -17,7 +15,7 @@ import pytest
 
 from tests.integration.peers import _RECEIVER, start_transfer
 from tests.integration.quiclab import QUIC, WORDS, QuicLab
-from tests.support.capture import start_tcpdump, wait_captured
+from tests.support.capture import payload_per_network, send_markers, start_tcpdump, wait_captured
 from tests.support.prereq import require_binary, require_root
 from tools.natlab.lab import RegionSpec
 
@@ -67,30 +65,6 @@ def test_symmetric_pair_relayed_over_quic_50mib(pl, pair, on_failure) -> None:
     print(f"50 MiB over DERP/QUIC in {took:.1f} s ({SIZE * 8 / took / 1e6:.0f} Mbit/s), sha256 intact")
 
 
-MARKER_RX = r"""
-import socket, sys
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind((sys.argv[1], 9999)); s.settimeout(8)
-print('ready', flush=True)
-n = 0
-try:
-    while n < int(sys.argv[2]):
-        d, _ = s.recvfrom(2048); n += sys.argv[3].encode() in d
-except OSError:
-    pass
-print(n, flush=True)
-"""
-MARKER_TX = ("import socket,time,sys\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n"
-             "for i in range(20):\n    s.sendto((sys.argv[2]*8).encode(),(sys.argv[1],9999)); time.sleep(0.05)\n")
-
-
-def _iface(pl, node: str, prefix: str) -> str:
-    for line in pl.lab.run(node, "ip", "-o", "-4", "address", "show").stdout.splitlines():
-        f = line.split()
-        if f[3].startswith(prefix):
-            return f[1].split("@")[0]
-    raise AssertionError(f"no interface with {prefix} in {node}")
-
-
 @pytest.mark.timeout(60)
 def test_relay_never_sees_the_plaintext_over_quic(pl, pair, on_failure, tmp_path) -> None:
     """tcpdump (every packet) on region 1's interface while 20 datagrams holding a marker cross the tunnel
@@ -102,13 +76,10 @@ def test_relay_never_sees_the_plaintext_over_quic(pl, pair, on_failure, tmp_path
     marker = "QUIC-TUNNEL-MARKER-" + os.urandom(6).hex()
     control = "QUIC-CAPTURE-CONTROL-" + os.urandom(6).hex()
     pcap = str(tmp_path / "relay.pcap")
-    dump = start_tcpdump(pl.lab.ns("region1"), pcap, "-i", _iface(pl, "region1", "198.18.1.2"), "-n", "-s", "0",
-                         text=True)
+    dump = start_tcpdump(pl.lab.ns("region1"), pcap, "-i", pl.lab.interface("region1", "198.18.1.2"), "-n",
+                         "-s", "0", text=True)
     try:
-        rx = b.ns.popen(sys.executable, "-c", MARKER_RX, b.ip, "20", marker, text=True)
-        assert rx.stdout.readline().strip() == "ready"
-        a.ns.run(sys.executable, "-c", MARKER_TX, b.ip, marker, timeout=20)
-        got = int(rx.communicate(timeout=15)[0].strip() or 0)
+        got = send_markers(a.ns, b.ns, b.ip, marker)
         a.ns.run(sys.executable, "-c", "import socket,sys; s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM);"
                  " s.sendto(sys.argv[1].encode(),('198.18.1.2',443))", control, timeout=10)
         assert wait_captured(pcap, control.encode()), "the control datagram never reached the capture"
@@ -118,13 +89,7 @@ def test_relay_never_sees_the_plaintext_over_quic(pl, pair, on_failure, tmp_path
     assert got == 20, f"only {got}/20 marker datagrams crossed the tunnel"
     assert pl.transport(a, 1) == QUIC and pl.peer_status(a, b)["path"] == "relay", "relayed over QUIC throughout"
     captured = open(pcap, "rb").read()
-    summary = subprocess.run(["tcpdump", "-r", pcap, "-n", "-q", "udp port 443"], capture_output=True,
-                             text=True, timeout=30).stdout
-    per_src: dict[str, int] = {}
-    for line in summary.splitlines():
-        m = re.search(r"IP (198\.19\.\d+)\.\d+\.\d+ > .* UDP, length (\d+)", line)
-        if m:
-            per_src[m.group(1)] = per_src.get(m.group(1), 0) + int(m.group(2))
+    per_src = payload_per_network(pcap, "udp port 443")
     assert per_src.get("198.19.1", 0) > 20 * 8 * len(marker), per_src
     assert control.encode() in captured, "the capture misses bytes sent in clear: it would prove nothing"
     assert marker.encode() not in captured, "the relay's interface saw the tunnel's plaintext"

@@ -329,6 +329,14 @@ class NatLab:
         router.run("nft", "-f", "-", input=rules)
 
     # -- events during a run: UDP cut, NAT re-mapping ---------------------------------------------------
+    def interface(self, node: str, prefix: str) -> str:
+        """The name of `node`'s interface holding an IPv4 address that starts with `prefix`."""
+        for line in self.run(node, "ip", "-o", "-4", "address", "show").stdout.splitlines():
+            fields = line.split()
+            if len(fields) > 3 and fields[3].startswith(prefix):
+                return fields[1].split("@")[0]
+        raise LabError(f"{node} has no interface with an address {prefix}...")
+
     def router(self, client: int) -> str:
         """The lab node that NATs `client` to the internet (the carrier router for cgnat)."""
         nat = self.clients[client - 1].nat
@@ -338,12 +346,7 @@ class NatLab:
 
     def _wan(self, client: int) -> str:
         """The router's interface on the internet side (the one holding the client's public address)."""
-        out = self.run(self.router(client), "ip", "-o", "-4", "address", "show").stdout
-        for line in out.splitlines():
-            fields = line.split()
-            if len(fields) > 3 and fields[3].startswith(f"198.19.{client}."):
-                return fields[1].split("@")[0]
-        raise LabError(f"client{client}'s router has no public address")
+        return self.interface(self.router(client), f"198.19.{client}.")
 
     def cut_udp(self, client: int, only_net: str | None = None, *, region: int | None = None) -> None:
         """Drop every UDP packet the client's router forwards, both ways, v4 and v6 (TCP still passes);
