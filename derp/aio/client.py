@@ -121,6 +121,7 @@ class DerpClient:
         self.switch = LinkSwitch(self, TC.TransportChoice(any(t.quic_port for t in targets),
                                                          None if transport == "auto" else transport, udp, choice))
         self._write_packet: Callable[[bytes], bool] | None = None   # the link's: stream or QUIC datagram
+        self._held_connected: P.Connected | None = None    # a dial's Connected, until its link is installed
 
     @property
     def link(self) -> str:
@@ -265,9 +266,10 @@ class DerpClient:
                 return stream
         raise ConnectError("; ".join(errors) or "no targets")
 
-    def _install(self, stream: Any, mode: str) -> None:
+    def _install(self, stream: Any, mode: str, swap: bool = False) -> None:
         """Make `stream` the link: counters, NotePreferred/WatchConns, the transport's packet writer, and
-        what runs beside it (the stall watch on QUIC, a background QUIC attempt on TCP)."""
+        what runs beside it (the stall watch on QUIC, a background QUIC attempt on TCP). Its Connected
+        event goes out now, unless it replaces a live link (`swap`: the switch says TransportChanged)."""
         self.stream = stream
         self.stats.connects += 1
         self.stats.transport = mode
@@ -277,6 +279,9 @@ class DerpClient:
         if self.watch_conns:
             stream.write(stream.core.watch_conns())
         self.switch.link_up(stream, mode, asyncio.get_running_loop().time())
+        held, self._held_connected = self._held_connected, None
+        if held is not None and not swap:
+            self._deliver(held)
 
     async def _dial(self, target: DialTarget, websocket: bool) -> _Stream:
         loop = asyncio.get_running_loop()
@@ -396,8 +401,12 @@ class DerpClient:
         self._event(P.PacketReceived(src, data))
 
     def _event(self, ev: Any) -> None:
-        if type(ev) is P.Connected and self.switch.swapping:
-            return   # a background QUIC link's handshake: the swap says TransportChanged instead
+        if type(ev) is P.Connected:   # said once the link is installed (`link` names its transport then)
+            self._held_connected = ev
+            return
+        self._deliver(ev)
+
+    def _deliver(self, ev: Any) -> None:
         if self.on_event is not None and type(ev) is not P.PacketReceived:
             self.on_event(ev)
             return

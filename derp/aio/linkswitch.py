@@ -45,7 +45,6 @@ class LinkSwitch:
     def __init__(self, client: "DerpClient", choice: TC.TransportChoice) -> None:
         self.client = client
         self.choice = choice
-        self.swapping = False                      # a background QUIC dial is under way
         self._task: asyncio.Task | None = None     # the background QUIC retry
         self._timer: asyncio.TimerHandle | None = None   # the stall watch's
         self._watch: TC.StallWatch | None = None
@@ -140,7 +139,6 @@ class LinkSwitch:
             if target is None:
                 return
             client.stats.quic_retries += 1
-            self.swapping = True
             try:
                 stream = await self.dial_quic(target)
             except DIAL_ERRORS as exc:
@@ -150,8 +148,6 @@ class LinkSwitch:
                                 "DERP %s: QUIC still failing (%s); staying on %s", client._name(target),
                                 describe_error(exc), client.link or "TCP")
                 continue
-            finally:
-                self.swapping = False
             old = client.stream
             if old is None or old.done.done() or client._closing:
                 stream._finish("not needed any more")
@@ -165,7 +161,7 @@ class LinkSwitch:
         previous = client.link
         self._task = None    # this task ends here; the new link's watch starts in _install
         client.target_index = client.targets.index(target)
-        client._install(new, TC.QUIC)
+        client._install(new, TC.QUIC, swap=True)
         client.stats.quic_swaps += 1
         log.info("DERP %s: QUIC works again; moved from %s to QUIC", client._name(target), previous)
         client._event(TransportChanged(TC.QUIC, previous, "QUIC connected in the background"))
