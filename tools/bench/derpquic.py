@@ -12,13 +12,15 @@ TCP congestion control (`--cc`, default the host's) for the TCP inside the tunne
 connections alike (the outer TCP's reaction to loss is what DERP/TCP's figure depends on; a namespace may
 pick only what the host allows, e.g. reno or bbr, not cubic, when the host's default is bbr). The transport each pair used
 is read from `wgc status` before and after every figure; one that changed is flagged. Per figure also:
-the packets the link dropped and the CPU seconds the relay and the two peers spent per GB received (where
+the packets the link dropped, the packets the relay dropped (by reason, from its /debug/vars), and the CPU seconds the relay and the two peers spent per GB received (where
 the time goes when a figure is low). Needs root, iperf3, nft, ping. Traffic stays inside the lab.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import math
+import os
 import re
 import statistics
 import sys
@@ -29,6 +31,9 @@ from tools.bench.wg import IPERF_PORT, cpu_seconds, iperf, missing_prerequisites
 from tools.natlab.lab import RegionSpec
 
 TRANSPORTS = (("tcp", "DERP/TCP (TLS)", "upgrade"), ("quic", "DERP/QUIC", QUIC))
+DEBUG_VARS = ("import ssl, sys, urllib.request; ctx = ssl._create_unverified_context(); "
+              "sys.stdout.write(urllib.request.urlopen('https://127.0.0.1:443/debug/vars', context=ctx, timeout=5)"
+              ".read().decode())")
 
 
 @dataclass
@@ -44,6 +49,7 @@ class Figure:
     cpu_relay: float | None = None      # CPU seconds per GB received
     cpu_peers: float | None = None
     used: list[str] = field(default_factory=list)   # transports seen (before, after)
+    relay_drops: dict[str, int] = field(default_factory=dict)   # packets the relay dropped, by reason
     error: str = ""
 
 
@@ -54,6 +60,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--loss", default="0,1,3", help="comma-separated loss %% on the relay link (default 0,1,3)")
     ap.add_argument("--rtt", type=float, default=10.0, help="round trip added on the relay link, ms (default 10)")
     ap.add_argument("--pings", type=int, default=200, help="relayed pings per figure, 20 ms apart (default 200)")
+    ap.add_argument("--transports", default="tcp,quic", help="which of tcp,quic to measure (default both)")
+    ap.add_argument("--profile-relay", default="", metavar="FILE",
+                    help="run the relay under cProfile, save its profile to FILE and print the top functions")
     ap.add_argument("--cc", default="host",
                     help="TCP congestion control in every lab namespace: the TCP inside the tunnel and DERP's own "
                          "TCP connections; one of the host's tcp_allowed_congestion_control (a namespace may "
@@ -69,6 +78,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         ap.error("--time is 1-600 s, --repeat 1-20, --pings 5-10000")
     if not 0 <= opts.rtt <= 1000:
         ap.error("--rtt is 0-1000 ms")
+    opts.keys = [k.strip() for k in opts.transports.split(",") if k.strip()]
+    if not opts.keys or not set(opts.keys) <= {key for key, _, _ in TRANSPORTS}:
+        ap.error("--transports takes tcp, quic or tcp,quic")
     allowed = allowed_cc()
     if opts.cc != "host" and opts.cc not in allowed:
         ap.error(f"--cc {opts.cc}: a lab namespace may use only {' '.join(allowed) or '?'} "
@@ -99,9 +111,20 @@ def relayed_ping(a, b, count: int) -> tuple[float | None, float | None, float]:
     return percentile(times, 0.5), percentile(times, 0.99), 1 - len(times) / count
 
 
+def relay_drops(pl: QuicLab) -> dict[str, int]:
+    """The relay's packet drops so far by reason (its /debug/vars, asked from its own loopback)."""
+    st = json.loads(pl.lab.run("region1", sys.executable, "-c", DEBUG_VARS, timeout=15).stdout)
+    drops = dict(st["relay"]["drops"])
+    for key, value in st.get("quic", {}).items():   # its queue_full is in the relay's drops already
+        if key.startswith("dropped_") and key != "dropped_queue_full" and value:
+            drops["quic_" + key[len("dropped_"):]] = value
+    return drops
+
+
 def measure(pl: QuicLab, pair, fig: Figure, opts) -> None:
     a, b = pair
     fig.used.append(pl.transport(a, 1) or "-")
+    drops0 = relay_drops(pl)
     counts0 = pl.lab.link_counts(1)
     relay_pid = pl.relays[1].proc.pid
     peers = [a.proc.pid, b.proc.pid]
@@ -122,6 +145,7 @@ def measure(pl: QuicLab, pair, fig: Figure, opts) -> None:
     fig.link_offered = counts1["offered"] - counts0["offered"]
     fig.p50_ms, fig.p99_ms, fig.ping_loss = relayed_ping(a, b, opts.pings)
     fig.used.append(pl.transport(a, 1) or "-")
+    fig.relay_drops = {k: v - drops0.get(k, 0) for k, v in relay_drops(pl).items() if v > drops0.get(k, 0)}
 
 
 def run(opts) -> list[Figure]:
@@ -130,11 +154,16 @@ def run(opts) -> list[Figure]:
         if opts.cc != "host":
             for node in pl.lab.nodes:
                 pl.lab.run(node, "sysctl", "-qw", f"net.ipv4.tcp_congestion_control={opts.cc}")
+        if opts.profile_relay:
+            pl.derper_python_args = ["-m", "cProfile", "-o", os.path.abspath(opts.profile_relay)]
+        if opts.cc != "host" or opts.profile_relay:
             pl.stop_derper(1)        # its listening socket was made before: start it again under the new one
             pl.start_derper(1)
         opts.cc_used = pl.lab.run("client1", "sysctl", "-n", "net.ipv4.tcp_congestion_control").stdout.strip()
         pairs = {}
         for (key, _label, want), clients in zip(TRANSPORTS, ((1, 2), (3, 4))):
+            if key not in opts.keys:
+                continue
             dm = pl.tcp_derpmap if key == "tcp" else pl.quic_derpmap
             pairs[key] = pl.start_peers(clients, derpmap_files={k: dm for k in clients})
             for p in pairs[key]:
@@ -147,6 +176,8 @@ def run(opts) -> list[Figure]:
         for pct in opts.losses:
             pl.lab.set_loss(1, pct)
             for key, label, _want in TRANSPORTS:
+                if key not in opts.keys:
+                    continue
                 print(f"{label}, {pct:g} % loss ...", file=sys.stderr, flush=True)
                 fig = Figure(key, pct)
                 try:
@@ -155,7 +186,19 @@ def run(opts) -> list[Figure]:
                     fig.error = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
                 figures.append(fig)
         pl.lab.set_loss(1, 0)
+        if opts.profile_relay:
+            pl.stop_derper(1)        # SIGTERM: the derper exits and cProfile writes its file
     return figures
+
+
+def profile_summary(path: str, top: int = 15) -> str:
+    import io
+    import pstats
+    out = io.StringIO()
+    pstats.Stats(path, stream=out).sort_stats("tottime").print_stats(top)
+    lines = [line for line in out.getvalue().splitlines() if line.strip()]
+    start = next((i for i, line in enumerate(lines) if "ncalls" in line), 0)
+    return "\n".join([f"relay profile ({path}, top {top} by own time):"] + lines[start - 1 if start else 0:])
 
 
 def _ms(v: float | None) -> str:
@@ -168,7 +211,7 @@ def table(figures: list[Figure], opts) -> str:
              f"direction of it (a relayed packet crosses it twice); MTU 1280; iperf3 {opts.repeat} x {opts.time} s, "
              f"TCP congestion control (tunnel and DERP): {cc}; {opts.pings} pings 20 ms apart",
              f"{'loss':>5}  {'transport':<15} {'TCP a->b':>13} {'ping p50':>9} {'p99':>9} {'ping lost':>9} "
-             f"{'link drops':>10} {'CPU s/GB relay':>14} {'peers':>6}"]
+             f"{'link drops':>10} {'relay drops':>11} {'CPU s/GB relay':>14} {'peers':>6}"]
     labels = {key: label for key, label, _ in TRANSPORTS}
     wants = {key: want for key, _, want in TRANSPORTS}
     for f in figures:
@@ -180,7 +223,8 @@ def table(figures: list[Figure], opts) -> str:
         cpu_r = f"{f.cpu_relay:.1f}" if f.cpu_relay is not None else "-"
         cpu_p = f"{f.cpu_peers:.1f}" if f.cpu_peers is not None else "-"
         lines.append(f"{f.loss_pct:>4g}%  {name:<15} {f.bps / 1e6:>8.1f} Mbit/s {_ms(f.p50_ms):>9} "
-                     f"{_ms(f.p99_ms):>9} {f.ping_loss:>9.0%} {drops:>10} {cpu_r:>14} {cpu_p:>6}")
+                     f"{_ms(f.p99_ms):>9} {f.ping_loss:>9.0%} {drops:>10} {sum(f.relay_drops.values()):>11} "
+                     f"{cpu_r:>14} {cpu_p:>6}")
     ratios = []
     for pct in opts.losses:
         by = {f.transport: f for f in figures if f.loss_pct == pct and not f.error}
@@ -188,7 +232,12 @@ def table(figures: list[Figure], opts) -> str:
             ratios.append(f"{pct:g} %: {by['quic'].bps / by['tcp'].bps:.2f}x")
         else:
             ratios.append(f"{pct:g} %: -")
-    lines.append("ratio QUIC / TCP throughput   " + "   ".join(ratios))
+    reasons = [f"{labels[f.transport]} at {f.loss_pct:g} %: " + ", ".join(f"{k} {v}" for k, v in sorted(f.relay_drops.items()))
+               for f in figures if f.relay_drops]
+    if reasons:
+        lines.append("relay drops by reason: " + "; ".join(reasons))
+    if len(opts.keys) == 2:
+        lines.append("ratio QUIC / TCP throughput   " + "   ".join(ratios))
     if any(set(f.used) != {wants[f.transport]} for f in figures if not f.error):
         lines.append("* the pair's transport changed during the figure: " +
                      "; ".join(f"{labels[f.transport]} at {f.loss_pct:g} %: {' -> '.join(f.used)}"
@@ -209,6 +258,8 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 1
     print(table(figures, opts))
+    if opts.profile_relay:
+        print(profile_summary(opts.profile_relay))
     return 0 if not any(f.error for f in figures) else 1
 
 
