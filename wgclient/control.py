@@ -228,6 +228,8 @@ def check_status(obj: JSON) -> dict:
             raise ParseError(f"{where} lacks 'relay'")
         if p["relay"] is not None:
             _fields(p["relay"], _REGION, f"{where}.relay")
+            if not isinstance(p["relay"].get("transport"), (str, type(None))):
+                raise ParseError(f"{where}.relay.transport has the wrong type")
         if p["rx_bytes"] < 0 or p["tx_bytes"] < 0:
             raise ParseError(f"{where} has negative byte counts")
         if p.get("relay_node") is not None:
@@ -430,8 +432,9 @@ def format_path(peer: dict) -> str:
 
 
 # How a DERP region is reached, in words: the status's "transport" names the DERP client's dial mode, and
-# wgc always dials DERP nodes over TLS (derp.aio.targets), so "upgrade" is DERP's HTTP Upgrade inside TLS.
-TRANSPORT_WORDS = {"upgrade": "TLS", "websocket": "WebSocket (TLS)"}
+# wgc always dials DERP nodes over TLS (derp.aio.targets), so "upgrade" is DERP's HTTP Upgrade inside TLS;
+# "quic" is DERP over QUIC (docs/derp-quic.md), TLS 1.3 inside QUIC.
+TRANSPORT_WORDS = {"quic": "QUIC", "upgrade": "TLS", "websocket": "WebSocket (TLS)"}
 
 
 def transport_words(transport: str) -> str:
@@ -454,7 +457,9 @@ def format_header(status: dict, now: float) -> list[str]:
         how = ("connected" + (f" over {transport_words(row['transport'])}" if row["transport"] else "")
                if row and row["connected"] else "not connected")
         lines.append(f'home region: "{home["code"] or home["id"]}" ({home["id"]}), {how}')
-    others = [f'"{r["code"] or r["id"]}"' for r in status["regions"] if not r["home"]]
+    others = [f'"{r["code"] or r["id"]}"' + (f" over {transport_words(r['transport'])}"
+                                             if r["connected"] and r["transport"] else "")
+              for r in status["regions"] if not r["home"]]
     if others:
         lines.append("other regions: " + ", ".join(others))
     nc = status["netcheck"]
@@ -525,8 +530,12 @@ def format_relay_lines(status: dict) -> list[str]:
 
 
 def format_why(peer: dict) -> str:
+    """Two lines: the peer's path (with the transport its relay is reached over, when relayed), the reason."""
     peer = printable(peer)
-    return f"{_label(peer)}: {format_path(peer)}\n{peer['why']}\n"
+    relay = peer.get("relay") or {}
+    over = f" over {transport_words(relay['transport'])}" if relay.get("transport") and \
+        peer["path"] in ("relay", "lapsing") else ""
+    return f"{_label(peer)}: {format_path(peer)}{over}\n{peer['why']}\n"
 
 
 def peer_title(peer: dict) -> str:

@@ -162,6 +162,9 @@ def test_up_flags_are_refused_before_anything_is_created(tmp_path) -> None:
            "WGC_STATE_DIR": str(tmp_path / "state")}
     assert "--metrics-addr" in one_line(wgc("up", str(conf), "--foreground", "--metrics-addr", "nope:1", env=env))
     assert "need --derpmap" in one_line(wgc("up", str(conf), "--foreground", "--derpmap-refresh", "1m", env=env))
+    assert "need --derpmap" in one_line(wgc("up", str(conf), "--foreground", "--derp-transport", "quic", env=env))
+    assert "invalid choice: 'udp'" in one_line(wgc("up", str(conf), "--foreground", "--derpmap", "x",
+                                                  "--derp-transport", "udp", env=env))
     assert "not a duration" in one_line(wgc("up", str(conf), "--foreground", "--derpmap", "x",
                                             "--derpmap-refresh", "soon", env=env))
     err = one_line(wgc("up", str(conf), "--foreground", "--derpmap", "http://127.0.0.1:1/a",
@@ -180,8 +183,11 @@ def test_up_fetches_the_map_with_the_interfaces_firewall_mark(tmp_path) -> None:
     config = parse_config("[Interface]\nPrivateKey = yAnz5TF+lXXJte14tji3zlMNq+hd2rYUIgJBgB3fBmk=\nFwMark = 0x77\n",
                           "wgdm0.conf")
     args = parser().parse_args(["up", "wgdm0.conf", "--derpmap", str(tmp_path / "map.json"), "--derpmap-cache", "off"])
-    source = up_serve_kwargs(args, config)["derpmap_source"]
-    assert source.fwmark() == 0x77
+    kwargs = up_serve_kwargs(args, config)
+    assert kwargs["derpmap_source"].fwmark() == 0x77 and "derp_transport" not in kwargs   # auto
+    args = parser().parse_args(["up", "wgdm0.conf", "--derpmap", str(tmp_path / "map.json"), "--derpmap-cache", "off",
+                                "--derp-transport", "websocket"])
+    assert up_serve_kwargs(args, config)["derp_transport"] == "websocket"
 
 
 def test_quic_port_written_and_named_by_validate(tmp_path) -> None:

@@ -41,8 +41,9 @@ def runner():
     direct(pm, time.monotonic())
     source = SimpleNamespace(describe=lambda: {"source": "cache", "loaded_at": 1.5e9, "refreshes": 2,
                                                "failures": 1, "changes": 0})
-    paths = SimpleNamespace(pm=pm, home=1, regions=regions_from_derpmap(DM), derpmap=DM, transports={1: "upgrade"},
-                            clients={1: SimpleNamespace(stats=ClientStats(sent=7, received=9, failures=1))},
+    paths = SimpleNamespace(pm=pm, home=1, regions=regions_from_derpmap(DM), derpmap=DM, transports={1: "quic"},
+                            clients={1: SimpleNamespace(stats=ClientStats(sent=7, received=9, failures=1,
+                                                                          quic_fallbacks=2, quic_retries=3))},
                             source=source)
     return SimpleNamespace(device=dev, paths=paths)
 
@@ -89,6 +90,12 @@ def test_regions_map_source_load_and_drops() -> None:
     assert value(s, "wgc_derp_home_region_id") == 1
     assert value(s, "wgc_derp_region_packets_sent_total", region="1") == 7
     assert value(s, "wgc_derp_region_dial_failures_total", region="1") == 1
+    assert [value(s, "wgc_derp_region_transport", region="1", transport=t) for t in ("quic", "upgrade", "websocket")] \
+        == [1, 0, 0]
+    assert [value(s, "wgc_derp_region_transport", region="2", transport=t) for t in ("quic", "upgrade", "websocket")] \
+        == [0, 0, 0]   # not connected
+    assert value(s, "wgc_derp_region_quic_fallbacks_total", region="1") == 2
+    assert value(s, "wgc_derp_region_quic_retries_total", region="1") == 3
     assert value(s, "wgc_derpmap_regions") == 2 and value(s, "wgc_derpmap_from_cache") == 1
     assert value(s, "wgc_derpmap_refresh_failures_total") == 1
     assert value(s, "wgc_drops_total", reason="no endpoint") == 3

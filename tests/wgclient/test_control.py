@@ -52,7 +52,7 @@ def statuses(draw):
         "latency_ms": st.dictionaries(st.text(min_size=1, max_size=5), finite, max_size=4),
         "at": st.none() | st.floats(NOW - 1e5, NOW)}))
     rows = draw(st.lists(st.fixed_dictionaries({"id": st.integers(1, 999), "code": opt_text, "connected": st.booleans(),
-                                                "home": st.booleans(), "transport": st.none() | st.sampled_from(["upgrade", "websocket"])}),
+                                                "home": st.booleans(), "transport": st.none() | st.sampled_from(["quic", "upgrade", "websocket"])}),
                          max_size=3))
     return {"interface": draw(st.text(min_size=1, max_size=15)), "public_key": draw(st.none() | keys32.map(lambda k: base64.b64encode(k).decode())),
             "listen_port": draw(st.none() | st.integers(0, 65535)), "home_region": draw(st.none() | regions),
@@ -219,7 +219,7 @@ def test_sample_status_text():
     assert text.splitlines()[:5] == [
         f"interface wgt0: public key {b64(1)}, UDP port 51820",
         'home region: "fra" (901), connected over TLS',
-        'other regions: "ams"',
+        'other regions: "ams" over WebSocket (TLS)',
         "netcheck (40s ago): UDP yes, IPv4 198.51.100.7:41641, IPv6 no",
         '  NAT maps ports per destination: yes; nearest region: "fra" 12ms']
     rows = [line.split("  ") for line in text.splitlines()[6:]]
@@ -237,6 +237,12 @@ def test_header_names_the_transport_in_words():
     assert control.format_header(s, NOW)[1] == 'home region: "fra" (901), connected over TLS'
     s["regions"][0]["transport"] = "websocket"
     assert control.format_header(s, NOW)[1] == 'home region: "fra" (901), connected over WebSocket (TLS)'
+    s["regions"][0]["transport"] = "quic"
+    assert control.format_header(s, NOW)[1] == 'home region: "fra" (901), connected over QUIC'
+    s["regions"][1]["transport"] = "quic"
+    assert control.format_header(s, NOW)[2] == 'other regions: "ams" over QUIC'
+    s["regions"][1]["connected"] = False
+    assert control.format_header(s, NOW)[2] == 'other regions: "ams"'
     s["regions"][0]["transport"] = None
     assert control.format_header(s, NOW)[1] == 'home region: "fra" (901), connected'
     s["regions"][0]["connected"] = False
@@ -404,9 +410,27 @@ def test_doc_why_sample_is_what_the_code_prints():
     command, shown = _doc_output(r"\$ wgc status --why \S+")
     assert len(shown) == 2, shown
     short = shown[0].split("(")[1].split(")")[0]
-    peer = {"name": command.split()[-1], "short": short, "path": "relay", "direct": None, "relay": {"id": 901, "code": "r1"},
-            "why": m.why(b, 1.0)}
+    peer = {"name": command.split()[-1], "short": short, "path": "relay", "direct": None,
+            "relay": {"id": 901, "code": "r1", "transport": "upgrade"}, "why": m.why(b, 1.0)}
     assert control.format_why(peer).splitlines() == shown
+
+
+def test_why_names_the_relay_transport():
+    """`--why` of a relayed peer says what its relay is reached over; a direct one says nothing of it."""
+    relayed = {"name": "phone", "short": "AwMDAwMD", "path": "relay", "direct": None, "why": "because",
+               "relay": {"id": 901, "code": "fra", "transport": "quic"}}
+    assert control.format_why(relayed).splitlines() == ['phone (AwMDAwMD): relay "fra" over QUIC', "because"]
+    relayed["relay"]["transport"] = "upgrade"
+    assert control.format_why(relayed).splitlines()[0] == 'phone (AwMDAwMD): relay "fra" over TLS'
+    relayed["relay"]["transport"] = None      # not connected right now
+    assert control.format_why(relayed).splitlines()[0] == 'phone (AwMDAwMD): relay "fra"'
+    direct = dict(relayed, path="direct", direct="192.0.2.1:41641", relay={"id": 901, "code": "fra",
+                                                                          "transport": "quic"})
+    assert control.format_why(direct).splitlines()[0] == "phone (AwMDAwMD): direct 192.0.2.1:41641"
+    status = control.check_status(sample_status())
+    status["peers"][0]["relay"] = {"id": 1, "code": "x", "transport": 7}
+    with pytest.raises(control.ParseError, match="relay.transport"):
+        control.check_status(status)
 
 
 def test_doc_status_sample_uses_the_transport_words():

@@ -55,7 +55,8 @@ class NodeControl:
                 entry["path"] = p.state.value
                 entry["direct"] = format_addr(route.direct) if route.direct else None
                 if route.relay:
-                    entry["relay"] = {"id": route.relay, "code": paths.pm.home.code(route.relay)}
+                    entry["relay"] = {"id": route.relay, "code": paths.pm.home.code(route.relay),
+                                      "transport": paths.transport_of(route.relay)}
                 if p.best is not None and p.best_latency:
                     entry["latency_ms"] = round(p.best_latency * 1e3, 2)
                 entry["why"] = paths.pm.why(key, now)

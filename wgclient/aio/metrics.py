@@ -24,6 +24,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .runner import Runner
 
 PATH_STATES = ("direct", "relay", "lapsing", "relay-node", "none")
+DERP_TRANSPORTS = ("quic", "upgrade", "websocket")   # derp.aio.client's link kinds (docs/derp-quic.md)
 
 
 def parse_metrics_addr(text: str) -> tuple[str, int]:
@@ -158,12 +159,17 @@ class InterfaceCollector:
                                       labels=labels + ["home"])
         home = GaugeMetricFamily("wgc_derp_home_region_id", "The home DERP region (0: none yet)", labels=["interface"])
         home.add_metric(iface, paths.home)
+        transport = GaugeMetricFamily("wgc_derp_region_transport", "1 for the transport the region's relay is "
+                                      "reached over now (quic, upgrade: TLS, websocket), 0 for the others",
+                                      labels=labels + ["transport"])
         families = {name: CounterMetricFamily(f"wgc_derp_region_{name}", text, labels=labels) for name, text in (
             ("packets_sent", "Packets sent to the region's relay"),
             ("packets_received", "Packets received from the region's relay"),
             ("packets_dropped", "Packets for the region dropped (not connected, backpressure, queue full)"),
             ("connects", "Connections made to the region's relay"),
-            ("dial_failures", "Dials to the region's relay that did not connect"))}
+            ("dial_failures", "Dials to the region's relay that did not connect"),
+            ("quic_fallbacks", "QUIC dials that failed and QUIC links that stalled or broke, before TCP"),
+            ("quic_retries", "Background QUIC attempts while the region was reached over TCP or WebSocket"))}
         for region in paths.regions:
             rid = region.region_id
             if not paths.derpmap.regions[rid].derp_nodes():
@@ -171,15 +177,20 @@ class InterfaceCollector:
             row = [self.interface, str(rid), region.code]
             connected.add_metric(row + ["true" if rid == paths.home else "false"],
                                  1 if rid in paths.transports else 0)
+            now = paths.transports.get(rid)
+            for kind in DERP_TRANSPORTS:
+                transport.add_metric(row + [kind], 1 if kind == now else 0)
             client = paths.clients.get(rid)
             if client is not None:
                 st = client.stats
                 for name, value in (("packets_sent", st.sent), ("packets_received", st.received),
                                     ("packets_dropped", st.dropped_not_connected + st.dropped_backpressure
                                      + st.dropped_queue_full),
-                                    ("connects", st.connects), ("dial_failures", st.failures)):
+                                    ("connects", st.connects), ("dial_failures", st.failures),
+                                    ("quic_fallbacks", st.quic_fallbacks), ("quic_retries", st.quic_retries)):
                     families[name].add_metric(row, value)
         yield connected
+        yield transport
         yield home
         yield from families.values()
 

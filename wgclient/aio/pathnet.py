@@ -6,7 +6,8 @@
   when the local addresses change, and as a full report (every region measured) after the DERP map changed;
 - the host's unicast addresses (not loopback or link-local, not our own TUN), polled every 5 s, are the
   path manager's local candidate endpoints;
-- each report goes to the path manager (`on_netcheck`) and is kept for `wgc status` (`summary`).
+- each report goes to the path manager (`on_netcheck`) and is kept for `wgc status` (`summary`); what it
+  says of UDP per region (STUN answered or not, wgclient/relayudp.py) goes to the DERP clients.
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from natprobe.aio.netcheck import NetcheckOptions, run_netcheck
 from natprobe.home import History
 
 from ..path.inputs import NetInfo
+from ..relayudp import udp_by_region
 
 if TYPE_CHECKING:  # pragma: no cover
     from .paths import Paths
@@ -94,6 +96,9 @@ class NetWatch:
         report = await run_netcheck(paths.regions, history=self.history, options=options, scores=scores,
                                     shared=self, derp_heard=dict(paths.derp_heard))
         self.report = report
+        full = bool(self.history.entries) and self.history.entries[-1].full
+        measured = [r.region_id for r in paths.regions if r.measurable]
+        paths.set_relay_udp(udp_by_region(report, measured, paths.relay_udp, full))
         log.info("netcheck: UDP %s, v4 %s, v6 %s, mapping varies by destination %s, home %s",
                  "yes" if report.udp else "no", report.global_v4 or "-", report.global_v6 or "-",
                  report.mapping_varies_by_dest_ip, report.preferred_derp)

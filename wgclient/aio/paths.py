@@ -2,7 +2,9 @@
 
 It owns what `wgc up --derpmap` adds to a plain interface:
 - one DERP client per region in use (home region, the regions peers are reached in), opened and closed as
-  the manager asks, with NotePreferred on the home connection only;
+  the manager asks, with NotePreferred on the home connection only; each is told what netcheck says of UDP
+  to its region (`set_relay_udp`, wgclient/relayudp.py), which decides whether it dials QUIC first
+  (docs/derp-quic.md); `transports` names each connected region's transport (quic, upgrade, websocket);
 - where each sealed WireGuard packet goes: the device stores a `PathEndpoint` token as a managed peer's
   endpoint; `route_sealed` turns tokens into the manager's `route()` (direct UDP address and/or DERP);
 - the demux of what is not WireGuard: disco (to the manager, from UDP and from DERP), STUN answers (to the
@@ -30,10 +32,11 @@ import time
 from typing import TYPE_CHECKING, Callable
 
 from derp import protocol as DP
-from derp.aio.client import DerpClient, Disconnected
+from derp.aio.client import DerpClient, Disconnected, TransportChanged
 from derp.aio.targets import targets_for_region
 from derp.derpmap import DerpMap, MapChange, diff_derpmaps
 from derp.ratelog import RateLimitedLog
+from derp.transport_choice import UDP
 
 from ..derpregions import regions_from_derpmap
 from ..keys import short
@@ -74,7 +77,7 @@ class Paths:
 
     def __init__(self, runner: "Runner", derpmap: DerpMap, *, interface: str, ca_file: str | None = None,
                  netcheck_interval: float | None = None, random_bytes: Callable[[int], bytes] = os.urandom,
-                 source: "DerpMapSource | None" = None) -> None:
+                 source: "DerpMapSource | None" = None, transport: str = "auto") -> None:
         self.runner = runner
         self.device = runner.device
         self.derpmap = derpmap
@@ -83,10 +86,12 @@ class Paths:
             source.follow_fwmark(lambda: runner.udp.fwmark)
         self.interface = interface
         self.ca_file = ca_file
+        self.transport = transport               # DerpClient transport: auto, or forced (wgc up --derp-transport)
         self.pm = PathManager(self.device.identity.private_key, random_bytes=random_bytes)
         self.regions = regions_from_derpmap(derpmap)
         self.clients: dict[int, DerpClient] = {}
-        self.transports: dict[int, str] = {}     # region -> "upgrade" | "websocket" while connected
+        self.transports: dict[int, str] = {}     # region -> "quic" | "upgrade" | "websocket" while connected
+        self.relay_udp: dict[int, UDP] = {}      # region -> what the last netcheck said of UDP to it
         self.derp_heard: dict[int, float] = {}   # region -> loop time of its last frame (home stickiness)
         self.home = 0
         self.loop = asyncio.get_running_loop()
@@ -124,6 +129,12 @@ class Paths:
         self.endpoints.pop(key, None)
         self._route_of.pop(key, None)
         self._apply(self.pm.refresh(time.monotonic()))  # peers it was the relay node of move at once
+
+    def set_relay_udp(self, udp: dict[int, UDP]) -> None:
+        """netcheck's word on UDP per region (STUN answered or not): each DERP client's transport choice."""
+        self.relay_udp = dict(udp)
+        for rid, client in self.clients.items():
+            client.set_udp(self.relay_udp.get(rid, UDP.UNKNOWN))
 
     def set_fwmark(self, mark: int) -> None:
         """`wg set NAME fwmark M`: the DERP connections follow the UDP port (netcheck reads it per run)."""
@@ -317,11 +328,17 @@ class Paths:
             self._drop("unknown DERP region")
             return
         me: list[DerpClient] = []      # events of a client replaced after a map change are ignored
-        client = DerpClient(self.device.identity.private_key, targets_for_region(reg), ca_file=self.ca_file,
+        targets = targets_for_region(reg)
+        transport = self.transport
+        if transport == "quic" and not any(t.quic_port for t in targets):
+            log.warning("DERP region %d has no node with WgcQUICPort; reaching it the usual way, not QUIC only",
+                        region)
+            transport = "auto"
+        client = DerpClient(self.device.identity.private_key, targets, ca_file=self.ca_file, transport=transport,
                             on_packet=lambda src, data, r=region: self._on_derp_packet(r, src, data),
                             on_event=lambda ev, r=region: self._on_derp_event(r, ev, me[0]),
                             preferred=(region == self.home), label=f"region {region}",
-                            fwmark=self.runner.udp.fwmark)
+                            fwmark=self.runner.udp.fwmark, udp=self.relay_udp.get(region, UDP.UNKNOWN))
         me.append(client)
         self.clients[region] = client
         self._tasks.append(asyncio.create_task(client.start(wait=False)))
@@ -378,13 +395,16 @@ class Paths:
             return  # a connection closed because its region left or changed in the DERP map
         if isinstance(ev, DP.Connected):
             self.derp_heard[region] = self.loop.time()
-            stream = client.stream if client is not None else None
-            self.transports[region] = "websocket" if stream is not None and stream.websocket else "upgrade"
+            self.transports[region] = (client.link if client is not None else "") or "upgrade"
             self._rlog.log(logging.INFO, ("up", region), now, "DERP region %d connected (%s)", region,
                            self.transports[region])
             if client is not None:
                 client.note_preferred(region == self.home)
             self._apply(self.pm.on_region_up(region, now), now)
+        elif isinstance(ev, TransportChanged):   # no gap: the region stays up, only the transport moved
+            if region in self.transports:
+                self.transports[region] = ev.transport
+            log.info("DERP region %d now over %s (was %s)", region, ev.transport, ev.previous)
         elif isinstance(ev, Disconnected):
             if self.transports.pop(region, None) is not None:
                 self._rlog.log(logging.INFO, ("down", region), now, "DERP region %d disconnected: %s", region,
@@ -491,16 +511,14 @@ class Paths:
 
     def region_list(self) -> list[dict]:
         return [{"id": r.region_id, "code": r.code, "connected": r.region_id in self.transports,
-                 "home": r.region_id == self.home, "transport": self._transport(r.region_id)}
+                 "home": r.region_id == self.home, "transport": self.transport_of(r.region_id)}
                 for r in self.regions if r.region_id in self.clients or r.region_id == self.home]
 
-    def _transport(self, region: int) -> str | None:
-        """How a connected region is reached. Read from the live stream: at the Connected event the
-        client has not published its new stream yet, so `transports` alone says "upgrade" always."""
+    def transport_of(self, region: int) -> str | None:
+        """How a connected region is reached: "quic", "upgrade" or "websocket" (None: not connected)."""
         client = self.clients.get(region)
-        stream = client.stream if client is not None else None
-        if region in self.transports and stream is not None:
-            return "websocket" if stream.websocket else "upgrade"
+        if region in self.transports and client is not None and client.link:
+            return client.link
         return self.transports.get(region)
 
 

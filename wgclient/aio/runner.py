@@ -239,14 +239,15 @@ def open_tun_device(name: str, mtu: int, vnet_hdr: bool):
 async def serve(config: InterfaceConfig, *, on_ready: Callable[[], None] = lambda: None,
                 vnet_hdr: bool | None = None, derpmap=None, derp_ca_file: str | None = None,
                 derpmap_source=None, metrics_addr: str | None = None,
-                reloads: list[Callable[[], None]] | None = None) -> None:
+                reloads: list[Callable[[], None]] | None = None, derp_transport: str = "auto") -> None:
     """Bring up the interface described by config, run until cancelled, then undo everything.
 
     vnet_hdr (default: on unless WGC_TUN_VNET_HDR=0) opens the TUN with a virtio-net header so received
     TCP segments can be merged (tcpgro.py); without it every packet is written on its own.
     derpmap (a parsed derp.derpmap.DerpMap): every peer is reached through the path manager (DERP at
     once, direct UDP when disco hole punching works; wgclient/aio/paths.py); derpmap_source (a
-    wgclient.aio.derpmap_source.DerpMapSource) keeps it current while up. metrics_addr: Prometheus
+    wgclient.aio.derpmap_source.DerpMapSource) keeps it current while up; derp_transport forces one way to
+    reach the relays (quic, upgrade, websocket; docs/derp-quic.md). metrics_addr: Prometheus
     metrics there (wgclient/aio/metrics.py). reloads: the daemon's list of what its SIGHUP handler calls;
     serve adds the relay-key reload to it while up.
     """
@@ -285,7 +286,7 @@ async def serve(config: InterfaceConfig, *, on_ready: Callable[[], None] = lambd
             from .paths import Paths
             hints = region_hints(config, derpmap)
             paths = runner.paths = Paths(runner, derpmap, interface=config.name, ca_file=derp_ca_file,
-                                         source=derpmap_source)
+                                         source=derpmap_source, transport=derp_transport)
             for pc in config.peers:
                 if relaykeys.managed(config, pc):   # `Path = direct`: plain WireGuard (docs/relaynode.md)
                     paths.add_peer(pc.public_key, psk=pc.preshared_key, name=pc.name,

@@ -10,7 +10,8 @@
 - `show [NAME]`: the map a running interface uses, read through its control socket (as
   `tailscale debug derp-map`); `--source` prints where it came from instead.
 `wgc up` takes several `--derpmap` sources (tried in order), `--derpmap-cache FILE|off`,
-`--derpmap-refresh DURATION` and `--metrics-addr ADDR`; `up_serve_kwargs` turns them into serve() arguments.
+`--derpmap-refresh DURATION`, `--derp-transport auto|quic|upgrade|websocket` (docs/derp-quic.md; auto
+unless forced) and `--metrics-addr ADDR`; `up_serve_kwargs` turns them into serve() arguments.
 """
 from __future__ import annotations
 
@@ -59,6 +60,9 @@ def add_up_arguments(up: argparse.ArgumentParser) -> None:
                          "(default: $WGC_STATE_DIR/NAME.derpmap.json, WGC_STATE_DIR=/var/lib/wgc)")
     up.add_argument("--derpmap-refresh", metavar="DURATION", type=parse_duration, default=None,
                     help="reload the map this often (default 5m; 0: only on SIGHUP)")
+    up.add_argument("--derp-transport", metavar="MODE", choices=("auto", "quic", "upgrade", "websocket"),
+                    help="how DERP relays are reached: auto (QUIC where the map's node has WgcQUICPort and UDP "
+                         "works, else TLS, then WebSocket; the default), or only quic, upgrade (TLS) or websocket")
     up.add_argument("--metrics-addr", metavar="ADDR",
                     help="serve Prometheus metrics at http://ADDR/metrics (PORT or :PORT is loopback; "
                          "default: off)")
@@ -72,9 +76,11 @@ def up_serve_kwargs(args: argparse.Namespace, config: Any) -> dict:
         parse_metrics_addr(args.metrics_addr)   # a bad address is refused before anything is created
         kwargs["metrics_addr"] = args.metrics_addr
     if not args.derpmap:
-        if args.derpmap_cache or args.derpmap_refresh is not None:
-            raise UsageError("--derpmap-cache and --derpmap-refresh need --derpmap")
+        if args.derpmap_cache or args.derpmap_refresh is not None or args.derp_transport:
+            raise UsageError("--derpmap-cache, --derpmap-refresh and --derp-transport need --derpmap")
         return kwargs
+    if args.derp_transport and args.derp_transport != "auto":
+        kwargs["derp_transport"] = args.derp_transport
     from ..aio.derpmap_source import DEFAULT_INTERVAL, DerpMapSource, default_cache_path
     from ..aio.hostsetup import choose_fwmark
     from ..derpregions import region_hints
