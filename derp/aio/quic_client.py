@@ -20,6 +20,7 @@ import asyncio
 import hashlib
 import os
 import socket
+import time
 import ssl
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +32,7 @@ from derp import httpwire
 from derp import protocol as P
 from derp import quicwire as W
 from derp.aio.clientconn import WRITE_LIMIT, ConnectError
+from derp.aio.quic_server import socket_buffers
 from derp.aio.targets import DialTarget
 from derp.constants import (FAST_START_HEADER, IDEAL_NODE_HEADER, QUIC_DATAGRAM_QUEUE, QUIC_IDLE_TIMEOUT,
                             QUIC_MAX_DATAGRAM_FRAME_SIZE, QUIC_PACKET_SIZE, QUIC_RECV_BATCH)
@@ -39,6 +41,7 @@ from derp.errors import ParseError, UsageError
 if TYPE_CHECKING:  # pragma: no cover
     from derp.aio.client import DerpClient
 
+_clock = time.monotonic   # aioquic's `now`: uvloop's loop.time() has only millisecond steps
 _CRYPTO_ERROR = range(0x100, 0x200)   # RFC 9001 §4.8: CRYPTO_ERROR carries a TLS alert
 _BAD_CERT_ALERTS = (42, 43, 44, 45, 46, 48)   # RFC 8446 §6.2: bad/unsupported/revoked/expired/unknown cert, CA
 
@@ -108,7 +111,7 @@ class QuicDerpConn:
     # ---- I/O ------------------------------------------------------------------------------------------
     def _readable(self) -> None:
         sock, quic, addr = self.sock, self.quic, self.addr
-        now = self.loop.time()
+        now = _clock()
         for _ in range(QUIC_RECV_BATCH):
             try:
                 data = sock.recv(65536)
@@ -158,7 +161,7 @@ class QuicDerpConn:
     def _transmit(self) -> None:
         self.flush_pending = False
         sock = self.sock
-        for data, _ in self.quic.datagrams_to_send(self.loop.time()):
+        for data, _ in self.quic.datagrams_to_send(_clock()):
             try:
                 sock.send(data)
             except (BlockingIOError, InterruptedError):
@@ -170,14 +173,15 @@ class QuicDerpConn:
             self.quic_deadline = deadline
             if self.quic_timer is not None:
                 self.quic_timer.cancel()
-            self.quic_timer = None if deadline is None else self.loop.call_at(deadline, self._on_quic_timer)
+            self.quic_timer = None if deadline is None else \
+                self.loop.call_later(max(0.0, deadline - _clock()), self._on_quic_timer)
 
     def _on_quic_timer(self) -> None:
         self.quic_timer = None
         self.quic_deadline = None
         if self.done.done():
             return
-        self.quic.handle_timer(self.loop.time())
+        self.quic.handle_timer(_clock())
         self._events()
         self._transmit()
 
@@ -289,11 +293,10 @@ class QuicDerpConn:
 
     # ---- closing --------------------------------------------------------------------------------------
     def _fail(self, reason: str) -> None:
-        exc = ConnectError(reason)
-        if not self.handshake.done():
-            self.handshake.set_exception(exc)
-        if not self.upgraded.done():
-            self.upgraded.set_exception(exc)
+        for fut in (self.handshake, self.upgraded):
+            if not fut.done():
+                fut.set_exception(ConnectError(reason))
+                fut.exception()   # retrieved: the dial awaits at most one of them
         self._finish(reason)
 
     def _finish(self, reason: str) -> None:
@@ -398,11 +401,12 @@ async def dial_quic(client: "DerpClient", target: DialTarget, port: int) -> Quic
         sock.setblocking(False)
         if client.fwmark:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, client.fwmark)
+        socket_buffers(sock, 1 << 20)
         sock.connect(addr)
         addr = sock.getpeername()
         quic = QuicConnection(configuration=cfg)
         conn = QuicDerpConn(client, target, sock, addr, quic)
-        quic.connect(addr, loop.time())
+        quic.connect(addr, _clock())
         conn._transmit()
         await conn.handshake
         conn.verify_pin()

@@ -29,6 +29,7 @@ import asyncio
 import logging
 import os
 import socket
+import time
 from typing import Any, Callable
 
 from aioquic.buffer import Buffer
@@ -46,11 +47,26 @@ from derp.errors import ParseError
 from derp.server import Deliver
 
 log = logging.getLogger(__name__)
+_clock = time.monotonic   # aioquic's `now`: uvloop's loop.time() has only millisecond steps
 _NO_APP_PROTOCOL = 0x100 + 120    # RFC 9001 §4.8: CRYPTO_ERROR of the TLS alert no_application_protocol
 _STREAM_REFUSED = 0x1             # our application error code for streams other than the DERP one
 _RECV_OVERHEAD = 5 + 32
 DROP_REASONS = ("garbage", "unknown_connection", "half_open_limit", "bad_datagram", "not_registered",
                 "rate_limited", "queue_full", "refused_alpn")
+
+
+def socket_buffers(sock: socket.socket, size: int) -> None:
+    """Large UDP buffers, so a burst from one client does not drop another's ACKs in the kernel: beyond
+    net.core.rmem_max when we may (SO_*BUFFORCE needs CAP_NET_ADMIN), else as far as it allows."""
+    for force, plain in ((getattr(socket, "SO_RCVBUFFORCE", 33), socket.SO_RCVBUF),
+                         (getattr(socket, "SO_SNDBUFFORCE", 32), socket.SO_SNDBUF)):
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, force, size)
+        except OSError:
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, plain, size)
+            except OSError:
+                pass
 
 
 def server_configuration(cert_pem: bytes, key_pem: bytes) -> QuicConfiguration:
@@ -178,6 +194,7 @@ class QuicSession:
 
     def _refuse_stream(self, stream_id: int) -> None:
         quic = self.quic
+        self.listener.stats["streams_refused"] += 1
         try:
             quic.stop_stream(stream_id, _STREAM_REFUSED)
             if stream_id % 4 == 0:   # client-initiated bidirectional: our sending side too
@@ -215,9 +232,8 @@ class QuicSession:
         if self.closing and self.buffered() == 0:
             self.closing = False
             quic.close()
-        now = self.loop.time()
         stats = self.listener.stats
-        for data, addr in quic.datagrams_to_send(now):
+        for data, addr in quic.datagrams_to_send(_clock()):
             try:
                 sock.sendto(data, addr)
             except OSError:
@@ -236,7 +252,8 @@ class QuicSession:
             self.deadline = deadline
             if self.timer is not None:
                 self.timer.cancel()
-            self.timer = None if deadline is None else self.loop.call_at(deadline, self._on_timer)
+            self.timer = None if deadline is None else \
+                self.loop.call_later(max(0.0, deadline - _clock()), self._on_timer)
         self.events()   # closing produces ConnectionTerminated once drained
 
     def _on_timer(self) -> None:
@@ -244,7 +261,7 @@ class QuicSession:
         self.deadline = None
         if self.gone:
             return
-        self.quic.handle_timer(self.loop.time())
+        self.quic.handle_timer(_clock())
         self.events()
         self.transmit()
 
@@ -336,7 +353,7 @@ class QuicListener:
         self._config: QuicConfiguration | None = None
         self._config_pem: Any = None
         self.stats = {"datagrams_relayed": 0, "datagrams_received": 0, "stream_packets": 0, "send_errors": 0,
-                      "connections": 0, **{f"dropped_{r}": 0 for r in DROP_REASONS}}
+                      "connections": 0, "streams_refused": 0, **{f"dropped_{r}": 0 for r in DROP_REASONS}}
 
     # ---- sockets ------------------------------------------------------------------------------------
     def bind(self, host: str | None, port: int) -> int:
@@ -358,11 +375,7 @@ class QuicListener:
                 sock.close()
                 raise
         sock.setblocking(False)
-        for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):
-            try:
-                sock.setsockopt(socket.SOL_SOCKET, opt, 4 << 20)
-            except OSError:
-                pass
+        socket_buffers(sock, 4 << 20)
         self.socks.append(sock)
         self.loop.add_reader(sock.fileno(), self._readable, sock)
         return sock.getsockname()[1]
@@ -384,7 +397,7 @@ class QuicListener:
     # ---- datagrams in -------------------------------------------------------------------------------
     def _readable(self, sock: socket.socket) -> None:
         cids = self.cids
-        now = self.loop.time()
+        now = _clock()
         touched = self.touched
         stats = self.stats
         for _ in range(QUIC_RECV_BATCH):

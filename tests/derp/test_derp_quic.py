@@ -2,9 +2,21 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import os
+import socket
+import ssl
+from dataclasses import replace
 
 import pytest
+from aioquic.quic.configuration import QuicConfiguration
 
+from derp import quicwire as W
+from derp.aio.client import DerpClient, targets_for_url
+from derp.aio.clientconn import ConnectError
+from derp.aio.quic_client import QuicDerpConn, dial_quic
+from derp.certpem import pem_certificates
+from derp.server import AccessList, ServerConfig
 from derp_support import client, new_key
 from quic_support import close_all, quic_client, quic_relay, send_datagram
 
@@ -84,4 +96,237 @@ def test_quic_and_tcp_clients_reach_each_other(pki) -> None:
                 assert server.quic.stats["datagrams_relayed"] == 5   # TCP -> QUIC went as datagrams
             finally:
                 await close_all(q, t)
+    run(main())
+
+
+def _dial_fails(priv, port, ca, **kw) -> str:
+    async def attempt():
+        try:
+            c = await quic_client(priv, port, ca, **kw)
+        except ConnectError as exc:
+            return str(exc)
+        await c.close()
+        return ""
+    return attempt()
+
+
+def test_acl_and_max_clients_apply_to_quic(pki) -> None:
+    async def main():
+        (pa, ka), (pb, kb), (pc, kc) = new_key(), new_key(), new_key()
+        async with quic_relay(pki, acl=AccessList({ka, kb})) as (server, port):
+            assert await _dial_fails(pc, port, pki["ca"]) != ""      # not an allowed key
+            assert server.relay.refused.get("acl") == 1
+            a = await quic_client(pa, port, pki["ca"])
+            await close_all(a)
+        async with quic_relay(pki, config=ServerConfig(open_relay=True, max_clients=1)) as (server, port):
+            a = await quic_client(pa, port, pki["ca"])
+            try:
+                assert await _dial_fails(pb, port, pki["ca"]) != ""
+                assert server.relay.refused.get("max_clients") == 1
+            finally:
+                await close_all(a)
+    run(main())
+
+
+def test_tls_verification_is_on_by_default(pki) -> None:
+    async def main():
+        async with quic_relay(pki) as (server, port):
+            (pa, ka) = new_key()
+            why = await _dial_fails(pa, port, None)      # the private CA is not trusted
+            assert why.startswith("TLS certificate verify failed"), why
+            # pinned (sha256-raw CertName) and InsecureForTests targets connect without the CA
+            with open(os.path.join(pki["certdir"], "127.0.0.1.crt"), "rb") as fh:
+                der = pem_certificates(fh.read())[0]
+            url = targets_for_url(f"https://127.0.0.1:{port}/derp")[0]
+            for target in (replace(url, pin=hashlib.sha256(der).digest()), replace(url, insecure=True)):
+                c = DerpClient(pa, [target], reconnect=False)
+                conn = await asyncio.wait_for(dial_quic(c, target, port), 5)
+                conn._finish("done")
+            bad = replace(url, pin=b"\0" * 32)
+            with pytest.raises(ConnectError, match="pinned"):
+                await asyncio.wait_for(dial_quic(DerpClient(pa, [bad], reconnect=False), bad, port), 5)
+            # CertName: the chain is verified and the name checked after the handshake
+            named = replace(url, cert_name="derp.example.net")
+            with pytest.raises(ConnectError, match="CertName"):
+                await asyncio.wait_for(dial_quic(DerpClient(pa, [named], ca_file=pki["ca"], reconnect=False),
+                                                 named, port), 5)
+            good = replace(url, cert_name="127.0.0.1")
+            conn = await asyncio.wait_for(dial_quic(DerpClient(pa, [good], ca_file=pki["ca"], reconnect=False),
+                                                    good, port), 5)
+            conn._finish("done")
+    run(main())
+
+
+async def _raw_handshake(port: int, alpn: list[str] | None) -> int:
+    """An aioquic client offering `alpn`: the error code its connection ends with."""
+    from aioquic.asyncio import connect
+    cfg = QuicConfiguration(is_client=True, alpn_protocols=alpn, verify_mode=ssl.CERT_NONE)
+    try:
+        async with connect("127.0.0.1", port, configuration=cfg, wait_connected=True):
+            return -1
+    except ConnectionError:
+        return 0
+
+
+def test_other_or_no_alpn_is_refused(pki) -> None:
+    async def main():
+        async with quic_relay(pki) as (server, port):
+            assert await asyncio.wait_for(_raw_handshake(port, ["h3"]), 10) == 0
+            assert await asyncio.wait_for(_raw_handshake(port, None), 10) == 0
+            assert server.quic.stats["dropped_refused_alpn"] == 2
+            (pa, ka), (pb, kb) = new_key(), new_key()
+            a = await quic_client(pa, port, pki["ca"])   # the right ALPN still works
+            await close_all(a)
+    run(main())
+
+
+def test_garbage_and_bad_datagrams_are_counted_and_others_served(pki) -> None:
+    async def main():
+        async with quic_relay(pki) as (server, port):
+            stats = server.quic.stats
+            (pa, ka), (pb, kb) = new_key(), new_key()
+            a = await quic_client(pa, port, pki["ca"])
+            b = await quic_client(pb, port, pki["ca"])
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            s.setblocking(False)
+            loop = asyncio.get_running_loop()
+            try:
+                s.sendto(b"\x40" + os.urandom(40), ("127.0.0.1", port))        # short header, unknown CID
+                s.sendto(b"\xc0\x00\x00\x00", ("127.0.0.1", port))             # truncated long header
+                s.sendto(b"\xc0\x00\x00\x00\x01\x08" + os.urandom(8) + b"\x00\x00\x40\x64" + os.urandom(100),
+                         ("127.0.0.1", port))                                   # a tiny Initial
+                s.sendto(b"\xc0\x1a\x2a\x3a\x4a\x08" + os.urandom(8) + b"\x08" + os.urandom(8) + bytes(1200),
+                         ("127.0.0.1", port))                                   # an unknown version
+                vn, _ = await asyncio.wait_for(loop.sock_recvfrom(s, 2048), 3)
+                assert vn[1:5] == b"\0\0\0\0"                                    # Version Negotiation
+                s.sendto(b"", ("127.0.0.1", port))
+                conn = a.stream
+                for junk in (b"junk", W.packet_frame(W.RECV, kb, b"wrong type"),
+                             W.packet_frame(W.SEND, kb, b"short")[:-1] + b""):
+                    conn.quic.send_datagram_frame(junk)
+                conn.quic.send_stream_data(4, b"GET / HTTP/1.1\r\n\r\n")   # a second stream: reset
+                conn._soon()
+                deadline = loop.time() + 5
+                while stats["dropped_bad_datagram"] < 3 or not stats["streams_refused"]:
+                    assert loop.time() < deadline, stats
+                    await asyncio.sleep(0.02)
+                assert stats["dropped_unknown_connection"] == 2 and stats["dropped_garbage"] == 2, stats
+                assert send_datagram(a, kb, b"still served")
+                assert await recv_data(b) == b"still served"
+            finally:
+                s.close()
+                await close_all(a, b)
+    run(main())
+
+
+def test_datagrams_before_admission_and_over_the_byte_rate_are_dropped(pki) -> None:
+    async def main():
+        async with quic_relay(pki, client_rate=20000, client_burst=70000) as (server, port):
+            stats = server.quic.stats
+            (pa, ka), (pb, kb) = new_key(), new_key()
+            a = await quic_client(pa, port, pki["ca"])
+            b = await quic_client(pb, port, pki["ca"])
+            try:
+                sent = sum(send_datagram(a, kb, bytes(1000)) for _ in range(150))   # 150 kB, burst 70 kB
+                assert sent == 150
+                loop = asyncio.get_running_loop()
+                deadline = loop.time() + 5
+                while stats["dropped_rate_limited"] + stats["datagrams_received"] < 150:
+                    assert loop.time() < deadline, stats
+                    await asyncio.sleep(0.02)
+                assert stats["dropped_rate_limited"] > 0 and stats["datagrams_received"] >= 60, stats
+            finally:
+                await close_all(a, b)
+            # a datagram before the DERP session exists: dropped as not_registered
+            c = DerpClient(pa, targets_for_url(f"https://127.0.0.1:{port}/derp"), ca_file=pki["ca"], reconnect=False)
+            target = c.targets[0]
+            real_begin = QuicDerpConn.begin
+
+            def early_begin(self):
+                self.datagram_limit = 1000
+                self.quic.send_datagram_frame(W.packet_frame(W.SEND, kb, b"too early"))
+                real_begin(self)
+            QuicDerpConn.begin = early_begin
+            try:
+                conn = await asyncio.wait_for(dial_quic(c, target, port), 5)
+            finally:
+                QuicDerpConn.begin = real_begin
+            deadline = loop.time() + 5
+            while stats["dropped_not_registered"] < 1:
+                assert loop.time() < deadline, stats
+                await asyncio.sleep(0.02)
+            conn._finish("done")
+    run(main())
+
+
+def test_a_new_certificate_goes_to_new_connections(pki, tmp_path) -> None:
+    from derp.aio.certs import make_ca, make_cert
+    from derp.aio.certstore import CertStore
+    from quic_support import pem_pair
+    ca2 = make_ca("wgc renewal test CA")
+    (tmp_path / "ca2.pem").write_bytes(ca2.cert_pem)
+    pair2 = make_cert(["127.0.0.1"], ca2)
+    (tmp_path / "c2.crt").write_bytes(pair2.cert_pem)
+    (tmp_path / "c2.key").write_bytes(pair2.key_pem)
+
+    async def main():
+        async with quic_relay(pki) as (server, port):
+            store = CertStore("127.0.0.1")
+            store.load_files(os.path.join(pki["certdir"], "127.0.0.1.crt"), os.path.join(pki["certdir"], "127.0.0.1.key"))
+            assert store.pem == pem_pair(pki)
+            server.quic.cert_source = lambda: store.pem
+            (pa, ka), (pb, kb) = new_key(), new_key()
+            a = await quic_client(pa, port, pki["ca"])
+            store.load_files(str(tmp_path / "c2.crt"), str(tmp_path / "c2.key"))   # a renewal
+            assert (await _dial_fails(pb, port, pki["ca"])).startswith("TLS certificate verify failed")
+            b = await quic_client(pb, port, str(tmp_path / "ca2.pem"))
+            try:
+                assert send_datagram(b, ka, b"old connection kept")
+                assert await recv_data(a) == b"old connection kept"
+            finally:
+                await close_all(a, b)
+    run(main())
+
+
+def test_quic_over_ipv6_loopback(pki) -> None:
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6")
+    async def main():
+        async with quic_relay(pki, host="::1") as (server, port):
+            (pa, ka), (pb, kb) = new_key(), new_key()
+            clients = []
+            for priv in (pa, pb):
+                c = DerpClient(priv, [replace(targets_for_url(f"https://[::1]:{port}/derp")[0], insecure=True)],
+                               reconnect=False)
+                c.stream = await asyncio.wait_for(dial_quic(c, c.targets[0], port), 5)
+                c._connected.set()
+                clients.append(c)
+            a, b = clients
+            try:
+                assert send_datagram(a, kb, b"over ::1")
+                assert await recv_data(b) == b"over ::1"
+                assert server.quic.socks[0].family == socket.AF_INET6
+            finally:
+                await close_all(a, b)
+    run(main())
+
+
+def test_a_client_flooding_its_paused_stream_is_cut(pki) -> None:
+    async def main():
+        # frames time out only after 60 s here: what cuts the client is the hold limit
+        async with quic_relay(pki, client_rate=1000, client_burst=70000, frame_timeout=60) as (server, port):
+            (pa, ka), (pb, kb) = new_key(), new_key()
+            a = await quic_client(pa, port, pki["ca"])
+            conn = a.stream
+            frame = conn.core.send_packet(kb, bytes(60000))   # on the stream: too big for a datagram
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 15
+            try:
+                while not conn.done.done():    # over its byte rate: the relay reads no more, QUIC still acks
+                    assert loop.time() < deadline, "never cut"
+                    conn.write(frame)
+                    await asyncio.sleep(0.002)
+                assert server.quic.clients() == 0
+            finally:
+                await close_all(a)
     run(main())

@@ -122,3 +122,38 @@ def test_selfsigned_node_carries_the_quic_port(derper, tmp_path) -> None:
                str(tmp_path / "ss"), tls=False)
     line = next(ln for ln in e.log().splitlines() if "DERP map node:" in ln)
     assert "WgcQUICPort" not in json.loads(line.split("DERP map node: ", 1)[1])
+
+
+def test_mesh_peer_over_tcp_forwards_to_a_quic_client(derper, pki, tmp_path) -> None:
+    import os
+    from derp_support import free_port
+    psk = tmp_path / "mesh.key"
+    psk.write_text(os.urandom(32).hex() + "\n")
+    p1, p2 = free_port(), free_port()
+    mesh = ["--open-relay", "--mesh-psk-file", str(psk), "--mesh-ca-file", pki["ca"],
+            "--mesh-with", f"127.0.0.1:{p1},127.0.0.1:{p2}"]
+    s1 = derper(*mesh, port=p1)
+    s2 = derper(*mesh, port=p2)
+
+    async def main():
+        (pt, kt), (pq, kq) = new_key(), new_key()
+        t = client(s1.url, pt, pki["ca"], transport="upgrade")
+        await t.start()
+        q = await quic_client(pq, s2.port, pki["ca"])
+        try:
+            await exchange(t, q, kq, b"tcp on s1 to quic on s2", timeout=10)   # s1 -> mesh (TCP) -> s2 -> QUIC
+            assert await metric(s2, "derp_packets_forwarded_in_total") >= 1
+            assert await metric(s2, "derp_quic_datagrams_relayed_total") >= 1
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 10
+            while True:   # and back: a QUIC datagram on s2, forwarded to s1 over the mesh
+                send_datagram(q, kt, b"quic on s2 to tcp on s1")
+                try:
+                    if (await t.recv_packet(0.3)).data == b"quic on s2 to tcp on s1":
+                        break
+                except asyncio.TimeoutError:
+                    assert loop.time() < deadline
+            assert await metric(s2, "derp_packets_forwarded_out_total") >= 1
+        finally:
+            await close_all(t, q)
+    run(main())

@@ -7,6 +7,9 @@
   moderate background stream; reference: the same ping-pong over direct loopback TCP. "Added" = relayed -
   direct, per percentile.
 * idle capacity: the relay's RSS with N connected idle clients (default 10,000), TLS and plain.
+* with --quic: QUIC clients (DERP over QUIC, DATAGRAM frames) beside TCP ones on one TLS relay: throughput
+  of each alone and of both at once, the relay's CPU time per relayed packet, round trips of each kind
+  (tools/bench/derp_quic.py).
 * with --compare-acme: TLS throughput and round trip with a manual certificate beside one the relay got
   from pebble over ACME (tools/bench/derp_acme.py; needs root and Debian's pebble).
 Traffic stays on 127.0.0.1 (with --compare-acme: on the loopback of a namespace the bench makes).
@@ -334,6 +337,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--skip", default="", help="comma list of parts to skip: throughput,latency,idle")
     ap.add_argument("--compare-acme", action="store_true",
                     help="also compare TLS with a manual and with an ACME (pebble) certificate; needs root")
+    ap.add_argument("--quic", action="store_true",
+                    help="also run DERP-over-QUIC clients beside TCP ones on one TLS relay")
+    ap.add_argument("--quic-packet", type=int, default=1312,
+                    help="packet size of the --quic part, both kinds (default: a WireGuard packet of MTU 1280, "
+                         "which a QUIC datagram holds)")
+    ap.add_argument("--quic-rates", default="2000,5000,10000,0",
+                    help="comma list of paced QUIC sender rates in packets/s for --quic (0: unpaced flood)")
     ap.add_argument("--acme-rounds", type=int, default=3, help="alternated rounds per certificate kind")
     args = ap.parse_args(argv)
     skip = set(filter(None, args.skip.split(",")))
@@ -414,6 +424,8 @@ def _run(args: argparse.Namespace, skip: set[str], tmp: str) -> int:
                     s.close()
             finally:
                 srv.stop()
+    if args.quic:
+        quic_vs_tcp(pki, args)
     if args.compare_acme:
         from tools.bench import derp_acme
         try:
@@ -422,6 +434,44 @@ def _run(args: argparse.Namespace, skip: set[str], tmp: str) -> int:
             print(f"tools.bench derp: --compare-acme: {exc}", file=sys.stderr)
             return 1
     return 0
+
+
+def quic_vs_tcp(pki: dict[str, str], args: argparse.Namespace) -> None:
+    """QUIC and TCP clients on one TLS relay, same run (tools/bench/derp_quic.py)."""
+    global PKT
+    from tools.bench import derp_quic as Q
+    PKT = Q.PKT = args.quic_packet
+    print(f"QUIC beside TCP on one TLS relay, {PKT}-byte packets:")
+    srv = Derper(True, pki)
+    try:
+        rates = [int(r) for r in args.quic_rates.split(",") if r.strip()]
+        for kind, rate in [("TCP", 0)] + [("QUIC", r) for r in rates]:
+            cpu0 = Q.cpu_seconds(srv.proc.pid)
+            loss = 0.0
+            if kind == "TCP":
+                mbps, pps = throughput("derp", srv.port, True, pki["ca"], args.seconds)
+            else:
+                mbps, pps, loss = Q.start_stream(srv.port, pki["ca"], args.seconds, rate)()
+            cpu = Q.cpu_seconds(srv.proc.pid) - cpu0
+            packets = pps * args.seconds
+            offered = f"{rate} pkt/s offered" if rate else ("stream" if kind == "TCP" else "flood")
+            print(f"relayed over {kind:<4} ({offered:<18}) {mbps:7.0f} Mbit/s {pps:9.0f} packets/s "
+                  f"{loss * 100:5.1f} % lost; relay CPU {cpu * 1e6 / max(1.0, packets):5.1f} µs a packet")
+        quic_result = Q.start_stream(srv.port, pki["ca"], args.seconds, rates[0] if rates else 0)
+        tcp_mbps, tcp_pps = throughput("derp", srv.port, True, pki["ca"], args.seconds)
+        quic_mbps, quic_pps, quic_loss = quic_result()
+        print(f"both at once: TCP {tcp_mbps:7.0f} Mbit/s {tcp_pps:8.0f} packets/s, QUIC {quic_mbps:7.0f} Mbit/s "
+              f"{quic_pps:8.0f} packets/s ({quic_loss * 100:.1f} % lost)")
+        direct = pingpong(None, False, pki["ca"], args.pings)
+        tcp = pingpong(srv.port, True, pki["ca"], args.pings)
+        quic = Q.pingpong(srv.port, pki["ca"], args.pings)
+        print(f"reference: direct ping-pong RTT     p50 {pct(direct, 50):7.0f} µs  p99 {pct(direct, 99):7.0f} µs")
+        for kind, rtts in (("TCP", tcp), ("QUIC", quic)):
+            print(f"relayed RTT ({kind:<4}, idle)           p50 {pct(rtts, 50):7.0f} µs  p99 {pct(rtts, 99):7.0f} µs; "
+                  f"added by the relay p50 {pct(rtts, 50) - pct(direct, 50):6.0f} µs "
+                  f"p99 {pct(rtts, 99) - pct(direct, 99):6.0f} µs")
+    finally:
+        srv.stop()
 
 
 if __name__ == "__main__":
