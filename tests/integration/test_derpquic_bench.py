@@ -41,7 +41,7 @@ def test_bench_derpquic_smoke() -> None:
     assert "relay link +10 ms RTT" in out and "MTU 1280" in out, out
     for loss in ("0", "3"):
         for name in (r"DERP/TCP \(TLS\)", "DERP/QUIC"):
-            row = rf"^ +{loss}%  {name}\*? +{NUM} Mbit/s +{NUM} ms +{NUM} ms +{NUM}% +{NUM}% +{NUM} +{NUM}$"
+            row = rf"^ +{loss}%  {name}\*? +{NUM} Mbit/s +{NUM} ms +{NUM} ms +{NUM}% +{NUM}% +\d+ +{NUM} +{NUM}$"
             assert re.search(row, out, re.M), (loss, name, out)
     assert re.search(rf"^ratio QUIC / TCP throughput +0 %: {NUM}x +3 %: {NUM}x$", out, re.M), out
     namespaces = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
