@@ -50,6 +50,8 @@ class Figure:
     cpu_peers: float | None = None
     used: list[str] = field(default_factory=list)   # transports seen (before, after)
     relay_drops: dict[str, int] = field(default_factory=dict)   # packets the relay dropped, by reason
+    udp_bps: float | None = None        # UDP inside the tunnel at --udp-rate: delivered ...
+    udp_lost: float | None = None       # ... and the fraction lost
     error: str = ""
 
 
@@ -60,6 +62,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--loss", default="0,1,3", help="comma-separated loss %% on the relay link (default 0,1,3)")
     ap.add_argument("--rtt", type=float, default=10.0, help="round trip added on the relay link, ms (default 10)")
     ap.add_argument("--pings", type=int, default=200, help="relayed pings per figure, 20 ms apart (default 200)")
+    ap.add_argument("--udp-rate", default="20M", metavar="RATE",
+                    help="also offer UDP inside the tunnel at this iperf3 -b rate, 1200-byte datagrams, for "
+                         "--time s: what the relayed path carries without TCP's reaction ('0': skip; default 20M)")
     ap.add_argument("--transports", default="tcp,quic", help="which of tcp,quic to measure (default both)")
     ap.add_argument("--profile-relay", default="", metavar="FILE",
                     help="run the relay under cProfile, save its profile to FILE and print the top functions")
@@ -143,6 +148,12 @@ def measure(pl: QuicLab, pair, fig: Figure, opts) -> None:
     counts1 = pl.lab.link_counts(1)
     fig.link_dropped = counts1["dropped"] - counts0["dropped"]
     fig.link_offered = counts1["offered"] - counts0["offered"]
+    if opts.udp_rate != "0":
+        try:
+            udp = iperf(a.ns, b.ip, ["-u", "-b", opts.udp_rate, "-l", "1200"], opts.time)["end"]["sum_received"]
+            fig.udp_bps, fig.udp_lost = udp["bits_per_second"], udp["lost_percent"] / 100
+        except RuntimeError:           # iperf3's control connection may not survive heavy loss
+            pass
     fig.p50_ms, fig.p99_ms, fig.ping_loss = relayed_ping(a, b, opts.pings)
     fig.used.append(pl.transport(a, 1) or "-")
     fig.relay_drops = {k: v - drops0.get(k, 0) for k, v in relay_drops(pl).items() if v > drops0.get(k, 0)}
@@ -208,9 +219,11 @@ def _ms(v: float | None) -> str:
 def table(figures: list[Figure], opts) -> str:
     cc = getattr(opts, "cc_used", "?") + (" (the host's default)" if opts.cc == "host" else "")
     lines = [f"two symmetric-NAT peers relayed by one wgc derper; relay link +{opts.rtt:g} ms RTT, loss on each "
-             f"direction of it (a relayed packet crosses it twice); MTU 1280; iperf3 {opts.repeat} x {opts.time} s, "
+             f"direction of it (a relayed packet crosses it twice); MTU 1280; iperf3 {opts.repeat} x {opts.time} s "
+             f"(UDP: {opts.udp_rate}bit/s offered), "
              f"TCP congestion control (tunnel and DERP): {cc}; {opts.pings} pings 20 ms apart",
-             f"{'loss':>5}  {'transport':<15} {'TCP a->b':>13} {'ping p50':>9} {'p99':>9} {'ping lost':>9} "
+             f"{'loss':>5}  {'transport':<15} {'TCP a->b':>13} {'UDP a->b':>13} {'lost':>5} {'ping p50':>9} {'p99':>9} "
+             f"{'ping lost':>9} "
              f"{'link drops':>10} {'relay drops':>11} {'CPU s/GB relay':>14} {'peers':>6}"]
     labels = {key: label for key, label, _ in TRANSPORTS}
     wants = {key: want for key, _, want in TRANSPORTS}
@@ -222,7 +235,9 @@ def table(figures: list[Figure], opts) -> str:
         drops = f"{f.link_dropped / f.link_offered:.1%}" if f.link_offered else "-"
         cpu_r = f"{f.cpu_relay:.1f}" if f.cpu_relay is not None else "-"
         cpu_p = f"{f.cpu_peers:.1f}" if f.cpu_peers is not None else "-"
-        lines.append(f"{f.loss_pct:>4g}%  {name:<15} {f.bps / 1e6:>8.1f} Mbit/s {_ms(f.p50_ms):>9} "
+        udp = f"{f.udp_bps / 1e6:>6.1f} Mbit/s" if f.udp_bps is not None else "-"
+        lost = f"{f.udp_lost:.0%}" if f.udp_lost is not None else "-"
+        lines.append(f"{f.loss_pct:>4g}%  {name:<15} {f.bps / 1e6:>8.1f} Mbit/s {udp:>13} {lost:>5} {_ms(f.p50_ms):>9} "
                      f"{_ms(f.p99_ms):>9} {f.ping_loss:>9.0%} {drops:>10} {sum(f.relay_drops.values()):>11} "
                      f"{cpu_r:>14} {cpu_p:>6}")
     ratios = []
