@@ -27,7 +27,8 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from derp.aio.certstore import CertStore, context_from_pem, utc_text, write_atomic
+from derp.aio.atomicfile import write_atomic
+from derp.aio.certstore import CertStore, context_from_pem, utc_text
 from derp.aio.tls import server_context
 from derp.certpem import pem_certificates, validity
 from derp.errors import ParseError, UsageError

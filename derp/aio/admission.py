@@ -31,7 +31,7 @@ from typing import Any, Callable
 from derp import httpwire
 from derp.admission import (MAX_WEBHOOK_BODY, Bindings, Verdict, VerdictCache, check_identity_mode,
                             encode_admit_request, keys_from_status, parse_admit_response, parse_bindings)
-from derp.aio.certstore import write_atomic
+from derp.aio.atomicfile import write_atomic
 from derp.errors import ParseError, UsageError
 from derp.keys import short
 

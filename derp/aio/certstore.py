@@ -21,6 +21,7 @@ import ssl
 import tempfile
 from typing import Any, Callable
 
+from derp.aio.atomicfile import write_atomic
 from derp.aio.tls import load_server_context, server_context
 from derp.certpem import pem_certificates, validity
 from derp.errors import ParseError, UsageError
@@ -35,34 +36,6 @@ def utc_text(ts: float | None) -> str:
     if ts is None:
         return "unknown"
     return datetime.datetime.fromtimestamp(ts, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def write_atomic(path: str, data: bytes, mode: int = 0o644) -> None:
-    """Write `data` to `path` through a temporary file in the same directory and a rename, so a reader sees
-    the old or the new file, never a mix; the directory is synced too, so the rename survives a crash."""
-    d = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-")
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    try:
-        dfd = os.open(d, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    except OSError:
-        pass
 
 
 def context_from_pem(cert_pem: bytes, key_pem: bytes, alpn: list[str] | None = None) -> ssl.SSLContext:

@@ -12,10 +12,10 @@ import http.client
 import os
 import socket
 import ssl
-import tempfile
 import urllib.error
 import urllib.request
 
+from derp.aio.atomicfile import write_atomic
 from derp.derpmap import DerpMap, parse_derpmap
 from derp.errors import ParseError, UsageError
 
@@ -119,24 +119,9 @@ def load_derpmap(source: str, *, ca_file: str | None = None, timeout: float = 5.
 
 def save_cached_map(path: str, dm: DerpMap) -> None:
     """Write `dm` to `path` atomically (directories made 0755, file 0644: a map holds no secret)."""
-    directory = os.path.dirname(os.path.abspath(path))
     try:
-        os.makedirs(directory, mode=0o755, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".derpmap-", dir=directory)
+        write_atomic(path, dm.to_json() + "\n", 0o644, make_dirs=0o755)
     except OSError as exc:
-        raise UsageError(f"cannot write the DERP map cache {path}: {exc.strerror or exc}") from None
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(dm.to_json() + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except OSError as exc:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
         raise UsageError(f"cannot write the DERP map cache {path}: {exc.strerror or exc}") from None
 
 

@@ -53,7 +53,7 @@ def service() -> dict:
 def test_compose_shape() -> None:
     doc = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
     svc = doc["services"]["derper"]
-    assert set(svc["ports"]) == {"443:443/tcp", "80:80/tcp", "3478:3478/udp", "127.0.0.1:9090:9090/tcp"}
+    assert set(svc["ports"]) == {"443:443/tcp", "443:443/udp", "80:80/tcp", "3478:3478/udp", "127.0.0.1:9090:9090/tcp"}
     assert svc["deploy"]["resources"]["limits"]["memory"] == "256M"
     assert svc["restart"] == "unless-stopped"
     assert "./allowed-keys:/etc/derper/allowed-keys:ro" in svc["volumes"]

@@ -9,6 +9,7 @@ same kind of file (a full tunnel, `AllowedIPs = 0.0.0.0/0`, the relay inside it)
 from __future__ import annotations
 
 import os
+import pathlib
 import re
 import subprocess
 import sys
@@ -133,7 +134,8 @@ def test_wg_quick_userspace_full_tunnel_through_derp_with_udp_cut(tmp_path):
                         f"Endpoint = 198.19.2.2:41641\n")
         os.chmod(conf, 0o600)
         env = dict(pl.env, WG_QUICK_USERSPACE_IMPLEMENTATION=impl_wrapper(tmp_path), LOG_LEVEL="verbose",
-                   WGC_DERPMAP=pl.derpmap_file, WGC_PID_DIR=str(tmp_path / "pid"), WGC_LOG_DIR=str(tmp_path / "log"))
+                   WGC_DERPMAP=pl.derpmap_file, WGC_PID_DIR=str(tmp_path / "pid"), WGC_LOG_DIR=str(tmp_path / "log"),
+                   WGC_STATE_DIR=str(tmp_path / "state"))
         before = host_state(ns)
         res = ns.run("wg-quick", "up", str(conf), check=False, timeout=60, env=env)
         assert res.returncode == 0, res.stderr
@@ -148,6 +150,13 @@ def test_wg_quick_userspace_full_tunnel_through_derp_with_udp_cut(tmp_path):
             sockets = ns.run("ss", "-tnep", "state", "established").stdout
             derp = [ln for ln in sockets.splitlines() if "198.18.1.2:443" in ln]
             assert derp and all("fwmark:0xca6c" in ln for ln in derp), sockets
+            # the map's source runs as under `wgc up`: the map it started with is cached in WGC_STATE_DIR
+            # (written once the path manager's first netcheck is over, which waits for STUN: UDP is cut)
+            cache = pathlib.Path(env["WGC_STATE_DIR"]) / f"{name}.derpmap.json"
+            deadline = time.monotonic() + 30
+            while not cache.exists() and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert cache.exists() and '"RegionID"' in cache.read_text(), (tmp_path / "log" / f"{name}.log").read_text()[-4000:]
         finally:
             down = ns.run("wg-quick", "down", str(conf), check=False, timeout=60, env=env)
         assert down.returncode == 0, down.stderr

@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import os
 
+from derp.aio.atomicfile import write_atomic
+
 from .daemon import pid_path
 
 
@@ -28,13 +30,7 @@ def load(name: str) -> dict:
 
 def store(name: str, state: dict) -> None:
     path = journal_path(name)
-    os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(state, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(state), 0o644, make_dirs=0o755)
 
 
 def remove(name: str) -> None:

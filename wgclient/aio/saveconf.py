@@ -8,10 +8,11 @@ works for any process serving it; addresses (global scope, as configured) and MT
 from __future__ import annotations
 
 import ipaddress
-import os
 import socket
 
 from pyroute2 import IPRoute
+
+from derp.aio.atomicfile import write_atomic
 
 from ..configsave import Running, save_text
 from ..errors import ParseError, UsageError
@@ -77,18 +78,8 @@ def save_running(name: str, path: str, auto_fwmark: int = 0) -> None:
 
 
 def write_atomically(path: str, text: str) -> None:
-    tmp = f"{path}.tmp"
+    """The configuration file is replaced whole and stays 0600 (it holds the private key)."""
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            os.fchmod(fd, 0o600)
-            f.write(text.encode())
-            f.flush()
-            os.fsync(fd)
-        os.replace(tmp, path)
+        write_atomic(path, text, 0o600)
     except OSError as e:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
         raise UsageError(f"could not write configuration file {path}: {e.strerror or e}") from None

@@ -9,7 +9,8 @@ down` runs `ip link delete`), as wireguard-go does, or on SIGTERM.
 
 With a DERP map (WGC_DERPMAP) the path manager starts once the private key arrives over the UAPI (the
 disco key is derived from it), and every peer is reached through DERP at once and directly when hole
-punching works. `wg set NAME fwmark M` (wg-quick's full tunnel) marks the DERP connections as well.
+punching works. `wg set NAME fwmark M` (wg-quick's full tunnel) marks the DERP connections as well, and
+the map's refreshes (`derpmap_source`, as for `wgc up`).
 """
 from __future__ import annotations
 
@@ -57,9 +58,9 @@ class AdoptedTun:
 class UserspaceTarget(DeviceTarget):
     """The UAPI target of a userspace device: starts the path manager when the private key is set."""
 
-    def __init__(self, runner, name: str, derpmap=None, ca_file: str | None = None) -> None:
+    def __init__(self, runner, name: str, derpmap=None, ca_file: str | None = None, source=None) -> None:
         super().__init__(runner)
-        self.name, self.derpmap, self.ca_file = name, derpmap, ca_file
+        self.name, self.derpmap, self.ca_file, self.source = name, derpmap, ca_file, source
         self.tasks: set[asyncio.Task] = set()
 
     def uapi_set_private_key(self, key: bytes | None) -> None:
@@ -69,7 +70,8 @@ class UserspaceTarget(DeviceTarget):
         super().uapi_set_private_key(key)
         if key is not None and self.derpmap is not None and runner.paths is None:
             from .paths import Paths
-            runner.paths = Paths(runner, self.derpmap, interface=self.name, ca_file=self.ca_file)
+            runner.paths = Paths(runner, self.derpmap, interface=self.name, ca_file=self.ca_file,
+                                 source=self.source)
             task = asyncio.ensure_future(runner.paths.start())
             self.tasks.add(task)
             task.add_done_callback(self._started)
@@ -103,7 +105,7 @@ async def _watch(name: str, device: Device) -> None:
 
 
 async def serve_userspace(config, *, on_ready: Callable[[], None] = lambda: None, derpmap=None,
-                          derp_ca_file: str | None = None, tun_fd: int | None = None,
+                          derp_ca_file: str | None = None, derpmap_source=None, tun_fd: int | None = None,
                           log_level: int | None = None) -> None:
     """Run the userspace device `config.name` until the interface is deleted or the task is cancelled."""
     from .runner import Runner, _jitter, _random_bytes, _start_control, open_tun_device, undo_all
@@ -135,7 +137,7 @@ async def serve_userspace(config, *, on_ready: Callable[[], None] = lambda: None
         runner = Runner(device, udp, tun.fd, tun_headroom=headroom)
         runner.start()
         cleanups.append(runner.stop)
-        target = UserspaceTarget(runner, name, derpmap, derp_ca_file)
+        target = UserspaceTarget(runner, name, derpmap, derp_ca_file, derpmap_source)
 
         async def close_paths() -> None:
             for task in list(target.tasks):

@@ -19,12 +19,11 @@ import argparse
 import asyncio
 import ipaddress
 import json
-import os
 import re
 import sys
-import tempfile
 from typing import Any, Sequence
 
+from derp.aio.atomicfile import write_atomic
 from derp.derpmap import DerpMap, parse_derpmap
 from derp.errors import Error as DerpError
 
@@ -218,13 +217,8 @@ def cmd_write(argv: Sequence[str]) -> int:
     if not args.output:
         sys.stdout.write(text)
         return 0
-    directory = os.path.dirname(os.path.abspath(args.output))
     try:
-        fd, tmp = tempfile.mkstemp(prefix=".derpmap-", dir=directory)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, args.output)
+        write_atomic(args.output, text, 0o644)
     except OSError as exc:
         raise UsageError(f"cannot write {args.output}: {exc.strerror or exc}") from None
     return 0

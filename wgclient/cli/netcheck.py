@@ -20,6 +20,7 @@ import pathlib
 import re
 import sys
 
+from derp.aio.atomicfile import write_atomic
 from derp.aio.derpmap_loader import load_derpmap
 from ..derpregions import regions_from_derpmap  # noqa: F401  (kept importable from here)
 from derp.errors import Error as DerpError
@@ -86,10 +87,7 @@ def _save_history(path: pathlib.Path | None, history: History) -> None:
     if path is None:
         return
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(history.to_json()))
-        os.replace(tmp, path)
+        write_atomic(path, json.dumps(history.to_json()), 0o644, make_dirs=0o755)
     except OSError as exc:
         print(f"warning: cannot save netcheck history {path}: {exc}", file=sys.stderr)
 

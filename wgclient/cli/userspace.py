@@ -8,8 +8,10 @@ them; deleting the interface stops it. Environment, as wireguard-go where it app
 
 * LOG_LEVEL = verbose|debug|error|silent (default error) — in the daemon's log /var/log/wgc/NAME.log;
 * WG_TUN_FD: a TUN device already opened for this interface, used instead of creating one;
-* WGC_DERPMAP = URL|FILE (wgc's own; WGC_DERP_CA_FILE for its CA): peers are reached through DERP at
-  once and directly when hole punching works, as with `wgc up --derpmap`.
+* WGC_DERPMAP = URL|FILE, or several separated by spaces (wgc's own; WGC_DERP_CA_FILE for its CA): peers
+  are reached through DERP at once and directly when hole punching works, as with `wgc up --derpmap`
+  (the same sources in order, cache in $WGC_STATE_DIR/NAME.derpmap.json, refresh every 5 minutes and on
+  SIGHUP, fetched with the interface's firewall mark once wg-quick sets it).
 WG_UAPI_FD (wireguard-go's hand-over from its own parent) is not used: wgc makes its UAPI socket itself.
 """
 from __future__ import annotations
@@ -32,23 +34,26 @@ def _usage() -> int:
     return 1
 
 
-def _options() -> dict:
+def _options(name: str) -> dict:
     kwargs: dict = {"log_level": LEVELS.get(os.environ.get("LOG_LEVEL", "error"), logging.ERROR)}
     if os.environ.get("WG_TUN_FD"):
         if not os.environ["WG_TUN_FD"].isdigit():
             raise UsageError(f"WG_TUN_FD={os.environ['WG_TUN_FD']!r} is not a file descriptor number")
         kwargs["tun_fd"] = int(os.environ["WG_TUN_FD"])
-    source = os.environ.get("WGC_DERPMAP")
-    if source:
-        from derp.aio.derpmap_loader import load_derpmap
-        from derp.errors import Error as DerpError
+    sources = (os.environ.get("WGC_DERPMAP") or "").split()
+    if sources:
+        from ..aio.derpmap_source import DerpMapSource, default_cache_path
         ca_file = os.environ.get("WGC_DERP_CA_FILE") or None
+        # as `wgc up --derpmap`: sources in order, the last good map cached, refreshed while up, SIGHUP
+        # reloads; fetches carry the UDP port's firewall mark once wg-quick has set it (`wg set fwmark`)
+        source = DerpMapSource(sources, cache_path=default_cache_path(name), ca_file=ca_file)
         try:
-            kwargs["derpmap"] = load_derpmap(source, ca_file=ca_file, timeout=10.0)
-        except DerpError as exc:
+            kwargs["derpmap"] = source.load_initial()
+        except UsageError as exc:
             raise UsageError(f"WGC_DERPMAP: {exc}") from None
-        if not any(r.derp_nodes() for r in kwargs["derpmap"].regions.values()):
-            raise UsageError(f"WGC_DERPMAP: the DERP map {source} has no region with a DERP node")
+        if source.cache_warning():
+            print(f"{PROG}: warning: {source.cache_warning()}", file=sys.stderr)
+        kwargs["derpmap_source"] = source
         kwargs["derp_ca_file"] = ca_file
     return kwargs
 
@@ -69,7 +74,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise UsageError(f"invalid interface name {name!r}")
         from ..aio import daemon
         from ..aio.userspace import serve_userspace
-        kwargs = _options()
+        kwargs = _options(name)
         # No file: the key and peers arrive over the UAPI (`wg setconf`); the config only names the device.
         config = InterfaceConfig(name=name, path="", private_key=bytes(32))
         if foreground:
