@@ -77,3 +77,17 @@ def payload_per_network(pcap: str, expr: str) -> dict[str, int]:
         if m:
             per_src[m.group(1)] = per_src.get(m.group(1), 0) + int(m.group(2))
     return per_src
+
+
+def check_no_plaintext(pcap: str, expr: str, marker: str, control: str, count: int = 20) -> dict[str, int]:
+    """The verdict of a plaintext capture: the sender's network (198.19.1) sent at least the markers'
+    volume in packets matching `expr` (so the relayed traffic was captured), the control string sent in
+    clear is in the file (the capture sees payloads), and the marker is not. Returns the payload bytes per
+    client network."""
+    with open(pcap, "rb") as fh:
+        captured = fh.read()
+    per_src = payload_per_network(pcap, expr)
+    assert per_src.get("198.19.1", 0) > count * 8 * len(marker), per_src
+    assert control.encode() in captured, "the capture misses bytes sent in clear: it would prove nothing"
+    assert marker.encode() not in captured, "the relay's interface saw the tunnel's plaintext"
+    return per_src
