@@ -82,7 +82,15 @@ def test_command_line_loss_and_counts(tmp_path):
         return subprocess.run([sys.executable, "-m", "tools.natlab", *args], capture_output=True, text=True,
                               env=env, timeout=30, check=check)
     try:
-        natlab("up", "--name", name, "--region", "4", "--client", "none")
+        natlab("up", "--name", name, "--region", "4", "--client", "none", "--client", "cone")
+        bad = natlab("cut", name, "1", check=False)
+        assert bad.returncode == 2 and "has no NAT router" in bad.stderr and "Traceback" not in bad.stderr
+        bad = natlab("cut", name, "2", "--region", "3", check=False)
+        assert bad.returncode == 2 and "no region 3" in bad.stderr
+        natlab("cut", name, "2", "--region", "1")
+        assert "natlab_cut" in natlab("run", name, "nat2", "--", "nft", "list", "tables").stdout
+        natlab("restore", name, "2")
+        assert "natlab_cut" not in natlab("run", name, "nat2", "--", "nft", "list", "tables").stdout
         natlab("loss", name, "1", "100")
         assert "+4 ms RTT, 100 % loss" in natlab("status", name).stdout
         lost = natlab("run", name, "client1", "--", "ping", "-c2", "-i0.2", "-W1", "198.18.1.2", check=False)
