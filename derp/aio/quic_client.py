@@ -5,7 +5,8 @@ stream 0, and relayed packets as DATAGRAM frames.
 `QuicDerpConn` offers what DerpClient uses of `derp.aio.clientconn._Stream` (`core`, `write`, `done`,
 `upgraded`, `restarting`, `pings`, `_finish`, `_arm`, `verify_pin`, `websocket`, `transport` with
 `get_extra_info("socket")`), plus `write_packet(frame)`: a SendPacket frame in a datagram when the server
-negotiated DATAGRAM and the frame fits, else on the stream. `dial_quic(client, target, port)` makes one.
+negotiated DATAGRAM and the frame fits, else on the stream; `last_rx` (time.monotonic() of the last UDP
+datagram from the relay) for a stall watch. `dial_quic(client, target, port)` makes one.
 
 I/O: `loop.add_reader` on a connected non-blocking UDP socket; one readable callback reads every waiting
 datagram (at most QUIC_RECV_BATCH), feeds them to aioquic, handles its events, then asks it once for what
@@ -20,7 +21,6 @@ import asyncio
 import hashlib
 import os
 import socket
-import time
 import ssl
 from typing import TYPE_CHECKING, Any
 
@@ -31,8 +31,8 @@ from aioquic.quic.connection import QuicConnection
 from derp import httpwire
 from derp import protocol as P
 from derp import quicwire as W
-from derp.aio.clientconn import WRITE_LIMIT, ConnectError
-from derp.aio.quic_server import socket_buffers
+from derp.aio.clientconn import WRITE_LIMIT, ConnectError, UpgradeRefused, _Stream
+from derp.aio.quicio import clock as _clock, shed_handshake_buffers, socket_buffers, stream_unacked
 from derp.aio.targets import DialTarget
 from derp.constants import (FAST_START_HEADER, IDEAL_NODE_HEADER, QUIC_DATAGRAM_QUEUE, QUIC_IDLE_TIMEOUT,
                             QUIC_MAX_DATAGRAM_FRAME_SIZE, QUIC_PACKET_SIZE, QUIC_RECV_BATCH)
@@ -41,7 +41,6 @@ from derp.errors import ParseError, UsageError
 if TYPE_CHECKING:  # pragma: no cover
     from derp.aio.client import DerpClient
 
-_clock = time.monotonic   # aioquic's `now`: uvloop's loop.time() has only millisecond steps
 _CRYPTO_ERROR = range(0x100, 0x200)   # RFC 9001 §4.8: CRYPTO_ERROR carries a TLS alert
 _BAD_CERT_ALERTS = (42, 43, 44, 45, 46, 48)   # RFC 8446 §6.2: bad/unsupported/revoked/expired/unknown cert, CA
 
@@ -99,6 +98,8 @@ class QuicDerpConn:
         self.restarting: P.RestartingReceived | None = None
         self.pings: dict[bytes, asyncio.Future] = {}
         self.stream_id = -1
+        self.head = b""   # the start of the DERP stream while it might be an HTTP refusal
+        self.last_rx = _clock()   # time.monotonic() of the last UDP datagram from the relay (stall watch)
         self.timer: asyncio.TimerHandle | None = None        # the DERP core's
         self.quic_timer: asyncio.TimerHandle | None = None   # aioquic's
         self.quic_deadline: float | None = None
@@ -111,7 +112,7 @@ class QuicDerpConn:
     # ---- I/O ------------------------------------------------------------------------------------------
     def _readable(self) -> None:
         sock, quic, addr = self.sock, self.quic, self.addr
-        now = _clock()
+        now = self.last_rx = _clock()
         for _ in range(QUIC_RECV_BATCH):
             try:
                 data = sock.recv(65536)
@@ -120,7 +121,10 @@ class QuicDerpConn:
             except OSError as exc:   # e.g. ICMP port unreachable: nothing listens there
                 self._fail(f"connection lost: {exc.strerror or exc}")
                 return
-            quic.receive_datagram(data, addr, now)
+            try:
+                quic.receive_datagram(data, addr, now)
+            except Exception:   # aioquic drops what it cannot parse; anything it raises is garbage too
+                self.stats["quic_dropped_bad_datagram"] += 1
         self._events()
         self._transmit()
 
@@ -143,11 +147,14 @@ class QuicDerpConn:
                         self.stats["quic_dropped_bad_datagram"] += 1
             elif kind is E.StreamDataReceived:
                 if ev.stream_id == self.stream_id and self.core is not None:
+                    if ev.data and not self.upgraded.done() and self._refused(ev.data):
+                        return
                     if ev.data:
                         self._carry(self.core.receive_data(ev.data, self.loop.time()))
                     if ev.end_stream and not self.done.done():
                         self._fail("connection closed by the server")
             elif kind is E.HandshakeCompleted:
+                shed_handshake_buffers(quic)
                 if not self.handshake.done():
                     self.handshake.set_result(ev)
             elif kind is E.ConnectionTerminated:
@@ -157,6 +164,30 @@ class QuicDerpConn:
             if self.done.done():
                 return
             ev = quic.next_event()
+
+    def _refused(self, data: bytes) -> bool:
+        """Instead of the ServerKey frame, an HTTP answer (429 per-IP limit, 503 shutting down, ...):
+        the dial fails with UpgradeRefused, as on TCP."""
+        self.head += data
+        if not self.head.startswith(b"HTTP/"[:len(self.head)]):
+            self.head = b""
+            return False
+        if len(self.head) < 5:
+            return True
+        end = httpwire.find_head_end(self.head)
+        if end < 0 and len(self.head) < 4096:
+            return True
+        try:
+            status = int(httpwire.parse_response(self.head[:end] if end >= 0 else self.head).first[1])
+        except (ParseError, ValueError):
+            status = 400
+        exc = UpgradeRefused(status)
+        for fut in (self.handshake, self.upgraded):
+            if not fut.done():
+                fut.set_exception(exc)
+                fut.exception()
+        self._finish(str(exc))
+        return True
 
     def _transmit(self) -> None:
         self.flush_pending = False
@@ -212,59 +243,16 @@ class QuicDerpConn:
         self._arm()
         self._transmit()
 
-    def _arm(self) -> None:
-        if self.core is None:
-            return
-        deadline = self.core.next_deadline()
-        if deadline is None:
-            return
-        if self.timer:
-            self.timer.cancel()
-        self.timer = self.loop.call_at(deadline, self._on_timer)
-
-    def _on_timer(self) -> None:
-        assert self.core is not None
-        self._carry(self.core.on_timer(self.loop.time()))
-        self._arm()
-
-    def _carry(self, outs: list) -> None:
-        client = self.client
-        for out in outs:
-            kind = type(out)
-            if kind is P.PacketReceived:
-                client._packet(out.src, out.data)
-            elif kind is P.Transmit:
-                self.write(out.data)
-            elif kind is P.Connected:
-                if not self.upgraded.done():
-                    self.upgraded.set_result(out)
-                self._arm()
-                client._event(out)
-            elif kind is P.PongReceived:
-                fut = self.pings.pop(out.data, None)
-                if fut and not fut.done():
-                    fut.set_result(out.rtt)
-            elif kind is P.PingTimedOut:
-                fut = self.pings.pop(out.data, None)
-                if fut and not fut.done():
-                    fut.set_exception(TimeoutError("DERP ping timed out"))
-            elif kind is P.Closed:
-                self._fail(out.reason)
-            else:
-                if kind is P.RestartingReceived:
-                    self.restarting = out
-                client._event(out)
-        if self.restarting is not None and not self.done.done():
-            self._finish("server is restarting")
+    # the DERP core's timer and outputs are handled exactly as on TCP (they use core, upgraded, done, pings,
+    # restarting, client, write and _finish, which this class has too)
+    _arm = _Stream._arm
+    _on_timer = _Stream._on_timer
+    _carry = _Stream._carry
 
     # ---- writes ---------------------------------------------------------------------------------------
     def buffered(self) -> int:
         """Stream bytes written and not yet acknowledged by the server."""
-        stream = self.quic._streams.get(self.stream_id)
-        if stream is None:
-            return 0
-        sender = stream.sender
-        return sender._buffer_stop - sender._buffer_start
+        return stream_unacked(self.quic, self.stream_id)
 
     def write(self, data: bytes) -> bool:
         """Frames on the DERP stream (False: closed, or over WRITE_LIMIT unacknowledged)."""
@@ -281,6 +269,8 @@ class QuicDerpConn:
             return False
         quic = self.quic
         if len(frame) <= self.datagram_limit:
+            if len(self._pending) >= QUIC_DATAGRAM_QUEUE:
+                self._transmit()   # a burst: send what the window takes now, then queue
             if len(self._pending) >= QUIC_DATAGRAM_QUEUE:
                 self.stats["quic_dropped_queue_full"] += 1
                 return False
@@ -378,8 +368,11 @@ def quic_configuration(target: DialTarget, ca_file: str | None) -> QuicConfigura
         cfg.verify_mode = ssl.CERT_NONE
         return cfg
     cfg.verify_mode = ssl.CERT_REQUIRED
-    if ca_file and not os.path.exists(ca_file):
-        raise UsageError(f"cannot load CA file {ca_file!r}: no such file")
+    if ca_file:   # checked here as the TCP dial's context checks it (aioquic would only fail mid-handshake)
+        try:
+            ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cafile=ca_file)   # not the system store
+        except (OSError, ssl.SSLError) as exc:
+            raise UsageError(f"cannot load CA file {ca_file!r}: {exc}") from None
     for name, value in _ca_locations(ca_file).items():
         setattr(cfg, name, value)
     return cfg

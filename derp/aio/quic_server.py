@@ -9,6 +9,8 @@ it has. A short-header packet is routed by its destination connection ID without
 header is parsed (aioquic's `pull_quic_header`): an unsupported version gets a Version Negotiation packet,
 an Initial of at least 1200 bytes for an unknown ID creates a connection, unless QUIC_MAX_HALF_OPEN are
 still in their handshake or the listener is closing; anything else is dropped and counted statelessly.
+A first Initial that gets no answer (it did not decrypt) keeps no connection; a handshake not done within
+HANDSHAKE_TIMEOUT is closed.
 TLS: the relay's certificate (`cert_source()` gives the PEM pair; a new one is used by new connections),
 ALPN `wgc-derp/1` only (aioquic refuses others with `no_application_protocol`).
 
@@ -27,9 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import socket
-import time
 from typing import Any, Callable
 
 from aioquic.buffer import Buffer
@@ -39,34 +39,20 @@ from aioquic.quic.connection import QuicConnection
 from aioquic.quic.packet import QuicPacketType, encode_quic_version_negotiation, pull_quic_header
 
 from derp import quicwire as W
+from derp.aio.quicio import clock as _clock, shed_handshake_buffers, socket_buffers, stream_unacked
 from derp.aio.session import HttpConn
-from derp.constants import (QUIC_CID_LEN, QUIC_DATAGRAM_QUEUE, QUIC_IDLE_TIMEOUT, QUIC_MAX_DATAGRAM_FRAME_SIZE,
-                            QUIC_MAX_HALF_OPEN, QUIC_MIN_INITIAL, QUIC_PACKET_SIZE, QUIC_RECV_BATCH,
-                            QUIC_STREAM_HOLD_LIMIT)
+from derp.constants import (HANDSHAKE_TIMEOUT, QUIC_CID_LEN, QUIC_DATAGRAM_QUEUE, QUIC_IDLE_TIMEOUT,
+                            QUIC_MAX_DATAGRAM_FRAME_SIZE, QUIC_MAX_HALF_OPEN, QUIC_MIN_INITIAL, QUIC_PACKET_SIZE,
+                            QUIC_RECV_BATCH, QUIC_STREAM_HOLD_LIMIT)
 from derp.errors import ParseError
 from derp.server import Deliver
 
 log = logging.getLogger(__name__)
-_clock = time.monotonic   # aioquic's `now`: uvloop's loop.time() has only millisecond steps
 _NO_APP_PROTOCOL = 0x100 + 120    # RFC 9001 §4.8: CRYPTO_ERROR of the TLS alert no_application_protocol
 _STREAM_REFUSED = 0x1             # our application error code for streams other than the DERP one
 _RECV_OVERHEAD = 5 + 32
 DROP_REASONS = ("garbage", "unknown_connection", "half_open_limit", "bad_datagram", "not_registered",
                 "rate_limited", "queue_full", "refused_alpn")
-
-
-def socket_buffers(sock: socket.socket, size: int) -> None:
-    """Large UDP buffers, so a burst from one client does not drop another's ACKs in the kernel: beyond
-    net.core.rmem_max when we may (SO_*BUFFORCE needs CAP_NET_ADMIN), else as far as it allows."""
-    for force, plain in ((getattr(socket, "SO_RCVBUFFORCE", 33), socket.SO_RCVBUF),
-                         (getattr(socket, "SO_SNDBUFFORCE", 32), socket.SO_SNDBUF)):
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, force, size)
-        except OSError:
-            try:
-                sock.setsockopt(socket.SOL_SOCKET, plain, size)
-            except OSError:
-                pass
 
 
 def server_configuration(cert_pem: bytes, key_pem: bytes) -> QuicConfiguration:
@@ -93,11 +79,14 @@ class QuicHttpConn(HttpConn):
         if s.datagrams and not self.closed and len(data) <= s.datagram_limit:
             stats = s.listener.stats
             if len(s.pending) >= QUIC_DATAGRAM_QUEUE:
+                s.transmit(False)   # a big read batch for one receiver: send what its window takes now
+            if len(s.pending) >= QUIC_DATAGRAM_QUEUE:
                 stats["dropped_queue_full"] += 1
                 relay = self.relay
                 relay.drops["queue_full"] = relay.drops.get("queue_full", 0) + 1
                 return
             s.quic.send_datagram_frame(data)
+            self.tx += len(data)
             stats["datagrams_relayed"] += 1
             counters = self.relay.counters
             counters["packets_relayed"] += 1
@@ -109,10 +98,11 @@ class QuicHttpConn(HttpConn):
         HttpConn.deliver(self, data, disco)
 
     def going_away(self, restarting: bytes) -> None:
-        """Restarting on the stream, then the connection is closed once it is acknowledged."""
+        """Restarting on the stream, then the connection is closed once it is acknowledged (the session
+        stays registered until then, as a TCP client stays until it leaves)."""
         HttpConn.going_away(self, restarting)
         if not self.closed:
-            self.abort("shutdown")
+            self.session.close()
 
 
 class QuicSession:
@@ -128,6 +118,7 @@ class QuicSession:
         self.cids: set[bytes] = set()
         self.http: QuicHttpConn | None = None
         self.established = False
+        self.answered = False    # sent something: its first Initial was a real one
         self.datagrams = False
         self.datagram_limit = 0
         self.timer: asyncio.TimerHandle | None = None
@@ -167,6 +158,7 @@ class QuicSession:
 
     def _established(self) -> None:
         self.established = True
+        shed_handshake_buffers(self.quic)
         self.listener.half_open -= 1
         remote = self.quic._remote_max_datagram_frame_size
         self.datagrams = bool(remote)
@@ -224,16 +216,19 @@ class QuicSession:
             self.dirty = True
             self.listener.touch(self)
 
-    def transmit(self) -> None:
+    def transmit(self, handle_events: bool = True) -> int:
+        """Send what aioquic has (one datagrams_to_send), follow its timer; returns the datagrams sent.
+        Without `handle_events` (a send in the middle of another session's events) its events wait."""
         self.dirty = False
         if self.gone:
-            return
+            return 0
         quic, sock = self.quic, self.sock
         if self.closing and self.buffered() == 0:
             self.closing = False
             quic.close()
         stats = self.listener.stats
-        for data, addr in quic.datagrams_to_send(_clock()):
+        out = quic.datagrams_to_send(_clock())
+        for data, addr in out:
             try:
                 sock.sendto(data, addr)
             except OSError:
@@ -254,7 +249,11 @@ class QuicSession:
                 self.timer.cancel()
             self.timer = None if deadline is None else \
                 self.loop.call_later(max(0.0, deadline - _clock()), self._on_timer)
-        self.events()   # closing produces ConnectionTerminated once drained
+        if handle_events:
+            self.events()   # closing produces ConnectionTerminated once drained
+        else:
+            self.touch()    # they are handled at the end of the batch
+        return len(out)
 
     def _on_timer(self) -> None:
         self.timer = None
@@ -266,11 +265,7 @@ class QuicSession:
         self.transmit()
 
     def buffered(self) -> int:
-        stream = self.quic._streams.get(self.stream_id)
-        if stream is None:
-            return 0
-        sender = stream.sender
-        return sender._buffer_stop - sender._buffer_start
+        return stream_unacked(self.quic, self.stream_id)
 
     # ---- the transport HttpConn sees -----------------------------------------------------------------
     def write(self, data: bytes) -> None:
@@ -353,7 +348,8 @@ class QuicListener:
         self._config: QuicConfiguration | None = None
         self._config_pem: Any = None
         self.stats = {"datagrams_relayed": 0, "datagrams_received": 0, "stream_packets": 0, "send_errors": 0,
-                      "connections": 0, "streams_refused": 0, **{f"dropped_{r}": 0 for r in DROP_REASONS}}
+                      "connections": 0, "streams_refused": 0,
+                      "handshake_timeouts": 0, **{f"dropped_{r}": 0 for r in DROP_REASONS}}
 
     # ---- sockets ------------------------------------------------------------------------------------
     def bind(self, host: str | None, port: int) -> int:
@@ -388,7 +384,8 @@ class QuicListener:
         """Close every connection at once and the sockets (after the server's shutdown)."""
         self.accepting = False
         for session in list(self.sessions):
-            session.abort()
+            session.abort()   # CONNECTION_CLOSE now; no draining period: the sockets go too
+            session._terminated(E.ConnectionTerminated(error_code=0, frame_type=None, reason_phrase="closed"))
         for sock in self.socks:
             self.loop.remove_reader(sock.fileno())
             sock.close()
@@ -419,13 +416,51 @@ class QuicListener:
                 session = self._long_header(sock, data, addr, now)
                 if session is None:
                     continue
-            session.quic.receive_datagram(data, addr, now)
+                if not session.established and not session.answered:
+                    self._first_packet(session, data, addr, now)
+                    continue
+            try:
+                session.quic.receive_datagram(data, addr, now)
+            except Exception:   # aioquic drops what it cannot parse; anything it raises is garbage too
+                stats["dropped_garbage"] += 1
+                continue
             touched.add(session)
         for session in list(touched):
             session.dirty = True   # it received: its acknowledgements at least
             session.events()
         self.server.flush()
         self.flush_touched()
+
+    def _first_packet(self, session: QuicSession, data: bytes, addr: tuple, now: float) -> None:
+        """A new connection's first Initial: one that gets no answer (not even an ACK) could not be
+        decrypted, so the connection is forgotten at once: spoofed garbage cannot fill the half-open slots."""
+        try:
+            session.quic.receive_datagram(data, addr, now)
+        except Exception:
+            pass
+        if session.transmit():
+            session.answered = True
+            return
+        self.stats["dropped_garbage"] += 1
+        self._drop_half_open(session)
+
+    def _handshake_timeout(self, session: QuicSession) -> None:
+        """A connection still in its handshake after HANDSHAKE_TIMEOUT is closed and forgotten."""
+        if session.established or session.gone:
+            return
+        self.stats["handshake_timeouts"] += 1
+        session.quic.close(error_code=0)
+        session.transmit()
+        if not session.gone:
+            self._drop_half_open(session)
+
+    def _drop_half_open(self, session: QuicSession) -> None:
+        self.half_open -= 1
+        session.gone = True
+        if session.timer is not None:
+            session.timer.cancel()
+            session.timer = None
+        self.forget(session)
 
     def touch(self, session: QuicSession) -> None:
         self.touched.add(session)
@@ -473,6 +508,7 @@ class QuicListener:
         quic = QuicConnection(configuration=cfg, original_destination_connection_id=header.destination_cid)
         session = QuicSession(self, sock, addr, quic)
         self.half_open += 1
+        self.loop.call_later(HANDSHAKE_TIMEOUT, self._handshake_timeout, session)
         stats["connections"] += 1
         self.sessions.add(session)
         self.add_cid(header.destination_cid, session)

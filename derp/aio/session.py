@@ -34,6 +34,7 @@ import time
 from typing import Any
 
 from websockets.frames import Opcode
+from websockets.protocol import State as WsState
 from websockets.server import ServerProtocol
 
 from derp import frames as F
@@ -471,6 +472,8 @@ class HttpConn(asyncio.Protocol):
         self.out = []
         self.tx += len(data)
         if self.ws is not None:
+            if self.ws.state is not WsState.OPEN:   # told to go away (shutdown): a late PeerGone is dropped
+                return
             self.ws.send_binary(data)
             self.transport.writelines(self.ws.data_to_send())
         else:

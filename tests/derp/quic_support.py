@@ -56,6 +56,23 @@ def send_datagram(c: DerpClient, dst: bytes, data: bytes) -> bool:
     return conn.write_packet(conn.core.send_packet(dst, data))
 
 
+@asynccontextmanager
+async def quic_pair(port: int, ca: str | None):
+    """Two QUIC clients of the relay at `port`: yields (a, a's key, b, b's key); both closed after."""
+    from derp_support import new_key
+    (pa, ka), (pb, kb) = new_key(), new_key()
+    a = await quic_client(pa, port, ca)
+    try:
+        b = await quic_client(pb, port, ca)
+    except BaseException:
+        await a.close()
+        raise
+    try:
+        yield a, ka, b, kb
+    finally:
+        await close_all(a, b)
+
+
 async def close_all(*clients: DerpClient) -> None:
     for c in clients:
         await c.close()

@@ -16,9 +16,10 @@ from derp.aio.client import DerpClient, targets_for_url
 from derp.aio.clientconn import ConnectError
 from derp.aio.quic_client import QuicDerpConn, dial_quic
 from derp.certpem import pem_certificates
+from derp.errors import UsageError
 from derp.server import AccessList, ServerConfig
 from derp_support import client, new_key
-from quic_support import close_all, quic_client, quic_relay, send_datagram
+from quic_support import close_all, quic_client, quic_pair, quic_relay, send_datagram
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -34,10 +35,7 @@ async def recv_data(c, timeout: float = 3.0) -> bytes:
 def test_quic_clients_exchange_packets_as_datagrams(pki) -> None:
     async def main():
         async with quic_relay(pki) as (server, port):
-            (pa, ka), (pb, kb) = new_key(), new_key()
-            a = await quic_client(pa, port, pki["ca"])
-            b = await quic_client(pb, port, pki["ca"])
-            try:
+            async with quic_pair(port, pki["ca"]) as (a, ka, b, kb):
                 for i in range(20):
                     assert send_datagram(a, kb, b"a->b %d" % i)
                     assert await recv_data(b) == b"a->b %d" % i
@@ -49,18 +47,18 @@ def test_quic_clients_exchange_packets_as_datagrams(pki) -> None:
                 assert a.stats.extra["quic_datagrams_sent"] == 20
                 assert b.stats.extra["quic_datagrams_received"] == 20
                 assert server.quic.clients() == 2
-            finally:
-                await close_all(a, b)
+                from aioquic.tls import Epoch   # the handshake buffers went once it completed, both ends
+                for quic in [a.stream.quic, b.stream.quic] + [x.quic for x in server.quic.sessions]:
+                    assert quic._crypto_buffers[Epoch.INITIAL].capacity == 0
+                    assert quic._crypto_buffers[Epoch.HANDSHAKE].capacity == 0
+                    assert quic._crypto_buffers[Epoch.ONE_RTT].capacity == 0
     run(main())
 
 
 def test_oversize_packet_goes_on_the_stream_both_ways(pki) -> None:
     async def main():
         async with quic_relay(pki) as (server, port):
-            (pa, ka), (pb, kb) = new_key(), new_key()
-            a = await quic_client(pa, port, pki["ca"])
-            b = await quic_client(pb, port, pki["ca"])
-            try:
+            async with quic_pair(port, pki["ca"]) as (a, ka, b, kb):
                 big = bytes(range(256)) * 16   # 4 KiB: no datagram holds it
                 assert send_datagram(a, kb, big)
                 assert await recv_data(b) == big
@@ -75,8 +73,6 @@ def test_oversize_packet_goes_on_the_stream_both_ways(pki) -> None:
                 assert send_datagram(a, kb, edge + b"y")   # one byte more: the stream
                 assert await recv_data(b) == edge + b"y"
                 assert a.stats.extra["quic_stream_packets"] == 2
-            finally:
-                await close_all(a, b)
     run(main())
 
 
@@ -128,6 +124,19 @@ def test_acl_and_max_clients_apply_to_quic(pki) -> None:
     run(main())
 
 
+def test_per_ip_limit_applies_to_quic_and_its_answer_is_the_reason(pki) -> None:
+    async def main():
+        async with quic_relay(pki, max_conns_per_ip=1) as (server, port):
+            (pa, ka), (pb, kb) = new_key(), new_key()
+            a = await quic_client(pa, port, pki["ca"])
+            try:
+                assert await _dial_fails(pb, port, pki["ca"]) == "server answered HTTP 429 to the upgrade"
+                assert server.http_counters["per_ip_limited"] == 1
+            finally:
+                await close_all(a)
+    run(main())
+
+
 def test_tls_verification_is_on_by_default(pki) -> None:
     async def main():
         async with quic_relay(pki) as (server, port):
@@ -142,6 +151,12 @@ def test_tls_verification_is_on_by_default(pki) -> None:
                 c = DerpClient(pa, [target], reconnect=False)
                 conn = await asyncio.wait_for(dial_quic(c, target, port), 5)
                 conn._finish("done")
+            garbage_ca = os.path.join(os.path.dirname(pki["ca"]), "not-a-ca.pem")
+            with open(garbage_ca, "w") as fh:
+                fh.write("not PEM\n")
+            for ca in (garbage_ca, garbage_ca + ".missing"):
+                with pytest.raises(UsageError, match="cannot load CA file"):
+                    await dial_quic(DerpClient(pa, [url], ca_file=ca, reconnect=False), url, port)
             bad = replace(url, pin=b"\0" * 32)
             with pytest.raises(ConnectError, match="pinned"):
                 await asyncio.wait_for(dial_quic(DerpClient(pa, [bad], reconnect=False), bad, port), 5)
@@ -200,6 +215,9 @@ def test_garbage_and_bad_datagrams_are_counted_and_others_served(pki) -> None:
                 vn, _ = await asyncio.wait_for(loop.sock_recvfrom(s, 2048), 3)
                 assert vn[1:5] == b"\0\0\0\0"                                    # Version Negotiation
                 s.sendto(b"", ("127.0.0.1", port))
+                for _ in range(30):   # Initials of version 1 that do not decrypt: no connection is kept
+                    s.sendto(b"\xc0\x00\x00\x00\x01\x08" + os.urandom(8) + b"\x08" + os.urandom(8) + b"\x00\x44\xc0"
+                             + os.urandom(1216), ("127.0.0.1", port))
                 conn = a.stream
                 for junk in (b"junk", W.packet_frame(W.RECV, kb, b"wrong type"),
                              W.packet_frame(W.SEND, kb, b"short")[:-1] + b""):
@@ -210,7 +228,8 @@ def test_garbage_and_bad_datagrams_are_counted_and_others_served(pki) -> None:
                 while stats["dropped_bad_datagram"] < 3 or not stats["streams_refused"]:
                     assert loop.time() < deadline, stats
                     await asyncio.sleep(0.02)
-                assert stats["dropped_unknown_connection"] == 2 and stats["dropped_garbage"] == 2, stats
+                assert stats["dropped_unknown_connection"] == 2 and stats["dropped_garbage"] == 32, stats
+                assert server.quic.half_open == 0 and len(server.quic.sessions) == 2
                 assert send_datagram(a, kb, b"still served")
                 assert await recv_data(b) == b"still served"
             finally:
@@ -223,10 +242,7 @@ def test_datagrams_before_admission_and_over_the_byte_rate_are_dropped(pki) -> N
     async def main():
         async with quic_relay(pki, client_rate=20000, client_burst=70000) as (server, port):
             stats = server.quic.stats
-            (pa, ka), (pb, kb) = new_key(), new_key()
-            a = await quic_client(pa, port, pki["ca"])
-            b = await quic_client(pb, port, pki["ca"])
-            try:
+            async with quic_pair(port, pki["ca"]) as (a, ka, b, kb):
                 sent = sum(send_datagram(a, kb, bytes(1000)) for _ in range(150))   # 150 kB, burst 70 kB
                 assert sent == 150
                 loop = asyncio.get_running_loop()
@@ -235,9 +251,8 @@ def test_datagrams_before_admission_and_over_the_byte_rate_are_dropped(pki) -> N
                     assert loop.time() < deadline, stats
                     await asyncio.sleep(0.02)
                 assert stats["dropped_rate_limited"] > 0 and stats["datagrams_received"] >= 60, stats
-            finally:
-                await close_all(a, b)
             # a datagram before the DERP session exists: dropped as not_registered
+            pa, _ = new_key()
             c = DerpClient(pa, targets_for_url(f"https://127.0.0.1:{port}/derp"), ca_file=pki["ca"], reconnect=False)
             target = c.targets[0]
             real_begin = QuicDerpConn.begin
@@ -329,4 +344,148 @@ def test_a_client_flooding_its_paused_stream_is_cut(pki) -> None:
                 assert server.quic.clients() == 0
             finally:
                 await close_all(a)
+    run(main())
+
+
+def test_half_open_connections_are_bounded(pki, monkeypatch) -> None:
+    import derp.aio.quic_server as QS
+
+    async def main():
+        async with quic_relay(pki) as (server, port):
+            monkeypatch.setattr(QS, "QUIC_MAX_HALF_OPEN", 0)   # every new handshake is over the bound
+            pa, _ = new_key()
+            with pytest.raises((ConnectError, asyncio.TimeoutError)):
+                await quic_client(pa, port, pki["ca"], timeout=1.0)
+            assert server.quic.stats["dropped_half_open_limit"] >= 1
+            assert server.quic.stats["connections"] == 0 and server.quic.half_open == 0
+            monkeypatch.setattr(QS, "QUIC_MAX_HALF_OPEN", 1)
+            async with quic_pair(port, pki["ca"]):
+                assert server.quic.half_open == 0     # established: no longer half-open
+    run(main())
+
+
+def test_a_stalled_handshake_is_closed(pki, monkeypatch) -> None:
+    import time
+
+    import derp.aio.quic_server as QS
+    from aioquic.quic.connection import QuicConnection
+    monkeypatch.setattr(QS, "HANDSHAKE_TIMEOUT", 0.3)
+
+    async def main():
+        async with quic_relay(pki) as (server, port):
+            quic = QuicConnection(configuration=QuicConfiguration(is_client=True, alpn_protocols=[W.ALPN],
+                                                                  verify_mode=ssl.CERT_NONE))
+            quic.connect(("127.0.0.1", port), time.monotonic())
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            try:
+                for data, addr in quic.datagrams_to_send(time.monotonic()):   # the Initial, then silence
+                    s.sendto(data, addr)
+                loop = asyncio.get_running_loop()
+                deadline = loop.time() + 5
+                while server.quic.half_open != 1:
+                    assert loop.time() < deadline
+                    await asyncio.sleep(0.01)
+                while server.quic.stats["handshake_timeouts"] != 1:
+                    assert loop.time() < deadline
+                    await asyncio.sleep(0.05)
+                assert server.quic.half_open == 0 and not server.quic.sessions
+            finally:
+                s.close()
+    run(main())
+
+
+def test_shutdown_with_a_websocket_client_told_of_a_peer_leaving(pki) -> None:
+    """A PeerGone for a WebSocket client that was already sent its going-away close is dropped, not an
+    InvalidState traceback (found with QUIC clients leaving during shutdown; TCP ones may too)."""
+    from derp import frames as F
+
+    async def main():
+        async with quic_relay(pki) as (server, port):
+            (pw, kw), (pt, kt) = new_key(), new_key()
+            w = client(f"https://127.0.0.1:{port}/derp", pw, pki["ca"], transport="websocket", reconnect=False)
+            t = client(f"https://127.0.0.1:{port}/derp", pt, pki["ca"], transport="upgrade", reconnect=False)
+            await w.start(timeout=5)
+            await t.start(timeout=5)
+            try:
+                from derp_support import exchange
+                await exchange(t, w, kw, b"t to w")        # so the relay tells w when t leaves
+                by_key = {c.conn.key: c for c in server.conns if c.conn is not None}
+                by_key[kw].going_away(F.Restarting(500, 5000).encode())   # w: told first ...
+                by_key[kt].abort("leaves")                                 # ... then t leaves: PeerGone to w
+                server.flush()
+            finally:
+                await close_all(w, t)
+    run(main())
+
+
+def test_a_burst_for_one_receiver_is_sent_not_dropped(pki, monkeypatch) -> None:
+    import derp.aio.quic_server as QS
+    monkeypatch.setattr(QS, "QUIC_DATAGRAM_QUEUE", 8)   # fewer than one read batch brings
+
+    async def main():
+        async with quic_relay(pki) as (server, port):
+            got = []
+            (pa, ka), (pb, kb) = new_key(), new_key()
+            a = await quic_client(pa, port, pki["ca"])
+            b = await quic_client(pb, port, pki["ca"], on_packet=lambda src, data: got.append(data),
+                                  on_event=lambda ev: None)
+            try:
+                assert send_datagram(a, kb, b"warm-up")     # b is known to the relay
+                loop = asyncio.get_running_loop()
+                deadline = loop.time() + 5
+                while not got:
+                    assert loop.time() < deadline
+                    await asyncio.sleep(0.01)
+                for i in range(40):                         # small: several per QUIC packet, one batch
+                    assert send_datagram(a, kb, b"%03d" % i)
+                while len(got) < 41 and loop.time() < deadline:
+                    await asyncio.sleep(0.01)
+                assert server.quic.stats["dropped_queue_full"] == 0
+                assert sorted(got[1:]) == [b"%03d" % i for i in range(40)]
+            finally:
+                await close_all(a, b)
+    run(main())
+
+
+def test_a_burst_from_the_client_is_sent_not_dropped(pki, monkeypatch) -> None:
+    import derp.aio.quic_client as QC
+    monkeypatch.setattr(QC, "QUIC_DATAGRAM_QUEUE", 8)
+
+    async def main():
+        async with quic_relay(pki) as (server, port):
+            async with quic_pair(port, pki["ca"]) as (a, ka, b, kb):
+                assert all(send_datagram(a, kb, b"%03d" % i) for i in range(40))   # in one turn of the loop
+                assert a.stats.extra["quic_dropped_queue_full"] == 0
+                got = [await recv_data(b) for _ in range(40)]
+                assert sorted(got) == [b"%03d" % i for i in range(40)]
+    run(main())
+
+
+def test_the_client_socket_carries_the_firewall_mark(pki) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("SO_MARK needs CAP_NET_ADMIN")
+
+    async def main():
+        async with quic_relay(pki) as (server, port):
+            pa, _ = new_key()
+            c = await quic_client(pa, port, pki["ca"], fwmark=0x5ca1)
+            try:
+                sock = c.stream.transport.get_extra_info("socket")
+                assert sock.type == socket.SOCK_DGRAM
+                assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_MARK) == 0x5ca1
+                c.set_fwmark(0x5ca2)     # DerpClient's own re-marking reaches the QUIC socket too
+                assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_MARK) == 0x5ca2
+            finally:
+                await close_all(c)
+    run(main())
+
+
+def test_closing_the_listener_closes_its_clients_at_once(pki) -> None:
+    async def main():
+        async with quic_relay(pki) as (server, port):
+            async with quic_pair(port, pki["ca"]) as (a, ka, b, kb):
+                server.quic.close_all()
+                assert not server.quic.sessions and not server.conns and server.quic.half_open == 0
+                reason = await asyncio.wait_for(a.stream.done, 5)   # told by CONNECTION_CLOSE, not a timeout
+                assert reason == "connection closed by the server", reason
     run(main())

@@ -157,3 +157,30 @@ def test_mesh_peer_over_tcp_forwards_to_a_quic_client(derper, pki, tmp_path) -> 
         finally:
             await close_all(t, q)
     run(main())
+
+
+def test_the_admission_webhook_decides_for_quic_clients(derper, pki) -> None:
+    from admit_support import Webhook
+    from derp.aio.clientconn import ConnectError
+
+    async def main():
+        hook = await Webhook().start()
+        hook.delay = 0.3          # the DERP stream is held while it thinks
+        (pa, ka), (pb, kb), (pc, kc) = new_key(), new_key(), new_key()
+        hook.allow = {"nodekey:" + ka.hex(), "nodekey:" + kc.hex()}
+        d = derper("-verify-client-url", hook.url)
+        try:
+            c = await quic_client(pc, d.port, pki["ca"])
+            a = await quic_client(pa, d.port, pki["ca"])
+            try:
+                assert send_datagram(a, kc, b"admitted by the webhook")
+                assert (await c.recv_packet(3)).data == b"admitted by the webhook"
+                with pytest.raises(ConnectError):
+                    await quic_client(pb, d.port, pki["ca"])
+                assert await metric(d, 'derp_admission_refused_total{reason="webhook_denied"}') == 1
+                assert {r["json"]["NodePublic"] for r in hook.seen} == {"nodekey:" + k.hex() for k in (ka, kb, kc)}
+            finally:
+                await close_all(a, c)
+        finally:
+            hook.close()
+    run(main())
