@@ -19,8 +19,8 @@ Rules of `TransportChoice` (transport "auto"):
 A forced transport ("quic", "upgrade", "websocket") is the only one dialed, and nothing runs in the
 background.
 
-Rules of `StallWatch` (one QUIC link): progress is a packet received from the relay or the answer to a
-probe (a DERP Ping). After `probe_after` seconds without progress while packets were sent, or
+Rules of `StallWatch` (one QUIC link): progress is a packet received from the relay, the answer to a
+probe (a DERP Ping), or anything else the adapter hears from the relay (`on_heard`: QUIC ACKs). After `probe_after` seconds without progress while packets were sent, or
 `idle_probe` seconds without progress at all, the watch asks for a probe; a probe unanswered for
 `stall_after` seconds is a stall: the adapter drops the link and dials TCP at once. So a blackholed QUIC
 path is noticed within about `1.5 x probe_after + stall_after` seconds of sending (4.5 s by default),
@@ -135,11 +135,12 @@ class StallWatch:
         self._sent = -1          # the sent counter when progress was last seen (-1: not yet read)
         self._received = -1
 
-    def on_heard(self, now: float) -> None:
-        """A probe was answered (or anything else proves the relay hears us)."""
+    def on_heard(self, now: float, sent: int | None = None) -> None:
+        """A probe was answered (or anything else proves the relay hears us); `sent`: the sent counter
+        now (what was sent before the answer counts as heard; None: from the next tick on)."""
         self.heard_at = max(self.heard_at, now)
         self.probe_at = None
-        self._sent = -1          # what was sent before the answer was heard: the next tick starts counting
+        self._sent = -1 if sent is None else sent
 
     def tick(self, now: float, sent: int, received: int) -> Verdict:
         if self._received < 0:

@@ -39,7 +39,7 @@ from typing import Any, Callable
 from derp import protocol as P
 from derp import transport_choice as TC
 from derp.aio.clientconn import ConnectError, UpgradeRefused, _Stream, describe_error  # noqa: F401
-from derp.aio.linkswitch import LinkSwitch, TransportChanged  # noqa: F401  (TransportChanged: an event)
+from derp.aio.linkswitch import LinkSwitch, TransportChanged
 from derp.aio.targets import (DialTarget, backoff_delay, cert_matches, make_ssl_context,  # noqa: F401
                                targets_for_node, targets_for_region, targets_for_url)
 from derp.errors import UsageError
@@ -177,10 +177,14 @@ class DerpClient:
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         self.backoff_step = 0
+        fallback: tuple[str, str] | None = None   # (transport, reason) of a QUIC link that just broke
         while not self._closing:
             try:
-                stream = await self.connect_once()
+                stream = await self.connect_once(replacing=fallback is not None)
             except (ConnectError, UsageError) as exc:
+                if fallback is not None:      # not even TCP after QUIC broke: now the relay is down
+                    self._event(Disconnected(fallback[1], fallback[0]))
+                    fallback = None
                 if isinstance(exc, UsageError) or not self.reconnect:
                     self._event(Disconnected(str(exc)))
                     return
@@ -188,6 +192,9 @@ class DerpClient:
                 self.stats.failures += 1
                 await asyncio.sleep(backoff_delay(self.backoff_step, self.rng))
                 continue
+            if fallback is not None:          # QUIC broke, TCP took over: a change of transport, not an outage
+                self._event(TransportChanged(self.link, fallback[0], fallback[1]))
+                fallback = None
             since = loop.time()
             while True:
                 reason = await stream.done
@@ -199,16 +206,16 @@ class DerpClient:
             self._write_packet = None
             self.stats.transport = ""
             self._connected.clear()
-            fell_back = self.switch.link_down(stream, link, loop.time())
+            if self.switch.link_down(stream, link, loop.time()) and self.reconnect and not self._closing:
+                fallback = (link, reason)     # a QUIC link stalled or broke: TCP at once (QUIC backs off)
+                self.backoff_step = 0
+                continue
             self._event(Disconnected(reason, link))
             if not self.reconnect or self._closing:
                 return
             if stream.restarting is not None:
                 self.backoff_step = 0
                 await asyncio.sleep(stream.restarting.reconnect_in)
-                continue
-            if fell_back:        # a QUIC link stalled or broke: TCP at once (QUIC backs off meanwhile)
-                self.backoff_step = 0
                 continue
             if loop.time() - since >= self.config.healthy_after:
                 self.backoff_step = 1     # it worked for a while: come back quickly
@@ -227,9 +234,10 @@ class DerpClient:
         self._log.log(logging.WARNING, (target.host, target.port, type(exc).__name__),
                       asyncio.get_running_loop().time(), "DERP %s: %s", self._name(target), what)
 
-    async def connect_once(self) -> _Stream:
+    async def connect_once(self, replacing: bool = False) -> _Stream:
         """One pass over the targets starting at the current one; the first that completes wins. Per target
-        the transports are dialed in the order `derp.transport_choice` gives (QUIC first when it may)."""
+        the transports are dialed in the order `derp.transport_choice` gives (QUIC first when it may).
+        `replacing`: the link replaces a QUIC one that just broke (no Connected event: TransportChanged)."""
         errors: list[str] = []
         n = len(self.targets)
         loop = asyncio.get_running_loop()
@@ -261,7 +269,7 @@ class DerpClient:
                     stream._finish("closed while connecting")
                     raise ConnectError("client closed")
                 self.target_index = index
-                self._install(stream, mode)
+                self._install(stream, mode, swap=replacing)
                 self._connected.set()
                 return stream
         raise ConnectError("; ".join(errors) or "no targets")

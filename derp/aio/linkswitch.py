@@ -8,20 +8,24 @@
   are written to it from then on, the old link is still read for `swap_drain` seconds (packets in flight
   on it are delivered), then closed; the client emits `TransportChanged`, not Disconnected/Connected.
 - While the link is QUIC, the stall watch: one timer per link that polls the client's packet counters and
-  sends a DERP Ping as a probe when the relay has been silent; a stall closes the link, and the client
-  dials TCP at once (QUIC backs off and is tried again in the background).
+  the time of the last UDP datagram from the relay (`QuicDerpConn.last_rx`: its ACKs of what we send are
+  progress too), and sends a DERP Ping as a probe when the relay has been silent; a stall closes the link, and the client
+  dials TCP at once (QUIC backs off and is tried again in the background); when TCP connects the client
+  emits `TransportChanged` (Disconnected only when TCP fails too).
 """
 from __future__ import annotations
 
 import asyncio
 import logging
 import ssl
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from derp import transport_choice as TC
 from derp.aio.clientconn import ConnectError, describe_error
 from derp.aio.targets import DialTarget
+from derp.errors import UsageError
 
 if TYPE_CHECKING:  # pragma: no cover
     from derp.aio.client import DerpClient
@@ -32,7 +36,8 @@ DIAL_ERRORS = (ConnectError, OSError, asyncio.TimeoutError, ssl.SSLError)
 
 @dataclass(frozen=True)
 class TransportChanged:
-    """The client's link moved to another transport without a gap (a background QUIC link took over)."""
+    """The client's link moved to another transport, the relay never counted as down: a background QUIC
+    link took over (make-before-break), or TCP took over at once from a QUIC link that broke or stalled."""
 
     transport: str
     previous: str
@@ -148,6 +153,9 @@ class LinkSwitch:
                                 "DERP %s: QUIC still failing (%s); staying on %s", client._name(target),
                                 describe_error(exc), client.link or "TCP")
                 continue
+            except UsageError as exc:      # e.g. the CA file: no later try would do better
+                log.warning("DERP %s: not trying QUIC: %s", client._name(target), exc)
+                return
             old = client.stream
             if old is None or old.done.done() or client._closing:
                 stream._finish("not needed any more")
@@ -194,6 +202,11 @@ class LinkSwitch:
         if client.stream is not stream or stream.done.done() or watch is not self._watch:
             return
         now = asyncio.get_running_loop().time()
+        last_rx = getattr(stream, "last_rx", None)   # any UDP from the relay, its ACKs included (monotonic)
+        if last_rx is not None:
+            rx_at = now - (time.monotonic() - last_rx)
+            if rx_at > watch.heard_at:
+                watch.on_heard(rx_at)
         verdict = watch.tick(now, client.stats.sent, client.stats.received)
         if verdict is TC.Verdict.STALLED:
             client.stats.quic_stalls += 1
@@ -216,8 +229,13 @@ class LinkSwitch:
         stream.pings[data] = fut
 
         def answered(f: asyncio.Future) -> None:
-            if not f.cancelled() and f.exception() is None:
-                watch.on_heard(loop.time())
+            if f.cancelled() or f.exception() is not None:
+                return
+            now = loop.time()
+            watch.on_heard(now, self.client.stats.sent)
+            if watch is self._watch and self._timer is not None:   # the next tick from this answer on
+                self._timer.cancel()
+                self._arm(stream, watch, now)
 
         fut.add_done_callback(answered)
         stream.write(frame)

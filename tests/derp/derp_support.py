@@ -35,6 +35,16 @@ async def exchange(a: DerpClient, b: DerpClient, b_pub: bytes, data: bytes, time
                 raise AssertionError(f"{data!r} did not arrive within {timeout} s") from None
 
 
+async def until(pred, timeout: float, what: str) -> None:
+    """Wait until pred() holds (polled), or fail naming `what`."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not pred():
+        if loop.time() > deadline:
+            raise AssertionError(f"not within {timeout} s: {what}")
+        await asyncio.sleep(0.01)
+
+
 async def http_get(port: int, path: str, headers: dict[str, str] | None = None, tls_ca: str | None = None,
                    method: str = "GET", timeout: float = 5.0) -> tuple[int, dict[str, str], bytes]:
     ctx = None
@@ -129,7 +139,7 @@ class RawDerp:
         self.writer.close()
 
 
-__all__ = ["F", "new_key", "client", "exchange", "http_get", "metric", "dropped", "fill_until_queue_full", "RawDerp"]
+__all__ = ["F", "new_key", "client", "exchange", "until", "http_get", "metric", "dropped", "fill_until_queue_full", "RawDerp"]
 
 
 def free_port() -> int:

@@ -16,7 +16,7 @@ from derp.aio.client import DerpClient, Disconnected, targets_for_url
 from derp.aio.clientconn import READ_BUDGET
 from derp.errors import UsageError
 from tests.derp.badrelay import GARBAGE, BadRelay, self_signed_context
-from tests.derp.derp_support import new_key
+from tests.derp.derp_support import new_key, until
 
 pytestmark = pytest.mark.timeout(60)
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -25,14 +25,6 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 def run(coro):
     return asyncio.run(coro)
 
-
-async def until(pred, timeout: float, what: str) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not pred():
-        if loop.time() > deadline:
-            raise AssertionError(f"not within {timeout} s: {what}")
-        await asyncio.sleep(0.01)
 
 
 def test_relay_that_hangs_up_after_the_handshake_is_redialed_ever_more_slowly() -> None:

@@ -169,3 +169,28 @@ def test_stall_watch_properties(steps) -> None:
         assert w.next_deadline(now) > now
         if pong:
             w.on_heard(now)
+
+
+def test_stall_watch_one_way_sender_is_probed_once_a_second_and_a_blackhole_found_fast() -> None:
+    """A client that only sends (the relay never sends back) is kept alive by answered probes; when the
+    answers stop, the stall comes within probe_after + stall_after of the last answer (plus a tick)."""
+    cfg = ChoiceConfig()
+    w = StallWatch(0.0, cfg)
+    w.tick(0.0, 0, 0)
+    t, sent, probes = 0.0, 0, 0
+    while t < 30.0:                               # answered probes: never a stall
+        t = w.next_deadline(t)
+        sent += 10
+        verdict = w.tick(t, sent, 0)
+        assert verdict is not Verdict.STALLED
+        if verdict is Verdict.PROBE:
+            probes += 1
+            w.on_heard(t + 0.01, sent)            # the Pong, 10 ms later
+    assert 15 <= probes <= 31
+    last_answer = w.heard_at
+    while True:                                   # now nothing answers
+        t = w.next_deadline(max(t, last_answer))
+        sent += 10
+        if w.tick(t, sent, 0) is Verdict.STALLED:
+            break
+    assert t - last_answer <= cfg.probe_after + cfg.probe_after / 2 + cfg.stall_after + 1e-9

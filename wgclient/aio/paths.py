@@ -404,7 +404,8 @@ class Paths:
         elif isinstance(ev, TransportChanged):   # no gap: the region stays up, only the transport moved
             if region in self.transports:
                 self.transports[region] = ev.transport
-            log.info("DERP region %d now over %s (was %s)", region, ev.transport, ev.previous)
+            self._rlog.log(logging.INFO, ("transport", region), now, "DERP region %d now over %s (was %s: %s)",
+                           region, ev.transport, ev.previous, ev.reason)
         elif isinstance(ev, Disconnected):
             if self.transports.pop(region, None) is not None:
                 self._rlog.log(logging.INFO, ("down", region), now, "DERP region %d disconnected: %s", region,

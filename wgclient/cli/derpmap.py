@@ -8,7 +8,7 @@
 - `validate SOURCE...`: each file or URL loaded and checked; a summary per source (naming the nodes that
   speak DERP over QUIC, `WgcQUICPort`), warnings for fields nobody reads, exit 1 when one is unusable (the error names the region, node and field).
 - `show [NAME]`: the map a running interface uses, read through its control socket (as
-  `tailscale debug derp-map`); `--source` prints where it came from instead.
+  `tailscale debug derp-map`; wgc's own `WgcQUICPort` is printed where a node has it); `--source` prints where it came from instead.
 `wgc up` takes several `--derpmap` sources (tried in order), `--derpmap-cache FILE|off`,
 `--derpmap-refresh DURATION`, `--derp-transport auto|quic|upgrade|websocket` (docs/derp-quic.md; auto
 unless forced) and `--metrics-addr ADDR`; `up_serve_kwargs` turns them into serve() arguments.
