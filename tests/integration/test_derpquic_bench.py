@@ -44,6 +44,7 @@ def test_bench_derpquic_smoke() -> None:
             row = rf"^ +{loss}%  {name}\*? +{NUM} Mbit/s +(?:{NUM} Mbit/s +{NUM}%|- +-) +{NUM} ms +{NUM} ms +{NUM}% +{NUM}% +\d+ +{NUM} +{NUM}$"
             assert re.search(row, out, re.M), (loss, name, out)
     assert re.search(rf"^ratio QUIC / TCP throughput +0 %: {NUM}x +3 %: {NUM}x$", out, re.M), out
+    assert re.search(rf"^ratio TCP / QUIC ping p99 +0 %: {NUM}x +3 %: {NUM}x$", out, re.M), out
     namespaces = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     assert f"natlab-{res.pid}x" not in namespaces, "the bench left its lab behind"
 

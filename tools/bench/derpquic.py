@@ -254,19 +254,20 @@ def table(figures: list[Figure], opts) -> str:
         lines.append(f"{f.loss_pct:>4g}%  {name:<15} {f.bps / 1e6:>8.1f} Mbit/s {udp:>13} {lost:>5} {_ms(f.p50_ms):>9} "
                      f"{_ms(f.p99_ms):>9} {f.ping_loss:>9.0%} {drops:>10} {sum(f.relay_drops.values()):>11} "
                      f"{cpu_r:>14} {cpu_p:>6}")
-    ratios = []
+    ratios, p99s = [], []
     for pct in opts.losses:
         by = {f.transport: f for f in figures if f.loss_pct == pct and not f.error}
-        if "tcp" in by and "quic" in by and by["tcp"].bps > 0:
-            ratios.append(f"{pct:g} %: {by['quic'].bps / by['tcp'].bps:.2f}x")
-        else:
-            ratios.append(f"{pct:g} %: -")
+        tcp, quic = by.get("tcp"), by.get("quic")
+        ratios.append(f"{pct:g} %: {quic.bps / tcp.bps:.2f}x" if tcp and quic and tcp.bps > 0 else f"{pct:g} %: -")
+        p99s.append(f"{pct:g} %: {tcp.p99_ms / quic.p99_ms:.2f}x" if tcp and quic and tcp.p99_ms and quic.p99_ms
+                    else f"{pct:g} %: -")
     reasons = [f"{labels[f.transport]} at {f.loss_pct:g} %: " + ", ".join(f"{k} {v}" for k, v in sorted(f.relay_drops.items()))
                for f in figures if f.relay_drops]
     if reasons:
         lines.append("relay drops by reason: " + "; ".join(reasons))
     if len(opts.keys) == 2:
         lines.append("ratio QUIC / TCP throughput   " + "   ".join(ratios))
+        lines.append("ratio TCP / QUIC ping p99     " + "   ".join(p99s))
     if any(set(f.used) != {wants[f.transport]} for f in figures if not f.error):
         lines.append("* the pair's transport changed during the figure: " +
                      "; ".join(f"{labels[f.transport]} at {f.loss_pct:g} %: {' -> '.join(f.used)}"
