@@ -4,11 +4,11 @@ work while the lab runs, and the command line sets it. UDP to one region cut at 
 (`cut_udp(k, region=i)`): UDP to that region is dropped, UDP to another region and TCP to it pass."""
 from __future__ import annotations
 
-import subprocess
 import sys
 
 import pytest
 
+from tests.natprobe.test_natlab import natlab_cli
 from tests.support.prereq import require_binary, require_root
 
 pytestmark = [pytest.mark.netns, pytest.mark.timeout(90)]
@@ -75,12 +75,8 @@ def test_command_line_loss_and_counts(tmp_path):
     require_root()
     require_binary("nft", "ping")
     import os
-    env = {"NATLAB_STATE_DIR": str(tmp_path), "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
+    natlab = natlab_cli(tmp_path)
     name = f"l{os.getpid() % 100000}"
-
-    def natlab(*args, check=True):
-        return subprocess.run([sys.executable, "-m", "tools.natlab", *args], capture_output=True, text=True,
-                              env=env, timeout=30, check=check)
     try:
         natlab("up", "--name", name, "--region", "4", "--client", "none", "--client", "cone")
         bad = natlab("cut", name, "1", check=False)
