@@ -160,6 +160,7 @@ class PathLab:
             extra["WGC_NETCHECK_INTERVAL"] = str(netcheck_interval)
         self.env = _env(**extra)
         self.relays: dict[int, Relay] = {}
+        self.derper_python_args: list[str] = []    # before `-m derp` (e.g. -m cProfile -o FILE)
         self.peers: list[PathPeer] = []
         self.lab: NatLab | None = None
         try:
@@ -187,7 +188,7 @@ class PathLab:
         keyfile = os.path.join(self.tmp, f"derper{i}.key")   # the same server key across restarts
         log = open(relay.log, "a")
         relay.proc = self.lab.popen(
-            f"region{i}", sys.executable, "-m", "derp", "-a", f":{DERP_PORT}", "--hostname",
+            f"region{i}", sys.executable, *self.derper_python_args, "-m", "derp", "-a", f":{DERP_PORT}", "--hostname",
             self.lab.region_ip(i), "--certmode", "selfsigned", "--certdir", os.path.join(self.tmp, f"certs{i}"),
             "-c", keyfile, "--open-relay", "--stun", "--stun-port", str(STUN_PORT), "--http-port", "-1",
             "--metrics-addr", "off", "--shutdown-timeout", "1", "--conn-rate", "100", "--conn-burst", "100",

@@ -25,6 +25,16 @@ def _rtt_ms(lab, node: str, ip: str) -> float:
     return float(re.search(r"= ([\d.]+)/[\d.]+/", out).group(1))
 
 
+def natlab_cli(state_dir):
+    """`python3 -m tools.natlab ARGS` with its state in `state_dir` (a test's own labs only)."""
+    env = {"NATLAB_STATE_DIR": str(state_dir), "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
+
+    def natlab(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "tools.natlab", *args], capture_output=True, text=True,
+                              env=env, timeout=30, check=check)
+    return natlab
+
+
 def test_delays_nat_types_and_teardown():
     require_root()
     require_binary("nft", "ping")
@@ -79,12 +89,8 @@ def test_failed_build_and_errors_inside_the_block_leave_nothing_behind():
 def test_command_line_up_run_down(tmp_path):
     require_root()
     require_binary("nft", "ping")
-    env = {"NATLAB_STATE_DIR": str(tmp_path), "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
+    natlab = natlab_cli(tmp_path)
     name = f"t{__import__('os').getpid() % 100000}"
-
-    def natlab(*args, check=True):
-        return subprocess.run([sys.executable, "-m", "tools.natlab", *args], capture_output=True, text=True,
-                              env=env, timeout=30, check=check)
     mine = f"natlab-{name}-"
     try:
         up = natlab("up", "--name", name, "--region", "5", "--client", "symmetric")

@@ -1,8 +1,9 @@
-"""Benchmark entry point: `python3 -m tools.bench wg|derp|flood|relay|quic [options]`.
+"""Benchmark entry point: `python3 -m tools.bench wg|derp|flood|relay|quic|derpquic [options]`.
 
 Dispatches to tools/bench/wg.py (WireGuard data plane), tools/bench/derp.py (DERP relay),
-tools/bench/flood.py (tunnel loss under a handshake flood), tools/bench/relay.py (relay node vs DERP) or
-tools/bench/quic.py (DERP-over-QUIC datagrams: congestion controllers, aioquic CPU cost), each imported only when asked for so one
+tools/bench/flood.py (tunnel loss under a handshake flood), tools/bench/relay.py (relay node vs DERP),
+tools/bench/quic.py (DERP-over-QUIC datagrams: congestion controllers, aioquic CPU cost) or
+tools/bench/derpquic.py (DERP over QUIC vs TCP under loss in the NAT lab), each imported only when asked for so one
 benchmark's prerequisites never block another.
 """
 from __future__ import annotations
@@ -14,12 +15,13 @@ BENCHES = {"wg": "WireGuard data plane: veth, wireguard-go and wgc pairs (iperf3
            "derp": "DERP relay throughput and latency",
            "flood": "ping loss through a tunnel under a handshake flood: wgc vs wireguard-go",
            "relay": "two symmetric-NAT peers: through a wgc relay node vs through wgc derper (NAT lab)",
-           "quic": "DERP-over-QUIC datagrams on an emulated lossy link: controllers' goodput, aioquic CPU cost"}
+           "quic": "DERP-over-QUIC datagrams on an emulated lossy link: controllers' goodput, aioquic CPU cost",
+           "derpquic": "two symmetric-NAT peers relayed over DERP/TCP vs DERP/QUIC at 0/1/3 % loss (NAT lab)"}
 
 
 def usage() -> str:
-    lines = ["usage: python3 -m tools.bench {wg,derp,flood,relay,quic} [options]   (--help after a name for its options)"]
-    lines += [f"  {name:<5} {text}" for name, text in BENCHES.items()]
+    lines = [f"usage: python3 -m tools.bench {{{','.join(BENCHES)}}} [options]   (--help after a name for its options)"]
+    lines += [f"  {name:<8} {text}" for name, text in BENCHES.items()]
     return "\n".join(lines)
 
 

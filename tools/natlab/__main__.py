@@ -1,8 +1,12 @@
-"""Command line of the NAT lab: `python3 -m tools.natlab up|run|status|delay|derpmap|down ...` (needs root).
+"""Command line of the NAT lab: `python3 -m tools.natlab up|run|status|delay|loss|counts|cut|restore|derpmap|down ...` (needs root).
 
     python3 -m tools.natlab up --name demo --region 20 --region 60 --client cone --client symmetric
     python3 -m tools.natlab run demo client1 -- ping -c1 198.18.1.2
     python3 -m tools.natlab delay demo 1 80
+    python3 -m tools.natlab loss demo 1 2.5    # drop 2.5 % of region 1's packets, each direction
+    python3 -m tools.natlab counts demo 1      # region 1's link: offered=... dropped=... sent=... queued=...
+    python3 -m tools.natlab cut demo 2 --region 1   # client 2's router drops UDP to/from region 1 (QUIC, STUN)
+    python3 -m tools.natlab restore demo 2     # ... lets UDP through again
     python3 -m tools.natlab down demo          # or: down --all
     python3 -m tools.natlab clean              # namespaces of lab processes that were killed
 A lab built by `up` outlives the command; its description is kept in /run/natlab/<name>.json.
@@ -34,7 +38,7 @@ def _describe(lab: NatLab) -> str:
     lines = [f"lab {lab.name}:"]
     for i, spec in enumerate(lab.regions, 1):
         lines.append(f"  region{i}: id {lab.region_id(i)}, {lab.region_ip(i)} / {lab.region_ip(i, 6)}, "
-                     f"+{spec.delay_ms:g} ms RTT")
+                     f"+{spec.delay_ms:g} ms RTT, {spec.loss_pct:g} % loss")
     for k, spec in enumerate(lab.clients, 1):
         lines.append(f"  client{k}: nat {spec.nat}, address {lab.client_ip(k)}, public {lab.public_ip(k)}")
     lines.append(f"  nodes: {' '.join(lab.nodes)}")
@@ -61,6 +65,20 @@ def _parser() -> argparse.ArgumentParser:
     dl.add_argument("name")
     dl.add_argument("region", type=int)
     dl.add_argument("delay_ms", type=float)
+    ls = sub.add_parser("loss", help="change the share of a region's packets dropped (each direction)")
+    ls.add_argument("name")
+    ls.add_argument("region", type=int)
+    ls.add_argument("loss_pct", type=float)
+    ct = sub.add_parser("counts", help="a region link's packet counters (offered, dropped, sent, queued)")
+    ct.add_argument("name")
+    ct.add_argument("region", type=int)
+    cu = sub.add_parser("cut", help="drop UDP at a client's NAT router (all of it, or to/from one region)")
+    cu.add_argument("name")
+    cu.add_argument("client", type=int)
+    cu.add_argument("--region", type=int, help="only UDP to and from this region")
+    rs = sub.add_parser("restore", help="lift every UDP cut of a client's router")
+    rs.add_argument("name")
+    rs.add_argument("client", type=int)
     dm = sub.add_parser("derpmap", help="print a DERP map of the lab's regions")
     dm.add_argument("name")
     dm.add_argument("--stun-port", type=int, default=3478)
@@ -120,11 +138,24 @@ def _dispatch(args) -> int:
     lab = _load(args.name)
     if args.cmd == "status":
         print(_describe(lab))
-    elif args.cmd == "delay":
+    elif args.cmd in ("delay", "loss"):
         if not 1 <= args.region <= len(lab.regions):
             raise LabError(f"lab {args.name} has regions 1..{len(lab.regions)}")
-        lab.set_delay(args.region, args.delay_ms)
+        if args.cmd == "delay":
+            lab.set_delay(args.region, args.delay_ms)
+        else:
+            lab.set_loss(args.region, args.loss_pct)
         _state_path(args.name).write_text(json.dumps(lab.state()))
+    elif args.cmd in ("cut", "restore"):
+        if not 1 <= args.client <= len(lab.clients):
+            raise LabError(f"lab {args.name} has clients 1..{len(lab.clients)}")
+        if args.cmd == "cut":
+            lab.cut_udp(args.client, region=args.region)
+        else:
+            lab.restore_udp(args.client)
+    elif args.cmd == "counts":
+        counts = lab.link_counts(args.region)
+        print(" ".join(f"{k}={v}" for k, v in counts.items()))
     elif args.cmd == "derpmap":
         print(json.dumps(lab.derpmap(stun_port=args.stun_port, derp_port=args.derp_port), indent=2))
     elif args.cmd == "run":

@@ -1,15 +1,21 @@
-"""Userspace link delay for the NAT lab (this kernel has no netem): forwards packets between TUN devices' two
-directions after a fixed delay.
+"""Userspace link impairment for the NAT lab (this kernel has no netem): forwards packets between TUN
+devices' two directions after a fixed delay, dropping a chosen fraction of them.
 
 Run inside the lab's "internet" namespace: `python3 -m tools.natlab.delayer CONFIG.json`. The config maps
-TUN device names to one-way delays in milliseconds; the process creates the devices (they vanish when it
-exits), prints "ready" and then, for every packet the kernel routes into a device, writes it back into the
-same device `delay` ms later (policy routing then sends it on its way). SIGHUP re-reads the config, so
-delays can change while the lab runs. Order within a device is kept.
+TUN device names to a one-way delay in milliseconds (a number) or to `{"delay_ms": D, "loss_pct": P,
+"seed": S}`; the process creates the devices (they vanish when it exits), prints "ready" and then, for
+every packet the kernel routes into a device, drops it with probability P % (a seeded generator: the same
+seed drops the same packets) or writes it back into the same device D ms later (policy routing then sends
+it on its way). Both directions of a region's traffic cross its device, so P applies to each direction.
+The decisions live in the pure `tools.natlab.impair.Link`; this module only does the I/O.
+
+Signals: SIGHUP re-reads the config (delay and loss change while the lab runs; order within a device is
+kept). SIGUSR1 writes the counters (per device: offered, dropped, sent, queued) to CONFIG.counts.json,
+replaced whole, with a `generation` that grows by one per write (a reader waits for the next one); they
+are written at exit too.
 """
 from __future__ import annotations
 
-import collections
 import fcntl
 import json
 import os
@@ -19,9 +25,12 @@ import struct
 import sys
 import time
 
+from tools.natlab.impair import Link, parse_config
+
 TUNSETIFF = 0x400454CA
 IFF_TUN = 0x0001
 IFF_NO_PI = 0x1000
+BATCH = 256          # packets read from one device before the others get a turn
 
 
 def open_tun(name: str) -> int:
@@ -30,67 +39,114 @@ def open_tun(name: str) -> int:
     return fd
 
 
-def main(argv: list[str]) -> int:
-    config_path = argv[0]
+def counts_path(config_path: str) -> str:
+    return config_path + ".counts.json"
 
-    def load() -> dict[str, float]:
-        with open(config_path) as fh:
-            return {k: float(v) / 1000.0 for k, v in json.load(fh).items()}
 
-    delays = load()
-    fds = {name: open_tun(name) for name in delays}
-    names = {fd: name for name, fd in fds.items()}
-    queues: dict[int, collections.deque] = {fd: collections.deque() for fd in names}
-    reload = False
+def load(config_path: str) -> dict:
+    with open(config_path) as fh:
+        return {name: parse_config(entry) for name, entry in json.load(fh).items()}
 
-    def on_hup(*_):
-        nonlocal reload
-        reload = True
-    signal.signal(signal.SIGHUP, on_hup)
-    wake_r, wake_w = os.pipe()
-    os.set_blocking(wake_r, False)
-    os.set_blocking(wake_w, False)
-    signal.set_wakeup_fd(wake_w)  # a signal wakes select() at once
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    print("ready", flush=True)
-    while True:
-        if reload:
-            reload = False
-            delays.update({k: v for k, v in load().items() if k in fds})
-        now = time.monotonic()
+
+class Delayer:
+    def __init__(self, config_path: str) -> None:
+        self.config_path = config_path
+        self.links = {name: Link(name, cfg) for name, cfg in load(config_path).items()}
+        self.fds = {open_tun(name): link for name, link in self.links.items()}
+        self.generation = 0
+        self.flags = {"reload": False, "dump": False}
+
+    def reload(self) -> None:
+        try:
+            configs = load(self.config_path)
+        except (OSError, ValueError) as exc:     # keep the old settings
+            print(f"delayer: config not reloaded: {exc}", file=sys.stderr, flush=True)
+            return
+        for name, cfg in configs.items():
+            if name in self.links:
+                self.links[name].configure(cfg)
+
+    def dump(self) -> None:
+        self.generation += 1
+        data = {"generation": self.generation, "links": {n: link.counts() for n, link in self.links.items()}}
+        path = counts_path(self.config_path)
+        with open(path + ".tmp", "w") as fh:
+            json.dump(data, fh)
+        os.replace(path + ".tmp", path)
+
+    def flush(self, now: float) -> float | None:
+        """Write every due packet; returns the time until the next is due (None: nothing queued)."""
         timeout = None
-        for fd, queue in queues.items():
-            while queue and queue[0][0] <= now:
+        for fd, link in self.fds.items():
+            for packet in link.due(now):
                 try:
-                    os.write(fd, queue.popleft()[1])
+                    os.write(fd, packet)
                 except OSError:
                     pass
-            if queue:
-                wait = queue[0][0] - now
+            deadline = link.next_deadline()
+            if deadline is not None:
+                wait = deadline - now
                 timeout = wait if timeout is None else min(timeout, wait)
+        return timeout
+
+    def run(self) -> None:
+        def on_signal(signum, _frame):
+            self.flags["reload" if signum == signal.SIGHUP else "dump"] = True
+        signal.signal(signal.SIGHUP, on_signal)
+        signal.signal(signal.SIGUSR1, on_signal)
+        wake_r, wake_w = os.pipe()
+        os.set_blocking(wake_r, False)
+        os.set_blocking(wake_w, False)
+        signal.set_wakeup_fd(wake_w)  # a signal wakes select() at once
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+        print("ready", flush=True)
         try:
-            readable, _, _ = select.select([*names, wake_r], [], [], timeout)
-        except InterruptedError:
-            continue
-        if wake_r in readable:
-            readable.remove(wake_r)
+            self._loop(wake_r)
+        finally:
+            self.dump()
+
+    def _loop(self, wake_r: int) -> None:
+        fds = [*self.fds, wake_r]
+        while True:
+            if self.flags["reload"]:
+                self.flags["reload"] = False
+                self.reload()
+            if self.flags["dump"]:
+                self.flags["dump"] = False
+                self.dump()
+            timeout = self.flush(time.monotonic())
             try:
-                os.read(wake_r, 512)
-            except BlockingIOError:
-                pass
-            continue
-        now = time.monotonic()
-        for fd in readable:
-            queue, delay = queues[fd], delays[names[fd]]
-            for _ in range(256):
+                readable, _, _ = select.select(fds, [], [], timeout)
+            except InterruptedError:
+                continue
+            if wake_r in readable:
                 try:
-                    packet = os.read(fd, 65536)
+                    os.read(wake_r, 512)
                 except BlockingIOError:
-                    break
-                due = now + delay
-                if queue and queue[-1][0] > due:
-                    due = queue[-1][0]
-                queue.append((due, packet))
+                    pass
+                continue
+            now = time.monotonic()
+            for fd in readable:
+                link = self.fds[fd]
+                for _ in range(BATCH):
+                    try:
+                        packet = os.read(fd, 65536)
+                    except BlockingIOError:
+                        break
+                    link.offer(packet, now)
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 1:
+        print("usage: python3 -m tools.natlab.delayer CONFIG.json", file=sys.stderr)
+        return 2
+    try:
+        delayer = Delayer(argv[0])
+    except (OSError, ValueError) as exc:
+        print(f"delayer: {exc}", file=sys.stderr)
+        return 1
+    delayer.run()
+    return 0
 
 
 if __name__ == "__main__":

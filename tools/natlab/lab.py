@@ -10,7 +10,9 @@ Topology (all addresses exist only inside the lab's namespaces; nothing is route
   .3 is a second address for servers that want two, like RFC 3489 STUN servers).
   Every packet to or from region i passes through a TUN device served by `tools.natlab.delayer`, which
   holds it for half the region's `delay_ms`, so `delay_ms` is added to every round trip (netem is not
-  available on this kernel; the delayer works wherever /dev/net/tun does).
+  available on this kernel; the delayer works wherever /dev/net/tun does), and drops `loss_pct` % of
+  the packets each way (seeded by the lab's `seed`: a run repeats). `set_delay`/`set_loss` change them
+  while the lab runs; `link_counts(i)` reads the delayer's counters (offered, dropped, sent, queued).
 - client k: public link 198.19.k.0/24 (+ 2001:db8:19:k::/64); the public address is 198.19.k.2.
   nat "none": the client holds it itself. "cone" (endpoint-independent mapping: masquerade, ports kept;
   filtering is Linux conntrack's address-and-port-dependent one, i.e. a port-restricted cone, so hole
@@ -34,7 +36,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 from tools.natlab.netns import Lab, Namespace, link
 
@@ -54,6 +56,13 @@ class RegionSpec:
     region_id: int = 0          # 0: 900 + index
     code: str = ""
     name: str = ""
+    loss_pct: float = 0.0       # chance (%) that a packet to or from the region is dropped, each direction
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.loss_pct <= 100:
+            raise LabError(f"loss must be 0-100 %, not {self.loss_pct!r}")
+        if not 0 <= self.delay_ms <= 60_000:
+            raise LabError(f"delay must be 0-60000 ms, not {self.delay_ms!r}")
 
 
 @dataclass(frozen=True)
@@ -96,8 +105,9 @@ class NatLab:
     """Build the lab (in the constructor) and tear it down with `close()` or a `with` block."""
 
     def __init__(self, regions: list[RegionSpec] = (), clients: list[ClientSpec] = (), *,
-                 name: str | None = None) -> None:
+                 name: str | None = None, seed: int = 0) -> None:
         self.name = name or f"{os.getpid()}x{next(_lab_counter)}"
+        self.seed = seed                # of the link-loss generators
         self.regions = list(regions)
         self.clients = list(clients)
         self.nodes: dict[str, Namespace] = {}
@@ -163,20 +173,58 @@ class NatLab:
         kw.setdefault("cwd", str(ROOT))
         return self.ns(node).popen(*cmd, **kw)
 
-    def set_delay(self, index: int, delay_ms: float) -> None:
-        """Change region `index`'s added round-trip time while the lab runs."""
+    def _check_region(self, index: int) -> None:
         if not 1 <= index <= len(self.regions):
             raise LabError(f"no region {index}; this lab has regions 1..{len(self.regions)}")
+
+    def _link_entry(self, spec: RegionSpec) -> dict:
+        return {"delay_ms": spec.delay_ms / 2, "loss_pct": spec.loss_pct, "seed": self.seed}
+
+    def _impair(self, index: int, spec: RegionSpec) -> None:
+        """Give region `index` the delay and loss of `spec` (the delayer re-reads its config on SIGHUP)."""
         with open(self._delay_config) as fh:
-            delays = json.load(fh)
-        delays[f"dly{index}"] = delay_ms / 2
+            links = json.load(fh)
+        links[f"dly{index}"] = self._link_entry(spec)
         tmp = self._delay_config + ".new"
         with open(tmp, "w") as fh:
-            json.dump(delays, fh)
+            json.dump(links, fh)
         os.replace(tmp, self._delay_config)
         os.kill(self._delayer_pid, signal.SIGHUP)
-        spec = self.regions[index - 1]
-        self.regions[index - 1] = RegionSpec(delay_ms, spec.region_id, spec.code, spec.name)
+        self.regions[index - 1] = spec
+
+    def set_delay(self, index: int, delay_ms: float) -> None:
+        """Change region `index`'s added round-trip time while the lab runs."""
+        self._check_region(index)
+        self._impair(index, replace(self.regions[index - 1], delay_ms=delay_ms))
+
+    def set_loss(self, index: int, loss_pct: float) -> None:
+        """Drop `loss_pct` % of the packets to and from region `index` (each direction; 0: none) while the
+        lab runs. The drops come from a generator seeded by the lab's `seed` and the region, so a run
+        repeats."""
+        self._check_region(index)
+        self._impair(index, replace(self.regions[index - 1], loss_pct=loss_pct))
+
+    def link_counts(self, index: int, timeout: float = 5.0) -> dict[str, int]:
+        """Region `index`'s link counters from the delayer: packets offered, dropped, sent, queued (both
+        directions together, since the lab started)."""
+        self._check_region(index)
+        path = self._delay_config + ".counts.json"
+
+        def generation() -> int:
+            try:
+                with open(path) as fh:
+                    return json.load(fh)["generation"]
+            except (OSError, ValueError, KeyError):
+                return 0
+        before = generation()
+        os.kill(self._delayer_pid, signal.SIGUSR1)
+        deadline = time.monotonic() + timeout
+        while generation() <= before:
+            if time.monotonic() > deadline:
+                raise LabError(f"the delayer wrote no counters within {timeout} s")
+            time.sleep(0.01)
+        with open(path) as fh:
+            return json.load(fh)["links"][f"dly{index}"]
 
     def derpmap(self, *, stun_port: int = 3478, derp_port: int = 443, can_port80: bool = False,
                 ipv6: bool = True) -> dict:
@@ -230,7 +278,7 @@ class NatLab:
 
     def _start_delayer(self, inet: Namespace, region_ifs: list[str]) -> None:
         with open(self._delay_config, "w") as fh:
-            json.dump({f"dly{i}": spec.delay_ms / 2 for i, spec in enumerate(self.regions, 1)}, fh)
+            json.dump({f"dly{i}": self._link_entry(spec) for i, spec in enumerate(self.regions, 1)}, fh)
         self._delayer = inet.popen(sys.executable, "-m", "tools.natlab.delayer", self._delay_config,
                                    cwd=str(ROOT), text=True)
         self._delayer_pid = self._delayer.pid
@@ -281,6 +329,14 @@ class NatLab:
         router.run("nft", "-f", "-", input=rules)
 
     # -- events during a run: UDP cut, NAT re-mapping ---------------------------------------------------
+    def interface(self, node: str, prefix: str) -> str:
+        """The name of `node`'s interface holding an IPv4 address that starts with `prefix`."""
+        for line in self.run(node, "ip", "-o", "-4", "address", "show").stdout.splitlines():
+            fields = line.split()
+            if len(fields) > 3 and fields[3].startswith(prefix):
+                return fields[1].split("@")[0]
+        raise LabError(f"{node} has no interface with an address {prefix}...")
+
     def router(self, client: int) -> str:
         """The lab node that NATs `client` to the internet (the carrier router for cgnat)."""
         nat = self.clients[client - 1].nat
@@ -290,24 +346,24 @@ class NatLab:
 
     def _wan(self, client: int) -> str:
         """The router's interface on the internet side (the one holding the client's public address)."""
-        out = self.run(self.router(client), "ip", "-o", "-4", "address", "show").stdout
-        for line in out.splitlines():
-            fields = line.split()
-            if len(fields) > 3 and fields[3].startswith(f"198.19.{client}."):
-                return fields[1].split("@")[0]
-        raise LabError(f"client{client}'s router has no public address")
+        return self.interface(self.router(client), f"198.19.{client}.")
 
-    def cut_udp(self, client: int, only_net: str | None = None) -> None:
+    def cut_udp(self, client: int, only_net: str | None = None, *, region: int | None = None) -> None:
         """Drop every UDP packet the client's router forwards, both ways, v4 and v6 (TCP still passes);
         with `only_net` (an IPv4 CIDR, e.g. another client's public 198.19.2.0/24) only UDP to and from
-        that network, so STUN to the relays still works (a firewall between two sites).
+        that network, so STUN to the relays still works (a firewall between two sites); with `region`
+        only UDP to and from that lab region (v4 and v6: STUN and QUIC to its relay; TCP to it passes).
+        Calls add up (two regions, or a region and a network); `restore_udp` lifts them all.
 
         Existing conntrack entries stay, so `restore_udp` brings the old mappings back."""
+        nets = []
+        if region is not None:
+            self._check_region(region)
+            nets += [("ip", f"198.18.{region}.0/24"), ("ip6", f"2001:db8:18:{region}::/64")]
         if only_net:
-            match = (f"    ip daddr {only_net} meta l4proto udp drop\n"
-                     f"    ip saddr {only_net} meta l4proto udp drop\n")
-        else:
-            match = "    meta l4proto udp drop\n"
+            nets.append(("ip6" if ":" in only_net else "ip", only_net))
+        match = "".join(f"    {fam} daddr {net} meta l4proto udp drop\n    {fam} saddr {net} meta l4proto udp drop\n"
+                        for fam, net in nets) or "    meta l4proto udp drop\n"
         rules = ("table inet natlab_cut {\n  chain cut {\n"
                  "    type filter hook forward priority -10; policy accept;\n"
                  f"{match}  }}\n}}\n")
@@ -355,7 +411,7 @@ class NatLab:
     def state(self) -> dict:
         return asdict(_State(self.name, {n: ns.name for n, ns in self.nodes.items()},
                              [asdict(r) for r in self.regions], [asdict(c) for c in self.clients],
-                             self._delay_config, self._delayer_pid, self._tmp))
+                             self._delay_config, self._delayer_pid, self._tmp, {"seed": self.seed}))
 
     @classmethod
     def attach(cls, state: dict) -> "NatLab":
@@ -363,6 +419,7 @@ class NatLab:
         lab = cls.__new__(cls)
         st = _State(**state)
         lab.name, lab._tmp, lab._delay_config = st.name, st.tmpdir, st.delay_config
+        lab.seed = st.extra.get("seed", 0)
         lab.regions = [RegionSpec(**r) for r in st.regions]
         lab.clients = [ClientSpec(**c) for c in st.clients]
         lab.nodes = {n: Namespace(ns) for n, ns in st.namespaces.items()}

@@ -2,7 +2,7 @@
 or CDN proxy does that passes WebSocket upgrades but not `Upgrade: DERP`.
 
     python3 -m tools.natlab.wsproxy --listen 198.18.1.3:443 --upstream 127.0.0.1:443 \
-        --hostname 198.18.1.3 [--upstream-tls] [--refuse-status 426]
+        --hostname 198.18.1.3 [--upstream-tls] [--refuse-status 426] [--mode pass --mode-file FILE]
 
 - TLS on the listening side with a fresh self-signed certificate for `--hostname` (DERP map nodes with
   `InsecureForTests` dial it without checking); `--plain` listens without TLS.
@@ -11,6 +11,11 @@ or CDN proxy does that passes WebSocket upgrades but not `Upgrade: DERP`.
   client's automatic WebSocket fallback is exercised; everything else (WebSocket upgrades, /generate_204,
   /derp/probe, latency checks) is passed to the upstream unchanged, with `X-Forwarded-For` added, and the
   two sockets are spliced until either side closes.
+- Mode `refuse-derp` (the default) does the above; mode `pass` passes `Upgrade: DERP` too (a path that
+  lets DERP through, until its policy changes). With `--mode-file FILE`, SIGHUP re-reads the mode from
+  FILE (`pass` or `refuse-derp`); switching to `refuse-derp` also closes the DERP connections it had
+  passed, so their clients reconnect and meet the refusal (the way to force a running DERP client from
+  TCP to WebSocket). Each switch prints `wsproxy mode MODE closed=N`.
 - Prints `wsproxy ready HOST:PORT` on stdout once listening; counters (`refused`, `passed`, `bad`) are
   printed on SIGUSR1 and at exit. Only lab addresses are ever used: it listens where told and dials only
   `--upstream`.
@@ -28,11 +33,15 @@ import tempfile
 HEAD_LIMIT = 16 * 1024
 HEAD_TIMEOUT = 5.0
 REASONS = {403: "Forbidden", 426: "Upgrade Required"}
+MODES = ("refuse-derp", "pass")
 
 
 class Proxy:
-    def __init__(self, upstream: tuple[str, int], upstream_tls: bool, refuse_status: int) -> None:
+    def __init__(self, upstream: tuple[str, int], upstream_tls: bool, refuse_status: int,
+                 mode: str = "refuse-derp") -> None:
         self.upstream = upstream
+        self.mode = mode
+        self.derp_conns: set[tuple[asyncio.StreamWriter, asyncio.StreamWriter]] = set()
         self.upstream_ctx = None
         if upstream_tls:
             ctx = ssl.create_default_context()
@@ -45,6 +54,18 @@ class Proxy:
 
     def summary(self) -> str:
         return " ".join(f"{k}={v}" for k, v in self.counts.items())
+
+    def set_mode(self, mode: str) -> int:
+        """Switch mode; to `refuse-derp`, also abort the DERP connections passed so far (returns how many)."""
+        self.mode = mode
+        closed = 0
+        if mode == "refuse-derp":
+            for pair in list(self.derp_conns):
+                for writer in pair:
+                    writer.transport.abort()
+                closed += 1
+            self.derp_conns.clear()
+        return closed
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -60,7 +81,7 @@ class Proxy:
             name, _, value = line.partition(":")
             if name.strip().lower() == "upgrade":
                 upgrade = value.strip().lower()
-        if upgrade == "derp":
+        if upgrade == "derp" and self.mode == "refuse-derp":
             self.counts["refused"] += 1
             reason = REASONS.get(self.refuse_status, "Refused")
             body = b"this proxy passes only WebSocket upgrades\n"
@@ -83,7 +104,13 @@ class Proxy:
             return
         self.counts["passed"] += 1
         up_writer.write(head)
-        await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
+        pair = (writer, up_writer)
+        if upgrade == "derp":
+            self.derp_conns.add(pair)
+        try:
+            await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
+        finally:
+            self.derp_conns.discard(pair)
 
 
 async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -108,6 +135,20 @@ async def _close(writer: asyncio.StreamWriter) -> None:
         pass
 
 
+def _reload_mode(proxy: Proxy, path: str) -> None:
+    try:
+        with open(path) as fh:
+            mode = fh.read().strip()
+    except OSError as exc:
+        print(f"wsproxy: mode file: {exc}", file=sys.stderr, flush=True)
+        return
+    if mode not in MODES:
+        print(f"wsproxy: mode file says {mode!r}; expected one of {', '.join(MODES)}", file=sys.stderr, flush=True)
+        return
+    closed = proxy.set_mode(mode)
+    print(f"wsproxy mode {mode} closed={closed}", flush=True)
+
+
 def _split(addr: str) -> tuple[str, int]:
     host, sep, port = addr.rpartition(":")
     if not sep or not port.isdigit():
@@ -126,7 +167,7 @@ def _server_context(hostname: str) -> ssl.SSLContext:
 
 async def serve(args: argparse.Namespace) -> None:
     host, port = _split(args.listen)
-    proxy = Proxy(_split(args.upstream), args.upstream_tls, args.refuse_status)
+    proxy = Proxy(_split(args.upstream), args.upstream_tls, args.refuse_status, args.mode)
     ctx = None if args.plain else _server_context(args.hostname or host)
     server = await asyncio.start_server(proxy.handle, host, port, ssl=ctx, limit=HEAD_LIMIT)
     loop = asyncio.get_running_loop()
@@ -134,6 +175,8 @@ async def serve(args: argparse.Namespace) -> None:
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
     loop.add_signal_handler(signal.SIGUSR1, lambda: print(f"wsproxy {proxy.summary()}", flush=True))
+    if args.mode_file:
+        loop.add_signal_handler(signal.SIGHUP, lambda: _reload_mode(proxy, args.mode_file))
     print(f"wsproxy ready {host}:{port}", flush=True)
     async with server:
         await stop.wait()
@@ -148,6 +191,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--hostname", default="", help="name in the self-signed certificate (default: listen host)")
     p.add_argument("--plain", action="store_true", help="listen without TLS")
     p.add_argument("--refuse-status", type=int, default=426, choices=sorted(REASONS))
+    p.add_argument("--mode", default="refuse-derp", choices=MODES, help="refuse Upgrade: DERP (default) or pass it")
+    p.add_argument("--mode-file", default="", help="re-read the mode from this file on SIGHUP")
     args = p.parse_args(argv)
     try:
         asyncio.run(serve(args))
