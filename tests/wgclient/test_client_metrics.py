@@ -43,7 +43,11 @@ def runner():
                                                "failures": 1, "changes": 0})
     paths = SimpleNamespace(pm=pm, home=1, regions=regions_from_derpmap(DM), derpmap=DM, transports={1: "quic"},
                             clients={1: SimpleNamespace(stats=ClientStats(sent=7, received=9, failures=1,
-                                                                          quic_fallbacks=2, quic_retries=3))},
+                                                                          quic_fallbacks=2, quic_retries=3,
+                                                                          extra={"quic_datagrams_sent": 5,
+                                                                                 "quic_datagrams_received": 8,
+                                                                                 "quic_stream_packets": 1,
+                                                                                 "quic_dropped_queue_full": 4}))},
                             source=source)
     return SimpleNamespace(device=dev, paths=paths)
 
@@ -96,6 +100,11 @@ def test_regions_map_source_load_and_drops() -> None:
         == [0, 0, 0]   # not connected
     assert value(s, "wgc_derp_region_quic_fallbacks_total", region="1") == 2
     assert value(s, "wgc_derp_region_quic_retries_total", region="1") == 3
+    assert value(s, "wgc_derp_region_quic_datagrams_sent_total", region="1") == 5
+    assert value(s, "wgc_derp_region_quic_datagrams_received_total", region="1") == 8
+    assert value(s, "wgc_derp_region_quic_stream_packets_total", region="1") == 1
+    assert value(s, "wgc_derp_region_quic_datagrams_dropped_total", region="1", reason="queue_full") == 4
+    assert value(s, "wgc_derp_region_quic_datagrams_dropped_total", region="1", reason="bad_datagram") == 0
     assert value(s, "wgc_derpmap_regions") == 2 and value(s, "wgc_derpmap_from_cache") == 1
     assert value(s, "wgc_derpmap_refresh_failures_total") == 1
     assert value(s, "wgc_drops_total", reason="no endpoint") == 3

@@ -169,7 +169,14 @@ class InterfaceCollector:
             ("connects", "Connections made to the region's relay"),
             ("dial_failures", "Dials to the region's relay that did not connect"),
             ("quic_fallbacks", "QUIC dials that failed and QUIC links that stalled or broke, before TCP"),
-            ("quic_retries", "Background QUIC attempts while the region was reached over TCP or WebSocket"))}
+            ("quic_retries", "Background QUIC attempts while the region was reached over TCP or WebSocket"),
+            ("quic_datagrams_sent", "Packets sent to the region's relay in QUIC datagrams"),
+            ("quic_datagrams_received", "Packets received from the region's relay in QUIC datagrams"),
+            ("quic_stream_packets", "Packets sent on the QUIC link's DERP stream (too big for a datagram)"))}
+        quic_dropped = CounterMetricFamily("wgc_derp_region_quic_datagrams_dropped", "QUIC datagrams dropped "
+                                           "by the client: queue_full (the congestion window was full), "
+                                           "bad_datagram (from the relay, not a RecvPacket)",
+                                           labels=labels + ["reason"])
         for region in paths.regions:
             rid = region.region_id
             if not paths.derpmap.regions[rid].derp_nodes():
@@ -187,12 +194,17 @@ class InterfaceCollector:
                                     ("packets_dropped", st.dropped_not_connected + st.dropped_backpressure
                                      + st.dropped_queue_full),
                                     ("connects", st.connects), ("dial_failures", st.failures),
-                                    ("quic_fallbacks", st.quic_fallbacks), ("quic_retries", st.quic_retries)):
+                                    ("quic_fallbacks", st.quic_fallbacks), ("quic_retries", st.quic_retries),
+                                    *((f"quic_{name}", st.extra.get(f"quic_{name}", 0)) for name in
+                                      ("datagrams_sent", "datagrams_received", "stream_packets"))):
                     families[name].add_metric(row, value)
+                for reason in ("queue_full", "bad_datagram"):
+                    quic_dropped.add_metric(row + [reason], st.extra.get(f"quic_dropped_{reason}", 0))
         yield connected
         yield transport
         yield home
         yield from families.values()
+        yield quic_dropped
 
     def _derpmap(self, iface: list[str], paths: Any) -> Iterator[Any]:
         src = paths.source.describe()
