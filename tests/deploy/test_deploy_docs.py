@@ -67,7 +67,8 @@ def test_doc_commands_run(tmp_path) -> None:
     assert re.search(r"^ok$", out, re.M)                       # /healthz
     assert '"status": "ok"' in out and "map ok" in out
     assert re.search(r"^2$", out, re.M)                        # two regions served at /derpmap/default
-    assert re.search(r'home region: "fra" \(900\), connected over TLS', out)   # the client, through the relay
+    # the client, through the relay: over QUIC, since the map node has WgcQUICPort and UDP 443 is open
+    assert re.search(r'home region: "fra" \(900\), connected over QUIC', out)
     assert "Active: active (running)" in out
     assert re.search(r"^derp_tls_cert_expiry_timestamp_seconds \S+$", out, re.M)
     assert "SUCCESS" in out and '"wgc-derper"' in out
