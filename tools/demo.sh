@@ -2,7 +2,7 @@
 # The wgc demo: relayed at once, direct as soon as hole punching works.
 #
 # In the NAT lab (network namespaces: an "internet", one relay region with +20 ms round trip, two
-# clients behind cone NATs) it starts `wgc derper` (DERP over TLS + STUN), brings up two wgc peers with
+# clients behind cone NATs) it starts `wgc derper` (DERP over TLS and QUIC + STUN), brings up two wgc peers with
 # `--derpmap` and no Endpoint, and shows: `wgc status` (relayed over DERP: at first client 2's router
 # drops UDP between the two sites, as a strict firewall does), a ping through the relayed tunnel, then
 # UDP is allowed and `wgc ping --until-direct` goes from `via DERP(lab)` to `via <ip:port>`, `wgc
@@ -99,8 +99,10 @@ for region in dm["Regions"].values():
     region["RegionCode"] = "lab"
     for node in region["Nodes"]:
         node["IPv6"] = "none"
+        node["WgcQUICPort"] = 443   # the relay also speaks DERP over QUIC there (docs/derp-quic.md)
 json.dump(dm, sys.stdout, indent=1)' > "$TMP/derpmap.json"
-echo "DERP map ($TMP/derpmap.json): region 901 \"lab\", node 198.18.1.2:443 (InsecureForTests: self-signed)"
+echo "DERP map ($TMP/derpmap.json): region 901 \"lab\", node 198.18.1.2:443 (InsecureForTests: self-signed;"
+echo "  WgcQUICPort 443: wgc clients relay over QUIC datagrams while UDP to the relay works, else over TLS)"
 
 step "keys and configs: no Endpoint, the peers find each other through the relay"
 (umask 077; "${WGC[@]}" genkey > "$TMP/a.key"; "${WGC[@]}" genkey > "$TMP/b.key")
