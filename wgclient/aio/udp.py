@@ -13,6 +13,8 @@ import socket
 import struct
 from itertools import repeat
 
+from derp.aio.quicio import socket_buffers
+
 log = logging.getLogger("wgc.udp")
 
 SOL_UDP = getattr(socket, "SOL_UDP", 17)
@@ -24,17 +26,6 @@ SOCKET_BUFFER = 4 << 20
 RECV_BUFFER = 32 * 65536  # room for 32 GRO reads of up to 64 KiB each
 _u16 = struct.Struct("=H")
 _i32 = struct.Struct("=i")
-
-
-def _set_buffers(sock: socket.socket) -> None:
-    for opt, force in ((socket.SO_RCVBUF, 33), (socket.SO_SNDBUF, 32)):  # SO_RCVBUFFORCE / SO_SNDBUFFORCE
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, force, SOCKET_BUFFER)
-        except OSError:
-            try:
-                sock.setsockopt(socket.SOL_SOCKET, opt, SOCKET_BUFFER)
-            except OSError:
-                pass
 
 
 class UdpPort:
@@ -87,7 +78,7 @@ class UdpPort:
             if s is None:
                 continue
             s.setblocking(False)
-            _set_buffers(s)
+            socket_buffers(s, SOCKET_BUFFER)   # beyond rmem_max when CAP_NET_ADMIN allows
             if fwmark:
                 s.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, fwmark)
             try:
