@@ -33,7 +33,7 @@ from derp import protocol as P
 from derp import quicwire as W
 from derp.aio.quiccc import configure   # the tunnel congestion controller, packet size, DATAGRAM
 from derp.aio.clientconn import WRITE_LIMIT, ConnectError, UpgradeRefused, _Stream
-from derp.aio.quicio import clock as _clock, shed_handshake_buffers, socket_buffers, stream_unacked
+from derp.aio.quicio import DatagramWriter, clock as _clock, shed_handshake_buffers, socket_buffers, stream_unacked
 from derp.aio.targets import DialTarget
 from derp.constants import (FAST_START_HEADER, IDEAL_NODE_HEADER, QUIC_DATAGRAM_QUEUE, QUIC_IDLE_TIMEOUT,
                             QUIC_PACKET_SIZE, QUIC_RECV_BATCH)
@@ -88,6 +88,7 @@ class QuicDerpConn:
         self.client = client
         self.target = target
         self.sock = sock
+        self.writer = DatagramWriter(sock, connected=True)
         self.addr = addr
         self.quic = quic
         self.loop = asyncio.get_running_loop()
@@ -192,21 +193,19 @@ class QuicDerpConn:
 
     def _transmit(self) -> None:
         self.flush_pending = False
-        sock = self.sock
-        for data, _ in self.quic.datagrams_to_send(_clock()):
-            try:
-                sock.send(data)
-            except (BlockingIOError, InterruptedError):
-                self.stats["quic_send_errors"] += 1   # QUIC's loss recovery resends what matters
-            except OSError:
-                self.stats["quic_send_errors"] += 1
+        out = self.quic.datagrams_to_send(_clock())
+        if out:
+            errors = self.writer.send(out)   # QUIC's loss recovery resends what matters
+            if errors:
+                self.stats["quic_send_errors"] += errors
         deadline = self.quic.get_timer()
-        if deadline != self.quic_deadline:
-            self.quic_deadline = deadline
+        if deadline is not None and (self.quic_deadline is None or deadline < self.quic_deadline):
+            # re-armed only when the deadline moves earlier (as derp.aio.quic_server: one that fires early
+            # finds nothing due and arms the real deadline)
             if self.quic_timer is not None:
                 self.quic_timer.cancel()
-            self.quic_timer = None if deadline is None else \
-                self.loop.call_later(max(0.0, deadline - _clock()), self._on_quic_timer)
+            self.quic_deadline = deadline
+            self.quic_timer = self.loop.call_later(max(0.0, deadline - _clock()), self._on_quic_timer)
 
     def _on_quic_timer(self) -> None:
         self.quic_timer = None

@@ -40,7 +40,7 @@ from aioquic.quic.packet import QuicPacketType, encode_quic_version_negotiation,
 
 from derp import quicwire as W
 from derp.aio.quiccc import configure   # the tunnel congestion controller, packet size, DATAGRAM
-from derp.aio.quicio import clock as _clock, shed_handshake_buffers, socket_buffers, stream_unacked
+from derp.aio.quicio import DatagramWriter, clock as _clock, shed_handshake_buffers, socket_buffers, stream_unacked
 from derp.aio.session import HttpConn
 from derp.constants import (HANDSHAKE_TIMEOUT, QUIC_CID_LEN, QUIC_DATAGRAM_QUEUE, QUIC_IDLE_TIMEOUT,
                             QUIC_MAX_HALF_OPEN, QUIC_MIN_INITIAL, QUIC_PACKET_SIZE,
@@ -112,6 +112,7 @@ class QuicSession:
         self.listener = listener
         self.loop = listener.loop
         self.sock = sock
+        self.writer = listener.writers[sock]
         self.addr = addr
         self.quic = quic
         self.pending = quic._datagrams_pending   # aioquic's unbounded queue: bounded by our checks
@@ -222,17 +223,15 @@ class QuicSession:
         self.dirty = False
         if self.gone:
             return 0
-        quic, sock = self.quic, self.sock
+        quic = self.quic
         if self.closing and self.buffered() == 0:
             self.closing = False
             quic.close()
-        stats = self.listener.stats
         out = quic.datagrams_to_send(_clock())
-        for data, addr in out:
-            try:
-                sock.sendto(data, addr)
-            except OSError:
-                stats["send_errors"] += 1
+        if out:
+            errors = self.writer.send(out)
+            if errors:
+                self.listener.stats["send_errors"] += errors
         http = self.http
         if http is not None and not http.closed:
             size = self.buffered()
@@ -243,12 +242,14 @@ class QuicSession:
                 self.write_paused = False
                 http.resume_writing()
         deadline = quic.get_timer()
-        if deadline != self.deadline:
-            self.deadline = deadline
+        if deadline is not None and (self.deadline is None or deadline < self.deadline):
+            # re-armed only when the deadline moves earlier: a timer armed for an earlier one (aioquic's
+            # loss/ACK deadlines move later with nearly every packet) fires early, handle_timer does
+            # nothing before a deadline is due, and the transmit after it arms the real one
             if self.timer is not None:
                 self.timer.cancel()
-            self.timer = None if deadline is None else \
-                self.loop.call_later(max(0.0, deadline - _clock()), self._on_timer)
+            self.deadline = deadline
+            self.timer = self.loop.call_later(max(0.0, deadline - _clock()), self._on_timer)
         if handle_events:
             self.events()   # closing produces ConnectionTerminated once drained
         else:
@@ -339,6 +340,7 @@ class QuicListener:
         self.cert_source = cert_source
         self.loop = asyncio.get_running_loop()
         self.socks: list[socket.socket] = []
+        self.writers: dict[socket.socket, DatagramWriter] = {}
         self.cids: dict[bytes, QuicSession] = {}
         self.sessions: set[QuicSession] = set()
         self.touched: set[QuicSession] = set()
@@ -373,6 +375,7 @@ class QuicListener:
         sock.setblocking(False)
         socket_buffers(sock, 4 << 20)
         self.socks.append(sock)
+        self.writers[sock] = DatagramWriter(sock)
         self.loop.add_reader(sock.fileno(), self._readable, sock)
         return sock.getsockname()[1]
 

@@ -1,9 +1,11 @@
 """Small I/O pieces both ends of DERP over QUIC share (derp.aio.quic_client, derp.aio.quic_server): the
-clock aioquic is given, UDP socket buffers, how much of a stream aioquic still holds unacknowledged, and
-the handshake buffers a connection no longer needs."""
+clock aioquic is given, UDP socket buffers, sending aioquic's datagrams (UDP GSO), how much of a stream
+aioquic still holds unacknowledged, and the handshake buffers a connection no longer needs."""
 from __future__ import annotations
 
+import errno
 import socket
+import struct
 import time
 from typing import Any
 
@@ -22,6 +24,87 @@ def socket_buffers(sock: socket.socket, size: int) -> None:
                 sock.setsockopt(socket.SOL_SOCKET, plain, size)
             except OSError:
                 pass
+
+
+SOL_UDP = getattr(socket, "SOL_UDP", 17)
+UDP_SEGMENT = 103              # linux/udp.h: the GSO segment size of one sendmsg
+GSO_MAX_SEGMENTS = 64          # the kernel's UDP_MAX_SEGMENTS (64 before Linux 5.x raised it to 128)
+GSO_MAX_BYTES = 65000          # one UDP payload (less the headers) at most
+_GSO_UNAVAILABLE = (errno.EIO, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOPROTOOPT)
+_u16 = struct.Struct("=H")
+
+
+class DatagramWriter:
+    """Sends what ``QuicConnection.datagrams_to_send`` returns on one UDP socket. A run of consecutive
+    datagrams of one size to one address (the last may be shorter) goes out as one ``sendmsg`` with
+    UDP_SEGMENT (GSO): the kernel cuts it into the same datagrams on the wire, one syscall for up to
+    GSO_MAX_SEGMENTS. Where GSO is refused (EIO: no checksum offload on the route, EINVAL: a segment over
+    the device MTU, an old kernel) the writer sends one datagram per call from then on. ``connected``: the
+    socket is connected (the client's), so no address is passed. Errors are counted, never raised (QUIC's
+    loss recovery resends what matters)."""
+
+    __slots__ = ("sock", "connected", "gso", "errors", "gso_calls")
+
+    def __init__(self, sock: socket.socket, connected: bool = False) -> None:
+        self.sock = sock
+        self.connected = connected
+        self.gso = True
+        self.errors = 0
+        self.gso_calls = 0
+
+    def send(self, out: list[tuple[bytes, Any]]) -> int:
+        """Send every (data, addr) of ``out``, in order; returns how many failed."""
+        errors = self.errors
+        n = len(out)
+        i = 0
+        while i < n:
+            data, addr = out[i]
+            j = i + 1
+            if self.gso and j < n:
+                size = len(data)
+                total = size
+                limit = min(n, i + GSO_MAX_SEGMENTS)
+                while j < limit:
+                    d2, a2 = out[j]
+                    s2 = len(d2)
+                    if s2 > size or a2 != addr or total + s2 > GSO_MAX_BYTES:
+                        break
+                    total += s2
+                    j += 1
+                    if s2 < size:
+                        break          # a shorter datagram may only end a run
+                if j - i > 1:
+                    self._send_run(out, i, j, size, addr)
+                    i = j
+                    continue
+            self._send_one(data, addr)
+            i = j
+        return self.errors - errors
+
+    def _send_one(self, data: bytes, addr: Any) -> None:
+        try:
+            if self.connected:
+                self.sock.send(data)
+            else:
+                self.sock.sendto(data, addr)
+        except OSError:    # a full buffer (BlockingIOError), ICMP errors: a lost datagram
+            self.errors += 1
+
+    def _send_run(self, out: list[tuple[bytes, Any]], i: int, j: int, size: int, addr: Any) -> None:
+        run = b"".join([data for data, _ in out[i:j]])
+        try:
+            if self.connected:
+                self.sock.sendmsg([run], [(SOL_UDP, UDP_SEGMENT, _u16.pack(size))])
+            else:
+                self.sock.sendmsg([run], [(SOL_UDP, UDP_SEGMENT, _u16.pack(size))], 0, addr)
+            self.gso_calls += 1
+        except OSError as exc:
+            if exc.errno not in _GSO_UNAVAILABLE:
+                self.errors += j - i
+                return
+            self.gso = False
+            for data, _ in out[i:j]:
+                self._send_one(data, addr)
 
 
 def stream_unacked(quic: Any, stream_id: int) -> int:
