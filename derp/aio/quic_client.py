@@ -33,7 +33,8 @@ from derp import protocol as P
 from derp import quicwire as W
 from derp.aio.quiccc import configure   # the tunnel congestion controller, packet size, DATAGRAM
 from derp.aio.clientconn import WRITE_LIMIT, ConnectError, UpgradeRefused, _Stream
-from derp.aio.quicio import DatagramWriter, clock as _clock, shed_handshake_buffers, socket_buffers, stream_unacked
+from derp.aio.quicio import (DatagramWriter, clock as _clock, shed_handshake_buffers, socket_buffers, stream_unacked,
+                             timer_delay)
 from derp.aio.targets import DialTarget
 from derp.constants import (FAST_START_HEADER, IDEAL_NODE_HEADER, QUIC_DATAGRAM_QUEUE, QUIC_IDLE_TIMEOUT,
                             QUIC_PACKET_SIZE, QUIC_RECV_BATCH)
@@ -205,14 +206,19 @@ class QuicDerpConn:
             if self.quic_timer is not None:
                 self.quic_timer.cancel()
             self.quic_deadline = deadline
-            self.quic_timer = self.loop.call_later(max(0.0, deadline - _clock()), self._on_quic_timer)
+            self.quic_timer = self.loop.call_later(timer_delay(deadline, _clock()), self._on_quic_timer)
 
     def _on_quic_timer(self) -> None:
         self.quic_timer = None
-        self.quic_deadline = None
+        deadline, self.quic_deadline = self.quic_deadline, None
         if self.done.done():
             return
-        self.quic.handle_timer(_clock())
+        now = _clock()
+        if deadline is not None and now < deadline:   # early (see derp.aio.quicio.timer_delay): wait on
+            self.quic_deadline = deadline
+            self.quic_timer = self.loop.call_later(timer_delay(deadline, now), self._on_quic_timer)
+            return
+        self.quic.handle_timer(now)
         self._events()
         self._transmit()
 

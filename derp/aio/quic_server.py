@@ -40,7 +40,8 @@ from aioquic.quic.packet import QuicPacketType, encode_quic_version_negotiation,
 
 from derp import quicwire as W
 from derp.aio.quiccc import configure   # the tunnel congestion controller, packet size, DATAGRAM
-from derp.aio.quicio import DatagramWriter, clock as _clock, shed_handshake_buffers, socket_buffers, stream_unacked
+from derp.aio.quicio import (DatagramWriter, clock as _clock, shed_handshake_buffers, socket_buffers, stream_unacked,
+                             timer_delay)
 from derp.aio.session import HttpConn
 from derp.constants import (HANDSHAKE_TIMEOUT, QUIC_CID_LEN, QUIC_DATAGRAM_QUEUE, QUIC_IDLE_TIMEOUT,
                             QUIC_MAX_HALF_OPEN, QUIC_MIN_INITIAL, QUIC_PACKET_SIZE,
@@ -249,7 +250,7 @@ class QuicSession:
             if self.timer is not None:
                 self.timer.cancel()
             self.deadline = deadline
-            self.timer = self.loop.call_later(max(0.0, deadline - _clock()), self._on_timer)
+            self.timer = self.loop.call_later(timer_delay(deadline, _clock()), self._on_timer)
         if handle_events:
             self.events()   # closing produces ConnectionTerminated once drained
         else:
@@ -258,10 +259,15 @@ class QuicSession:
 
     def _on_timer(self) -> None:
         self.timer = None
-        self.deadline = None
+        deadline, self.deadline = self.deadline, None
         if self.gone:
             return
-        self.quic.handle_timer(_clock())
+        now = _clock()
+        if deadline is not None and now < deadline:   # still early (a loop turn that ran long): wait on
+            self.deadline = deadline
+            self.timer = self.loop.call_later(timer_delay(deadline, now), self._on_timer)
+            return
+        self.quic.handle_timer(now)
         self.events()
         self.transmit()
 

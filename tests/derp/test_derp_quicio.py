@@ -8,7 +8,7 @@ from collections import deque
 
 from derp.aio import quicio
 from derp.aio.quic_server import QuicSession
-from derp.aio.quicio import DatagramWriter
+from derp.aio.quicio import DatagramWriter, timer_delay
 
 
 class RecordingSocket:
@@ -156,17 +156,46 @@ def test_the_timer_is_rearmed_only_when_the_deadline_moves_earlier(monkeypatch):
     s = QuicSession(listener, sock, A, quic)
     loop = listener.loop
     s.transmit()
-    assert len(loop.armed) == 1 and loop.armed[0].delay == 10.0
+    assert len(loop.armed) == 1 and loop.armed[0].delay == timer_delay(10.0, 0.0)
     for later in (10.5, 11.0, 12.0, 30.0):   # aioquic's loss deadline moving later packet by packet
         quic.timer = later
         s.transmit()
     assert len(loop.armed) == 1, "a later deadline re-armed the timer"
     quic.timer = 4.0                          # an earlier one (an ACK due): re-armed
     s.transmit()
-    assert len(loop.armed) == 2 and loop.armed[0].cancelled and loop.armed[1].delay == 4.0
+    assert len(loop.armed) == 2 and loop.armed[0].cancelled and loop.armed[1].delay == timer_delay(4.0, 0.0)
     # it fires; aioquic's deadline is now later: nothing due, and the real deadline is armed
     quic.timer = 30.0
     now[0] = 4.0
     loop.armed[1].cb()
     assert quic.handled == [4.0]
-    assert len(loop.armed) == 3 and loop.armed[2].delay == 26.0
+    assert len(loop.armed) == 3 and loop.armed[2].delay == timer_delay(30.0, 4.0)
+
+
+def test_the_timer_never_fires_before_its_deadline_in_loop_milliseconds():
+    # uvloop rounds a delay to the nearest millisecond: it is rounded up to whole milliseconds instead,
+    # at least one, never less than the time left
+    for left in (0.0, 1e-6, 0.0004, 0.001, 0.0015, 0.025, 1.0):
+        d = timer_delay(100.0 + left, 100.0)
+        assert d >= left - 1e-9 and d >= 0.001 and d <= left + 0.001 + 1e-9
+        assert abs(d * 1000 - round(d * 1000)) < 1e-6
+    assert timer_delay(1.0, 2.0) == 0.001   # overdue: at the next millisecond
+
+
+def test_an_early_timer_does_not_run_aioquic_and_waits_for_the_deadline(monkeypatch):
+    now = [0.0]
+    monkeypatch.setattr("derp.aio.quic_server._clock", lambda: now[0])
+    sock = RecordingSocket()
+    listener = FakeListener(sock)
+    quic = FakeQuic()
+    quic.timer = 0.0105
+    s = QuicSession(listener, sock, A, quic)
+    loop = listener.loop
+    s.transmit()
+    now[0] = 0.0101          # the loop woke it early: nothing happens but a new wait for the rest
+    loop.armed[-1].cb()
+    assert quic.handled == [] and len(loop.armed) == 2
+    assert loop.armed[-1].delay == timer_delay(0.0105, 0.0101)
+    now[0] = 0.0106
+    loop.armed[-1].cb()
+    assert quic.handled == [0.0106]
