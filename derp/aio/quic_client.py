@@ -31,7 +31,7 @@ from aioquic.quic.connection import QuicConnection
 from derp import httpwire
 from derp import protocol as P
 from derp import quicwire as W
-from derp.aio.quiccc import configure   # the tunnel congestion controller, packet size, DATAGRAM
+from derp.aio.quiccc import attach, configure   # the tunnel congestion controller, packet size, DATAGRAM, pacer
 from derp.aio.clientconn import WRITE_LIMIT, ConnectError, UpgradeRefused, _Stream
 from derp.aio.quicio import (DatagramWriter, clock as _clock, shed_handshake_buffers, socket_buffers, stream_unacked,
                              timer_delay)
@@ -402,7 +402,7 @@ async def dial_quic(client: "DerpClient", target: DialTarget, port: int) -> Quic
         socket_buffers(sock, 1 << 20)
         sock.connect(addr)
         addr = sock.getpeername()
-        quic = QuicConnection(configuration=cfg)
+        quic = attach(QuicConnection(configuration=cfg))
         conn = QuicDerpConn(client, target, sock, addr, quic)
         quic.connect(addr, _clock())
         conn._transmit()

@@ -199,3 +199,59 @@ def test_an_early_timer_does_not_run_aioquic_and_waits_for_the_deadline(monkeypa
     now[0] = 0.0106
     loop.armed[-1].cb()
     assert quic.handled == [0.0106]
+
+
+# ---- the pacer --------------------------------------------------------------------------------------
+
+def _sent_per_wake(pacer, wakes: int = 200, step: float = 0.001) -> float:
+    """Packets the pacer lets out when the connection is woken once every `step` seconds."""
+    sent = 0
+    for i in range(1, wakes + 1):
+        now = i * step
+        while pacer.next_send_time(now) is None:
+            pacer.update_after_send(now)
+            sent += 1
+            if sent > 10**6:
+                raise AssertionError("the pacer never holds back")
+    return sent / wakes
+
+
+def test_the_pacer_keeps_its_rate_when_woken_once_a_millisecond():
+    from aioquic.quic.recovery import QuicPacketPacer
+
+    from derp.aio.quiccc import TimerPacer
+    mss = 1452
+    window, srtt = 400 * mss, 0.010          # 40k packets/s (465 Mbit/s): 40 packets a millisecond
+    ours, theirs = TimerPacer(max_datagram_size=mss), QuicPacketPacer(max_datagram_size=mss)
+    for p in (ours, theirs):
+        p.update_rate(window, srtt)
+    assert _sent_per_wake(theirs) <= 17      # aioquic's bucket: 16 packets whatever the rate
+    assert 38 <= _sent_per_wake(ours) <= 42  # ours: the rate, in bursts of a millisecond's worth
+    for window, srtt in ((10 * mss, 0.050), (64 * mss, 0.100)):   # aioquic's bucket is 2 ms or more: same
+        ours, theirs = TimerPacer(max_datagram_size=mss), QuicPacketPacer(max_datagram_size=mss)
+        for p in (ours, theirs):
+            p.update_rate(window, srtt)
+        assert ours.bucket_max == theirs.bucket_max and ours.packet_time == theirs.packet_time
+
+
+def test_relay_and_client_connections_get_the_timer_pacer_and_send_through_the_writer(pki):
+    import asyncio
+
+    from aioquic.quic.recovery import QuicPacketPacer
+
+    from derp.aio.quiccc import TimerPacer
+    from quic_support import quic_pair, quic_relay, send_datagram
+
+    async def main():
+        async with quic_relay(pki) as (server, port):
+            async with quic_pair(port, pki["ca"]) as (a, ka, b, kb):
+                for i in range(30):
+                    assert send_datagram(a, kb, b"%d" % i * 100)
+                    assert (await b.recv_packet(3)).data == b"%d" % i * 100
+                conns = [a.stream, b.stream] + list(server.quic.sessions)
+                for conn in conns:
+                    pacer = conn.quic._loss._pacer
+                    assert type(pacer) is TimerPacer and type(pacer) is not QuicPacketPacer
+                    assert pacer.packet_time is not None          # fed by aioquic's RTT samples
+                    assert isinstance(conn.writer, DatagramWriter) and conn.writer.errors == 0
+    asyncio.run(asyncio.wait_for(main(), 30))
