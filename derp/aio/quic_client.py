@@ -31,6 +31,7 @@ from aioquic.quic.connection import QuicConnection
 from derp import httpwire
 from derp import protocol as P
 from derp import quicwire as W
+from derp.aio.quicfast import connection_class   # aioquic's, with a leaner send path
 from derp.aio.quiccc import attach, configure   # the tunnel congestion controller, packet size, DATAGRAM, pacer
 from derp.aio.clientconn import WRITE_LIMIT, ConnectError, UpgradeRefused, _Stream
 from derp.aio.quicio import (DatagramWriter, clock as _clock, shed_handshake_buffers, socket_buffers, stream_unacked,
@@ -402,7 +403,7 @@ async def dial_quic(client: "DerpClient", target: DialTarget, port: int) -> Quic
         socket_buffers(sock, 1 << 20)
         sock.connect(addr)
         addr = sock.getpeername()
-        quic = attach(QuicConnection(configuration=cfg))
+        quic = attach(connection_class(configuration=cfg))
         conn = QuicDerpConn(client, target, sock, addr, quic)
         quic.connect(addr, _clock())
         conn._transmit()

@@ -39,6 +39,7 @@ from aioquic.quic.connection import QuicConnection
 from aioquic.quic.packet import QuicPacketType, encode_quic_version_negotiation, pull_quic_header
 
 from derp import quicwire as W
+from derp.aio.quicfast import connection_class   # aioquic's, with a leaner send path
 from derp.aio.quiccc import attach, configure   # the tunnel congestion controller, packet size, DATAGRAM, pacer
 from derp.aio.quicio import (DatagramWriter, clock as _clock, shed_handshake_buffers, socket_buffers, stream_unacked,
                              timer_delay)
@@ -514,7 +515,7 @@ class QuicListener:
         if not self.accepting or cfg is None or self.half_open >= QUIC_MAX_HALF_OPEN:
             stats["dropped_half_open_limit"] += 1
             return None
-        quic = attach(QuicConnection(configuration=cfg, original_destination_connection_id=header.destination_cid))
+        quic = attach(connection_class(configuration=cfg, original_destination_connection_id=header.destination_cid))
         session = QuicSession(self, sock, addr, quic)
         self.half_open += 1
         self.loop.call_later(HANDSHAKE_TIMEOUT, self._handshake_timeout, session)
