@@ -13,7 +13,8 @@ datagram (at most QUIC_RECV_BATCH), feeds them to aioquic, handles its events, t
 to send (UDP GSO runs, `derp.aio.quicio.DatagramWriter`); writes made during a turn of the loop are sent by
 one call_soon. One timer follows aioquic's `get_timer()` (whole milliseconds, re-armed only when it moves
 earlier), a second one the DERP core's deadline. The connection is `derp.aio.quicfast`'s class with
-`derp.aio.quiccc`'s pacer. Datagrams waiting for the congestion window are bounded (QUIC_DATAGRAM_QUEUE); beyond it a packet is dropped and counted (aioquic's queue has no bound).
+`derp.aio.quiccc`'s pacer. Datagrams waiting for the congestion window are bounded (QUIC_DATAGRAM_QUEUE);
+beyond it a packet is dropped and counted (aioquic's queue has no bound).
 No task, and no allocation beyond aioquic's own, per packet.
 """
 from __future__ import annotations

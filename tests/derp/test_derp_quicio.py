@@ -147,14 +147,20 @@ class FakeListener:
         pass
 
 
-def test_the_timer_is_rearmed_only_when_the_deadline_moves_earlier(monkeypatch):
+def session(monkeypatch, timer: float):
+    """A QuicSession on a fake aioquic connection whose get_timer() is `timer`, a fake loop and clock:
+    returns (session, quic, loop, now) where now[0] is the clock."""
     now = [0.0]
     monkeypatch.setattr("derp.aio.quic_server._clock", lambda: now[0])
     sock = RecordingSocket()
     listener = FakeListener(sock)
     quic = FakeQuic()
-    s = QuicSession(listener, sock, A, quic)
-    loop = listener.loop
+    quic.timer = timer
+    return QuicSession(listener, sock, A, quic), quic, listener.loop, now
+
+
+def test_the_timer_is_rearmed_only_when_the_deadline_moves_earlier(monkeypatch):
+    s, quic, loop, now = session(monkeypatch, 10.0)
     s.transmit()
     assert len(loop.armed) == 1 and loop.armed[0].delay == timer_delay(10.0, 0.0)
     for later in (10.5, 11.0, 12.0, 30.0):   # aioquic's loss deadline moving later packet by packet
@@ -183,14 +189,7 @@ def test_the_timer_never_fires_before_its_deadline_in_loop_milliseconds():
 
 
 def test_an_early_timer_does_not_run_aioquic_and_waits_for_the_deadline(monkeypatch):
-    now = [0.0]
-    monkeypatch.setattr("derp.aio.quic_server._clock", lambda: now[0])
-    sock = RecordingSocket()
-    listener = FakeListener(sock)
-    quic = FakeQuic()
-    quic.timer = 0.0105
-    s = QuicSession(listener, sock, A, quic)
-    loop = listener.loop
+    s, quic, loop, now = session(monkeypatch, 0.0105)
     s.transmit()
     now[0] = 0.0101          # the loop woke it early: nothing happens but a new wait for the rest
     loop.armed[-1].cb()
