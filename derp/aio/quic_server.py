@@ -9,7 +9,8 @@ it has (UDP GSO runs, `derp.aio.quicio.DatagramWriter`). Connections are `derp.a
 (aioquic's, with a leaner send path) with `derp.aio.quiccc`'s pacer. A short-header packet is routed by
 its destination connection ID without parsing more; a long header is parsed (aioquic's
 `pull_quic_header`): an unsupported version gets a Version Negotiation packet, an Initial of at least
-1200 bytes for an unknown ID creates a connection, unless QUIC_MAX_HALF_OPEN are still in their handshake or the listener is closing; anything else is dropped and counted statelessly.
+1200 bytes for an unknown ID creates a connection, unless QUIC_MAX_HALF_OPEN are still in their handshake
+or the listener is closing; anything else is dropped and counted statelessly.
 A first Initial that gets no answer (it did not decrypt) keeps no connection; a handshake not done within
 HANDSHAKE_TIMEOUT is closed.
 TLS: the relay's certificate (`cert_source()` gives the PEM pair; a new one is used by new connections),
