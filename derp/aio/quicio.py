@@ -21,7 +21,7 @@ def timer_delay(deadline: float, now: float) -> float:
     before the deadline; aioquic then had nothing due, and re-arming for the rest (0 ms) spun the loop
     until the deadline came (at 2k relayed packets/s: more timer callbacks than packets, 80 % of them
     early). A timer that still fires early waits again (the adapters check), so deadlines are met up to
-    about a millisecond late: an ACK within 2 ms of the packet (we advertise max_ack_delay 25 ms, and the
+    about a millisecond late: an ACK within 2 ms of the packet (we advertise max_ack_delay 25 ms; the
     frame's ACK delay field says how late it is), a loss or PTO deadline a millisecond late."""
     return max(1, math.ceil((deadline - now) * 1000)) * TIMER_STEP
 
