@@ -10,9 +10,11 @@ datagram from the relay) for a stall watch. `dial_quic(client, target, port)` ma
 
 I/O: `loop.add_reader` on a connected non-blocking UDP socket; one readable callback reads every waiting
 datagram (at most QUIC_RECV_BATCH), feeds them to aioquic, handles its events, then asks it once for what
-to send; writes made during a turn of the loop are sent by one call_soon. One timer follows aioquic's
-`get_timer()`, a second one the DERP core's deadline. Datagrams waiting for the congestion window are
-bounded (QUIC_DATAGRAM_QUEUE); beyond it a packet is dropped and counted (aioquic's queue has no bound).
+to send (UDP GSO runs, `derp.aio.quicio.DatagramWriter`); writes made during a turn of the loop are sent by
+one call_soon. One timer follows aioquic's `get_timer()` (whole milliseconds, re-armed only when it moves
+earlier), a second one the DERP core's deadline. The connection is `derp.aio.quicfast`'s class with
+`derp.aio.quiccc`'s pacer. Datagrams waiting for the congestion window are bounded (QUIC_DATAGRAM_QUEUE);
+beyond it a packet is dropped and counted (aioquic's queue has no bound).
 No task, and no allocation beyond aioquic's own, per packet.
 """
 from __future__ import annotations
@@ -31,9 +33,11 @@ from aioquic.quic.connection import QuicConnection
 from derp import httpwire
 from derp import protocol as P
 from derp import quicwire as W
-from derp.aio.quiccc import configure   # the tunnel congestion controller, packet size, DATAGRAM
+from derp.aio.quicfast import connection_class   # aioquic's, with a leaner send path
+from derp.aio.quiccc import attach, configure   # the tunnel congestion controller, packet size, DATAGRAM, pacer
 from derp.aio.clientconn import WRITE_LIMIT, ConnectError, UpgradeRefused, _Stream
-from derp.aio.quicio import clock as _clock, shed_handshake_buffers, socket_buffers, stream_unacked
+from derp.aio.quicio import (DatagramWriter, clock as _clock, shed_handshake_buffers, socket_buffers, stream_unacked,
+                             timer_delay)
 from derp.aio.targets import DialTarget
 from derp.constants import (FAST_START_HEADER, IDEAL_NODE_HEADER, QUIC_DATAGRAM_QUEUE, QUIC_IDLE_TIMEOUT,
                             QUIC_PACKET_SIZE, QUIC_RECV_BATCH)
@@ -88,6 +92,7 @@ class QuicDerpConn:
         self.client = client
         self.target = target
         self.sock = sock
+        self.writer = DatagramWriter(sock, connected=True)
         self.addr = addr
         self.quic = quic
         self.loop = asyncio.get_running_loop()
@@ -192,28 +197,31 @@ class QuicDerpConn:
 
     def _transmit(self) -> None:
         self.flush_pending = False
-        sock = self.sock
-        for data, _ in self.quic.datagrams_to_send(_clock()):
-            try:
-                sock.send(data)
-            except (BlockingIOError, InterruptedError):
-                self.stats["quic_send_errors"] += 1   # QUIC's loss recovery resends what matters
-            except OSError:
-                self.stats["quic_send_errors"] += 1
+        out = self.quic.datagrams_to_send(_clock())
+        if out:
+            errors = self.writer.send(out)   # QUIC's loss recovery resends what matters
+            if errors:
+                self.stats["quic_send_errors"] += errors
         deadline = self.quic.get_timer()
-        if deadline != self.quic_deadline:
-            self.quic_deadline = deadline
+        if deadline is not None and (self.quic_deadline is None or deadline < self.quic_deadline):
+            # re-armed only when the deadline moves earlier (as derp.aio.quic_server: one that fires early
+            # finds nothing due and arms the real deadline)
             if self.quic_timer is not None:
                 self.quic_timer.cancel()
-            self.quic_timer = None if deadline is None else \
-                self.loop.call_later(max(0.0, deadline - _clock()), self._on_quic_timer)
+            self.quic_deadline = deadline
+            self.quic_timer = self.loop.call_later(timer_delay(deadline, _clock()), self._on_quic_timer)
 
     def _on_quic_timer(self) -> None:
         self.quic_timer = None
-        self.quic_deadline = None
+        deadline, self.quic_deadline = self.quic_deadline, None
         if self.done.done():
             return
-        self.quic.handle_timer(_clock())
+        now = _clock()
+        if deadline is not None and now < deadline:   # early (see derp.aio.quicio.timer_delay): wait on
+            self.quic_deadline = deadline
+            self.quic_timer = self.loop.call_later(timer_delay(deadline, now), self._on_quic_timer)
+            return
+        self.quic.handle_timer(now)
         self._events()
         self._transmit()
 
@@ -397,7 +405,7 @@ async def dial_quic(client: "DerpClient", target: DialTarget, port: int) -> Quic
         socket_buffers(sock, 1 << 20)
         sock.connect(addr)
         addr = sock.getpeername()
-        quic = QuicConnection(configuration=cfg)
+        quic = attach(connection_class(configuration=cfg))
         conn = QuicDerpConn(client, target, sock, addr, quic)
         quic.connect(addr, _clock())
         conn._transmit()

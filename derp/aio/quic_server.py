@@ -5,10 +5,12 @@ which the existing `derp.aio.session.HttpConn` runs unchanged on stream 0.
 Listener (`QuicListener`): one UDP socket per address as the TCP listener binds (all addresses: one
 dual-stack IPv6 socket), read with `loop.add_reader` and `recvfrom` in batches of QUIC_RECV_BATCH; after a
 batch the relay's writes are flushed once (`DerpServer.flush`) and every connection it touched sends what
-it has. A short-header packet is routed by its destination connection ID without parsing more; a long
-header is parsed (aioquic's `pull_quic_header`): an unsupported version gets a Version Negotiation packet,
-an Initial of at least 1200 bytes for an unknown ID creates a connection, unless QUIC_MAX_HALF_OPEN are
-still in their handshake or the listener is closing; anything else is dropped and counted statelessly.
+it has (UDP GSO runs, `derp.aio.quicio.DatagramWriter`). Connections are `derp.aio.quicfast`'s class
+(aioquic's, with a leaner send path) with `derp.aio.quiccc`'s pacer. A short-header packet is routed by
+its destination connection ID without parsing more; a long header is parsed (aioquic's
+`pull_quic_header`): an unsupported version gets a Version Negotiation packet, an Initial of at least
+1200 bytes for an unknown ID creates a connection, unless QUIC_MAX_HALF_OPEN are still in their handshake
+or the listener is closing; anything else is dropped and counted statelessly.
 A first Initial that gets no answer (it did not decrypt) keeps no connection; a handshake not done within
 HANDSHAKE_TIMEOUT is closed.
 TLS: the relay's certificate (`cert_source()` gives the PEM pair; a new one is used by new connections),
@@ -39,8 +41,10 @@ from aioquic.quic.connection import QuicConnection
 from aioquic.quic.packet import QuicPacketType, encode_quic_version_negotiation, pull_quic_header
 
 from derp import quicwire as W
-from derp.aio.quiccc import configure   # the tunnel congestion controller, packet size, DATAGRAM
-from derp.aio.quicio import clock as _clock, shed_handshake_buffers, socket_buffers, stream_unacked
+from derp.aio.quicfast import connection_class   # aioquic's, with a leaner send path
+from derp.aio.quiccc import attach, configure   # the tunnel congestion controller, packet size, DATAGRAM, pacer
+from derp.aio.quicio import (DatagramWriter, clock as _clock, shed_handshake_buffers, socket_buffers, stream_unacked,
+                             timer_delay)
 from derp.aio.session import HttpConn
 from derp.constants import (HANDSHAKE_TIMEOUT, QUIC_CID_LEN, QUIC_DATAGRAM_QUEUE, QUIC_IDLE_TIMEOUT,
                             QUIC_MAX_HALF_OPEN, QUIC_MIN_INITIAL, QUIC_PACKET_SIZE,
@@ -112,6 +116,7 @@ class QuicSession:
         self.listener = listener
         self.loop = listener.loop
         self.sock = sock
+        self.writer = listener.writers[sock]
         self.addr = addr
         self.quic = quic
         self.pending = quic._datagrams_pending   # aioquic's unbounded queue: bounded by our checks
@@ -222,17 +227,15 @@ class QuicSession:
         self.dirty = False
         if self.gone:
             return 0
-        quic, sock = self.quic, self.sock
+        quic = self.quic
         if self.closing and self.buffered() == 0:
             self.closing = False
             quic.close()
-        stats = self.listener.stats
         out = quic.datagrams_to_send(_clock())
-        for data, addr in out:
-            try:
-                sock.sendto(data, addr)
-            except OSError:
-                stats["send_errors"] += 1
+        if out:
+            errors = self.writer.send(out)
+            if errors:
+                self.listener.stats["send_errors"] += errors
         http = self.http
         if http is not None and not http.closed:
             size = self.buffered()
@@ -243,12 +246,14 @@ class QuicSession:
                 self.write_paused = False
                 http.resume_writing()
         deadline = quic.get_timer()
-        if deadline != self.deadline:
-            self.deadline = deadline
+        if deadline is not None and (self.deadline is None or deadline < self.deadline):
+            # re-armed only when the deadline moves earlier: a timer armed for an earlier one (aioquic's
+            # loss/ACK deadlines move later with nearly every packet) fires early, handle_timer does
+            # nothing before a deadline is due, and the transmit after it arms the real one
             if self.timer is not None:
                 self.timer.cancel()
-            self.timer = None if deadline is None else \
-                self.loop.call_later(max(0.0, deadline - _clock()), self._on_timer)
+            self.deadline = deadline
+            self.timer = self.loop.call_later(timer_delay(deadline, _clock()), self._on_timer)
         if handle_events:
             self.events()   # closing produces ConnectionTerminated once drained
         else:
@@ -257,10 +262,15 @@ class QuicSession:
 
     def _on_timer(self) -> None:
         self.timer = None
-        self.deadline = None
+        deadline, self.deadline = self.deadline, None
         if self.gone:
             return
-        self.quic.handle_timer(_clock())
+        now = _clock()
+        if deadline is not None and now < deadline:   # still early (a loop turn that ran long): wait on
+            self.deadline = deadline
+            self.timer = self.loop.call_later(timer_delay(deadline, now), self._on_timer)
+            return
+        self.quic.handle_timer(now)
         self.events()
         self.transmit()
 
@@ -339,6 +349,7 @@ class QuicListener:
         self.cert_source = cert_source
         self.loop = asyncio.get_running_loop()
         self.socks: list[socket.socket] = []
+        self.writers: dict[socket.socket, DatagramWriter] = {}
         self.cids: dict[bytes, QuicSession] = {}
         self.sessions: set[QuicSession] = set()
         self.touched: set[QuicSession] = set()
@@ -373,6 +384,7 @@ class QuicListener:
         sock.setblocking(False)
         socket_buffers(sock, 4 << 20)
         self.socks.append(sock)
+        self.writers[sock] = DatagramWriter(sock)
         self.loop.add_reader(sock.fileno(), self._readable, sock)
         return sock.getsockname()[1]
 
@@ -505,7 +517,7 @@ class QuicListener:
         if not self.accepting or cfg is None or self.half_open >= QUIC_MAX_HALF_OPEN:
             stats["dropped_half_open_limit"] += 1
             return None
-        quic = QuicConnection(configuration=cfg, original_destination_connection_id=header.destination_cid)
+        quic = attach(connection_class(configuration=cfg, original_destination_connection_id=header.destination_cid))
         session = QuicSession(self, sock, addr, quic)
         self.half_open += 1
         self.loop.call_later(HANDSHAKE_TIMEOUT, self._handshake_timeout, session)

@@ -1,13 +1,29 @@
 """Small I/O pieces both ends of DERP over QUIC share (derp.aio.quic_client, derp.aio.quic_server): the
-clock aioquic is given, UDP socket buffers, how much of a stream aioquic still holds unacknowledged, and
-the handshake buffers a connection no longer needs."""
+clock aioquic is given, UDP socket buffers, sending aioquic's datagrams (UDP GSO), how much of a stream
+aioquic still holds unacknowledged, and the handshake buffers a connection no longer needs."""
 from __future__ import annotations
 
+import errno
+import math
 import socket
+import struct
 import time
 from typing import Any
 
 clock = time.monotonic   # aioquic's `now`: uvloop's loop.time() moves in millisecond steps
+TIMER_STEP = 0.001       # the loop's timer granularity (uvloop/libuv: whole milliseconds)
+
+
+def timer_delay(deadline: float, now: float) -> float:
+    """The delay to give ``loop.call_later`` for aioquic's timer ``deadline``: rounded up to whole
+    milliseconds (at least one). uvloop rounds a delay to the nearest millisecond and libuv counts it from
+    the millisecond time cached at the start of the loop turn, so a plain delay fired up to a millisecond
+    before the deadline; aioquic then had nothing due, and re-arming for the rest (0 ms) spun the loop
+    until the deadline came (at 2k relayed packets/s: more timer callbacks than packets, 80 % of them
+    early). A timer that still fires early waits again (the adapters check), so deadlines are met up to
+    about a millisecond late: an ACK within 2 ms of the packet (we advertise max_ack_delay 25 ms; the
+    frame's ACK delay field says how late it is), a loss or PTO deadline a millisecond late."""
+    return max(1, math.ceil((deadline - now) * 1000)) * TIMER_STEP
 
 
 def socket_buffers(sock: socket.socket, size: int) -> None:
@@ -22,6 +38,87 @@ def socket_buffers(sock: socket.socket, size: int) -> None:
                 sock.setsockopt(socket.SOL_SOCKET, plain, size)
             except OSError:
                 pass
+
+
+SOL_UDP = getattr(socket, "SOL_UDP", 17)
+UDP_SEGMENT = 103              # linux/udp.h: the GSO segment size of one sendmsg
+GSO_MAX_SEGMENTS = 64          # the kernel's UDP_MAX_SEGMENTS (64 before Linux 5.x raised it to 128)
+GSO_MAX_BYTES = 65000          # one UDP payload (less the headers) at most
+_GSO_UNAVAILABLE = (errno.EIO, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOPROTOOPT)
+_u16 = struct.Struct("=H")
+
+
+class DatagramWriter:
+    """Sends what ``QuicConnection.datagrams_to_send`` returns on one UDP socket. A run of consecutive
+    datagrams of one size to one address (the last may be shorter) goes out as one ``sendmsg`` with
+    UDP_SEGMENT (GSO): the kernel cuts it into the same datagrams on the wire, one syscall for up to
+    GSO_MAX_SEGMENTS. Where GSO is refused (EIO: no checksum offload on the route, EINVAL: a segment over
+    the device MTU, an old kernel) the writer sends one datagram per call from then on. ``connected``: the
+    socket is connected (the client's), so no address is passed. Errors are counted, never raised (QUIC's
+    loss recovery resends what matters)."""
+
+    __slots__ = ("sock", "connected", "gso", "errors", "gso_calls")
+
+    def __init__(self, sock: socket.socket, connected: bool = False) -> None:
+        self.sock = sock
+        self.connected = connected
+        self.gso = True
+        self.errors = 0
+        self.gso_calls = 0
+
+    def send(self, out: list[tuple[bytes, Any]]) -> int:
+        """Send every (data, addr) of ``out``, in order; returns how many failed."""
+        errors = self.errors
+        n = len(out)
+        i = 0
+        while i < n:
+            data, addr = out[i]
+            j = i + 1
+            if self.gso and j < n:
+                size = len(data)
+                total = size
+                limit = min(n, i + GSO_MAX_SEGMENTS)
+                while j < limit:
+                    d2, a2 = out[j]
+                    s2 = len(d2)
+                    if s2 > size or a2 != addr or total + s2 > GSO_MAX_BYTES:
+                        break
+                    total += s2
+                    j += 1
+                    if s2 < size:
+                        break          # a shorter datagram may only end a run
+                if j - i > 1:
+                    self._send_run(out, i, j, size, addr)
+                    i = j
+                    continue
+            self._send_one(data, addr)
+            i = j
+        return self.errors - errors
+
+    def _send_one(self, data: bytes, addr: Any) -> None:
+        try:
+            if self.connected:
+                self.sock.send(data)
+            else:
+                self.sock.sendto(data, addr)
+        except OSError:    # a full buffer (BlockingIOError), ICMP errors: a lost datagram
+            self.errors += 1
+
+    def _send_run(self, out: list[tuple[bytes, Any]], i: int, j: int, size: int, addr: Any) -> None:
+        run = b"".join([data for data, _ in out[i:j]])
+        try:
+            if self.connected:
+                self.sock.sendmsg([run], [(SOL_UDP, UDP_SEGMENT, _u16.pack(size))])
+            else:
+                self.sock.sendmsg([run], [(SOL_UDP, UDP_SEGMENT, _u16.pack(size))], 0, addr)
+            self.gso_calls += 1
+        except OSError as exc:
+            if exc.errno not in _GSO_UNAVAILABLE:
+                self.errors += j - i
+                return
+            self.gso = False
+            for data, _ in out[i:j]:
+                self._send_one(data, addr)
 
 
 def stream_unacked(quic: Any, stream_id: int) -> int:

@@ -83,11 +83,13 @@ def configurations(algorithm: str | None = None, quic_logger=None) -> tuple[Quic
 
 
 class QuicPair:
-    def __init__(self, up: Link, down: Link, *, algorithm: str | None = None, quic_logger=None) -> None:
+    def __init__(self, up: Link, down: Link, *, algorithm: str | None = None, quic_logger=None,
+                 connection_class=None) -> None:
         client_conf, server_conf = configurations(algorithm, quic_logger)
-        self.client = QuicConnection(configuration=client_conf)
-        self.server = QuicConnection(configuration=server_conf, original_destination_connection_id=
-                                     self.client._original_destination_connection_id)
+        cls = connection_class or QuicConnection
+        self.client = cls(configuration=client_conf)
+        self.server = cls(configuration=server_conf, original_destination_connection_id=
+                          self.client._original_destination_connection_id)
         self.up, self.down = up, down            # client -> server, server -> client
         self.now = 0.0
         self.received: list[bytes] = []          # datagrams the server got, in order

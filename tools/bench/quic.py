@@ -9,7 +9,8 @@ pair (tests/derp/quiccc_pair.py, virtual time, no sockets) over an emulated link
 2. CPU: wall-clock microseconds per datagram for aioquic to send and receive --size-byte datagrams
    (client datagrams_to_send, server receive_datagram + events, the ACKs back), with pacing on/off, the
    qlog QuicLogger on/off, and 1 vs 32 datagrams queued per datagrams_to_send call; the best of --repeat
-   runs (other load on the machine only adds time).
+   runs (other load on the machine only adds time); "lean send path" is derp.aio.quicfast's connection
+   class at both ends, as the relay and the client run it.
 Not part of the test suite.
 """
 from __future__ import annotations
@@ -19,6 +20,7 @@ import time
 
 from aioquic.quic.logger import QuicLogger
 
+from derp.aio.quicfast import connection_class
 from derp.aio.quiccc import ALGORITHM, DatagramSender
 from tests.derp.quiccc_pair import CLIENT_ADDR, SERVER_ADDR, Link, QuicPair
 
@@ -66,9 +68,12 @@ def goodput(algorithm: str, loss: float, opts) -> tuple[float, int]:
     return (len(p.received) - count) * opts.size * 8 / (p.now - start) / 1e6, up.overflowed - overflowed
 
 
-def cpu_cost(opts, *, batch: int, pacing: bool = True, qlog: bool = False) -> tuple[float, float, float]:
-    """µs per datagram: (client send, server receive, ACKs back), wall clock."""
-    p = QuicPair(Link(delay=0.001), Link(delay=0.001), quic_logger=QuicLogger() if qlog else None)
+def cpu_cost(opts, *, batch: int, pacing: bool = True, qlog: bool = False,
+             lean: bool = False) -> tuple[float, float, float]:
+    """µs per datagram: (client send, server receive, ACKs back), wall clock. `lean`: both ends are
+    derp.aio.quicfast's connection class (what the relay and client use) instead of aioquic's."""
+    p = QuicPair(Link(delay=0.001), Link(delay=0.001), quic_logger=QuicLogger() if qlog else None,
+                 connection_class=connection_class if lean else None)
     p.handshake()
     client, server = p.client, p.server
     if not pacing:
@@ -125,6 +130,8 @@ def main(argv: list[str]) -> int:
     print(f"{'variant':<34} {'send':>7} {'receive':>8} {'acks':>7} {'total':>7}")
     for label, kw in (("pacing, no qlog, 1 per call", dict(batch=1)),
                       ("pacing, no qlog, 32 per call", dict(batch=32)),
+                      ("lean send path, 1 per call", dict(batch=1, lean=True)),
+                      ("lean send path, 32 per call", dict(batch=32, lean=True)),
                       ("no pacing, no qlog, 32 per call", dict(batch=32, pacing=False)),
                       ("no pacing, no qlog, 1 per call", dict(batch=1, pacing=False)),
                       ("pacing, qlog, 32 per call", dict(batch=32, qlog=True))):
