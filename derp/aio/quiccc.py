@@ -13,7 +13,8 @@ and a bounded datagram queue.
   packets a millisecond: 16k datagrams/s (190 Mbit/s of tunnel packets) whatever the window. Two
   milliseconds of the pacing rate per burst is what Linux TCP allows too (TSO autosizing sends about 1 ms
   of the pacing rate in one burst); bursts stay bounded by the window and the rate (RFC 9002 §7.7).
-- ``DatagramSender`` fixes two faults of aioquic 1.x's ``send_datagram_frame``: its pending deque is
+- ``DatagramSender`` (for the in-memory pair of the tests and ``tools.bench quic``; the relay and the client
+  apply the same rules inline on their hot paths) fixes two faults of aioquic 1.x's ``send_datagram_frame``: its pending deque is
   unbounded (a relay that receives faster than the window lets it send would queue without end, adding
   delay to every tunnelled packet), and a datagram too large for one packet stays at the head of that deque
   for ever, blocking every later one (``_write_application`` breaks out of its datagram loop on
