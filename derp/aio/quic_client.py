@@ -36,8 +36,8 @@ from derp import quicwire as W
 from derp.aio.quicfast import connection_class   # aioquic's, with a leaner send path
 from derp.aio.quiccc import attach, configure   # the tunnel congestion controller, packet size, DATAGRAM, pacer
 from derp.aio.clientconn import WRITE_LIMIT, ConnectError, UpgradeRefused, _Stream
-from derp.aio.quicio import (DatagramWriter, clock as _clock, shed_handshake_buffers, socket_buffers, stream_unacked,
-                             timer_delay)
+from derp.aio.quicio import (DatagramWriter, QuicTimer, clock as _clock, shed_handshake_buffers, socket_buffers,
+                             stream_unacked)
 from derp.aio.targets import DialTarget
 from derp.constants import (FAST_START_HEADER, IDEAL_NODE_HEADER, QUIC_DATAGRAM_QUEUE, QUIC_IDLE_TIMEOUT,
                             QUIC_PACKET_SIZE, QUIC_RECV_BATCH)
@@ -107,8 +107,7 @@ class QuicDerpConn:
         self.head = b""   # the start of the DERP stream while it might be an HTTP refusal
         self.last_rx = _clock()   # time.monotonic() of the last UDP datagram from the relay (stall watch)
         self.timer: asyncio.TimerHandle | None = None        # the DERP core's
-        self.quic_timer: asyncio.TimerHandle | None = None   # aioquic's
-        self.quic_deadline: float | None = None
+        self.quic_timer = QuicTimer(self.loop, self._on_quic_timer, _clock)   # aioquic's get_timer()
         self.flush_pending = False
         self.stats = quic_stats(client)
         self.datagram_limit = 0   # set once the server's connection ID is known (begin)
@@ -202,24 +201,10 @@ class QuicDerpConn:
             errors = self.writer.send(out)   # QUIC's loss recovery resends what matters
             if errors:
                 self.stats["quic_send_errors"] += errors
-        deadline = self.quic.get_timer()
-        if deadline is not None and (self.quic_deadline is None or deadline < self.quic_deadline):
-            # re-armed only when the deadline moves earlier (as derp.aio.quic_server: one that fires early
-            # finds nothing due and arms the real deadline)
-            if self.quic_timer is not None:
-                self.quic_timer.cancel()
-            self.quic_deadline = deadline
-            self.quic_timer = self.loop.call_later(timer_delay(deadline, _clock()), self._on_quic_timer)
+        self.quic_timer.arm(self.quic.get_timer())
 
-    def _on_quic_timer(self) -> None:
-        self.quic_timer = None
-        deadline, self.quic_deadline = self.quic_deadline, None
+    def _on_quic_timer(self, now: float) -> None:
         if self.done.done():
-            return
-        now = _clock()
-        if deadline is not None and now < deadline:   # early (see derp.aio.quicio.timer_delay): wait on
-            self.quic_deadline = deadline
-            self.quic_timer = self.loop.call_later(timer_delay(deadline, now), self._on_quic_timer)
             return
         self.quic.handle_timer(now)
         self._events()
@@ -317,9 +302,7 @@ class QuicDerpConn:
             self._transmit()   # the CONNECTION_CLOSE, once
         except OSError:
             pass
-        if self.quic_timer is not None:
-            self.quic_timer.cancel()
-            self.quic_timer = None
+        self.quic_timer.cancel()
         self.loop.remove_reader(self.sock.fileno())
         self.sock.close()
 

@@ -43,8 +43,8 @@ from aioquic.quic.packet import QuicPacketType, encode_quic_version_negotiation,
 from derp import quicwire as W
 from derp.aio.quicfast import connection_class   # aioquic's, with a leaner send path
 from derp.aio.quiccc import attach, configure   # the tunnel congestion controller, packet size, DATAGRAM, pacer
-from derp.aio.quicio import (DatagramWriter, clock as _clock, shed_handshake_buffers, socket_buffers, stream_unacked,
-                             timer_delay)
+from derp.aio.quicio import (DatagramWriter, QuicTimer, clock as _clock, shed_handshake_buffers, socket_buffers,
+                             stream_unacked)
 from derp.aio.session import HttpConn
 from derp.constants import (HANDSHAKE_TIMEOUT, QUIC_CID_LEN, QUIC_DATAGRAM_QUEUE, QUIC_IDLE_TIMEOUT,
                             QUIC_MAX_HALF_OPEN, QUIC_MIN_INITIAL, QUIC_PACKET_SIZE,
@@ -126,8 +126,7 @@ class QuicSession:
         self.answered = False    # sent something: its first Initial was a real one
         self.datagrams = False
         self.datagram_limit = 0
-        self.timer: asyncio.TimerHandle | None = None
-        self.deadline: float | None = None
+        self.timer = QuicTimer(self.loop, self._on_timer, _clock)   # aioquic's get_timer()
         self.dirty = False
         self.paused = False
         self.held: list[bytes] = []
@@ -207,9 +206,7 @@ class QuicSession:
             self.listener.half_open -= 1
             if ev.error_code == _NO_APP_PROTOCOL:
                 self.listener.stats["dropped_refused_alpn"] += 1
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
+        self.timer.cancel()
         self.listener.forget(self)
         if self.http is not None:
             self.http.connection_lost(None)
@@ -245,30 +242,15 @@ class QuicSession:
             elif self.write_paused and size <= self.high // 4:
                 self.write_paused = False
                 http.resume_writing()
-        deadline = quic.get_timer()
-        if deadline is not None and (self.deadline is None or deadline < self.deadline):
-            # re-armed only when the deadline moves earlier: a timer armed for an earlier one (aioquic's
-            # loss/ACK deadlines move later with nearly every packet) fires early, handle_timer does
-            # nothing before a deadline is due, and the transmit after it arms the real one
-            if self.timer is not None:
-                self.timer.cancel()
-            self.deadline = deadline
-            self.timer = self.loop.call_later(timer_delay(deadline, _clock()), self._on_timer)
+        self.timer.arm(quic.get_timer())
         if handle_events:
             self.events()   # closing produces ConnectionTerminated once drained
         else:
             self.touch()    # they are handled at the end of the batch
         return len(out)
 
-    def _on_timer(self) -> None:
-        self.timer = None
-        deadline, self.deadline = self.deadline, None
+    def _on_timer(self, now: float) -> None:
         if self.gone:
-            return
-        now = _clock()
-        if deadline is not None and now < deadline:   # still early (a loop turn that ran long): wait on
-            self.deadline = deadline
-            self.timer = self.loop.call_later(timer_delay(deadline, now), self._on_timer)
             return
         self.quic.handle_timer(now)
         self.events()
@@ -469,9 +451,7 @@ class QuicListener:
     def _drop_half_open(self, session: QuicSession) -> None:
         self.half_open -= 1
         session.gone = True
-        if session.timer is not None:
-            session.timer.cancel()
-            session.timer = None
+        session.timer.cancel()
         self.forget(session)
 
     def touch(self, session: QuicSession) -> None:

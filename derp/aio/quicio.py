@@ -1,6 +1,7 @@
 """Small I/O pieces both ends of DERP over QUIC share (derp.aio.quic_client, derp.aio.quic_server): the
 clock aioquic is given, UDP socket buffers, sending aioquic's datagrams (UDP GSO), how much of a stream
-aioquic still holds unacknowledged, and the handshake buffers a connection no longer needs."""
+aioquic still holds unacknowledged, the handshake buffers a connection no longer needs, and the loop
+timer that serves a connection's `get_timer()` (QuicTimer)."""
 from __future__ import annotations
 
 import errno
@@ -8,7 +9,7 @@ import math
 import socket
 import struct
 import time
-from typing import Any
+from typing import Any, Callable
 
 clock = time.monotonic   # aioquic's `now`: uvloop's loop.time() moves in millisecond steps
 TIMER_STEP = 0.001       # the loop's timer granularity (uvloop/libuv: whole milliseconds)
@@ -24,6 +25,44 @@ def timer_delay(deadline: float, now: float) -> float:
     about a millisecond late: an ACK within 2 ms of the packet (we advertise max_ack_delay 25 ms; the
     frame's ACK delay field says how late it is), a loss or PTO deadline a millisecond late."""
     return max(1, math.ceil((deadline - now) * 1000)) * TIMER_STEP
+
+
+class QuicTimer:
+    """The one loop timer of an aioquic connection. `arm(quic.get_timer())` after every transmit re-arms it
+    only when the deadline moves earlier (aioquic's loss/ACK deadlines move later with nearly every packet:
+    a timer armed for an earlier one fires early, and the transmit after it arms the real one); a wake
+    before the deadline (see timer_delay) waits again instead of running aioquic; when it is due,
+    `fire(now)` runs (handle_timer, events, transmit)."""
+
+    __slots__ = ("loop", "fire", "clock", "handle", "deadline")
+
+    def __init__(self, loop: Any, fire: Callable[[float], None], clock: Callable[[], float] = clock) -> None:
+        self.loop, self.fire, self.clock = loop, fire, clock
+        self.handle: Any = None
+        self.deadline: float | None = None
+
+    def arm(self, deadline: float | None) -> None:
+        if deadline is not None and (self.deadline is None or deadline < self.deadline):
+            if self.handle is not None:
+                self.handle.cancel()
+            self.deadline = deadline
+            self.handle = self.loop.call_later(timer_delay(deadline, self.clock()), self._wake)
+
+    def cancel(self) -> None:
+        if self.handle is not None:
+            self.handle.cancel()
+            self.handle = None
+        self.deadline = None
+
+    def _wake(self) -> None:
+        self.handle = None
+        deadline, self.deadline = self.deadline, None
+        now = self.clock()
+        if deadline is not None and now < deadline:   # early (a loop turn that ran long, uvloop's rounding)
+            self.deadline = deadline
+            self.handle = self.loop.call_later(timer_delay(deadline, now), self._wake)
+            return
+        self.fire(now)
 
 
 def socket_buffers(sock: socket.socket, size: int) -> None:
