@@ -135,6 +135,15 @@ class PathPeer(WgcPeer):
             if os.path.exists(path):
                 os.unlink(path)
 
+    def report(self) -> str:
+        """The base report plus the log's lines above DEBUG from the start (the tail is mostly disco)."""
+        try:
+            with open(self.log_path, errors="replace") as f:
+                key = [line.rstrip() for line in f if " DEBUG " not in line]
+        except OSError:
+            key = []
+        return super().report() + f"\n--- {self!r}: log lines above DEBUG\n" + "\n".join(key[-60:])
+
     def stop(self) -> None:
         try:
             super().stop()
@@ -162,6 +171,7 @@ class PathLab:
         self.relays: dict[int, Relay] = {}
         self.derper_python_args: list[str] = []    # before `-m derp` (e.g. -m cProfile -o FILE)
         self.peers: list[PathPeer] = []
+        self.stopped_reports: list[str] = []     # reports of peers stopped by stop_peer (the last six)
         self.lab: NatLab | None = None
         try:
             self.lab = NatLab(specs, [ClientSpec(c) for c in clients])
@@ -313,6 +323,13 @@ class PathLab:
             time.sleep(0.1)
 
     def stop_peer(self, p: PathPeer) -> None:
+        """Stop a peer; its report (device and log tail) is kept for `report`, since stopping removes
+        its work dir and a test stops its peers in `finally`, before a failure is reported."""
+        try:
+            self.stopped_reports.append(p.report())
+            del self.stopped_reports[:-6]
+        except Exception as exc:  # the report is a diagnostic: never let it keep the peer running
+            self.stopped_reports.append(f"--- {p!r}: no report ({exc})")
         p.stop()
         if p in self.peers:
             self.peers.remove(p)
@@ -416,6 +433,7 @@ class PathLab:
 
     def report(self) -> str:
         parts = [p.report() for p in self.peers]
+        parts += [f"(stopped during the test)\n{r}" for r in self.stopped_reports]
         for i, relay in self.relays.items():
             try:
                 with open(relay.log, errors="replace") as fh:

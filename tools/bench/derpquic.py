@@ -23,6 +23,7 @@ import math
 import os
 import re
 import statistics
+import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -54,6 +55,7 @@ class Figure:
     udp_bps: float | None = None        # UDP inside the tunnel at --udp-rate: delivered ...
     udp_lost: float | None = None       # ... and the fraction lost
     error: str = ""
+    repeats: list[str] = field(default_factory=list)   # why an iperf3 run had to be run again
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -117,16 +119,19 @@ def relayed_ping(a, b, count: int) -> tuple[float | None, float | None, float]:
     return percentile(times, 0.5), percentile(times, 0.99), 1 - len(times) / count
 
 
-def iperf_again(ns, server: str, args: list[str], seconds: int) -> dict:
-    """iperf3, run again (up to 5 times, 2 s apart) while the server still finishes a test whose client
-    gave up (a UDP run under heavy loss can leave it busy)."""
-    for attempt in range(5):
+def iperf_again(ns, server: str, args: list[str], seconds: int, fig: Figure, attempts: int = 4) -> dict:
+    """iperf3, run again (up to `attempts` times in all) when a run fails: the server may still finish a test whose client
+    gave up ("busy", after a UDP run under heavy loss), or a short run's control connection, itself TCP
+    inside the lossy tunnel, may not survive (a loaded machine makes that likelier). A figure comes only
+    from a run that completed; the repeats are counted on the figure and shown under the table."""
+    for attempt in range(attempts):
         try:
             return iperf(ns, server, args, seconds)
-        except RuntimeError as exc:
-            if "busy" not in str(exc) or attempt == 4:
+        except (RuntimeError, subprocess.TimeoutExpired) as exc:
+            if attempt == attempts - 1:
                 raise
-            time.sleep(2)
+            fig.repeats.append(str(exc).splitlines()[0][:80] if str(exc) else type(exc).__name__)
+            time.sleep(2 if "busy" in str(exc) else 1)
     raise AssertionError("unreachable")
 
 
@@ -151,7 +156,7 @@ def measure(pl: QuicLab, pair, fig: Figure, opts) -> None:
     args: list[str] = []
     runs, received = [], 0
     for _ in range(opts.repeat):
-        report = iperf_again(a.ns, b.ip, args, opts.time)["end"]["sum_received"]
+        report = iperf_again(a.ns, b.ip, args, opts.time, fig)["end"]["sum_received"]
         runs.append(report["bits_per_second"])
         received += report["bytes"]
     fig.bps = statistics.median(runs)
@@ -164,9 +169,10 @@ def measure(pl: QuicLab, pair, fig: Figure, opts) -> None:
     fig.link_offered = counts1["offered"] - counts0["offered"]
     if opts.udp_rate != "0":
         try:
-            udp = iperf_again(a.ns, b.ip, ["-u", "-b", opts.udp_rate, "-l", "1200"], opts.time)["end"]["sum_received"]
+            udp = iperf_again(a.ns, b.ip, ["-u", "-b", opts.udp_rate, "-l", "1200"], opts.time, fig,
+                              attempts=2)["end"]["sum_received"]
             fig.udp_bps, fig.udp_lost = udp["bits_per_second"], udp["lost_percent"] / 100
-        except RuntimeError:           # iperf3's control connection may not survive heavy loss
+        except (RuntimeError, subprocess.TimeoutExpired):   # its control connection may not survive heavy loss
             pass
     fig.p50_ms, fig.p99_ms, fig.ping_loss = relayed_ping(a, b, opts.pings)
     fig.used.append(pl.transport(a, 1) or "-")
@@ -265,6 +271,10 @@ def table(figures: list[Figure], opts) -> str:
                for f in figures if f.relay_drops]
     if reasons:
         lines.append("relay drops by reason: " + "; ".join(reasons))
+    repeated = [f"{labels[f.transport]} at {f.loss_pct:g} %: {len(f.repeats)} ({f.repeats[-1]})"
+                for f in figures if f.repeats]
+    if repeated:
+        lines.append("iperf3 runs repeated after a failed run: " + "; ".join(repeated))
     if len(opts.keys) == 2:
         lines.append("ratio QUIC / TCP throughput   " + "   ".join(ratios))
         lines.append("ratio TCP / QUIC ping p99     " + "   ".join(p99s))
