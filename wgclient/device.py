@@ -194,8 +194,23 @@ class Device:
     def resend_handshake(self, peer: Peer, now: float) -> Outputs:
         """The path to a managed peer changed while our initiation was unanswered (it may have gone
         where the peer is not, e.g. a DERP region it had not joined yet): send it again now instead of
-        after REKEY_TIMEOUT, keeping the retry count."""
-        if peer.keypairs.current is None and peer.last_sent_handshake is not None:
+        after REKEY_TIMEOUT, keeping the retry count and the retransmit timer.
+
+        The same initiation goes again, not a new one. If the first one did arrive too, the responder
+        takes one of the two and drops the other as a replay (same timestamp), and its one response
+        matches our state. A fresh initiation would replace our state, so the response to the first
+        would be dropped here, and a responder (wireguard-go, the kernel, us) also drops an initiation
+        that comes within 20 ms of the one it took (the flood limit). Then neither completes, and the
+        handshake waits for REKEY_TIMEOUT."""
+        pending = peer.pending_initiation
+        if peer.keypairs.current is not None or pending is None or peer.last_sent_handshake is None:
+            return self.out           # nothing of ours awaits an answer
+        if now - peer.last_sent_handshake < REKEY_TIMEOUT:
+            buf = bytearray(pending)
+            peer.cookie.add_macs(buf, now)    # mac2 too if a cookie came meanwhile; mac1 is the same
+            peer.log.debug("sending handshake initiation again (the path changed)")
+            self._send_control(peer, bytes(buf))
+        else:
             peer.last_sent_handshake = None
             self._send_initiation(peer, now, retry=True)
         return self.out
@@ -301,6 +316,7 @@ class Device:
             return
         buf = bytearray(msg.encode())
         peer.cookie.add_macs(buf, now)
+        peer.pending_initiation = bytes(buf)
         peer.timers.on_any_authenticated_packet_traversal(now)
         peer.timers.on_any_authenticated_packet_sent()
         peer.log.debug("sending handshake initiation")
@@ -309,6 +325,7 @@ class Device:
 
     def _send_response(self, peer: Peer, now: float) -> None:
         peer.last_sent_handshake = now
+        peer.pending_initiation = None      # our state is the responder's now
         old_index = peer.handshake.local_index
         if old_index:
             self.handshake_indices.pop(old_index, None)
@@ -325,6 +342,7 @@ class Device:
         self._send_control(peer, bytes(buf))
 
     def _begin_session(self, peer: Peer, now: float, *, initiator: bool) -> None:
+        peer.pending_initiation = None
         hs = peer.handshake
         send_key, recv_key = noise.derive_keys(hs, initiator=initiator)
         index = hs.local_index

@@ -50,6 +50,9 @@ class Peer:
         self.send_to: Peer = self
         self.staged: collections.deque[bytes] = collections.deque(maxlen=MAX_STAGED_PACKETS)
         self.last_sent_handshake: float | None = None  # monotonic time of our last initiation or response
+        # Our last initiation while it awaits its response (None once a session is derived or we answered
+        # the peer's): what resend_handshake sends again, byte for byte.
+        self.pending_initiation: bytes | None = None
         self.last_handshake_wall = 0.0  # wall-clock time of the last completed handshake, for `wg show`
         self.rx_bytes = 0
         self.tx_bytes = 0

@@ -88,3 +88,47 @@ def test_resend_handshake_when_the_path_changes_before_an_answer() -> None:
     p.a.resend_handshake(p.pa, p.now)            # with a session there is nothing to resend
     p.collect("a")
     assert not p.wire
+
+
+def test_resend_is_the_same_initiation_byte_for_byte() -> None:
+    p, _ = managed_pair()
+    p.ping("a", b"first")
+    (first,) = p.take()
+    p.now += 0.3
+    p.a.resend_handshake(p.pa, p.now)
+    p.collect("a")
+    assert [data for _, data, _ in p.wire] == [first]
+
+
+def test_resend_right_after_the_first_still_completes_when_both_arrive() -> None:
+    """The initiation went by the old route *and* arrived, and the path changed 5 ms later (inside the
+    responder's 20 ms flood limit): b takes one copy, drops the other as a replay, answers once, and that
+    answer completes a's handshake (a new initiation instead would leave both sides waiting 5 s)."""
+    p, _ = managed_pair()
+    p.ping("a", b"first")
+    p.now += 0.005
+    p.a.resend_handshake(p.pa, p.now)
+    p.collect("a")
+    assert len(p.wire) == 2
+    p.deliver()
+    assert p.pa.keypairs.current is not None, "a's handshake completed"
+    assert p.tun["b"], "the staged packet reached b"
+    assert len(p.sent_of(2, frm="b")) == 1, "b answered once"
+    assert sum(p.b.drops.values()) >= 1, "the duplicate was dropped and counted"
+
+
+def test_resend_after_answering_the_peer_sends_nothing_stale() -> None:
+    """a initiated, then b's own initiation reached a first and a answered it: a's old initiation is no
+    longer its state, so a resend must not put it on the wire again."""
+    p, _ = managed_pair()
+    p.ping("a", b"first")
+    p.take()                                     # a's initiation is lost
+    p.now += 0.1
+    p.ping("b", b"from b")                       # b initiates; a answers it (the answer still in flight)
+    assert p.deliver(limit=1) == 1
+    assert [message_type(d) for _, d, _ in p.wire] == [2]
+    assert p.pa.pending_initiation is None and p.pa.keypairs.current is None
+    before = len(p.sent)
+    p.a.resend_handshake(p.pa, p.now)
+    p.collect("a")
+    assert all(message_type(d) != 1 for _, _, d, _ in p.sent[before:]), "no stale initiation resent"
