@@ -4,6 +4,7 @@
   come back through the path adapter's demux to `stun_receive`), so the STUN-mapped address is that port's
   mapping: once before the interface is ready (bounded), every 20-26 s (`WGC_NETCHECK_INTERVAL`), at once
   when the local addresses change, and as a full report (every region measured) after the DERP map changed;
+  one that fails or takes over 5 s is tried again 3 s later (full if it was to be full);
 - the host's unicast addresses (not loopback or link-local, not our own TUN), polled every 5 s, are the
   path manager's local candidate endpoints;
 - each report goes to the path manager (`on_netcheck`) and is kept for `wgc status` (`summary`); what it
@@ -30,6 +31,8 @@ if TYPE_CHECKING:  # pragma: no cover
 log = logging.getLogger("wgc.paths")
 
 NETCHECK_INTERVAL = 23.0       # Tailscale: 20-26 s while active
+NETCHECK_TIMEOUT = 5.0         # one netcheck in the loop; one that takes longer is dropped ...
+NETCHECK_RETRY = 3.0           # ... or fails: the next comes this soon (a full one if that was asked)
 ADDRESS_POLL_INTERVAL = 5.0    # local addresses are compared this often (a change runs netcheck at once)
 
 
@@ -105,19 +108,25 @@ class NetWatch:
         paths._apply(paths.pm.on_netcheck(NetInfo.from_report(report), time.monotonic()))
 
     async def netcheck_loop(self) -> None:
+        failed = False
         while not self.paths._closing:
-            interval = self.interval * self._rng.uniform(0.87, 1.13)
+            interval = NETCHECK_RETRY if failed else self.interval * self._rng.uniform(0.87, 1.13)
             try:
                 await asyncio.wait_for(self._now.wait(), interval)
             except asyncio.TimeoutError:
                 pass
             self._now.clear()
+            full = self._full
+            failed = True
             try:
-                await asyncio.wait_for(self.run(), 5.0)
+                await asyncio.wait_for(self.run(), NETCHECK_TIMEOUT)
+                failed = False
             except asyncio.TimeoutError:
                 log.debug("netcheck timed out")
             except Exception:  # a probe failing must never end the loop
                 log.exception("netcheck failed")
+            if failed:          # a full report that was asked for (a new DERP map) is still owed: soon
+                self._full = self._full or full
 
     async def address_loop(self) -> None:
         while not self.paths._closing:
