@@ -26,7 +26,8 @@ The rules (close to BBR's window, draft-cardwell-iccrg-bbr, and BBRv2's "infligh
 - Growth. Each acknowledged byte adds a byte to the window (slow-start-like: the window can double per
   round), but never beyond the cap nor ``inflight_hi``.
 - Which losses count (TCP Veno's idea: tell random loss from congestion loss by the queue). A loss while
-  the latest RTT exceeds ``queue_rtt_factor × min_rtt + margin`` happens with a queue standing, so a
+  the smallest RTT sample of this round and the last (``queue_rtt``: a queue raises all of them, a
+  busy process only some) exceeds ``queue_rtt_factor × min_rtt + margin`` happens with a queue standing, so a
   buffer is overflowing: ``inflight_hi`` becomes ``queue_loss_reduction × window`` (and the window with
   it), once per RTT at most: not again until a packet sent after the cut is acknowledged (the RTT
   samples before it still show the queue the cut is draining), and grows back by one packet per round without a cut. A loss with no queue
@@ -36,12 +37,21 @@ The rules (close to BBR's window, draft-cardwell-iccrg-bbr, and BBRv2's "infligh
   signal): outcomes (acked or lost packets) are counted until at least ``loss_sample_packets`` are known;
   if more than ``loss_rate_threshold`` of them were lost, ``inflight_hi`` becomes ``loss_reduction ×
   window``. Random loss of a few percent stays far below that threshold.
+- The datagram queue in front of the window (``queue_limit``): datagrams that the window or the pacer do
+  not take yet wait, up to QUIC_DATAGRAM_QUEUE_TIME (20 ms) at the pacing rate, never fewer than
+  QUIC_DATAGRAM_QUEUE nor more than QUIC_DATAGRAM_QUEUE_MAX; then they are dropped (RFC 9221 §5.4). A
+  fixed count was wrong at speed: a relay descheduled for 10 ms on a busy machine reads 10 ms of arrivals
+  in one batch, and the pacer lets out only 2 ms of them at once, so a 256-datagram queue dropped at
+  100 Mbit/s with the path idle. 20 ms of queue is what a router's buffer holds, and the window still
+  bounds what is in flight.
 - Persistent congestion (RFC 9002 §7.6.2): the window MUST go to the minimum; the rate and RTT samples are
   forgotten too (the path may have changed), so the window slow-starts again from there.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from derp.constants import QUIC_DATAGRAM_QUEUE, QUIC_DATAGRAM_QUEUE_MAX, QUIC_DATAGRAM_QUEUE_TIME
 
 
 @dataclass(frozen=True)
@@ -68,6 +78,14 @@ DEFAULT_CONFIG = TunnelCCConfig()
 INFINITE = float("inf")
 
 
+def queue_limit(packet_time: float) -> int:
+    """Datagrams that may wait for the window or the pacer when the pacer lets one out every
+    ``packet_time`` seconds (the module docstring: why)."""
+    if packet_time <= 0:
+        return QUIC_DATAGRAM_QUEUE_MAX
+    return max(QUIC_DATAGRAM_QUEUE, min(QUIC_DATAGRAM_QUEUE_MAX, int(QUIC_DATAGRAM_QUEUE_TIME / packet_time + 0.5)))
+
+
 class TunnelWindow:
     """One connection's window: feed it sends, acks, losses and RTT samples; read ``window`` and
     ``in_flight``. Every method takes the times it needs as arguments."""
@@ -91,6 +109,8 @@ class TunnelWindow:
         self._outcomes = 0
         self._lost = 0
         self.latest_rtt = 0.0
+        self._round_min_rtt = INFINITE         # the smallest RTT sample of the current round ...
+        self._last_round_min_rtt = INFINITE    # ... and of the round before it: the queue signal
         self._acked_sent_time = 0.0            # send time of the newest packet acknowledged
         self._cut_at = -INFINITE               # when the window was last cut for a queue
         self.congestion_events = 0             # window reductions (for logs and tests)
@@ -126,7 +146,7 @@ class TunnelWindow:
         self._outcomes += 1
         self._lost += 1
         config = self.config
-        if self.latest_rtt > self.min_rtt * config.queue_rtt_factor + config.queue_rtt_margin:
+        if self.queue_rtt() > self.min_rtt * config.queue_rtt_factor + config.queue_rtt_margin:
             if self._acked_sent_time > self._cut_at:     # the RTT is of a packet sent after the last cut
                 self._cut_at = now
                 self._reduce(config.queue_loss_reduction)
@@ -135,8 +155,17 @@ class TunnelWindow:
         if self._outcomes >= self.config.loss_sample_packets:
             self._judge_losses()
 
+    def queue_rtt(self) -> float:
+        """The RTT that tells a standing queue: the smallest sample of this round and the last one. A
+        queue raises every sample of a round; a busy sender or receiver (a process not scheduled for a few
+        ms) raises some, and a loss next to one of those is still random loss."""
+        rtt = min(self._round_min_rtt, self._last_round_min_rtt)
+        return rtt if rtt != INFINITE else self.latest_rtt
+
     def on_rtt(self, now: float, rtt: float) -> None:
         self.latest_rtt = rtt
+        if rtt < self._round_min_rtt:
+            self._round_min_rtt = rtt
         if rtt <= self.min_rtt:
             self.min_rtt = rtt
             self._min_rtt_at = now
@@ -164,6 +193,7 @@ class TunnelWindow:
         self._rates.clear()
         self._round_start = None
         self._round_delivered = 0
+        self._round_min_rtt = self._last_round_min_rtt = INFINITE
         self._probe_until = None
 
     # --- rules --------------------------------------------------------------------------------------
@@ -180,6 +210,7 @@ class TunnelWindow:
         self._round_congested = False
         self._round_start = now
         self._round_delivered = 0
+        self._last_round_min_rtt, self._round_min_rtt = self._round_min_rtt, INFINITE
 
     def _update_cap(self) -> None:
         if self._probe_until is not None:

@@ -63,9 +63,11 @@ class BootstrapDNS:
         return self.published_json
 
     async def refresh(self) -> None:
-        self.published = await _resolve_all(self.published_names, self.published)
+        """Both lists at once, installed together: once the published names answer, so do the others."""
+        self.published, self.unpublished = await asyncio.gather(
+            _resolve_all(self.published_names, self.published),
+            _resolve_all(self.unpublished_names, self.unpublished))
         self.published_json = json.dumps(self.published, indent="\t").encode()
-        self.unpublished = await _resolve_all(self.unpublished_names, self.unpublished)
 
     def start(self) -> None:
         if not (self.published_names or self.unpublished_names):

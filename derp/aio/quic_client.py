@@ -13,8 +13,8 @@ datagram (at most QUIC_RECV_BATCH), feeds them to aioquic, handles its events, t
 to send (UDP GSO runs, `derp.aio.quicio.DatagramWriter`); writes made during a turn of the loop are sent by
 one call_soon. One timer follows aioquic's `get_timer()` (whole milliseconds, re-armed only when it moves
 earlier), a second one the DERP core's deadline. The connection is `derp.aio.quicfast`'s class with
-`derp.aio.quiccc`'s pacer. Datagrams waiting for the congestion window are bounded (QUIC_DATAGRAM_QUEUE);
-beyond it a packet is dropped and counted (aioquic's queue has no bound).
+`derp.aio.quiccc`'s pacer. Datagrams waiting for the congestion window are bounded (`derp.quiccc.queue_limit`:
+20 ms at the pacing rate); beyond it a packet is dropped and counted (aioquic's queue has no bound).
 No task, and no allocation beyond aioquic's own, per packet.
 """
 from __future__ import annotations
@@ -34,7 +34,7 @@ from derp import httpwire
 from derp import protocol as P
 from derp import quicwire as W
 from derp.aio.quicfast import connection_class   # aioquic's, with a leaner send path
-from derp.aio.quiccc import attach, configure   # the tunnel congestion controller, packet size, DATAGRAM, pacer
+from derp.aio.quiccc import attach, configure, queue_limit   # the tunnel congestion controller, packet size, DATAGRAM, pacer
 from derp.aio.clientconn import WRITE_LIMIT, ConnectError, UpgradeRefused, _Stream
 from derp.aio.quicio import (DatagramWriter, QuicTimer, clock as _clock, shed_handshake_buffers, socket_buffers,
                              stream_unacked)
@@ -117,7 +117,7 @@ class QuicDerpConn:
     # ---- I/O ------------------------------------------------------------------------------------------
     def _readable(self) -> None:
         sock, quic, addr = self.sock, self.quic, self.addr
-        now = self.last_rx = _clock()
+        self.last_rx = _clock()
         for _ in range(QUIC_RECV_BATCH):
             try:
                 data = sock.recv(65536)
@@ -127,7 +127,7 @@ class QuicDerpConn:
                 self._fail(f"connection lost: {exc.strerror or exc}")
                 return
             try:
-                quic.receive_datagram(data, addr, now)
+                quic.receive_datagram(data, addr, _clock())   # this datagram's time (quic_server.py: why)
             except Exception:   # aioquic drops what it cannot parse; anything it raises is garbage too
                 self.stats["quic_dropped_bad_datagram"] += 1
         self._events()
@@ -265,7 +265,7 @@ class QuicDerpConn:
         if len(frame) <= self.datagram_limit:
             if len(self._pending) >= QUIC_DATAGRAM_QUEUE:
                 self._transmit()   # a burst: send what the window takes now, then queue
-            if len(self._pending) >= QUIC_DATAGRAM_QUEUE:
+            if len(self._pending) >= QUIC_DATAGRAM_QUEUE and len(self._pending) >= queue_limit(quic):
                 self.stats["quic_dropped_queue_full"] += 1
                 return False
             quic.send_datagram_frame(frame)

@@ -24,7 +24,7 @@ is cut, since QUIC's flow control in aioquic grows without bound). Other streams
 DATAGRAM goes to `relay.send_packet` like a stream frame (charged to the same byte bucket; over it, or
 before the session is registered, or malformed: dropped and counted). Outbound, a RecvPacket the relay
 core built is put in a datagram when the client negotiated DATAGRAM and it fits, else on the stream
-(counted); the datagram queue is bounded (QUIC_DATAGRAM_QUEUE, drops counted). A graceful close sends FIN
+(counted); the datagram queue is bounded (`derp.quiccc.queue_limit`, drops counted). A graceful close sends FIN
 after what is written, waits for it to be acknowledged, then closes the connection with error 0.
 """
 from __future__ import annotations
@@ -42,7 +42,7 @@ from aioquic.quic.packet import QuicPacketType, encode_quic_version_negotiation,
 
 from derp import quicwire as W
 from derp.aio.quicfast import connection_class   # aioquic's, with a leaner send path
-from derp.aio.quiccc import attach, configure   # the tunnel congestion controller, packet size, DATAGRAM, pacer
+from derp.aio.quiccc import attach, configure, queue_limit   # the tunnel congestion controller, packet size, DATAGRAM, pacer
 from derp.aio.quicio import (DatagramWriter, QuicTimer, clock as _clock, shed_handshake_buffers, socket_buffers,
                              stream_unacked)
 from derp.aio.session import HttpConn
@@ -84,7 +84,7 @@ class QuicHttpConn(HttpConn):
             stats = s.listener.stats
             if len(s.pending) >= QUIC_DATAGRAM_QUEUE:
                 s.transmit(False)   # a big read batch for one receiver: send what its window takes now
-            if len(s.pending) >= QUIC_DATAGRAM_QUEUE:
+            if len(s.pending) >= QUIC_DATAGRAM_QUEUE and len(s.pending) >= queue_limit(s.quic):
                 stats["dropped_queue_full"] += 1
                 relay = self.relay
                 relay.drops["queue_full"] = relay.drops.get("queue_full", 0) + 1
@@ -414,7 +414,10 @@ class QuicListener:
                     self._first_packet(session, data, addr, now)
                     continue
             try:
-                session.quic.receive_datagram(data, addr, now)
+                # the time of this datagram, not of the batch: a batch takes milliseconds on a loaded
+                # machine, and an ACK timed at the batch's start makes RTT samples too small (min_rtt
+                # too small shrinks the congestion window's cap below the path's BDP, derp/quiccc.py)
+                session.quic.receive_datagram(data, addr, _clock())
             except Exception:   # aioquic drops what it cannot parse; anything it raises is garbage too
                 stats["dropped_garbage"] += 1
                 continue

@@ -34,7 +34,7 @@ from aioquic.quic.recovery import QuicPacketPacer
 
 from derp import quicwire as W
 from derp.constants import QUIC_IDLE_TIMEOUT, QUIC_MAX_DATAGRAM_FRAME_SIZE, QUIC_PACKET_SIZE
-from derp.quiccc import DEFAULT_CONFIG, TunnelCCConfig, TunnelWindow
+from derp.quiccc import DEFAULT_CONFIG, TunnelCCConfig, TunnelWindow, queue_limit as _queue_limit
 
 ALGORITHM = "wgc-tunnel"
 MAX_DATAGRAM_SIZE = QUIC_PACKET_SIZE                  # docs/derp-quic.md: 1452 on a 1500-byte path (IPv6+UDP)
@@ -107,6 +107,11 @@ def configure(configuration: QuicConfiguration, *, max_datagram_size: int = MAX_
     configuration.max_datagram_frame_size = MAX_DATAGRAM_FRAME_SIZE
     configuration.idle_timeout = idle_timeout
     return configuration
+
+
+def queue_limit(connection: QuicConnection) -> int:
+    """How many datagrams may wait on ``connection`` (derp.quiccc.queue_limit, from its pacing rate)."""
+    return _queue_limit(connection._loss._pacer.packet_time)
 
 
 def datagram_payload_limit(connection: QuicConnection) -> int:

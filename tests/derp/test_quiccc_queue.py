@@ -116,3 +116,14 @@ def test_random_loss_throttles_reno_not_the_tunnel_controller():
     for loss in (0.01, 0.03):
         ours, reno = goodput(ALGORITHM, loss), goodput("reno", loss)
         assert ours > 0.9 and reno < 0.5, (loss, ours, reno)
+
+
+def test_the_queue_limit_is_twenty_ms_at_the_pacing_rate_within_bounds():
+    from derp.constants import QUIC_DATAGRAM_QUEUE, QUIC_DATAGRAM_QUEUE_MAX, QUIC_DATAGRAM_QUEUE_TIME
+    from derp.quiccc import queue_limit as pure_limit
+    assert pure_limit(1.0) == QUIC_DATAGRAM_QUEUE                      # a slow path: the floor
+    assert pure_limit(QUIC_DATAGRAM_QUEUE_TIME / 1000) == 1000         # 1000 packets in 20 ms
+    assert pure_limit(1e-9) == pure_limit(0.0) == QUIC_DATAGRAM_QUEUE_MAX
+    limits = [pure_limit(t) for t in (1e-2, 1e-3, 1e-4, 1e-5, 1e-6)]
+    assert limits == sorted(limits), "a faster pacer never gets a shorter queue"
+
