@@ -389,10 +389,7 @@ def _settle(touched: dict, kp: "Keypair", source, data: bool, position, rx: int,
 def _after_receive(dev: "Device", peer: "Peer", source, data: bool, kps: list, now: float) -> None:
     """Per peer, once a batch: key confirmation, roaming (the last authenticated packet's source wins),
     timers (wireguard-go receive.go)."""
-    if peer.managed:
-        dev.out.heard.append((peer, source))
-    else:
-        peer.endpoint = source  # before flushing staged packets, so they go where the peer now is
+    dev.note_source(peer, source)  # before flushing staged packets, so they go where the peer now is
     for kp in kps:
         promoted, dropped = peer.keypairs.received_with(kp)
         if promoted:

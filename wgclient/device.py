@@ -33,10 +33,10 @@ from .constants import (DEFAULT_MTU, HANDSHAKE_BUDGET, HANDSHAKE_BUDGET_UNDER_LO
                         MSG_COOKIE_REPLY, MSG_INITIATION, MSG_TRANSPORT, REKEY_TIMEOUT,
                         REKEY_TIMEOUT_JITTER_MAX, UNDER_LOAD_THRESHOLD)
 from .errors import ParseError, UsageError
-from .handshake_gate import COOKIE_SENT, RATE_LIMITED, HandshakeGate
+from .handshake_gate import COOKIE_SENT, RATE_LIMITED, HandshakeGate, source_identity
 from .keypair import Keypair
 from .noise import handshake as noise
-from .noise.cookie import CookieChecker, source_bytes
+from .noise.cookie import CookieChecker
 from .noise.messages import message_type, parse_cookie_reply, parse_initiation, parse_response
 from .outputs import HandshakeCompleted, Outputs
 from .peer import Endpoint, Peer, short_key
@@ -389,7 +389,7 @@ class Device:
         peer, the source is reported to the path manager through Outputs.heard)."""
         if peer.managed:
             self.out.heard.append((peer, source))
-        else:
+        elif len(source) != 3:   # a relayed source (DERP: pseudo-host, region, sender key) is no address
             peer.endpoint = source
 
     def receive_control(self, pending: list, now: float) -> None:
@@ -427,14 +427,14 @@ class Device:
             return
         gate = self.gate
         if gate.under_load(now):
-            src = source_bytes(source, gate.packed_ip(source[0]))
+            src = gate.cookie_source(source)
             if not self.cookie_checker.check_mac2(data, src, now):
                 sender = int.from_bytes(data[4:8], "little")
                 reply = self.cookie_checker.create_reply(data, sender, src, now)
                 self.out.datagrams.append((source, reply.encode()))
                 self.drops[COOKIE_SENT] += 1
                 return
-            if gate.rate_limited(source[0], now):
+            if gate.rate_limited(source_identity(source), now):
                 self.drops[RATE_LIMITED] += 1
                 return
         if kind == MSG_INITIATION:

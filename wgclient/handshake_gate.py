@@ -21,6 +21,11 @@ wireguard-go's ratelimiter (device.py). Entering and leaving are logged, one lin
 `log_interval` (a flapping flood is summed up in the next line), and the state's end is a deadline of
 the device (`deadline()`, `on_timer()`), so "no longer under load" is logged when it happens.
 
+A source is an address `(host, port)` (or IPv6's 4-tuple), judged by its host; or a relayed one,
+`(pseudo-host, relay, sender key)` (a DERP packet: the relay authenticated the sender's key, and every
+packet it relays carries the same pseudo-host), judged by its sender key (`source_identity`): so a
+flooding DERP client gets one share like a flooding address, and its cookie (`cookie_source`) is its own.
+
 Pure: time comes in as `now`; counters go into the device's `drops` by reason.
 """
 from __future__ import annotations
@@ -30,8 +35,14 @@ import ipaddress
 import logging
 
 from .constants import HANDSHAKE_BURST, HANDSHAKES_PER_SECOND, UNDER_LOAD_AFTER
+from .noise.cookie import source_bytes
 
 log = logging.getLogger("wgc.device")
+
+
+def source_identity(source: tuple):
+    """What a source is judged by under load: its host, or a relayed source's sender key."""
+    return source[2] if len(source) == 3 else source[0]
 
 OVER_BUDGET = "handshake: over budget"
 OVER_SHARE = "under load: source over its share of the batch"
@@ -83,7 +94,7 @@ class HandshakeGate:
         seen: set = set()
         over_share = over_budget = 0
         for message in messages:
-            host = message[2][0]
+            host = source_identity(message[2])
             if host in seen:
                 over_share += 1
             elif len(admitted) >= budget:
@@ -142,8 +153,16 @@ class HandshakeGate:
             packed = self._packed[host] = ipaddress.ip_address(host.split("%")[0]).packed
         return packed
 
-    def rate_limited(self, host: str, now: float) -> bool:
-        """Token bucket per source IP: HANDSHAKES_PER_SECOND, burst HANDSHAKE_BURST (wireguard-go ratelimiter)."""
+    def cookie_source(self, source: tuple) -> bytes:
+        """What a source's cookie is a MAC of: the IP and port (as wireguard-go), or for a relayed source
+        its sender key and relay (only we make and check these cookies, so any stable identity serves)."""
+        if len(source) == 3:
+            return bytes(source[2]) + int(source[1]).to_bytes(4, "little")
+        return source_bytes(source, self.packed_ip(source[0]))
+
+    def rate_limited(self, host, now: float) -> bool:
+        """Token bucket per source (IP, or a relayed source's sender key: `source_identity`):
+        HANDSHAKES_PER_SECOND, burst HANDSHAKE_BURST (wireguard-go ratelimiter)."""
         bucket = self._buckets.get(host)
         if bucket is None:
             if len(self._buckets) >= MAX_TRACKED_SOURCES:

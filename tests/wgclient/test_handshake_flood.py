@@ -204,3 +204,47 @@ def test_status_shows_the_drop_counters_and_the_load_as_text_and_json() -> None:
             control.check_status(dict(status, drops=bad))
     with pytest.raises(ParseError):
         control.check_status(dict(status, under_load="yes"))
+
+
+# -- sources relayed by DERP --------------------------------------------------------------------------------------
+
+def derp_source(key: bytes, region: int = 901) -> tuple:
+    return ("127.3.3.40", region, key)     # wgclient/aio/paths.py: (DERP_MAGIC_IP, region, sender key)
+
+
+def test_a_peer_relayed_by_derp_is_not_crowded_out_by_a_flooder_on_the_same_relay() -> None:
+    """Every packet a relay brings has the same pseudo-address; under load each sender key is its own
+    source: a's initiation gets a cookie reply addressed to a's key through the relay (a flooding DERP
+    client in the same batch gets its own), a's retry with mac2 gets through while the flood goes on, and
+    the unmanaged peer does not roam to the relay's pseudo-address."""
+    p = Pair()
+    a_pub = p.pb.public_key
+    via_derp = derp_source(a_pub)
+    p.source["a"] = via_derp
+    flooder = derp_source(b"\x66" * 32)
+    p.a.initiate(p.pa, p.now)
+    p.collect("a")
+    (init,) = p.take(INITIATION)
+    batch = [(m, flooder) for m in flood(p.b.public_key, 100)] + [(init, via_derp)]
+    p.b.receive_datagrams(batch, p.now)
+    p.collect("b")
+    cookies = [(ep, d) for _, name, d, ep in p.sent if name == "b" and message_type(d) == COOKIE_REPLY]
+    assert sorted(ep[2] for ep, _ in cookies) == sorted([a_pub, b"\x66" * 32]), "one cookie each, to each key"
+    assert p.b.drops[OVER_SHARE] == 99                   # the flooder's other 99 (one share per key)
+    cookie_for_a = next(d for ep, d in cookies if ep[2] == a_pub)
+    p.wire = [("a", cookie_for_a, p.source["b"])]      # what the relay brings a (the flooder's goes elsewhere)
+    p.deliver()
+    assert p.pa.cookie.cookie is not None
+    p.advance(5.0 + 0.334)
+    (retry,) = p.take(INITIATION)
+    assert retry[132:] != bytes(16)
+    assert p.b.cookie_checker.check_mac2(retry, p.b.gate.cookie_source(via_derp), p.now)
+    assert not p.b.cookie_checker.check_mac2(retry, p.b.gate.cookie_source(flooder), p.now), "the cookie is a's own"
+    p.b.receive_datagrams([(m, flooder) for m in flood(p.b.public_key, 100, seed=7)] + [(retry, via_derp)], p.now)
+    p.collect("b")
+    assert p.b.gate.under_load(p.now)
+    assert [message_type(d) for to, d, _ in p.wire if to == "a"][-1] == RESPONSE
+    p.wire = [w for w in p.wire if w[0] == "a" and message_type(w[1]) == RESPONSE]
+    p.deliver()
+    assert p.pa.keypairs.current is not None and p.pb.keypairs.current is not None
+    assert p.pb.endpoint == EP_A, "no roaming to the relay's pseudo-address"

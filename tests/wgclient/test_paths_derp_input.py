@@ -44,9 +44,9 @@ def test_garbage_over_derp_is_counted_under_its_region_not_udp(caplog) -> None:
             p._on_derp_packet(901, SRC, WG_LOOKING)
             await asyncio.sleep(0)
             # what the device did not take as WireGuard comes back through on_foreign with the DERP source
-            p.on_foreign([(b"\x04\x00\x00\x00short", (DERP_MAGIC_IP, 901)), (b"junk", ("192.0.2.1", 5))],
+            p.on_foreign([(b"\x04\x00\x00\x00short", (DERP_MAGIC_IP, 901, SRC)), (b"junk", ("192.0.2.1", 5))],
                          time.monotonic())
-        assert p.device.received == [(WG_LOOKING, (DERP_MAGIC_IP, 901))]
+        assert p.device.received == [(WG_LOOKING, (DERP_MAGIC_IP, 901, SRC))]   # the sender key goes along
         assert p.drops == {"derp region 901: not WireGuard or disco": 1001, "udp: not WireGuard, disco or STUN": 1}
         lines = [r.getMessage() for r in caplog.records if "neither WireGuard nor disco" in r.getMessage()]
         assert lines == [f"DERP region 901: dropping packets that are neither WireGuard nor disco "
@@ -66,5 +66,21 @@ def test_a_flapping_region_logs_up_and_down_once_per_interval(caplog) -> None:
         assert sum("DERP region 901 connected" in m for m in messages) == 1
         assert sum("DERP region 901 disconnected" in m for m in messages) == 1
         assert len(messages) <= 4, messages
+        await p.close()
+    asyncio.run(main())
+
+
+def test_a_cookie_reply_to_a_derp_source_goes_back_to_its_sender_key() -> None:
+    """Under load the device answers an initiation with a cookie reply to its source; for a packet that
+    came over DERP that source is (DERP_MAGIC_IP, region, sender key), and the reply is relayed there."""
+    async def main():
+        p = paths()
+        sent = []
+
+        p.clients[901] = SimpleNamespace(connected=True, send_packet=lambda key, data: sent.append((key, data)) or True)
+        p.send_datagram((DERP_MAGIC_IP, 901, SRC), b"\x03\x00\x00\x00cookie", time.monotonic())
+        assert sent == [(SRC, b"\x03\x00\x00\x00cookie")]
+        assert not p.drops
+        del p.clients[901]
         await p.close()
     asyncio.run(main())

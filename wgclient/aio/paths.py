@@ -53,7 +53,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 log = logging.getLogger("wgc.paths")
 
-DERP_MAGIC_IP = "127.3.3.40"   # the source address of packets that came over DERP (port = region id)
+DERP_MAGIC_IP = "127.3.3.40"   # the source of packets that came over DERP: (this, region id, sender key)
 PENDING_PER_REGION = 64        # packets held for a DERP region while its connection is being made
 PENDING_TIMEOUT = 5.0          # ... for at most this long
 CONNECT_GRACE = 3.0            # a region not connected this long after the dial started counts as down
@@ -283,8 +283,8 @@ class Paths:
                 self._relay(route.relay, endpoint.key, data)
             elif route.direct is None:
                 self._drop("no path to peer yet")
-        elif endpoint[0] == DERP_MAGIC_IP:
-            self._drop("cookie reply to a DERP source")  # no peer key to address it to
+        elif endpoint[0] == DERP_MAGIC_IP:   # a cookie reply to a DERP source: back to its sender key
+            self._relay(endpoint[1], endpoint[2], data)
         else:
             self.runner.udp.send(data, endpoint)
 
@@ -360,7 +360,7 @@ class Paths:
         self.derp_heard[region] = self.loop.time()
         kind = demux.classify(data)
         if kind == demux.WIREGUARD:
-            self._derp_in.append((data, (DERP_MAGIC_IP, region)))
+            self._derp_in.append((data, (DERP_MAGIC_IP, region, src)))   # sender key: handshake_gate.py
             if not self._derp_drain_scheduled:
                 self._derp_drain_scheduled = True
                 self.loop.call_soon(self._drain_derp)
