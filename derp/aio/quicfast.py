@@ -15,6 +15,11 @@ and ACKs can be pending:
 - ``_write_application``: when quiet, a loop of packets holding only the due ACK and datagrams.
 - ``datagrams_to_send``: when quiet with no datagram queued and no ACK due, returns [] at once (aioquic
   would build nothing; its pacing deadline is cleared as it would be before a pacer check).
+- DATAGRAM frames (without a qlog) are written straight into the packet being built after the checks
+  ``QuicPacketBuilder.start_frame`` makes (room in the packet and in the congestion window; its minimum
+  for a first frame is never more than a DATAGRAM frame's 2 bytes), with the same bytes ``_write_datagram_frame`` writes and
+  the same marks on the packet (ack-eliciting, in flight): a relayed packet no longer pays two method
+  calls and, for the datagram that does not fit, an exception.
 
 The conditions follow aioquic 1.7.2's ``_write_application`` (the version this project pins); for any
 other version the plain QuicConnection is used (``connection_class``). tests/derp/test_derp_quicfast.py
@@ -27,13 +32,40 @@ import aioquic
 from aioquic import tls
 from aioquic.quic.connection import QuicConnection, QuicConnectionState
 from aioquic.quic.packet import QuicFrameType, QuicPacketType
-from aioquic.quic.packet_builder import QuicPacketBuilderStop
+from aioquic.buffer import size_uint_var
+from aioquic.quic.packet_builder import PACKET_NUMBER_MAX_SIZE, PACKET_NUMBER_SEND_SIZE, QuicPacketBuilderStop
 
 _ONE_RTT = tls.Epoch.ONE_RTT
 _CONNECTED = QuicConnectionState.CONNECTED
 _SHORT = QuicPacketType.ONE_RTT
 _DATAGRAM = QuicFrameType.DATAGRAM_WITH_LENGTH
 SUPPORTED_VERSIONS = ("1.7.2",)
+# start_frame's minimum for a packet's first frame (room for header protection's sample): a DATAGRAM frame
+# is never shorter (type and length are 2 bytes), so _put_datagrams need not check it
+_FIRST_FRAME_RULE_HOLDS = PACKET_NUMBER_MAX_SIZE - PACKET_NUMBER_SEND_SIZE <= 2
+
+
+def _put_datagrams(builder, pending) -> None:
+    """As many queued datagrams as fit into the builder's current packet, as DATAGRAM frames with a
+    length (0x31), oldest first; the checks and marks of QuicPacketBuilder.start_frame."""
+    buf = builder._buffer
+    room = min(builder._buffer_capacity, builder._flight_capacity) - builder._packet_crypto.aead_tag_size
+    wrote = False
+    while pending:
+        data = pending[0]
+        n = len(data)
+        size = 1 + size_uint_var(n) + n
+        if room - buf.tell() < size:
+            break
+        buf.push_uint_var(_DATAGRAM)
+        buf.push_uint_var(n)
+        buf.push_bytes(data)
+        wrote = True
+        pending.popleft()
+    if wrote:
+        packet = builder._packet
+        packet.is_ack_eliciting = True
+        packet.in_flight = True
 
 
 class LeanQuicConnection(QuicConnection):
@@ -70,6 +102,7 @@ class LeanQuicConnection(QuicConnection):
         pacer = self._loss._pacer
         pending = self._datagrams_pending
         write = self._write_datagram_frame
+        logged = self._quic_logger is not None   # a qlog wants each frame logged: aioquic's own writer
         while True:
             if space.ack_at is None or space.ack_at >= now:   # pacing, except with an ACK to send
                 self._pacing_at = pacer.next_send_time(now=now)
@@ -78,12 +111,15 @@ class LeanQuicConnection(QuicConnection):
             builder.start_packet(_SHORT, crypto)
             if space.ack_at is not None and space.ack_at <= now:
                 self._write_ack_frame(builder=builder, space=space, now=now)
-            while pending:
-                try:
-                    write(builder=builder, data=pending[0], frame_type=_DATAGRAM)
-                except QuicPacketBuilderStop:
-                    break
-                pending.popleft()
+            if logged:
+                while pending:
+                    try:
+                        write(builder=builder, data=pending[0], frame_type=_DATAGRAM)
+                    except QuicPacketBuilderStop:
+                        break
+                    pending.popleft()
+            elif pending:
+                _put_datagrams(builder, pending)
             if builder.packet_is_empty:
                 break
             pacer.update_after_send(now=now)
@@ -107,6 +143,7 @@ class DerpQuicConnection(LeanQuicConnection):
         return QuicConnection.datagrams_to_send(self, now)
 
 
-connection_class = DerpQuicConnection if aioquic.__version__ in SUPPORTED_VERSIONS else QuicConnection
+connection_class = DerpQuicConnection if aioquic.__version__ in SUPPORTED_VERSIONS and _FIRST_FRAME_RULE_HOLDS \
+    else QuicConnection
 
 __all__ = ["DerpQuicConnection", "LeanQuicConnection", "connection_class"]

@@ -137,3 +137,53 @@ def test_nothing_to_send_only_when_aioquic_agrees(monkeypatch):
     assert Checked.idle_answers > 200
     base = scenario(monkeypatch, QuicConnection, QuicConnection)
     assert out[4] == base[4] and out[2] > 1000   # the stream whole, the datagrams through
+
+
+def _build(sizes, flight, put):
+    """Packets built from datagrams of these sizes, ACK-free, with `flight` bytes of congestion window
+    (None: unlimited): each packet filled by `put(builder, pending)`. Returns (datagrams, per-packet
+    (number, sent_bytes, ack-eliciting, in flight), what is left)."""
+    from collections import deque
+
+    from aioquic.quic.crypto import CryptoPair
+    from aioquic.quic.packet import QuicPacketType, QuicProtocolVersion
+    from aioquic.quic.packet_builder import QuicPacketBuilder
+    crypto = CryptoPair()
+    crypto.setup_initial(cid=b"\x08" * 8, is_client=True, version=QuicProtocolVersion.VERSION_1)
+    builder = QuicPacketBuilder(host_cid=b"\x01" * 8, peer_cid=b"\x02" * 8, version=QuicProtocolVersion.VERSION_1,
+                                is_client=True, max_datagram_size=1452)
+    builder.max_flight_bytes = flight
+    pending = deque(bytes([i % 251]) * n for i, n in enumerate(sizes))
+    while pending:
+        builder.start_packet(QuicPacketType.ONE_RTT, crypto)
+        put(builder, pending)
+        if builder.packet_is_empty:
+            break
+    datagrams, packets = builder.flush()
+    return datagrams, [(p.packet_number, p.sent_bytes, p.is_ack_eliciting, p.in_flight) for p in packets], list(pending)
+
+
+def _aioquic_put(builder, pending):
+    from types import SimpleNamespace
+
+    from aioquic.quic.packet_builder import QuicPacketBuilderStop
+    me = SimpleNamespace(_quic_logger=None)
+    while pending:
+        try:
+            QuicConnection._write_datagram_frame(me, builder=builder, data=pending[0], frame_type=quicfast._DATAGRAM)
+        except QuicPacketBuilderStop:
+            break
+        pending.popleft()
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.integers(0, 1450), min_size=1, max_size=40),
+       st.one_of(st.none(), st.integers(0, 20000)))
+def test_datagrams_written_inline_are_the_bytes_and_packets_aioquic_writes(sizes, flight):
+    """Any mix of sizes (empty, tiny, just fitting, never fitting) and any congestion window: the inline
+    writer builds the same datagrams, the same packets with the same marks, and leaves the same queue."""
+    assert _build(sizes, flight, quicfast._put_datagrams) == _build(sizes, flight, _aioquic_put)
