@@ -256,8 +256,14 @@ def test_quic_stall_falls_back_to_tcp_and_quic_is_used_again_without_a_restart(p
                            for e, _ in events)
                 assert [type(e) for e, _ in events].count(Connected) == 1   # neither move was a reconnect
                 assert not any(isinstance(e, Disconnected) for e, _ in events)
-                active = server.relay.active(kq)     # the relay delivers to the QUIC link, our home
-                assert active is not None and active.preferred
+                # the relay delivers to the QUIC link, our home. Not at the instant q.link changes: until
+                # the old TCP link is gone the relay has two links for the key, and the one that sent
+                # last is the active one (Tailscale's duplicate-client rule); NotePreferred went out on
+                # the QUIC link as it took over and takes effect when it arrives
+                def quic_is_home() -> bool:
+                    active = server.relay.active(kq)
+                    return active is not None and active.sink.is_quic and active.preferred
+                await until(quic_is_home, 5, "the relay delivers to the QUIC link, marked preferred")
                 swapped_at_t, swapped_at_q = len(sent_q), len(sent_t)
                 await until(lambda: len(sent_q) > swapped_at_t + 50 and len(sent_t) > swapped_at_q + 50, 15,
                             "packets sent after the swap")
