@@ -435,9 +435,14 @@ while True:
 print(n, h.hexdigest(), flush=True)
 """
 
+# The sender of start_transfer and of streams that run until told to stop: `size` random bytes, or with
+# size 0 until SIGUSR1; paced to `rate` bytes/s when given; prints 'sending' once connected, then the
+# byte count and sha256 of what it sent.
 _SENDER = r"""
-import hashlib, os, socket, sys, time
+import hashlib, os, signal, socket, sys, time
 host, port, size, rate = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
+stop = []
+signal.signal(signal.SIGUSR1, lambda *_: stop.append(1))
 deadline = time.monotonic() + 10
 while True:
     try:
@@ -448,9 +453,10 @@ while True:
             raise
         time.sleep(0.1)
 s.settimeout(None)
+print('sending', flush=True)
 h, sent, chunk, t0 = hashlib.sha256(), 0, 1 << 16, time.monotonic()
-while sent < size:
-    block = os.urandom(min(chunk, size - sent))
+while (sent < size) if size > 0 else not stop:
+    block = os.urandom(min(chunk, size - sent) if size > 0 else chunk)
     h.update(block); s.sendall(block); sent += len(block)
     if rate > 0:
         ahead = sent / rate - (time.monotonic() - t0)

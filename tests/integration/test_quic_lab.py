@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from tests.integration.peers import _RECEIVER, start_transfer
+from tests.integration.peers import _RECEIVER, _SENDER, start_transfer
 from tests.integration.quiclab import QUIC, WORDS, QuicLab
 from tests.support.capture import check_no_plaintext, send_markers, start_tcpdump, wait_captured
 from tests.support.prereq import require_binary, require_root
@@ -92,34 +92,6 @@ def test_relay_never_sees_the_plaintext_over_quic(pl, pair, on_failure, tmp_path
     print(f"capture: {os.path.getsize(pcap)} bytes, QUIC (UDP 443) payload bytes per client network {per_src}")
 
 
-STREAM_TX = r"""
-import hashlib, os, signal, socket, sys, time
-host, port, rate = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
-stop = []
-signal.signal(signal.SIGUSR1, lambda *_: stop.append(1))
-deadline = time.monotonic() + 10
-while True:
-    try:
-        s = socket.create_connection((host, port), timeout=2); break
-    except OSError:
-        if time.monotonic() > deadline:
-            raise
-        time.sleep(0.1)
-s.settimeout(None)
-print('sending', flush=True)
-h, sent, t0 = hashlib.sha256(), 0, time.monotonic()
-while not stop:
-    block = os.urandom(16384)
-    h.update(block); s.sendall(block); sent += len(block)
-    ahead = sent / rate - (time.monotonic() - t0)
-    if ahead > 0:
-        time.sleep(ahead)
-s.shutdown(socket.SHUT_WR)
-s.recv(1)
-print(sent, h.hexdigest(), flush=True)
-"""
-
-
 @pytest.mark.timeout(240)
 def test_fallback_quic_tcp_websocket_and_back_without_restart(pl, pair, on_failure) -> None:
     """With a 1 MiB/s TCP stream through the tunnel the whole time: UDP from both clients to region 1 is
@@ -131,7 +103,7 @@ def test_fallback_quic_tcp_websocket_and_back_without_restart(pl, pair, on_failu
     events: list[str] = []
     rx = b.ns.popen(sys.executable, "-c", _RECEIVER, b.ip, "5302", text=True)
     assert rx.stdout.readline().strip() == "ready"
-    tx = a.ns.popen(sys.executable, "-c", STREAM_TX, b.ip, "5302", str(1 << 20), text=True)
+    tx = a.ns.popen(sys.executable, "-c", _SENDER, b.ip, "5302", "0", str(1 << 20), text=True)   # until SIGUSR1
     assert tx.stdout.readline().strip() == "sending"
     try:
         time.sleep(1)
